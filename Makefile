@@ -1,0 +1,35 @@
+# vitrify: the two commands that set everything up on a fresh machine.
+#   make demo  -> virtualenv, install, simulate a small dataset from a real structure, run the main job
+#   make test  -> virtualenv, install, run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+TORCH_PIN := torch==2.13.0
+DEMO_DIR ?= demo_project
+
+.PHONY: venv install demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH_PIN)"
+	$(PIP) install --quiet -e ".[test,structures]" "$(TORCH_PIN)"
+	touch $(STAMP)
+
+venv install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/vitrify demo --out $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/core.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) build src/*.egg-info

@@ -1,0 +1,42 @@
+"""Progress bars for long loops (rich), switched off by ``--quiet`` or VITRIFY_QUIET=1.
+
+This helper sits outside the layers: any layer may use it. It holds one switch,
+set once by the CLI entry point; it never changes anything at import.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+_state = {"quiet": None}
+
+
+def set_quiet(quiet: bool) -> None:
+    """Turn progress bars off (True) or on (False) for this process."""
+    _state["quiet"] = bool(quiet)
+
+
+def is_quiet() -> bool:
+    """Whether progress bars are off (``--quiet``, VITRIFY_QUIET=1, or no terminal)."""
+    if _state["quiet"] is not None:
+        return _state["quiet"]
+    return os.environ.get("VITRIFY_QUIET", "") not in ("", "0")
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate over ``items`` showing a rich progress bar unless quiet.
+
+    Examples
+    --------
+    >>> set_quiet(True); sum(track(range(4), "adding"))
+    10
+    """
+    if is_quiet():
+        yield from items
+        return
+    from rich.progress import track as rich_track
+
+    yield from rich_track(items, description=description, total=total, transient=True)

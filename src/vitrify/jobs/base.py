@@ -1,0 +1,85 @@
+"""What every job shares: the job directory, its log, exit markers and abort requests.
+
+A job is an ``Options`` frozen dataclass and a function ``run(options, job_dir)``.
+:func:`run_job` wraps that function with the duties RELION's pipeline expects: the
+job directory exists, a log goes to ``job_dir/run.log``, the exit marker files
+``RELION_JOB_EXIT_SUCCESS|FAILURE|ABORTED`` are written at the end, and an abort
+request (``RELION_JOB_ABORT_NOW``) stops the job at its next :func:`check_abort`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from vitrify.io.errors import InputError
+
+EXIT_SUCCESS = "RELION_JOB_EXIT_SUCCESS"
+EXIT_FAILURE = "RELION_JOB_EXIT_FAILURE"
+EXIT_ABORTED = "RELION_JOB_EXIT_ABORTED"
+ABORT_NOW = "RELION_JOB_ABORT_NOW"
+MARKERS = (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED, ABORT_NOW)
+
+O = TypeVar("O")
+R = TypeVar("R")
+
+
+class JobAborted(Exception):
+    """Raised inside a job when the user asked it to stop (RELION_JOB_ABORT_NOW)."""
+
+
+def check_abort(job_dir: str | Path) -> None:
+    """Raise :class:`JobAborted` if an abort was requested for ``job_dir``."""
+    if (Path(job_dir) / ABORT_NOW).exists():
+        raise JobAborted(f"abort requested in {job_dir}")
+
+
+def clear_markers(job_dir: str | Path) -> None:
+    """Remove the exit and abort marker files before a (re)run."""
+    for name in MARKERS:
+        (Path(job_dir) / name).unlink(missing_ok=True)
+
+
+def job_logger(job_dir: str | Path) -> logging.Logger:
+    """A logger that writes to ``job_dir/run.log`` (and propagates to the console)."""
+    job_dir = Path(job_dir)
+    logger = logging.getLogger(f"vitrify.job.{job_dir.resolve()}")
+    logger.setLevel(logging.INFO)
+    if not logger.handlers:
+        handler = logging.FileHandler(job_dir / "run.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
+def run_job(run: Callable[[O, Path], R], options: O, job_dir: str | Path) -> R:
+    """Run ``run(options, job_dir)`` with the pipeline's duties around it.
+
+    Creates ``job_dir``, clears old markers, logs start and end, and touches
+    ``RELION_JOB_EXIT_SUCCESS`` on success, ``..._ABORTED`` on :class:`JobAborted` and
+    ``..._FAILURE`` on any other exception (which is re-raised for the caller).
+    """
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    clear_markers(job_dir)
+    log = job_logger(job_dir)
+    log.info("start %s with %r", getattr(run, "__module__", run), options)
+    try:
+        result = run(options, job_dir)
+    except JobAborted:
+        log.warning("aborted on request")
+        (job_dir / EXIT_ABORTED).touch()
+        raise
+    except InputError as err:
+        log.error("input error: %s", err)
+        (job_dir / EXIT_FAILURE).touch()
+        raise
+    except BaseException:
+        log.exception("failed")
+        (job_dir / EXIT_FAILURE).touch()
+        raise
+    log.info("finished")
+    (job_dir / EXIT_SUCCESS).touch()
+    return result

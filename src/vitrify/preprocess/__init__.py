@@ -1,0 +1,1 @@
+"""Preprocessing algorithms (L1): motion correction, CTF fitting, picking, extraction."""

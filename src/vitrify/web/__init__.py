@@ -1,0 +1,1 @@
+"""Live dashboard (L4): reads the project directory; never imports the engine."""
