@@ -1,0 +1,383 @@
+"""CTF estimation from a micrograph, in the spirit of CTFFIND4.
+
+Steps (each a function below):
+
+1. :func:`tile_amplitude_spectrum` — average amplitude spectrum of overlapping tiles.
+2. :func:`fit_radial_profile` — on the rotational average, a 1D search over the mean
+   defocus where, for each candidate, the profile is modelled *linearly* as
+   ``background(s) + envelope(s)·CTF²(s)`` (both smooth Chebyshev series), solved by
+   least squares. The best candidate gives the defocus and the background.
+3. :func:`search_astigmatism` — on the background-subtracted 2D spectrum, a grid over
+   mean defocus × astigmatism × angle (× phase shift) scored by the correlation with
+   CTF² in the resolution band, then a Nelder-Mead refinement.
+4. :func:`fit_resolution` — the resolution to which the Thon rings fit: correlation in
+   windows of two CTF periods (equi-phase), the first window below a threshold.
+
+Everything is torch, batched over candidates; CPU and CUDA follow the input device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vitrify.io.errors import InputError
+from vitrify.preprocess._ctf_model import (ctf_phase, from_uv_angle, rfft_frequency_grid,
+                                           to_uv_angle)
+
+
+@dataclass(frozen=True)
+class CtfSearch:
+    """What to search, in RELION's CtfFind terms (job.star names in brackets)."""
+
+    tile_px: int = 512                      # [box] FFT box
+    resolution_min_angst: float = 30.0      # [resmin]
+    resolution_max_angst: float = 5.0       # [resmax]
+    defocus_min_angst: float = 5000.0       # [dfmin]
+    defocus_max_angst: float = 50000.0      # [dfmax]
+    defocus_step_angst: float = 500.0       # [dfstep]
+    astigmatism_max_angst: float = 3000.0   # search range of |U - V|
+    do_phase_shift: bool = False            # [do_phaseshift]
+    phase_min_deg: float = 0.0              # [phase_min]
+    phase_max_deg: float = 180.0            # [phase_max]
+    phase_step_deg: float = 10.0            # [phase_step]
+    fit_threshold: float = 0.3              # correlation defining rlnCtfMaxResolution
+
+    def __post_init__(self) -> None:
+        if self.tile_px < 32 or self.tile_px % 2:
+            raise InputError(f"FFT box {self.tile_px} too small or odd", field="box",
+                             expected="an even size >= 32")
+        if not 0 < self.resolution_max_angst < self.resolution_min_angst:
+            raise InputError("resolution range is empty", field="resmin/resmax",
+                             expected="resmax < resmin, both > 0")
+        if not 0 < self.defocus_min_angst < self.defocus_max_angst or self.defocus_step_angst <= 0:
+            raise InputError("defocus range is empty", field="dfmin/dfmax/dfstep",
+                             expected="0 < dfmin < dfmax and dfstep > 0")
+
+
+@dataclass(frozen=True)
+class Optics:
+    """Microscope optics needed for the CTF."""
+
+    pixel_size_angst: float
+    voltage_kv: float = 300.0
+    cs_mm: float = 2.7
+    amplitude_contrast: float = 0.1
+
+
+@dataclass(frozen=True)
+class CtfFit:
+    """The estimated CTF of one micrograph (RELION's micrographs_ctf.star columns)."""
+
+    defocus_u_angst: float
+    defocus_v_angst: float
+    defocus_angle_deg: float
+    phase_shift_deg: float
+    figure_of_merit: float
+    max_resolution_angst: float
+
+    @property
+    def astigmatism_angst(self) -> float:
+        return abs(self.defocus_u_angst - self.defocus_v_angst)
+
+
+@dataclass(frozen=True)
+class _Band:
+    """Samples of the rfft grid inside the fitting band (all ``(p,)``)."""
+
+    index: torch.Tensor
+    s2: torch.Tensor
+    cos2: torch.Tensor
+    sin2: torch.Tensor
+
+
+def tile_amplitude_spectrum(micrograph: torch.Tensor, tile_px: int) -> torch.Tensor:
+    """Mean amplitude spectrum of half-overlapping tiles.
+
+    Parameters
+    ----------
+    micrograph
+        ``(ny, nx)`` real image, both sides ≥ ``tile_px``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(tile_px, tile_px//2+1)`` in torch's rfft2 layout (DC at index 0).
+    """
+    ny, nx = micrograph.shape
+    if min(ny, nx) < tile_px:
+        raise InputError(f"micrograph {nx}x{ny} is smaller than the FFT box {tile_px}",
+                         field="box", expected=f"a box <= {min(ny, nx)}")
+    image = micrograph.float()
+    step = tile_px // 2
+    total = torch.zeros(tile_px, tile_px // 2 + 1, dtype=image.dtype, device=image.device)
+    count = 0
+    rows = image.unfold(0, tile_px, step)  # (ty, nx, tile)
+    for row in rows:  # chunk by tile rows to bound memory
+        tiles = row.unfold(0, tile_px, step)  # (tx, tile_y, tile_x)
+        tiles = tiles - tiles.mean(dim=(-2, -1), keepdim=True)
+        total += torch.fft.rfft2(tiles).abs().pow(2).sum(0)
+        count += tiles.shape[0]
+    return (total / count).sqrt()
+
+
+def _band(spectrum_shape: tuple[int, int], optics: Optics, search: CtfSearch,
+          device: torch.device) -> _Band:
+    box = spectrum_shape[0]
+    s2, cos2, sin2 = rfft_frequency_grid(box, optics.pixel_size_angst, device=device)
+    s_max = min(1.0 / search.resolution_max_angst, 0.5 / optics.pixel_size_angst)
+    inside = (s2 >= search.resolution_min_angst ** -2) & (s2 <= s_max ** 2)
+    index = inside.flatten().nonzero().squeeze(1)
+    return _Band(index, s2.flatten()[index], cos2.flatten()[index], sin2.flatten()[index])
+
+
+def _chebyshev(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """``(p, degree+1)`` Chebyshev polynomials of ``x`` in [-1, 1]."""
+    cols = [torch.ones_like(x), x]
+    for _ in range(degree - 1):
+        cols.append(2 * x * cols[-1] - cols[-2])
+    return torch.stack(cols[: degree + 1], dim=1)
+
+
+def radial_profile(spectrum: torch.Tensor, pixel_size_angst: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotational average of an rfft-layout spectrum ``(n, n//2+1)``.
+
+    Returns ``(s_per_angst (n//2,), profile (n//2,))`` on integer radii 0..n/2-1.
+    """
+    n = spectrum.shape[0]
+    s2, _, _ = rfft_frequency_grid(n, 1.0, device=spectrum.device)
+    radius = torch.round(s2.sqrt() * n).long().flatten()
+    keep = radius < n // 2
+    sums = torch.zeros(n // 2, dtype=spectrum.dtype, device=spectrum.device)
+    counts = torch.zeros_like(sums)
+    sums.index_add_(0, radius[keep], spectrum.flatten()[keep])
+    counts.index_add_(0, radius[keep], torch.ones_like(spectrum.flatten()[keep]))
+    s = torch.arange(n // 2, dtype=spectrum.dtype, device=spectrum.device) / (n * pixel_size_angst)
+    return s, sums / counts.clamp(min=1)
+
+
+def _detrend_log(s: torch.Tensor, values: torch.Tensor, degree: int = 3) -> torch.Tensor:
+    """Coefficients of a low-order polynomial fit of ``log(values)`` against ``s``."""
+    design = torch.stack([s ** k for k in range(degree + 1)], dim=1).double()
+    target = values.clamp(min=1e-20).log().double().unsqueeze(1)
+    return torch.linalg.lstsq(design, target).solution.squeeze(1)
+
+
+def _trend(s: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    powers = torch.stack([s.double() ** k for k in range(coeffs.numel())], dim=1)
+    return (powers @ coeffs).exp().to(s.dtype)
+
+
+def fit_radial_profile(s: torch.Tensor, profile: torch.Tensor, optics: Optics, search: CtfSearch,
+                       degree_background: int = 6, degree_envelope: int = 3,
+                       ) -> tuple[float, torch.Tensor]:
+    """1D search of the mean defocus on a rotational average.
+
+    For each candidate defocus ``d`` the normalised profile ``p(s)`` is fitted as
+    ``B(s) + E(s)·CTF²(s; d)`` with Chebyshev series ``B``, ``E`` (linear least
+    squares); the candidate with the smallest residual wins.
+
+    Parameters
+    ----------
+    s, profile
+        ``(r,)`` frequencies (Å⁻¹) and the profile there.
+
+    Returns
+    -------
+    (float, torch.Tensor)
+        Best mean defocus (Å) and the log-trend coefficients used to normalise.
+    """
+    s_max = min(1.0 / search.resolution_max_angst, 0.5 / optics.pixel_size_angst)
+    keep = (s >= 1.0 / search.resolution_min_angst) & (s <= s_max)
+    if int(keep.sum()) < degree_background + degree_envelope + 4:
+        raise InputError("too few spectrum samples in the resolution band",
+                         field="resmin/resmax/box", expected="a larger FFT box or a wider band")
+    sb, pb = s[keep].double(), profile[keep].double()
+    trend = _detrend_log(sb, pb)
+    pb = pb / _trend(sb, trend).double()
+    x = 2 * (sb - sb[0]) / (sb[-1] - sb[0]) - 1
+    basis_b, basis_e = _chebyshev(x, degree_background), _chebyshev(x, degree_envelope)
+    defoci = torch.arange(search.defocus_min_angst, search.defocus_max_angst + 0.5 * search.defocus_step_angst,
+                          search.defocus_step_angst / 4, dtype=torch.float64, device=s.device)
+    phases = _phase_grid(search)
+    best = (math.inf, float(defoci[0]))
+    for phase in phases:
+        gamma = ctf_phase(sb * sb, torch.ones_like(sb), torch.zeros_like(sb), defoci, 0.0, 0.0,
+                          voltage_kv=optics.voltage_kv, cs_mm=optics.cs_mm,
+                          amplitude_contrast=optics.amplitude_contrast, phase_shift_deg=phase)
+        ctf2 = torch.sin(gamma) ** 2  # (d, r)
+        design = torch.cat([basis_b.expand(len(defoci), -1, -1),
+                            basis_e.unsqueeze(0) * ctf2.unsqueeze(2)], dim=2)
+        target = pb.expand(len(defoci), -1).unsqueeze(2)
+        solution = torch.linalg.lstsq(design, target).solution
+        residual = ((design @ solution - target) ** 2).sum(dim=(1, 2))
+        k = int(torch.argmin(residual))
+        if float(residual[k]) < best[0]:
+            best = (float(residual[k]), float(defoci[k]))
+    return best[1], trend
+
+
+def _phase_grid(search: CtfSearch) -> list[float]:
+    if not search.do_phase_shift:
+        return [0.0]
+    return list(np.arange(search.phase_min_deg, search.phase_max_deg + 1e-6, search.phase_step_deg))
+
+
+def _normalised_band(spectrum: torch.Tensor, band: _Band, trend: torch.Tensor,
+                     pixel_size_angst: float) -> torch.Tensor:
+    """Band samples of the spectrum divided by the trend, minus a smooth background.
+
+    The background at each radius is the rotational average of the normalised
+    spectrum smoothed over ±3 radii, leaving zero-mean Thon rings. Returns ``(p,)``.
+    """
+    values = spectrum.flatten()[band.index].double()
+    s = band.s2.double().sqrt()
+    values = values / _trend(s, trend).double()
+    n = spectrum.shape[0]
+    radius = torch.round(s * n * pixel_size_angst).long()
+    sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, radius, values)
+    counts = torch.zeros_like(sums).index_add_(0, radius, torch.ones_like(values))
+    kernel = torch.ones(1, 1, 7, dtype=values.dtype, device=values.device)
+    smooth = torch.nn.functional.conv1d(sums.view(1, 1, -1), kernel, padding=3).flatten()
+    norm = torch.nn.functional.conv1d(counts.view(1, 1, -1), kernel, padding=3).flatten()
+    background = smooth / norm.clamp(min=1)
+    return (values - background[radius]).float()
+
+
+def _scores(normalised: torch.Tensor, band: _Band, models: torch.Tensor, optics: Optics,
+            chunk: int = 256) -> torch.Tensor:
+    """Pearson correlation of the band with CTF² for each model.
+
+    ``models`` is ``(m, 4)``: mean defocus, astig_x, astig_y (Å), phase shift (°).
+    Returns ``(m,)``.
+    """
+    target = normalised - normalised.mean()
+    target = target / target.norm().clamp(min=1e-20)
+    out = []
+    for block in models.split(chunk):
+        gamma = ctf_phase(band.s2, band.cos2, band.sin2, block[:, 0], block[:, 1], block[:, 2],
+                          voltage_kv=optics.voltage_kv, cs_mm=optics.cs_mm,
+                          amplitude_contrast=optics.amplitude_contrast, phase_shift_deg=block[:, 3])
+        ctf2 = torch.sin(gamma) ** 2
+        ctf2 = ctf2 - ctf2.mean(dim=1, keepdim=True)
+        out.append((ctf2 @ target) / ctf2.norm(dim=1).clamp(min=1e-20))
+    return torch.cat(out)
+
+
+def search_astigmatism(normalised: torch.Tensor, band: _Band, mean_angst: float, optics: Optics,
+                       search: CtfSearch) -> tuple[np.ndarray, float]:
+    """Grid search then Nelder-Mead of (mean, astig_x, astig_y, phase) around ``mean_angst``.
+
+    Returns the best ``(4,)`` parameters and their correlation score.
+    """
+    from scipy.optimize import minimize
+
+    step = search.defocus_step_angst
+    means = mean_angst + step * torch.arange(-2.0, 2.01, 0.5, dtype=torch.float32)
+    halves = torch.linspace(0, search.astigmatism_max_angst / 2, 7)
+    angles = torch.deg2rad(torch.arange(0.0, 180.0, 15.0))
+    phases = torch.tensor(_phase_grid(search), dtype=torch.float32)
+    grid = torch.cartesian_prod(means, halves, angles, phases)
+    models = torch.stack([grid[:, 0], grid[:, 1] * torch.cos(2 * grid[:, 2]),
+                          grid[:, 1] * torch.sin(2 * grid[:, 2]), grid[:, 3]], dim=1)
+    models = models.to(normalised.device, normalised.dtype)
+    scores = _scores(normalised, band, models, optics)
+    start = models[int(torch.argmax(scores))].double().cpu().numpy()
+    free = 4 if search.do_phase_shift else 3
+
+    def cost(params: np.ndarray) -> float:
+        full = np.concatenate([params, start[free:]])
+        model = torch.as_tensor(full, dtype=normalised.dtype, device=normalised.device).unsqueeze(0)
+        return -float(_scores(normalised, band, model, optics)[0])
+
+    scale = np.array([step / 2, step / 2, step / 2, search.phase_step_deg])[:free]
+    simplex = np.vstack([start[:free]] + [start[:free] + np.diag(scale)[i] for i in range(free)])
+    result = minimize(cost, start[:free], method="Nelder-Mead",
+                      options={"initial_simplex": simplex, "xatol": 1.0, "fatol": 1e-6, "maxiter": 400})
+    best = np.concatenate([result.x, start[free:]])
+    return best, -float(result.fun)
+
+
+def fit_resolution(normalised: torch.Tensor, band: _Band, params: np.ndarray, optics: Optics,
+                   threshold: float) -> float:
+    """Resolution (Å) to which the Thon rings fit.
+
+    Samples are grouped by the fitted phase into windows of two CTF² periods; the
+    correlation between spectrum and CTF² is computed per window, from low to high
+    frequency; the answer is the resolution of the last window before the first
+    one that falls below ``threshold``.
+    """
+    model = torch.as_tensor(params, dtype=normalised.dtype, device=normalised.device)
+    gamma = ctf_phase(band.s2, band.cos2, band.sin2, model[0], model[1], model[2],
+                      voltage_kv=optics.voltage_kv, cs_mm=optics.cs_mm,
+                      amplitude_contrast=optics.amplitude_contrast, phase_shift_deg=model[3])[0]
+    ctf2 = torch.sin(gamma) ** 2
+    window = torch.floor((gamma.abs() - gamma.abs().min()) / (2 * math.pi)).long()
+    s = band.s2.sqrt()
+    best_s = float(s.min())
+    for k in range(int(window.max()) + 1):
+        sel = window == k
+        if int(sel.sum()) < 20:
+            continue
+        a = normalised[sel] - normalised[sel].mean()
+        b = ctf2[sel] - ctf2[sel].mean()
+        corr = float((a @ b) / (a.norm() * b.norm()).clamp(min=1e-20))
+        if corr < threshold:
+            break
+        best_s = float(s[sel].max())
+    return 1.0 / best_s
+
+
+def estimate_ctf(micrograph: torch.Tensor, optics: Optics, search: CtfSearch = CtfSearch()) -> CtfFit:
+    """Estimate defocus, astigmatism, (phase shift), fit score and fit resolution.
+
+    Parameters
+    ----------
+    micrograph
+        ``(ny, nx)`` non-dose-weighted micrograph (any device).
+    """
+    if not torch.isfinite(micrograph).all() or float(micrograph.std()) == 0.0:
+        raise InputError("micrograph is empty, constant or not finite", field="pixel values",
+                         expected="an image with signal")
+    spectrum = tile_amplitude_spectrum(micrograph, search.tile_px)
+    s, profile = radial_profile(spectrum, optics.pixel_size_angst)
+    mean_angst, trend = fit_radial_profile(s, profile, optics, search)
+    band = _band(tuple(spectrum.shape), optics, search, spectrum.device)
+    normalised = _normalised_band(spectrum, band, trend, optics.pixel_size_angst)
+    params, score = search_astigmatism(normalised, band, mean_angst, optics, search)
+    resolution = fit_resolution(normalised, band, params, optics, search.fit_threshold)
+    u, v, angle = to_uv_angle(float(params[0]), float(params[1]), float(params[2]))
+    return CtfFit(u, v, angle % 180.0, float(params[3]), score, resolution)
+
+
+def _full_centred(half: torch.Tensor) -> torch.Tensor:
+    """``(n, n//2+1)`` rfft-layout Hermitian-symmetric real values → ``(n, n)`` with DC at n//2."""
+    n = half.shape[0]
+    rows = torch.arange(n, device=half.device).view(-1, 1)
+    cols = torch.arange(n, device=half.device).view(1, -1)
+    mirrored = cols > n // 2
+    src_rows = torch.where(mirrored, (-rows) % n, rows)
+    src_cols = torch.where(mirrored, n - cols, cols)
+    return torch.fft.fftshift(half[src_rows, src_cols], dim=(0, 1))
+
+
+def fit_diagnostic_image(micrograph: torch.Tensor, fit: CtfFit, optics: Optics,
+                         search: CtfSearch = CtfSearch()) -> np.ndarray:
+    """A ``(n, n)`` picture in [0, 1]: measured log spectrum left, fitted CTF² right (DC centred)."""
+    spectrum = tile_amplitude_spectrum(micrograph, search.tile_px)
+    n = spectrum.shape[0]
+    measured = _full_centred(spectrum.clamp(min=1e-20).log())
+    s2, cos2, sin2 = rfft_frequency_grid(n, optics.pixel_size_angst, device=spectrum.device)
+    mean, ax, ay = from_uv_angle(fit.defocus_u_angst, fit.defocus_v_angst, fit.defocus_angle_deg)
+    gamma = ctf_phase(s2.flatten(), cos2.flatten(), sin2.flatten(), mean, ax, ay,
+                      voltage_kv=optics.voltage_kv, cs_mm=optics.cs_mm,
+                      amplitude_contrast=optics.amplitude_contrast,
+                      phase_shift_deg=fit.phase_shift_deg)[0].reshape(s2.shape)
+    model = _full_centred(torch.sin(gamma) ** 2)
+    lo, hi = torch.quantile(measured.flatten().float().cpu(), torch.tensor([0.05, 0.995]))
+    picture = ((measured.float().cpu() - lo) / (hi - lo)).clamp(0, 1)
+    picture[:, n // 2:] = model.float().cpu()[:, n // 2:]
+    return picture.numpy()

@@ -1,0 +1,89 @@
+"""CTF estimation against synthetic micrographs whose CTF is known (core's ctf_2d)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vitrify.io.errors import InputError
+from vitrify.preprocess._ctf_model import ctf_phase, from_uv_angle, rfft_frequency_grid, to_uv_angle
+from vitrify.preprocess.ctf_fit import CtfSearch, Optics, estimate_ctf, fit_diagnostic_image
+
+ctf_core = pytest.importorskip("vitrify.core.ctf")
+
+
+def _micrograph(n, pixel, u, v, angle, *, phase=0.0, bfactor=60.0, snr=0.5, seed=0, device="cpu"):
+    """White noise filtered by core's CTF, plus white and low-frequency background noise."""
+    g = torch.Generator().manual_seed(seed)
+    ctf = ctf_core.ctf_2d(n, pixel, u, v, angle, 300.0, 2.7, 0.1, phase_shift_deg=phase,
+                          bfactor=bfactor)
+    signal = torch.fft.irfft2(torch.fft.rfft2(torch.randn(n, n, generator=g)) * ctf, s=(n, n))
+    s2, _, _ = rfft_frequency_grid(n, pixel)
+    smooth = torch.fft.irfft2(torch.fft.rfft2(torch.randn(n, n, generator=g)) / (1 + 200 * s2.sqrt()),
+                              s=(n, n))
+    image = signal / signal.std() * math.sqrt(snr) + torch.randn(n, n, generator=g) + 3 * smooth
+    return image.to(device)
+
+
+def test_phase_matches_core_ctf():
+    n, pixel = 64, 1.3
+    s2, cos2, sin2 = rfft_frequency_grid(n, pixel)
+    mean, ax, ay = from_uv_angle(21000.0, 18000.0, 37.0)
+    gamma = ctf_phase(s2.flatten(), cos2.flatten(), sin2.flatten(), mean, ax, ay, voltage_kv=200.0,
+                      cs_mm=1.4, amplitude_contrast=0.07, phase_shift_deg=20.0)[0].reshape(s2.shape)
+    ours = -torch.sin(gamma)
+    theirs = ctf_core.ctf_2d(n, pixel, 21000.0, 18000.0, 37.0, 200.0, 1.4, 0.07, phase_shift_deg=20.0)
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_uv_angle_round_trip():
+    u, v, a = to_uv_angle(*from_uv_angle(15000.0, 12000.0, 123.0))
+    assert (round(u), round(v), round(a % 180.0)) == (15000, 12000, 123)
+
+
+@pytest.mark.parametrize("u,v,angle", [(15000.0, 14000.0, 30.0), (8000.0, 7000.0, 120.0),
+                                       (30000.0, 28500.0, 75.0), (22000.0, 22000.0, 0.0)])
+def test_defocus_and_astigmatism_are_recovered(u, v, angle, device):
+    image = _micrograph(1024, 1.0, u, v, angle, device=device)
+    fit = estimate_ctf(image, Optics(1.0), CtfSearch(tile_px=256))
+    assert abs(fit.defocus_u_angst - u) < 100 and abs(fit.defocus_v_angst - v) < 100
+    if u - v > 500:
+        assert abs((fit.defocus_angle_deg - angle + 90) % 180 - 90) < 5
+    assert fit.figure_of_merit > 0.4
+
+
+def test_phase_shift_is_recovered():
+    image = _micrograph(1024, 1.0, 12000.0, 11000.0, 60.0, phase=90.0)
+    search = CtfSearch(tile_px=256, do_phase_shift=True, phase_step_deg=20.0)
+    fit = estimate_ctf(image, Optics(1.0), search)
+    assert abs(fit.phase_shift_deg - 90.0) < 10
+    assert abs(0.5 * (fit.defocus_u_angst + fit.defocus_v_angst) - 11500.0) < 200
+
+
+def test_fit_resolution_follows_the_signal():
+    search = CtfSearch(tile_px=256, resolution_max_angst=3.0)
+    sharp = estimate_ctf(_micrograph(1024, 1.0, 15000.0, 15000.0, 0.0, bfactor=10.0), Optics(1.0), search)
+    blurred = estimate_ctf(_micrograph(1024, 1.0, 15000.0, 15000.0, 0.0, bfactor=600.0), Optics(1.0), search)
+    assert sharp.max_resolution_angst < 4.5
+    assert blurred.max_resolution_angst > sharp.max_resolution_angst + 1.5
+
+
+def test_pure_noise_scores_low():
+    noise = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(3))
+    fit = estimate_ctf(noise, Optics(1.0), CtfSearch(tile_px=256))
+    assert fit.figure_of_merit < 0.2
+
+
+def test_blank_micrograph_is_a_clear_error():
+    with pytest.raises(InputError, match="empty"):
+        estimate_ctf(torch.zeros(512, 512), Optics(1.0), CtfSearch(tile_px=256))
+
+
+def test_diagnostic_image_shape_and_range():
+    image = _micrograph(512, 1.0, 15000.0, 14000.0, 30.0)
+    fit = estimate_ctf(image, Optics(1.0), CtfSearch(tile_px=256))
+    picture = fit_diagnostic_image(image, fit, Optics(1.0), CtfSearch(tile_px=256))
+    assert picture.shape == (256, 256)
+    assert 0.0 <= picture.min() and picture.max() <= 1.0
