@@ -18,7 +18,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from vitrify import __version__
-from vitrify.io._headers import read_movie_shape
+from vitrify.io.acquisition import read_movie_shape
 from vitrify.io.atomic import atomic_write
 from vitrify.io.errors import InputError
 
