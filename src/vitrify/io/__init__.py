@@ -5,5 +5,30 @@ Nothing here imports torch: files become numpy arrays and pandas tables.
 
 from vitrify.io.atomic import atomic_write, atomic_path
 from vitrify.io.errors import InputError
+from vitrify.io.star import (
+    OpticsStar,
+    merge_optics,
+    read_star,
+    read_star_block,
+    read_star_optics,
+    resolve_image_name,
+    split_optics,
+    write_star,
+    write_star_optics,
+)
 
-__all__ = ["InputError", "atomic_write", "atomic_path"]
+__all__ = [
+    "InputError",
+    "atomic_write",
+    "atomic_path",
+    # STAR
+    "OpticsStar",
+    "merge_optics",
+    "read_star",
+    "read_star_block",
+    "read_star_optics",
+    "resolve_image_name",
+    "split_optics",
+    "write_star",
+    "write_star_optics",
+]

@@ -1,0 +1,154 @@
+"""STAR formatting (private): blocks -> text exactly as RELION 4 writes it.
+
+Layout per table (``shared/spec/formats.md`` section 1)::
+
+    <blank>
+    # version 30001
+    <blank>
+    data_NAME
+    <blank>
+    loop_                      list blocks instead: _rlnLabel + padding (12 + maxlen - len) + value
+    _rlnLabel #1
+    <rows: strings right-aligned to width 10, numbers width 12, each followed by one space>
+    " " (a line with one space)
+
+Doubles are ``%12.6f`` (>= 0) / ``%12.5f`` (< 0), switching to ``%12.6e`` / ``%12.5e`` when
+``0 < |v| < 0.001`` or ``|v| > 100000``; integers and booleans ``%12d``. We do not truncate an
+exponent of three digits to 12 characters as RELION does (that would change the value).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+STAR_VERSION = 30001
+_SCIENTIFIC_BELOW = 0.001
+_SCIENTIFIC_ABOVE = 100000.0
+
+
+def format_double(value: float) -> str:
+    """One double in RELION's format (width 12)."""
+    magnitude = abs(value)
+    scientific = (0 < magnitude < _SCIENTIFIC_BELOW) or magnitude > _SCIENTIFIC_ABOVE
+    if value < 0:
+        return ("%12.5e" if scientific else "%12.5f") % value
+    return ("%12.6e" if scientific else "%12.6f") % value
+
+
+def format_doubles(values: np.ndarray, float_format: str | None = None) -> np.ndarray:
+    """Vectorised :func:`format_double` for a float array (n,) -> object array of str (n,)."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.empty(values.shape, dtype=object)
+    if float_format is not None:
+        out[:] = [s.rjust(12) for s in np.char.mod(float_format, values).tolist()]
+        return out
+    magnitude = np.abs(values)
+    with np.errstate(invalid="ignore"):
+        scientific = ((magnitude > 0) & (magnitude < _SCIENTIFIC_BELOW)) | (magnitude > _SCIENTIFIC_ABOVE)
+        negative = values < 0
+    for mask, fmt in (
+        (~scientific & ~negative, "%12.6f"),
+        (~scientific & negative, "%12.5f"),
+        (scientific & ~negative, "%12.6e"),
+        (scientific & negative, "%12.5e"),
+    ):
+        if mask.any():
+            out[mask] = np.char.mod(fmt, values[mask]).tolist()
+    return out
+
+
+def quote_string(text: str) -> str:
+    """Quote a string the way RELION does (empty -> ``""``; spaces or a leading quote -> ``"..."``).
+
+    Strings starting with ``#``, ``;``, ``_``, ``data_`` or ``loop_`` are quoted too, so that a reader
+    never mistakes them for a comment, a label or a block start.
+    """
+    if "\n" in text or "\r" in text:
+        raise ValueError(f"STAR values cannot contain line breaks: {text!r}")
+    if text == "":
+        return '""'
+    needs_quotes = (
+        any(c in text for c in " \t")
+        or text[0] in "\"'#;_"
+        or text.startswith(("data_", "loop_"))
+    )
+    if not needs_quotes:
+        return text
+    escaped = []
+    for i, c in enumerate(text):
+        if c == '"' and (i + 1 == len(text) or text[i + 1] in " \t"):
+            escaped.append("\a")
+        escaped.append(c)
+    return '"' + "".join(escaped) + '"'
+
+
+def format_value(value, float_format: str | None = None) -> tuple[str, bool]:
+    """One value -> (text, is_number). Numbers come padded to width 12, strings unpadded."""
+    if isinstance(value, (bool, np.bool_)):
+        return "%12d" % int(value), True
+    if isinstance(value, (int, np.integer)):
+        return "%12d" % value, True
+    if isinstance(value, (float, np.floating)):
+        if float_format is not None:
+            return (float_format % value).rjust(12), True
+        return format_double(float(value)), True
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "[" + ",".join("%.12g" % v for v in value) + "]", False
+    if value is None or value is pd.NA or value is pd.NaT:
+        return '""', False
+    return quote_string(str(value)), False
+
+
+def format_column(series: pd.Series, float_format: str | None = None) -> list[str]:
+    """Format one loop column: each cell right-aligned (numbers 12, text 10) and followed by a space."""
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype) and not series.hasnans:
+        cells = np.char.mod("%12d", series.to_numpy(dtype=np.int64)).tolist()
+    elif pd.api.types.is_integer_dtype(dtype) and not series.hasnans:
+        cells = np.char.mod("%12d", series.to_numpy(dtype=np.int64)).tolist()
+    elif pd.api.types.is_float_dtype(dtype):
+        cells = format_doubles(series.to_numpy(dtype=np.float64, na_value=np.nan), float_format).tolist()
+    else:
+        cells = [_pad_cell(*format_value(v, float_format)) for v in series.tolist()]
+    return [c + " " for c in cells]
+
+
+def _pad_cell(text: str, is_number: bool) -> str:
+    return text if is_number else text.rjust(10)
+
+
+def format_loop(frame: pd.DataFrame, float_format: str | None = None) -> str:
+    """The body of a loop table (from ``loop_`` to the closing ``" "`` line)."""
+    labels = [str(c) for c in frame.columns]
+    lines = ["loop_ "] + [f"_{label} #{k} " for k, label in enumerate(labels, start=1)]
+    columns = [format_column(frame.iloc[:, k], float_format) for k in range(len(labels))]
+    lines += ["".join(cells) for cells in zip(*columns)]
+    return "\n".join(lines) + "\n \n"
+
+
+def format_list(values: Mapping, float_format: str | None = None) -> str:
+    """The body of a list (single-row) table; labels padded to ``12 + maxlen - len``."""
+    if not values:
+        return " \n"
+    width = max(len(str(label)) for label in values)
+    lines = []
+    for label, value in values.items():
+        text, _ = format_value(value, float_format)
+        lines.append(f"_{label}" + " " * (12 + width - len(str(label))) + text)
+    return "\n".join(lines) + "\n \n"
+
+
+def format_star(blocks: Mapping[str, pd.DataFrame | Mapping], float_format: str | None = None) -> str:
+    """All blocks as one RELION-4 STAR text (each table with its own version header)."""
+    parts = []
+    for name, block in blocks.items():
+        if isinstance(block, pd.Series):
+            block = block.to_dict()
+        body = format_loop(block, float_format) if isinstance(block, pd.DataFrame) else format_list(
+            block, float_format
+        )
+        parts.append(f"\n# version {STAR_VERSION}\n\ndata_{name}\n\n{body}")
+    return "".join(parts)

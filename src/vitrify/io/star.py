@@ -1,0 +1,145 @@
+"""RELION STAR files: read and write multi-block files, optics groups, image names.
+
+Blocks come back in file order as ``{name: table}``: a loop block is a :class:`pandas.DataFrame`
+(columns in file order; a loop with labels and no rows is an empty DataFrame with those columns),
+a list block (``_label value`` lines) is a ``dict``. Text columns are ``object`` dtype holding
+``str`` (the same on pandas 2 and 3). Files are written with RELION-4's exact layout and number
+formats (``# version 30001``, ``loop_``, ``_rlnLabel #N``), atomically.
+
+Examples
+--------
+>>> import tempfile, pathlib, pandas as pd
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "a.star"
+>>> write_star(path, {"general": {"rlnImageSize": 64}, "particles": pd.DataFrame({"rlnAngleRot": [1.5]})})
+>>> blocks = read_star(path)
+>>> list(blocks), blocks["general"]["rlnImageSize"], float(blocks["particles"]["rlnAngleRot"][0])
+(['general', 'particles'], 64, 1.5)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from vitrify.io._star_optics import (
+    OpticsStar,
+    merge_optics,
+    read_star_optics,
+    split_optics,
+    write_star_optics,
+)
+from vitrify.io._star_read import STRING_LABELS, parse_star_text
+from vitrify.io._star_write import format_star
+from vitrify.io.atomic import atomic_write
+from vitrify.io.errors import InputError
+
+__all__ = [
+    "STRING_LABELS",
+    "OpticsStar",
+    "merge_optics",
+    "read_star",
+    "read_star_block",
+    "read_star_optics",
+    "resolve_image_name",
+    "split_optics",
+    "write_star",
+    "write_star_optics",
+]
+
+
+def read_star(
+    path: str | os.PathLike,
+    *,
+    as_strings: bool = False,
+    string_labels: Iterable[str] = (),
+) -> dict[str, pd.DataFrame | dict]:
+    """Read every block of a STAR file, in file order.
+
+    Parameters
+    ----------
+    path
+        The STAR file.
+    as_strings
+        Keep every value exactly as its text in the file (for job.star / scheme.star options,
+        where ``"7.5 degrees"``, ``Yes`` or ``$$var`` must round-trip unchanged).
+    string_labels
+        Extra labels to keep as text (labels ending in ``Name`` and those in
+        :data:`STRING_LABELS` always are).
+
+    Returns
+    -------
+    dict
+        ``{block name: DataFrame | dict}``; ``data_`` gives the name ``""``.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, or a syntax error (named with its line number).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError("file not found", path=path) from None
+    except UnicodeDecodeError:
+        raise InputError("not a text file", path=path, expected="a STAR file") from None
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror}", path=path) from None
+    return parse_star_text(text, path, as_strings=as_strings, string_labels=string_labels)
+
+
+def read_star_block(path: str | os.PathLike, block: str, **kwargs) -> pd.DataFrame | dict:
+    """One block of a STAR file (``InputError`` naming the blocks present when it is missing)."""
+    blocks = read_star(path, **kwargs)
+    if block not in blocks:
+        present = ", ".join(f"data_{name}" for name in blocks) or "none"
+        raise InputError(f"no block data_{block} (blocks present: {present})", path=path)
+    return blocks[block]
+
+
+def write_star(
+    path: str | os.PathLike,
+    blocks: Mapping[str, pd.DataFrame | Mapping] | pd.DataFrame,
+    *,
+    float_format: str | None = None,
+) -> None:
+    """Write blocks as a RELION-4 STAR file, atomically.
+
+    Parameters
+    ----------
+    path
+        Destination.
+    blocks
+        ``{name: DataFrame (loop) | mapping (list block)}`` in the order to write; a lone
+        DataFrame is written as block ``data_``. Empty DataFrames with columns become loops
+        without rows.
+    float_format
+        printf format for doubles instead of RELION's (e.g. ``"%.10g"`` for full precision).
+    """
+    if isinstance(blocks, pd.DataFrame):
+        blocks = {"": blocks}
+    atomic_write(path, format_star(blocks, float_format))
+
+
+def resolve_image_name(image_name: str, base_dir: str | os.PathLike = ".") -> tuple[int, Path]:
+    """Split a RELION image reference ``"NNNNNN@path"`` into (0-based index, path).
+
+    Relative paths are taken relative to ``base_dir`` (the project directory). A name
+    without ``@`` is a single-image file: index 0.
+
+    >>> resolve_image_name("000003@Extract/job007/a.mrcs", "/proj")
+    (2, PosixPath('/proj/Extract/job007/a.mrcs'))
+    """
+    text = str(image_name).strip()
+    index_text, at, file_name = text.partition("@")
+    if not at:
+        index_text, file_name = "1", text
+    if not index_text.isdigit() or int(index_text) < 1 or not file_name:
+        raise InputError(f"bad image name {text!r}", field="rlnImageName", expected="'N@stack.mrcs' with N >= 1")
+    file_path = Path(file_name)
+    if not file_path.is_absolute():
+        file_path = Path(base_dir) / file_path
+    return int(index_text) - 1, file_path
