@@ -1,0 +1,188 @@
+"""The iteration loop of 2D classification, with EM and VDAM M-steps as a dispatch table.
+
+:class:`Classifier2D` owns the model, the particles and (VDAM) the moments; each
+iteration picks the particles (all for EM; a reshuffled mini-batch for VDAM, seeded by
+``seed + it``), runs the E-step pass and the algorithm's M-step, then flattens the
+solvent and moves the Fourier window. A callback receives every finished iteration
+(the job writes RELION's files there and checks for abort requests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from vitrify.ml.expectation import EStepSettings, Sampling, TemplateCache, expectation
+from vitrify.ml.fourier2d import images_from_padded, padded_ft
+from vitrify.ml.model import MlModel, ParticleSet
+from vitrify.ml.mstep import (data_vs_prior, map_reconstruct, next_radius, padded_shells,
+                              reference_tau2, sums_to_grids, update_class_stats, update_sigma2)
+from vitrify.ml.schedules import VdamSchedule
+from vitrify.ml.starts import flatten_solvent
+from vitrify.ml.vdam import (Moments, choose_replacement, gradient_step, half_gradients,
+                             preconditioned_gradient, update_moments)
+from vitrify.ml.window import FourierWindow
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Algorithm settings of a 2D classification run (validated by the job's Options)."""
+
+    algorithm: str = "vdam"
+    nr_iter: int = 200
+    tau2_fudge: float = 2.0
+    particle_diameter_px: float = 40.0
+    adaptive_fraction: float = 0.999
+    max_significant: int = -1
+    class_inactivity_threshold: float = 0.1
+    mu: float = 0.9
+    minres_map: int = 5
+    incr_size: int = 10
+    seed: int = 1
+    budget_bytes: int = 64 * 2 ** 20
+    flatten_solvent: bool = True
+    ini_subset: int = -1
+    fin_subset: int = -1
+    grad_em_iters: int = 0
+
+
+@dataclass
+class IterationInfo:
+    """What one iteration did (for logs and outputs)."""
+
+    iteration: int
+    n_particles: int
+    full_pass: bool
+    stepsize: float = 0.0
+    tau2_fudge: float = 1.0
+    replaced: tuple[int, int] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Classifier2D:
+    """EM / VDAM 2D classification on prepared particles."""
+
+    def __init__(self, settings: EngineSettings, model: MlModel, particles: ParticleSet,
+                 window: FourierWindow, sampling: Sampling, moments: Moments | None = None) -> None:
+        self.settings = settings
+        self.model = model
+        self.particles = particles
+        self.window = window
+        self.sampling = sampling
+        self.cache = TemplateCache()
+        self.schedule = VdamSchedule(nr_iter=settings.nr_iter, n_particles=particles.n_particles,
+                                     n_classes=model.n_classes, tau2_fudge=settings.tau2_fudge,
+                                     ini_subset=settings.ini_subset, fin_subset=settings.fin_subset,
+                                     grad_em_iters=settings.grad_em_iters)
+        m = model.pad * model.box_px
+        self.moments = moments if moments is not None else (
+            Moments.zeros(model.n_classes, m, model.refs.device) if settings.algorithm == "vdam" else None)
+
+    def run(self, start_iteration: int = 1,
+            on_iteration: Callable[[IterationInfo], None] | None = None) -> None:
+        """Iterate from ``start_iteration`` to ``nr_iter``, calling ``on_iteration`` after each."""
+        for it in range(start_iteration, self.settings.nr_iter + 1):
+            info = STEPS[self.settings.algorithm](self, it)
+            if on_iteration is not None:
+                on_iteration(info)
+
+    # -- shared pieces -------------------------------------------------------------
+    def _estep(self, indices: torch.Tensor, halves: int, max_sig: int):
+        settings = EStepSettings(adaptive_fraction=self.settings.adaptive_fraction,
+                                 max_significant=max_sig, halves=halves,
+                                 budget_bytes=self.settings.budget_bytes)
+        self.model.tau2 = reference_tau2(self.model.refs, self.window)
+        sums = expectation(self.model, self.particles, indices, self.sampling, self.window,
+                           settings, self.cache)
+        p = self.window.pixels_within(self.model.current_radius)
+        table = self.cache.table(self.sampling.psi_deg, self.window, p, self.model.pad)
+        data, weight = sums_to_grids(sums, table, self.model.n_classes)
+        return sums, data, weight
+
+    def _finish(self, sums, weight: torch.Tensor, mu: float, indices: torch.Tensor) -> None:
+        model = self.model
+        update_sigma2(model, sums, self.window, mu)
+        update_class_stats(model, sums, mu)
+        model.data_vs_prior = data_vs_prior(weight.sum(0), model.tau2, model.tau2_fudge, model.pad,
+                                            model.box_px // 2 + 1)
+        if self.settings.flatten_solvent:
+            model.refs = flatten_solvent(model.refs, self.settings.particle_diameter_px / 2.0)
+        model.current_radius = next_radius(model.data_vs_prior, model.box_px, self.settings.incr_size,
+                                           self.settings.minres_map)
+        ll = self.particles.log_likelihood[indices]
+        model.log_likelihood = float(ll.sum())
+        model.ave_pmax = float(self.particles.pmax[indices].mean())
+
+
+def em_iteration(clf: Classifier2D, it: int) -> IterationInfo:
+    """One EM iteration over all particles: MAP references, then every other parameter."""
+    model = clf.model
+    model.tau2_fudge = clf.settings.tau2_fudge
+    idx = torch.arange(clf.particles.n_particles, device=clf.particles.ft.device)
+    sums, data, weight = clf._estep(idx, 1, max(clf.settings.max_significant, 0))
+    grids = map_reconstruct(data[0], weight[0], model.tau2, model.tau2_fudge, model.pad,
+                            model.current_radius, clf.settings.minres_map)
+    refs = images_from_padded(grids, model.box_px)
+    empty = (sums.class_weight <= 0).to(refs.device)
+    model.refs = torch.where(empty[:, None, None], torch.zeros_like(refs), refs)
+    clf._finish(sums, weight, 0.0, idx)
+    return IterationInfo(it, idx.numel(), True, tau2_fudge=model.tau2_fudge)
+
+
+def vdam_iteration(clf: Classifier2D, it: int) -> IterationInfo:
+    """One VDAM iteration: mini-batch E-step, moments, regularised gradient step, EMAs."""
+    model, sched, s = clf.model, clf.schedule, clf.settings
+    if not sched.is_grad(it):
+        return em_iteration(clf, it)
+    model.tau2_fudge = sched.tau2_fudge_at(it)
+    size = sched.subset_size(it)
+    n = clf.particles.n_particles
+    dev = clf.particles.ft.device
+    if size < 0:
+        idx = torch.arange(n, device=dev)
+    else:
+        gen = torch.Generator().manual_seed(int(s.seed) + it)
+        idx = torch.randperm(n, generator=gen)[:size].sort().values.to(dev)
+    max_sig = s.max_significant if s.max_significant >= 0 else 5 * model.n_classes
+    sums, data, weight = clf._estep(idx, 2, max_sig)
+    f_pad = padded_ft(model.refs, model.pad).to(torch.complex64)
+    grads = half_gradients(data, weight, f_pad)
+    m = f_pad.shape[-2]
+    inside = padded_shells(m, model.pad, dev) <= model.current_radius
+    active = sums.class_weight > 0
+    update_moments(clf.moments, grads, inside, active)
+    skip = ~active.clone()
+    replaced = None
+    if sched.replaces_classes(it):
+        err = (preconditioned_gradient(clf.moments).abs() ** 2).mean(dim=(-2, -1)).double()
+        replaced = choose_replacement(err, model.pdf_class.to(err.device), s.class_inactivity_threshold)
+        if replaced is not None:
+            _replace_class(clf, *replaced)
+            skip[replaced[0]] = True
+    steps = torch.tensor([sched.effective_stepsize(it, float(p)) for p in model.pdf_class])
+    model.refs = gradient_step(model.refs, clf.moments, steps, model.tau2_fudge, model.pad,
+                               model.current_radius, skip)
+    clf._finish(sums, weight, s.mu if size > 0 else 0.0, idx)
+    return IterationInfo(it, idx.numel(), size < 0, stepsize=sched.stepsize_at(it),
+                         tau2_fudge=model.tau2_fudge, replaced=replaced)
+
+
+def _replace_class(clf: Classifier2D, a: int, b: int) -> None:
+    """Copy class ``b`` into the inactive class ``a`` (reference, moments, fraction, spectra)."""
+    model, mom = clf.model, clf.moments
+    model.refs[a] = model.refs[b]
+    mom.m1[:, a] = 0.9 * mom.m1[:, b]
+    mom.m2[a] = mom.m2[b]
+    pdf = model.pdf_class.clone()
+    pdf[a] = pdf[b]
+    model.pdf_class = pdf / pdf.sum()
+    model.tau2[a] = model.tau2[b]
+    model.data_vs_prior[a] = model.data_vs_prior[b]
+
+
+STEPS: dict[str, Callable[[Classifier2D, int], IterationInfo]] = {
+    "em": em_iteration,
+    "vdam": vdam_iteration,
+}
