@@ -5,6 +5,7 @@ Nothing here imports torch: files become numpy arrays and pandas tables.
 
 from vitrify.io.atomic import atomic_write, atomic_path
 from vitrify.io.errors import InputError
+from vitrify.io.mrc import MrcStack, open_stack, read_images, read_mrc, read_mrc_header, write_mrc
 from vitrify.io.star import (
     OpticsStar,
     merge_optics,
@@ -21,6 +22,13 @@ __all__ = [
     "InputError",
     "atomic_write",
     "atomic_path",
+    # MRC
+    "MrcStack",
+    "open_stack",
+    "read_images",
+    "read_mrc",
+    "read_mrc_header",
+    "write_mrc",
     # STAR
     "OpticsStar",
     "merge_optics",
