@@ -5,6 +5,7 @@ Nothing here imports torch: files become numpy arrays and pandas tables.
 
 from vitrify.io.atomic import atomic_write, atomic_path
 from vitrify.io.errors import InputError
+from vitrify.io.movies import gain_option_index, read_gain, read_movie, transform_gain, write_movie
 from vitrify.io.mrc import MrcStack, open_stack, read_images, read_mrc, read_mrc_header, write_mrc
 from vitrify.io.star import (
     OpticsStar,
@@ -22,6 +23,12 @@ __all__ = [
     "InputError",
     "atomic_write",
     "atomic_path",
+    # movies and gain references
+    "gain_option_index",
+    "read_gain",
+    "read_movie",
+    "transform_gain",
+    "write_movie",
     # MRC
     "MrcStack",
     "open_stack",

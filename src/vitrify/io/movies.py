@@ -1,0 +1,232 @@
+"""Movies (TIFF, MRC) and gain references, with RELION's orientation conventions.
+
+* TIFF movies (one frame per page, any compression tifffile + imagecodecs decode, LZW included)
+  and MRC movies (``.mrc``/``.mrcs``, one frame per section). EER is not decoded here.
+* **TIFF row order**: RELION flips TIFF images along the slow axis (y) when reading and writing,
+  for compatibility with MotionCor2 and IMOD. We do the same, so a TIFF movie and an MRC gain
+  reference line up exactly as they do in RELION: row 0 of :func:`read_movie`'s frames is the
+  *last* row stored in the TIFF page; :func:`write_movie` flips back, so write -> read is identity.
+* **Gain rotation / flip** (RELION's ``--gain_rot`` / ``--gain_flip``, MotionCor2's ``-RotGain`` /
+  ``-FlipGain``): the gain is first rotated by ``rotation`` x 90 degrees *clockwise as displayed with
+  row 0 at the top* (as in ``relion_display``), i.e. ``np.rot90(gain, k=-rotation)``:
+  for ``[[a, b], [c, d]]`` one step gives ``[[c, a], [d, b]]``. Then it is flipped: 0 none,
+  1 upside down (row order reversed, y flip), 2 left to right (column order reversed, x flip).
+* Corrupt or truncated files raise :class:`~vitrify.io.errors.InputError` naming the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from vitrify.io.atomic import atomic_path
+from vitrify.io.errors import InputError
+from vitrify.io.mrc import read_mrc, write_mrc_array
+
+__all__ = ["gain_option_index", "read_gain", "read_movie", "transform_gain", "write_movie"]
+
+_MRC_MOVIE_DTYPES = (np.int8, np.int16, np.uint16, np.uint8, np.float16, np.float32)
+_TIFF_ERRORS = (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError, RuntimeError, KeyError)
+
+
+@contextlib.contextmanager
+def _quiet_tifffile():
+    """Silence tifffile's own logging and warnings while we turn its failures into InputErrors."""
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """All pages of a TIFF as ``(frames, ny, nx)`` in RELION's row order (flipped along y)."""
+    try:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            shapes = {page.shape for page in tif.pages}
+            if not shapes:
+                raise InputError("truncated or corrupt TIFF file (no image pages)", path=path)
+            if len(shapes) != 1:
+                raise InputError(f"TIFF pages have different sizes {sorted(shapes)}", path=path,
+                                 expected="one frame size")
+            frames = tif.asarray(key=range(len(tif.pages)))
+    except InputError:
+        raise
+    except _TIFF_ERRORS as exc:
+        raise InputError(f"truncated or corrupt TIFF file ({exc})", path=path, expected="a TIFF movie") from None
+    if frames.ndim == 2:
+        frames = frames[np.newaxis]
+    if frames.ndim != 3:
+        raise InputError(f"TIFF data of shape {frames.shape}", path=path, expected="grey-scale frames")
+    return np.ascontiguousarray(frames[:, ::-1])
+
+
+def _read_mrc_movie(path: Path) -> np.ndarray:
+    data, _ = read_mrc(path, dtype=None)
+    return data[np.newaxis] if data.ndim == 2 else data
+
+
+def _read_eer(path: Path) -> np.ndarray:
+    raise InputError("EER movies are not supported here", path=path,
+                     expected="TIFF or MRC movies (convert EER first, e.g. with relion_convert_to_tiff)")
+
+
+_MOVIE_READERS: dict[str, Callable[[Path], np.ndarray]] = {
+    ".tif": _read_tiff,
+    ".tiff": _read_tiff,
+    ".gain": _read_tiff,
+    ".mrc": _read_mrc_movie,
+    ".mrcs": _read_mrc_movie,
+    ".eer": _read_eer,
+}
+
+
+def _reader_for(path: Path) -> Callable[[Path], np.ndarray]:
+    if not path.is_file():
+        raise InputError("file not found", path=path)
+    reader = _MOVIE_READERS.get(path.suffix.lower())
+    if reader is None:
+        raise InputError(f"unknown movie format {path.suffix!r}", path=path,
+                         expected="one of " + ", ".join(sorted(_MOVIE_READERS)))
+    return reader
+
+
+def read_movie(path: str | os.PathLike, *, dtype: np.dtype | None = None) -> np.ndarray:
+    """Read all frames of a TIFF or MRC movie.
+
+    Parameters
+    ----------
+    path
+        ``.tif``/``.tiff`` (TIFF pages = frames) or ``.mrc``/``.mrcs``.
+    dtype
+        Output dtype; ``None`` (default) keeps the stored one (counting movies are usually
+        uint8/uint16, which keeps memory low).
+
+    Returns
+    -------
+    np.ndarray
+        ``(frames, ny, nx)``; TIFF rows in RELION's order (see the module notes).
+    """
+    path = Path(path)
+    frames = _reader_for(path)(path)
+    return frames if dtype is None else frames.astype(dtype, copy=False)
+
+
+def _write_tiff(path: Path, frames: np.ndarray, compression: str | None, pixel_size_angst: float | None) -> None:
+    kwargs = {}
+    if pixel_size_angst:
+        # TIFF resolution in pixels per centimetre (1 cm = 1e8 Å).
+        kwargs = {"resolution": (1e8 / pixel_size_angst,) * 2, "resolutionunit": "CENTIMETER"}
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, np.ascontiguousarray(frames[:, ::-1]), photometric="minisblack",
+                         compression=compression, metadata=None, **kwargs)
+
+
+def _write_mrc_movie(path: Path, frames: np.ndarray, compression: str | None,
+                     pixel_size_angst: float | None) -> None:
+    if compression is not None:
+        raise ValueError(f"MRC movies cannot be compressed (got compression={compression!r})")
+    if frames.dtype not in _MRC_MOVIE_DTYPES:
+        frames = frames.astype(np.float32)
+    write_mrc_array(path, frames, pixel_size_angst or 0.0, stack=True)
+
+
+_MOVIE_WRITERS = {".tif": _write_tiff, ".tiff": _write_tiff, ".mrc": _write_mrc_movie, ".mrcs": _write_mrc_movie}
+_TIFF_COMPRESSION = {None: None, "none": None, "lzw": "lzw", "zlib": "zlib", "deflate": "zlib"}
+
+
+def write_movie(
+    path: str | os.PathLike,
+    frames: np.ndarray,
+    compression: str | None = None,
+    *,
+    pixel_size_angst: float | None = None,
+) -> None:
+    """Write a movie ``(frames, ny, nx)`` as TIFF or MRC (chosen by extension), atomically.
+
+    Parameters
+    ----------
+    path
+        ``.tif``/``.tiff`` or ``.mrc``/``.mrcs``.
+    frames
+        ``(frames, ny, nx)``; the dtype is kept (TIFF: any; MRC: int8, int16, uint16, float16,
+        float32; other dtypes are stored as float32).
+    compression
+        TIFF only: ``None`` or ``"lzw"`` (``"zlib"`` also works).
+    pixel_size_angst
+        Stored in the header when given (MRC cell, TIFF resolution).
+    """
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim == 2:
+        frames = frames[np.newaxis]
+    if frames.ndim != 3:
+        raise ValueError(f"movie frames must be (frames, ny, nx), got shape {frames.shape}")
+    writer = _MOVIE_WRITERS.get(path.suffix.lower())
+    if writer is None:
+        raise ValueError(f"cannot write movies as {path.suffix!r}: use .tif, .tiff, .mrc or .mrcs")
+    key = compression.lower() if isinstance(compression, str) else compression
+    if key not in _TIFF_COMPRESSION:
+        raise ValueError(f"unknown compression {compression!r}: use None or 'lzw'")
+    writer(path, frames, _TIFF_COMPRESSION[key], pixel_size_angst)
+
+
+_FLIPS: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    0: lambda gain: gain,
+    1: np.flipud,
+    2: np.fliplr,
+}
+
+
+def transform_gain(gain: np.ndarray, rotation: int = 0, flip: int = 0) -> np.ndarray:
+    """Apply RELION's gain rotation then flip to a ``(ny, nx)`` array (see the module notes).
+
+    >>> transform_gain(np.array([[1, 2], [3, 4]]), rotation=1).tolist()
+    [[3, 1], [4, 2]]
+    """
+    if rotation not in (0, 1, 2, 3):
+        raise InputError(f"gain rotation {rotation!r}", field="gain_rot", expected="0, 1, 2 or 3 (x 90 degrees)")
+    if flip not in _FLIPS:
+        raise InputError(f"gain flip {flip!r}", field="gain_flip",
+                         expected="0 (none), 1 (upside down) or 2 (left to right)")
+    return np.ascontiguousarray(_FLIPS[flip](np.rot90(gain, k=-rotation)))
+
+
+def read_gain(path: str | os.PathLike, rotation: int = 0, flip: int = 0) -> np.ndarray:
+    """Read a gain reference (MRC, TIFF or Gatan/SerialEM ``.gain``) as float32 ``(ny, nx)``.
+
+    ``rotation`` (0..3, x 90 degrees clockwise as displayed) and ``flip`` (0 none, 1 upside down,
+    2 left to right) are RELION's ``--gain_rot`` / ``--gain_flip``; rotation is applied first.
+    TIFF gains follow RELION's TIFF row order, like TIFF movies.
+    """
+    path = Path(path)
+    frames = _reader_for(path)(path)
+    if frames.shape[0] != 1:
+        raise InputError(f"gain reference has {frames.shape[0]} frames", path=path, expected="one 2D image")
+    gain = frames[0].astype(np.float32)
+    if not np.isfinite(gain).all():
+        raise InputError("gain reference contains NaN or infinite values", path=path)
+    return transform_gain(gain, rotation, flip)
+
+
+def gain_option_index(text: str | int) -> int:
+    """The number in a job.star gain option: ``"90 degrees (1)"`` -> 1, ``"No flipping (0)"`` -> 0."""
+    if isinstance(text, int):
+        return text
+    match = re.search(r"\((\d)\)\s*$", str(text)) or re.fullmatch(r"\s*(\d)\s*", str(text))
+    if match is None:
+        raise InputError(f"gain option {text!r}", field="gain_rot/gain_flip",
+                         expected="text ending in '(N)', e.g. '90 degrees (1)', or a number")
+    return int(match.group(1))
