@@ -26,17 +26,26 @@ def shapes(n: int) -> torch.Tensor:
     return out / out.flatten(1).std(1)[:, None, None]
 
 
+def rotate_about_centre(images: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``out(r) = in(M r)``, ``M = [[c, -s], [s, c]]``, r relative to pixel ``n//2`` (bilinear)."""
+    n = images.shape[-1]
+    c = torch.arange(n, dtype=torch.float32) - n // 2
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    cos, sin = cos[:, None, None], sin[:, None, None]
+    sx = cos * x - sin * y
+    sy = sin * x + cos * y
+    to_norm = lambda v: (v + n // 2 + 0.5) * 2.0 / n - 1.0  # noqa: E731
+    grid = torch.stack([to_norm(sx), to_norm(sy)], -1)
+    return F.grid_sample(images[:, None], grid, align_corners=False, padding_mode="zeros")[:, 0]
+
+
 def transform(images: torch.Tensor, psi_deg: torch.Tensor, shift_px: torch.Tensor) -> torch.Tensor:
     """Rotate ``(N, n, n)`` by ``psi`` (reference frame -> image frame) and translate by ``-shift``."""
     n = images.shape[-1]
     th = torch.deg2rad(psi_deg)
     cos, sin = torch.cos(th), torch.sin(th)
     # image(r) = ref(A^T r) with A = [[c, s], [-s, c]]  (RELION psi)
-    theta = torch.zeros(images.shape[0], 2, 3)
-    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin
-    theta[:, 1, 0], theta[:, 1, 1] = sin, cos
-    grid = F.affine_grid(theta, (images.shape[0], 1, n, n), align_corners=False)
-    rot = F.grid_sample(images[:, None], grid, align_corners=False, padding_mode="zeros")[:, 0]
+    rot = rotate_about_centre(images, cos, sin)
     ky = torch.fft.fftfreq(n)[:, None]
     kx = torch.fft.rfftfreq(n)[None, :]
     ph = torch.exp(2j * math.pi * (kx * shift_px[:, 0, None, None] + ky * shift_px[:, 1, None, None]))

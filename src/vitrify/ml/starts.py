@@ -18,7 +18,7 @@ import math
 import torch
 
 from vitrify.ml.fourier2d import image_ft, images_from_padded
-from vitrify.ml.model import ParticleSet
+from vitrify.ml.model import MlModel, ParticleSet
 from vitrify.ml.templates import make_rotation_table, scatter_to_grids
 from vitrify.ml.window import FourierWindow, pack, shell_sums
 
@@ -135,3 +135,42 @@ def initial_references(particles: ParticleSet, window: FourierWindow, n_classes:
 def packed_image_ft(images: torch.Tensor, window: FourierWindow) -> torch.Tensor:
     """``(N, n, n)`` real images -> ``(N, P)`` packed engine transforms."""
     return pack(image_ft(images), window.to(images.device)).to(torch.complex64)
+
+
+def pack_particles(images: torch.Tensor, ctf_grids: torch.Tensor | None, window: FourierWindow,
+                   diameter_px: float, edge_px: float = 5.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Engine inputs for a chunk of particles.
+
+    Parameters
+    ----------
+    images
+        ``(B, n, n)`` real particle images (background mean 0, std 1).
+    ctf_grids
+        ``(B, n, n//2+1)`` CTFs in the rfft layout, or None (no CTF correction).
+
+    Returns
+    -------
+    ``(B, P)`` complex64 packed transforms of the zero-masked images and ``(B, P)`` float32
+    packed CTFs.
+    """
+    mask = soft_circle(images.shape[-1], diameter_px / 2.0, edge_px, images.device)
+    ft = packed_image_ft(images.float() * mask, window)
+    if ctf_grids is None:
+        return ft, torch.ones(ft.shape, device=ft.device)
+    return ft, pack(ctf_grids.float(), window.to(images.device)).contiguous()
+
+
+def initial_model(particles: ParticleSet, window: FourierWindow, n_classes: int, diameter_px: float,
+                  pixel_size_angst: float, tau2_fudge: float, seed: int, sigma_offset_px: float,
+                  pad: int = 2, blobs: bool = True) -> MlModel:
+    """The iteration-0 model: blob references, noise spectra, uniform classes."""
+    gen = torch.Generator().manual_seed(int(seed))
+    refs, ini_shell = initial_references(particles, window, n_classes, diameter_px, pad, gen, blobs)
+    n = window.box_px
+    zeros = torch.zeros(n_classes, n // 2 + 1, dtype=torch.float64)
+    return MlModel(refs=refs.to(particles.ft.device),
+                   pdf_class=torch.full((n_classes,), 1.0 / n_classes, dtype=torch.float64),
+                   sigma2=initial_sigma2(particles, window), tau2=zeros, data_vs_prior=zeros.clone(),
+                   sigma2_offset_px=float(sigma_offset_px) ** 2, tau2_fudge=tau2_fudge,
+                   current_radius=min(n // 2 - 1, ini_shell + 10), pixel_size_angst=pixel_size_angst,
+                   pad=pad)
