@@ -23,6 +23,7 @@ from vitrify.io.errors import InputError
 COMMAND_MODULES: tuple[str, ...] = (
     "vitrify.cli.simulate",
     "vitrify.cli.demo",
+    "vitrify.cli.mdcatch",
 )
 
 

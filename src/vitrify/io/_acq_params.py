@@ -175,6 +175,23 @@ def merge_params(primary: AcquisitionParams, secondary: AcquisitionParams) -> Ac
     return complete_derived(replace(primary, **updates, sources=sources))
 
 
+def apply_overrides(params: AcquisitionParams, overrides: Mapping[str, object],
+                    source_file: str = "command line") -> AcquisitionParams:
+    """Set fields from the user (``{name: value}``; ``None`` values ignored), re-deriving the rest.
+
+    Values derived from the old ones (dose per frame from total dose, ...) are recomputed.
+    """
+    chosen = {k: v for k, v in overrides.items() if v is not None}
+    if not chosen:
+        return params
+    for name, value in chosen.items():
+        params = with_value(params, name, value, (source_file, name))
+    derived = [k for k, (f, _) in params.sources.items() if f == "derived"]
+    sources = {k: v for k, v in params.sources.items() if k not in derived}
+    params = replace(params, **{k: None for k in derived}, sources=sources)
+    return complete_derived(params)
+
+
 def with_value(params: AcquisitionParams, name: str, value: object,
                source: tuple[str, str]) -> AcquisitionParams:
     """A copy with ``name`` set to ``value`` from ``source`` (for overrides and config)."""

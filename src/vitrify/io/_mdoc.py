@@ -164,6 +164,9 @@ def _frame_fields(fields: Fields, first: MdocSection | None) -> None:
         if len(parts) == 2 and _is_number(parts[0]) and float(parts[0]) > 0:
             fields["dose_per_frame_e_per_angst2"] = (
                 float(parts[0]), f"FrameDosesAndNumber (line {values['FrameDosesAndNumber'][1]})")
+    if "CameraIndex" in values:
+        fields["detector"] = (f"camera {values['CameraIndex'][0]}",
+                              f"CameraIndex (line {values['CameraIndex'][1]})")
     if "ImageShift" in values:
         parts = values["ImageShift"][0].split()
         if len(parts) == 2 and all(_is_number(p) for p in parts):

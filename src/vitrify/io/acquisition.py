@@ -21,6 +21,7 @@ from pathlib import Path
 from vitrify.io._acq_params import (
     PARAM_FIELDS,
     AcquisitionParams,
+    apply_overrides,
     asdict_plain,
     complete_derived,
     merge_params,
@@ -38,7 +39,7 @@ from vitrify.io._mdoc import read_mdoc
 from vitrify.io.errors import InputError
 
 __all__ = ["AcquisitionParams", "PARAM_FIELDS", "read_acquisition", "params_from_fields",
-           "merge_params", "with_value", "complete_derived", "asdict_plain", "read_movie_shape",
+           "merge_params", "with_value", "apply_overrides", "complete_derived", "asdict_plain", "read_movie_shape",
            "read_epu_movie_xml", "read_epu_fractions_xml", "read_epu_session", "read_mdoc"]
 
 

@@ -1,0 +1,135 @@
+"""``vitrify mdcatch``: read what EPU/SerialEM wrote and set up processing from it.
+
+``vitrify mdcatch --read FILE [--json]`` prints the acquisition parameters of one file;
+``vitrify mdcatch SESSION_DIR --project DIR [--particle-diameter A] [overrides] [--watch]``
+sets up a project (acquisition.json, scheme options) and prints the command that starts it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+#: Command-line override option → AcquisitionParams field.
+OVERRIDES = {
+    "pixel_size": "pixel_size_angst", "voltage": "voltage_kv", "cs": "cs_mm",
+    "dose_per_frame": "dose_per_frame_e_per_angst2", "total_dose": "total_dose_e_per_angst2",
+    "n_frames": "n_frames", "super_resolution": "super_resolution", "eer": "eer",
+    "phase_plate": "phase_plate",
+}
+
+
+def _value_text(value: object) -> str:
+    if value is None:
+        return "[red]missing[/]"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, tuple) and len(value) > 6:
+        return f"{len(value)} values: {value[0]:g} … {value[-1]:g}"
+    if isinstance(value, tuple):
+        return ", ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in value)
+    return escape(str(value))
+
+
+def print_params(params, console: Console) -> None:
+    """A table of every acquisition field with its value and source."""
+    from vitrify.io.acquisition import PARAM_FIELDS
+
+    table = Table(title=f"Acquisition metadata: {escape(str(params.source_path))}")
+    for column in ("field", "value", "source"):
+        table.add_column(column)
+    for name in PARAM_FIELDS:
+        value = getattr(params, name)
+        if value is None and name not in params.missing:
+            continue
+        table.add_row(name, _value_text(value), escape(params.source(name)) if value is not None else "")
+    console.print(table)
+    if params.missing:
+        console.print(f"missing: {', '.join(params.missing)}")
+
+
+def print_setup(setup, console: Console) -> None:
+    """A table of the derived processing parameters with the rule/source of each."""
+    table = Table(title="Processing parameters")
+    for column in ("parameter", "value", "from"):
+        table.add_column(column)
+    for name, (value, source) in setup.values.items():
+        table.add_row(name, _value_text(value), escape(source))
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``mdcatch`` command to ``app``."""
+
+    @app.command("mdcatch")
+    def mdcatch(
+        session_dir: Optional[Path] = typer.Argument(None, help="Session directory (EPU or SerialEM)."),
+        read: Optional[Path] = typer.Option(None, "--read", help="Only read and print this file."),
+        as_json: bool = typer.Option(False, "--json", help="With --read: print one JSON object."),
+        project: Optional[Path] = typer.Option(None, "--project", help="Project directory to set up."),
+        particle_diameter: Optional[float] = typer.Option(None, "--particle-diameter",
+                                                          help="Particle diameter (Å)."),
+        facility: Optional[Path] = typer.Option(None, "--facility", help="Facility TOML file."),
+        pixel_size: Optional[float] = typer.Option(None, "--pixel-size", help="Å/px of the movies."),
+        voltage: Optional[float] = typer.Option(None, "--voltage", help="kV."),
+        cs: Optional[float] = typer.Option(None, "--cs", help="Spherical aberration (mm)."),
+        dose_per_frame: Optional[float] = typer.Option(None, "--dose-per-frame", help="e/Å²/frame."),
+        total_dose: Optional[float] = typer.Option(None, "--total-dose", help="e/Å² per movie."),
+        n_frames: Optional[int] = typer.Option(None, "--n-frames", help="Frames per movie."),
+        super_resolution: Optional[bool] = typer.Option(None, "--super-resolution/--no-super-resolution"),
+        eer: Optional[bool] = typer.Option(None, "--eer/--no-eer", help="Movies are EER."),
+        phase_plate: Optional[bool] = typer.Option(None, "--phase-plate/--no-phase-plate"),
+        gain: Optional[Path] = typer.Option(None, "--gain", help="Gain reference file."),
+        movies: Optional[str] = typer.Option(None, "--movies", help="Movie glob, relative to the session."),
+        box: Optional[int] = typer.Option(None, "--box", help="Particle box (px)."),
+        small_box: Optional[int] = typer.Option(None, "--small-box", help="Downscaled box (px)."),
+        mask_diameter: Optional[float] = typer.Option(None, "--mask-diameter", help="Mask (Å)."),
+        watch: bool = typer.Option(False, "--watch", help="Wait for the first complete metadata file."),
+        poll: float = typer.Option(5.0, "--poll", help="Seconds between checks with --watch."),
+        timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up after (s) with --watch."),
+    ) -> None:
+        """Read acquisition metadata (EPU/SerialEM) and set up processing from it."""
+        from vitrify.io.errors import InputError
+        from vitrify.io.facility import apply_facility, load_facility_config
+
+        console = Console()
+        config = load_facility_config(facility)
+        if read is not None:
+            from vitrify.io.acquisition import read_acquisition
+
+            params = read_acquisition(read)
+            if facility is not None:
+                params = apply_facility(params, config)
+            if as_json:
+                typer.echo(json.dumps(params.to_json_dict(), indent=2))
+            else:
+                print_params(params, console)
+            return
+        if session_dir is None or project is None:
+            raise InputError("give --read FILE, or SESSION_DIR and --project DIR",
+                             field="vitrify mdcatch")
+        from vitrify.pipeline.autosetup import SetupOptions
+        from vitrify.pipeline.mdcatch import SessionRequest, prepare_session, processing_command
+
+        values = locals()
+        overrides = {field: values[option] for option, field in OVERRIDES.items()}
+        request = SessionRequest(
+            session_dir=session_dir, project_dir=project, overrides=overrides,
+            options=SetupOptions(particle_diameter_angst=particle_diameter, box_px=box,
+                                 small_box_px=small_box, mask_diameter_angst=mask_diameter),
+            facility=config, gain=gain, movies_pattern=movies, watch=watch, poll_s=poll,
+            timeout_s=timeout)
+        params, setup = prepare_session(request, warn=lambda m: console.print(f"[yellow]warning:[/] {escape(m)}"))
+        print_params(params, console)
+        print_setup(setup, console)
+        if particle_diameter is None:
+            console.print("give --particle-diameter to derive box, downscaled box and mask sizes")
+        console.print(f"wrote {escape(str(project / 'acquisition.json'))}")
+        console.print("start processing with:")
+        typer.echo(processing_command(project))

@@ -1,0 +1,329 @@
+"""MDCatch: find a session's first metadata file, its movies and gain, and set up the project.
+
+The steps of ``vitrify mdcatch SESSION --project DIR``: :func:`find_metadata_files` (EPU layout
+``Images-Disc*/GridSquare_*/Data/FoilHole_*_Data_*.xml`` first, then ``*.mdoc`` and EPU-style
+``*.xml`` beside movies), :func:`read_first_complete` (in watch mode a partial file is skipped
+with a warning and retried), :func:`locate_movies`, :func:`locate_gain`, then
+:func:`setup_project` writes ``acquisition.json``, ``relion_it_options.py`` and the
+options into ``Schemes/prep|proc`` when the project has them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitrify.io.acquisition import (
+    AcquisitionParams,
+    apply_overrides,
+    merge_params,
+    read_acquisition,
+    with_value,
+)
+from vitrify.io.atomic import atomic_write
+from vitrify.io.errors import InputError
+from vitrify.io.facility import FacilityConfig, apply_facility
+from vitrify.pipeline.autosetup import (
+    ProcessingSetup,
+    SetupOptions,
+    derive_processing,
+    scheme_options,
+)
+
+EPU_PATTERN = "Images-Disc*/GridSquare_*/Data/FoilHole_*_Data_*.xml"
+MOVIE_SUFFIXES = (".tiff", ".tif", ".mrc", ".mrcs", ".eer")
+#: Where the session directory is linked inside the project (movie paths stay relative).
+SESSION_LINK = "Movies"
+
+
+def _is_epu_movie_xml(path: Path) -> bool:
+    return not path.name.endswith("_Fractions.xml")
+
+
+def _movie_beside(meta: Path) -> bool:
+    """True for ``movie.tif.mdoc`` or ``movie.xml`` with a movie of that name in the folder."""
+    stem = meta.name[: -len(".mdoc")] if meta.suffix == ".mdoc" else meta.stem
+    if meta.suffix == ".mdoc" and Path(stem).suffix.lower() in MOVIE_SUFFIXES:
+        return True
+    return any(p.is_file() for p in meta.parent.glob(f"{stem}*")
+               if p.suffix.lower() in MOVIE_SUFFIXES)
+
+
+def find_metadata_files(session_dir: str | Path) -> list[Path]:
+    """Candidate metadata files of a session, oldest first within each kind.
+
+    EPU per-movie XMLs in EPU's folder layout come first; then SerialEM mdocs and EPU-style XMLs
+    that sit beside movies (what ``vitrify simulate movies`` writes).
+    """
+    session = Path(session_dir)
+    if not session.is_dir():
+        raise InputError("session directory not found", path=session, expected="a directory")
+    def by_age(paths: Iterator[Path]) -> list[Path]:
+        return sorted(paths, key=lambda p: (p.stat().st_mtime, str(p)))
+    epu = by_age(p for p in session.glob(EPU_PATTERN) if _is_epu_movie_xml(p))
+    if epu:
+        return epu
+    mdocs = by_age(session.rglob("*.mdoc"))
+    xmls = by_age(p for p in session.rglob("*.xml")
+                  if _is_epu_movie_xml(p) and _movie_beside(p))
+    return mdocs + xmls
+
+
+def read_first_complete(session_dir: str | Path, *, watch: bool = False, poll_s: float = 5.0,
+                        timeout_s: float | None = None,
+                        warn: Callable[[str], None] = print) -> AcquisitionParams:
+    """Read the first metadata file that parses; in watch mode wait for one to appear.
+
+    Without ``watch`` a corrupt first file is an :class:`InputError`; with ``watch`` it is
+    skipped with a warning (EPU may still be writing it) and the search goes on.
+    """
+    start = time.monotonic()
+    warned: set[Path] = set()
+    while True:
+        for path in find_metadata_files(session_dir):
+            try:
+                return read_acquisition(path)
+            except InputError as err:
+                if not watch:
+                    raise
+                if path not in warned:
+                    warn(f"skipping {path.name}: {err}")
+                    warned.add(path)
+        if not watch:
+            raise InputError("no metadata file found", path=session_dir,
+                             expected=f"{EPU_PATTERN}, or *.mdoc / *.xml beside movies")
+        if timeout_s is not None and time.monotonic() - start > timeout_s:
+            raise InputError(f"no complete metadata file appeared within {timeout_s:g} s",
+                             path=session_dir)
+        time.sleep(poll_s)
+
+
+@dataclass(frozen=True)
+class MovieSet:
+    """Movies of a session: one example file and the glob pattern (relative to the session)."""
+
+    example: Path
+    pattern: str
+    count: int
+
+
+def _generalise_epu_dirs(relative: Path) -> str:
+    parts = []
+    for part in relative.parts:
+        if part.startswith("Images-Disc"):
+            part = "Images-Disc*"
+        elif part.startswith("GridSquare_"):
+            part = "GridSquare_*"
+        parts.append(part)
+    return "/".join(parts)
+
+
+def _movie_for(meta: Path, params: AcquisitionParams, session: Path) -> Path | None:
+    """The movie that belongs to a metadata file: beside it by name, else by SerialEM's name."""
+    stem = meta.name[: -len(".mdoc")] if meta.suffix == ".mdoc" else meta.stem
+    beside = sorted(p for p in meta.parent.glob(f"{stem}*")
+                    if p.suffix.lower() in MOVIE_SUFFIXES and p.is_file())
+    if beside:
+        return beside[0]
+    if params.movie_name:
+        found = sorted(session.rglob(params.movie_name))
+        if found:
+            return found[0]
+    return None
+
+
+def locate_movies(params: AcquisitionParams, session_dir: str | Path) -> MovieSet:
+    """Find the movie of the metadata file and the pattern that matches all of the session's."""
+    session = Path(session_dir).resolve()
+    meta = Path(params.source_path).resolve()
+    movie = _movie_for(meta, params, session)
+    if movie is None:
+        raise InputError("no movie found for the metadata file", path=meta,
+                         expected=f"a movie ({', '.join(MOVIE_SUFFIXES)}) beside it, or --movies")
+    stem = meta.name[: -len(".mdoc")] if meta.suffix == ".mdoc" else meta.stem
+    tail = movie.name[len(stem):] if movie.name.startswith(stem) else movie.suffix
+    name = "FoilHole_*_Data_*" + tail if meta.name.startswith("FoilHole_") else "*" + tail
+    folder = _generalise_epu_dirs(movie.parent.relative_to(session))
+    pattern = name if folder in ("", ".") else f"{folder}/{name}"
+    return MovieSet(movie, pattern, len(list(session.glob(pattern))))
+
+
+def locate_gain(params: AcquisitionParams, session_dir: str | Path,
+                facility: FacilityConfig) -> Path | None:
+    """The gain reference: the one the metadata names, else the facility/default patterns."""
+    session = Path(session_dir).resolve()
+    if params.gain_reference:
+        named = sorted(session.rglob(Path(params.gain_reference.replace("\\", "/")).name))
+        if named:
+            return named[0]
+    patterns = facility.camera(params.detector_model).gain_patterns or tuple(
+        facility.defaults["gain_patterns"])
+    for pattern in patterns:
+        found = sorted(session.glob(pattern)) or sorted(session.glob(f"**/{pattern}"))
+        if found:
+            return found[0]
+    return None
+
+
+def link_session(project_dir: Path, session_dir: Path) -> Path:
+    """``PROJECT/Movies`` → the session directory (kept if it already points there)."""
+    link = project_dir / SESSION_LINK
+    target = session_dir.resolve()
+    if link.is_symlink() or link.exists():
+        if link.resolve() != target:
+            raise InputError(f"{SESSION_LINK} already exists and points elsewhere ({link.resolve()})",
+                             path=link, expected=f"a link to {target}, or a new project directory")
+        return link
+    project_dir.mkdir(parents=True, exist_ok=True)
+    os.symlink(target, link, target_is_directory=True)
+    return link
+
+
+def relion_it_text(options: dict[str, str]) -> str:
+    """``relion_it_options.py`` text: one ``'key' : 'value',`` line per option (RELION's form).
+
+    Booleans are written ``'True'``/``'False'`` there (relion_it turns them into Yes/No).
+    """
+    as_python = {"Yes": "True", "No": "False"}
+    lines = ["{"] + [f"'{key}' : '{as_python.get(value, value)}',"
+                     for key, value in options.items()] + ["}", ""]
+    return "\n".join(lines)
+
+
+def apply_job_option(project_dir: Path, key: str, value: str) -> bool:
+    """Set ``SCHEME__JOB__OPTION`` in ``Schemes/SCHEME/JOB/job.star``; False if no such file."""
+    from vitrify.io.star import read_star, write_star
+
+    scheme, job, option = key.split("__")
+    path = project_dir / "Schemes" / scheme / job / "job.star"
+    if not path.is_file():
+        return False
+    blocks = read_star(path)
+    table = blocks.get("joboptions_values")
+    if table is None or "rlnJobOptionVariable" not in getattr(table, "columns", ()):
+        raise InputError("no joboptions_values table", path=path, expected="a RELION job.star")
+    names = table["rlnJobOptionVariable"].astype(str)
+    if (names == option).any():
+        table.loc[names == option, "rlnJobOptionValue"] = value
+    else:
+        table.loc[len(table)] = {"rlnJobOptionVariable": option, "rlnJobOptionValue": value}
+    table["rlnJobOptionValue"] = table["rlnJobOptionValue"].astype(str)
+    blocks["joboptions_values"] = table
+    write_star(path, blocks)
+    return True
+
+
+def apply_scheme_options(project_dir: str | Path, options: dict[str, str]) -> list[str]:
+    """Write the options into the project's scheme job.star files; return the keys applied."""
+    project_dir = Path(project_dir)
+    return [key for key, value in options.items()
+            if key.count("__") == 2 and apply_job_option(project_dir, key, value)]
+
+
+def setup_project(project_dir: str | Path, params: AcquisitionParams, setup: ProcessingSetup,
+                  extra: dict[str, object]) -> dict[str, object]:
+    """Write ``acquisition.json`` and ``relion_it_options.py`` (atomically); apply scheme options."""
+    project_dir = Path(project_dir)
+    options = scheme_options(setup)
+    applied = apply_scheme_options(project_dir, options)
+    record = {"acquisition": params.to_json_dict(), "processing": setup.to_json_dict(),
+              "scheme_options": options, "scheme_options_applied": applied, **extra}
+    atomic_write(project_dir / "acquisition.json", json.dumps(record, indent=2, default=str) + "\n")
+    atomic_write(project_dir / "relion_it_options.py", relion_it_text(options))
+    return record
+
+
+def processing_command(project_dir: str | Path) -> str:
+    """The commands that start processing in the project (prep, then proc, as relion_it does)."""
+    project = Path(project_dir).resolve()
+    return (f"cd {project} && vitrify schemer --scheme prep --reset && "
+            f"(vitrify schemer --scheme prep --run &) && "
+            f"vitrify schemer --scheme proc --reset && vitrify schemer --scheme proc --run")
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """Everything ``vitrify mdcatch SESSION --project DIR`` was asked to do."""
+
+    session_dir: Path
+    project_dir: Path
+    overrides: dict[str, object]
+    options: SetupOptions
+    facility: FacilityConfig
+    gain: Path | None = None
+    movies_pattern: str | None = None
+    watch: bool = False
+    poll_s: float = 5.0
+    timeout_s: float | None = None
+
+
+def _fill_from_movie(params: AcquisitionParams, movie: Path) -> AcquisitionParams:
+    """Frame count, frame size and EER flag from the movie header where the metadata lacks them."""
+    if movie.suffix.lower() == ".eer" and params.eer is None:
+        params = with_value(params, "eer", True, (movie.name, "file extension .eer"))
+    if params.n_frames is None or params.frame_size_px is None:
+        params = merge_params(params, read_acquisition(movie))
+    return params
+
+
+def _file_values(request: SessionRequest, params: AcquisitionParams,
+                 movies: MovieSet) -> dict[str, tuple[object, str]]:
+    """Movie pattern, gain, defects and MTF as the project will see them (paths via Movies/)."""
+    session = request.session_dir.resolve()
+
+    def in_project(path: Path) -> str:
+        path = path.resolve()
+        return (f"{SESSION_LINK}/{path.relative_to(session)}" if path.is_relative_to(session)
+                else str(path))
+
+    values: dict[str, tuple[object, str]] = {}
+    if request.movies_pattern:
+        values["movies_pattern"] = (request.movies_pattern, "command line --movies")
+    else:
+        values["movies_pattern"] = (f"{SESSION_LINK}/{movies.pattern}",
+                                    f"beside {Path(params.source_path).name}: {movies.count} movies")
+    gain = request.gain or locate_gain(params, session, request.facility)
+    source = "command line --gain" if request.gain else (
+        f"named in {params.source('gain_reference')}" if params.gain_reference
+        else f"first match of the gain patterns ({request.facility.label})")
+    values["gain_reference"] = (in_project(gain), source) if gain else ("", "no gain reference found")
+    camera = request.facility.camera(params.detector_model)
+    values["gain_rotation"] = (camera.gain_rotation, f"{request.facility.label}: cameras.gain_rotation")
+    values["gain_flip"] = (camera.gain_flip, f"{request.facility.label}: cameras.gain_flip")
+    if params.defects_file:
+        found = sorted(session.rglob(Path(params.defects_file).name))
+        values["defects_file"] = ((in_project(found[0]), params.source("defects_file")) if found
+                                  else ("", f"{params.defects_file} not found in the session"))
+    mtf = request.facility.mtf_file(params.detector_model, params.voltage_kv)
+    values["mtf_file"] = (mtf or "", f"{request.facility.label}: cameras.mtf"
+                          if mtf else "no MTF for this detector in the facility configuration")
+    return values
+
+
+def prepare_session(request: SessionRequest,
+                    warn: Callable[[str], None] = print) -> tuple[AcquisitionParams, ProcessingSetup]:
+    """Read, complete and derive everything for a session; write it into the project."""
+    params = read_first_complete(request.session_dir, watch=request.watch, poll_s=request.poll_s,
+                                 timeout_s=request.timeout_s, warn=warn)
+    params = apply_overrides(params, request.overrides)
+    params = apply_facility(params, request.facility)
+    if request.movies_pattern:
+        found = sorted(request.session_dir.glob(request.movies_pattern))
+        if not found:
+            raise InputError("no movie matches --movies", path=request.session_dir,
+                             field=request.movies_pattern, expected="a glob relative to the session")
+        movies = MovieSet(found[0], request.movies_pattern, len(found))
+    else:
+        movies = locate_movies(params, request.session_dir)
+    params = _fill_from_movie(params, movies.example)
+    setup = derive_processing(params, request.options)
+    setup = ProcessingSetup({**setup.values, **_file_values(request, params, movies)})
+    link_session(request.project_dir, request.session_dir)
+    setup_project(request.project_dir, params, setup,
+                  {"session_dir": str(request.session_dir.resolve()),
+                   "metadata_file": params.source_path, "movies_found": movies.count})
+    return params, setup
