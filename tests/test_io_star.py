@@ -288,3 +288,40 @@ def test_resolve_image_name(tmp_path):
     for bad in ("0@a.mrcs", "x@a.mrcs", "1@"):
         with pytest.raises(InputError, match="bad image name"):
             resolve_image_name(bad, tmp_path)
+
+
+def _big_loop_text(n: int, rng) -> str:
+    rows = [
+        f"{i + 1:06d}@Extract/job007/m{i // 100:03d}.mrcs {rng.normal(0, 1e4):.6f} {int(rng.integers(-5, 5))} "
+        f"{rng.uniform(1e-6, 1e-4):.6e} {'True' if i % 2 else 'False'} 0{i % 7} name{i % 3}"
+        for i in range(n)
+    ]
+    labels = ["rlnImageName", "rlnDefocusU", "rlnClassNumber", "rlnSigma2", "rlnFlag", "rlnMicrographName",
+              "rlnOther"]
+    header = "data_particles\n\nloop_ \n" + "".join(f"_{label} #{k + 1} \n" for k, label in enumerate(labels))
+    return header + "\n".join(rows) + "\n \n"
+
+
+def test_fast_and_careful_parsers_agree(tmp_path, rng, monkeypatch):
+    import vitrify.io._star_read as star_read
+
+    (tmp_path / "big.star").write_text(_big_loop_text(1200, rng))
+    fast = read_star(tmp_path / "big.star")["particles"]
+    monkeypatch.setattr(star_read, "_FAST_MIN_ROWS", 10**9)
+    careful = read_star(tmp_path / "big.star")["particles"]
+    pd.testing.assert_frame_equal(fast, careful, check_exact=True)
+    assert fast["rlnClassNumber"].dtype == np.int64 and fast["rlnSigma2"].dtype == np.float64
+    assert fast["rlnMicrographName"].iloc[1] == "01" and fast["rlnFlag"].iloc[1] == "True"
+    for frame in (fast, careful):
+        write_star(tmp_path / "again.star", {"particles": frame})
+        pd.testing.assert_frame_equal(read_star(tmp_path / "again.star")["particles"], frame)
+
+
+@pytest.mark.parametrize("change", ["drop", "add"])
+def test_big_file_with_a_bad_row_reports_its_line(tmp_path, rng, change):
+    lines = _big_loop_text(1000, rng).splitlines()
+    bad = 700
+    lines[bad] = lines[bad].rsplit(" ", 1)[0] if change == "drop" else lines[bad] + " extra"
+    (tmp_path / "big.star").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=rf"line {bad + 1}: \d values in a row of data_particles"):
+        read_star(tmp_path / "big.star")

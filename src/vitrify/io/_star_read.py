@@ -12,6 +12,8 @@ We parse ourselves rather than through ``starfile.read``: starfile rewrites ``'`
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -216,15 +218,50 @@ def _parse_loop(cursor: _Lines, name: str, as_strings: bool, keep_text: frozense
     if len(set(labels)) != len(labels):
         raise cursor.error(f"a label appears twice in data_{name}")
     rows, line_numbers = _collect_rows(cursor)
-    table = _rows_to_array(cursor, rows, line_numbers, labels, name)
-    columns = {}
-    for k, label in enumerate(labels):
-        text_only = as_strings or is_string_label(label) or label in keep_text
-        columns[label] = table[:, k] if text_only else convert_values(table[:, k])
-    frame = pd.DataFrame({label: pd.Series(col, dtype=col.dtype, copy=False) for label, col in columns.items()})
+    text = [as_strings or is_string_label(label) or label in keep_text for label in labels]
+    frame = _fast_frame(rows, labels, text)
+    if frame is None:
+        table = _rows_to_array(cursor, rows, line_numbers, labels, name)
+        columns = {label: table[:, k] if text[k] else convert_values(table[:, k]) for k, label in enumerate(labels)}
+        frame = pd.DataFrame({label: pd.Series(col, dtype=col.dtype, copy=False) for label, col in columns.items()})
     frame.attrs["star_first_line"] = line_numbers[0] if line_numbers else 0
     if line_numbers and line_numbers[-1] - line_numbers[0] + 1 != len(line_numbers):
         frame.attrs["star_row_lines"] = tuple(line_numbers)
+    return frame
+
+
+_FAST_MIN_ROWS = 500
+# pandas < 3 parses floats approximately unless asked; pandas 3 is exact and deprecates the option.
+_EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+
+
+def _fast_frame(rows: list[str], labels: list[str], text: list[bool]) -> pd.DataFrame | None:
+    """Parse a large unquoted loop with pandas' C reader; None when the careful path is needed.
+
+    Any doubt (quotes, a row too long or too short, booleans) returns None, and the row-by-row
+    parser then either succeeds or reports the exact line.
+    """
+    if len(rows) < _FAST_MIN_ROWS or any('"' in row or "'" in row for row in rows):
+        return None
+    try:
+        frame = pd.read_csv(
+            io.StringIO("\n".join(rows)), sep=r"\s+", header=None, names=list(range(len(labels))),
+            dtype={k: object for k, keep in enumerate(text) if keep}, na_filter=False,
+            quoting=csv.QUOTE_NONE, engine="c", **_EXACT_FLOATS,
+        )
+    except (pd.errors.ParserError, ValueError):
+        return None
+    last = frame.iloc[:, -1]
+    short_row = last.isna().any() or (
+        not pd.api.types.is_numeric_dtype(last.dtype) and (last.astype(object) == "").any()
+    )
+    if len(frame) != len(rows) or short_row:
+        return None
+    for k in range(len(labels)):
+        dtype = frame[k].dtype
+        if pd.api.types.is_bool_dtype(dtype) or not (dtype == object or pd.api.types.is_numeric_dtype(dtype)):
+            frame[k] = frame[k].astype(str).astype(object)
+    frame.columns = labels
     return frame
 
 

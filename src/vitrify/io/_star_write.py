@@ -38,26 +38,22 @@ def format_double(value: float) -> str:
     return ("%12.6e" if scientific else "%12.6f") % value
 
 
-def format_doubles(values: np.ndarray, float_format: str | None = None) -> np.ndarray:
-    """Vectorised :func:`format_double` for a float array (n,) -> object array of str (n,)."""
+_DOUBLE_FORMATS = ("%12.6f", "%12.5f", "%12.6e", "%12.5e")
+
+
+def format_doubles(values: np.ndarray, float_format: str | None = None) -> list[str]:
+    """Vectorised :func:`format_double` for a float array (n,) -> list of n strings."""
     values = np.asarray(values, dtype=np.float64)
-    out = np.empty(values.shape, dtype=object)
     if float_format is not None:
-        out[:] = [s.rjust(12) for s in np.char.mod(float_format, values).tolist()]
-        return out
+        return [(float_format % v).rjust(12) for v in values.tolist()]
     magnitude = np.abs(values)
     with np.errstate(invalid="ignore"):
         scientific = ((magnitude > 0) & (magnitude < _SCIENTIFIC_BELOW)) | (magnitude > _SCIENTIFIC_ABOVE)
-        negative = values < 0
-    for mask, fmt in (
-        (~scientific & ~negative, "%12.6f"),
-        (~scientific & negative, "%12.5f"),
-        (scientific & ~negative, "%12.6e"),
-        (scientific & negative, "%12.5e"),
-    ):
-        if mask.any():
-            out[mask] = np.char.mod(fmt, values[mask]).tolist()
-    return out
+        category = (values < 0).astype(np.int8) + 2 * scientific.astype(np.int8)
+    if not category.any():
+        return ["%12.6f" % v for v in values.tolist()]
+    formats = [_DOUBLE_FORMATS[c] for c in category.tolist()]
+    return [f % v for f, v in zip(formats, values.tolist())]
 
 
 def quote_string(text: str) -> str:
@@ -71,7 +67,8 @@ def quote_string(text: str) -> str:
     if text == "":
         return '""'
     needs_quotes = (
-        any(c in text for c in " \t")
+        " " in text
+        or "\t" in text
         or text[0] in "\"'#;_"
         or text.startswith(("data_", "loop_"))
     )
@@ -110,7 +107,7 @@ def format_column(series: pd.Series, float_format: str | None = None) -> list[st
     elif pd.api.types.is_integer_dtype(dtype) and not series.hasnans:
         cells = np.char.mod("%12d", series.to_numpy(dtype=np.int64)).tolist()
     elif pd.api.types.is_float_dtype(dtype):
-        cells = format_doubles(series.to_numpy(dtype=np.float64, na_value=np.nan), float_format).tolist()
+        cells = format_doubles(series.to_numpy(dtype=np.float64, na_value=np.nan), float_format)
     else:
         cells = [_pad_cell(*format_value(v, float_format)) for v in series.tolist()]
     return [c + " " for c in cells]
