@@ -1,0 +1,290 @@
+"""Beam-induced motion correction in the spirit of MotionCor2 and RELION's own implementation.
+
+1. :func:`fix_defects` — hot/dead pixels (from a defect mask and from outliers of the sum).
+2. :func:`align_global` — whole-frame shifts: each frame (or a group of neighbours) is
+   aligned to the sum of all the others, iteratively, with a B-factor filter and
+   parabolic sub-pixel peaks, on a Fourier-cropped copy when the frames are large.
+3. :func:`align_patches` — the same on a grid of patches (after the global shifts),
+   giving residual per-patch trajectories.
+4. :func:`fit_deformation` — a smooth model of the residual motion, quadratic in
+   (x, y) and cubic in time, fitted by least squares (MotionCor2's model).
+5. :func:`sum_frames` — shift (Fourier, exact) and deform (bicubic) every frame and sum
+   them, with and without dose weighting (:func:`dose_weights`, Grant & Grigorieff 2015).
+
+All torch, batched over patches; device follows the frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vitrify.io.errors import InputError
+from vitrify.preprocess._frames import (bfactor_filter, correlation_peaks, fourier_crop_rect,
+                                        group_sums, shift_spectra)
+
+
+@dataclass(frozen=True)
+class MotionOptions:
+    """Motion-correction settings (RELION job.star names in brackets)."""
+
+    bfactor_angst2: float = 150.0        # [bfactor]
+    patches_x: int = 5                   # [patch_x]; 1 x 1 = global only
+    patches_y: int = 5                   # [patch_y]
+    group_frames: int = 1                # [group_frames] for the global alignment
+    patch_group_frames: int = 3          # neighbours summed for patch alignment
+    max_shift_angst: float = 100.0       # search radius
+    iterations: int = 6
+    tolerance_px: float = 0.02
+    align_size_px: int = 2048            # frames larger than this are aligned Fourier-cropped
+
+    def __post_init__(self) -> None:
+        if self.patches_x < 1 or self.patches_y < 1:
+            raise InputError("patch counts must be >= 1", field="patch_x/patch_y", expected=">= 1")
+        if self.group_frames < 1:
+            raise InputError("group_frames must be >= 1", field="group_frames", expected=">= 1")
+
+    @property
+    def local(self) -> bool:
+        return self.patches_x * self.patches_y > 1
+
+
+@dataclass(frozen=True)
+class Deformation:
+    """Residual local motion: ``shift(x, y, t) = Σ coeffs[d, k] · basis_k(x, y, t)``.
+
+    ``x``, ``y`` are normalised to [-1, 1] over the frame, ``t`` = frame index / (frames-1).
+    ``coeffs`` is ``(2, 24)`` for d = (x, y), basis = [1, x, x², y, y², xy] × [1, t, t², t³].
+    """
+
+    coeffs: np.ndarray
+    shape: tuple[int, int]
+    n_frames: int
+
+
+@dataclass(frozen=True)
+class PatchShifts:
+    """Per-patch residual trajectories: centres ``(p, 2)`` (x, y px), shifts ``(p, f, 2)`` (x, y px)."""
+
+    centres_px: np.ndarray
+    shifts_px: np.ndarray
+
+
+def fix_defects(frames: torch.Tensor, defect_mask: torch.Tensor | None = None,
+                hot_sigma: float = 8.0) -> tuple[torch.Tensor, int]:
+    """Replace defective pixels by each frame's mean.
+
+    Parameters
+    ----------
+    frames
+        ``(f, h, w)``.
+    defect_mask
+        ``(h, w)`` bool, True = bad (e.g. from a defect file), or None.
+    hot_sigma
+        Pixels of the frame sum further than this many robust σ from the median also count.
+
+    Returns
+    -------
+    (torch.Tensor, int)
+        Corrected frames and the number of pixels replaced.
+    """
+    total = frames.sum(0)
+    flat = total.flatten()[:: max(1, total.numel() // 1_000_000)]
+    median = flat.median()
+    sigma = 1.4826 * (flat - median).abs().median().clamp(min=1e-6)
+    bad = (total - median).abs() > hot_sigma * sigma
+    if defect_mask is not None:
+        if tuple(defect_mask.shape) != tuple(total.shape):
+            raise InputError(f"defect map is {tuple(defect_mask.shape)}, frames are {tuple(total.shape)}",
+                             field="fn_defect", expected="the frame size")
+        bad |= defect_mask.to(bad.device, torch.bool)
+    count = int(bad.sum())
+    if count:
+        means = frames.mean(dim=(-2, -1), keepdim=True).expand_as(frames)
+        frames = torch.where(bad, means, frames)
+    return frames, count
+
+
+def _align_stack(spectra: torch.Tensor, shape: tuple[int, int], weights: torch.Tensor,
+                 group: int, max_shift_px: float, opts: MotionOptions) -> torch.Tensor:
+    """Iterative alignment of ``(..., f, h, w2)`` spectra to the sum of the others → ``(..., f, 2)``."""
+    shifts = spectra.new_zeros(*spectra.shape[:-2], 2, dtype=spectra.real.dtype)
+    filtered = spectra * weights
+    for _ in range(opts.iterations):
+        aligned = shift_spectra(filtered, shifts, shape)
+        own = group_sums(aligned, group)
+        refs = aligned.sum(dim=-3, keepdim=True) - own
+        delta = correlation_peaks(own, refs, shape, max_shift_px)
+        delta = delta - delta.mean(dim=-2, keepdim=True)
+        shifts = shifts + delta
+        if float(delta.abs().max()) < opts.tolerance_px:
+            break
+    return shifts - shifts.mean(dim=-2, keepdim=True)
+
+
+def align_global(frames: torch.Tensor, pixel_size_angst: float, opts: MotionOptions) -> torch.Tensor:
+    """Whole-frame shifts ``(f, 2)`` (x, y px, mean zero) that align ``frames`` ``(f, h, w)``."""
+    n_frames, h, w = frames.shape
+    scale = max(1.0, max(h, w) / opts.align_size_px)
+    shape = (2 * round(h / scale / 2), 2 * round(w / scale / 2))
+    spectra = torch.stack([fourier_crop_rect(torch.fft.rfft2(f.float()), (h, w), shape) for f in frames])
+    weights = bfactor_filter(shape, pixel_size_angst * h / shape[0], opts.bfactor_angst2, frames.device)
+    max_shift = opts.max_shift_angst / (pixel_size_angst * h / shape[0])
+    shifts = _align_stack(spectra, shape, weights, opts.group_frames, max_shift, opts)
+    return shifts * torch.tensor([w / shape[1], h / shape[0]], device=shifts.device, dtype=shifts.dtype)
+
+
+def _patch_windows(shape: tuple[int, int], opts: MotionOptions) -> tuple[np.ndarray, int, int]:
+    """Origins ``(p, 2)`` (x0, y0) of the patch grid and the patch size (ph, pw), even."""
+    h, w = shape
+    ph, pw = 2 * (h // opts.patches_y // 2), 2 * (w // opts.patches_x // 2)
+    ys = np.linspace(0, h - ph, opts.patches_y).round().astype(int)
+    xs = np.linspace(0, w - pw, opts.patches_x).round().astype(int)
+    origins = np.array([(x, y) for y in ys for x in xs])
+    return origins, ph, pw
+
+
+def _cut_patches(frames: torch.Tensor, shifts: torch.Tensor, origins: np.ndarray, ph: int,
+                 pw: int) -> torch.Tensor:
+    """Spectra ``(p, f, ph, pw//2+1)`` of globally aligned patches (integer window + phase shift)."""
+    n_frames, h, w = frames.shape
+    out = []
+    for x0, y0 in origins:
+        stack = []
+        for f in range(n_frames):
+            sx, sy = float(shifts[f, 0]), float(shifts[f, 1])
+            ox = int(np.clip(x0 - round(sx), 0, w - pw))
+            oy = int(np.clip(y0 - round(sy), 0, h - ph))
+            patch = frames[f, oy:oy + ph, ox:ox + pw].float()
+            residual = torch.tensor([sx - (x0 - ox), sy - (y0 - oy)], device=frames.device)
+            stack.append(shift_spectra(torch.fft.rfft2(patch - patch.mean()), residual, (ph, pw)))
+        out.append(torch.stack(stack))
+    return torch.stack(out)
+
+
+def align_patches(frames: torch.Tensor, global_shifts: torch.Tensor, pixel_size_angst: float,
+                  opts: MotionOptions) -> PatchShifts:
+    """Residual trajectories of ``patches_y × patches_x`` patches after the global shifts.
+
+    ``frames`` ``(f, h, w)``, ``global_shifts`` ``(f, 2)``. Each trajectory has mean zero.
+    """
+    origins, ph, pw = _patch_windows(tuple(frames.shape[1:]), opts)
+    spectra = _cut_patches(frames, global_shifts, origins, ph, pw)
+    weights = bfactor_filter((ph, pw), pixel_size_angst, opts.bfactor_angst2, frames.device)
+    max_shift = min(opts.max_shift_angst / pixel_size_angst / 4, min(ph, pw) / 4)
+    shifts = _align_stack(spectra, (ph, pw), weights, opts.patch_group_frames, max_shift, opts)
+    centres = origins + np.array([pw / 2, ph / 2])
+    return PatchShifts(centres, shifts.cpu().numpy())
+
+
+def _basis(x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``(..., 24)`` deformation basis at normalised coordinates (broadcast)."""
+    one = torch.ones_like(x)
+    spatial = torch.stack(torch.broadcast_tensors(one, x, x * x, y, y * y, x * y), dim=-1)
+    temporal = torch.stack([torch.ones_like(t), t, t * t, t * t * t], dim=-1)
+    spatial, temporal = torch.broadcast_tensors(spatial.unsqueeze(-1), temporal.unsqueeze(-2))
+    return (spatial * temporal).flatten(-2)
+
+
+def _normalised(coord_px: torch.Tensor, size: int) -> torch.Tensor:
+    return 2.0 * coord_px / max(size - 1, 1) - 1.0
+
+
+def fit_deformation(patches: PatchShifts, shape: tuple[int, int]) -> Deformation:
+    """Least-squares fit of the smooth model to patch trajectories (ridge-regularised)."""
+    p, n_frames, _ = patches.shifts_px.shape
+    h, w = shape
+    x = _normalised(torch.tensor(patches.centres_px[:, 0], dtype=torch.float64), w).view(-1, 1)
+    y = _normalised(torch.tensor(patches.centres_px[:, 1], dtype=torch.float64), h).view(-1, 1)
+    t = torch.linspace(0, 1, n_frames, dtype=torch.float64).view(1, -1)
+    design = _basis(x, y, t).reshape(p * n_frames, -1)
+    target = torch.tensor(patches.shifts_px, dtype=torch.float64).reshape(p * n_frames, 2)
+    gram = design.T @ design + 1e-6 * torch.eye(design.shape[1], dtype=torch.float64)
+    coeffs = torch.linalg.solve(gram, design.T @ target).T
+    return Deformation(coeffs.numpy(), (h, w), n_frames)
+
+
+def deformation_field(model: Deformation, frame: int, device=None) -> torch.Tensor:
+    """``(h, w, 2)`` residual shift (x, y px) of every pixel for one frame."""
+    h, w = model.shape
+    y = _normalised(torch.arange(h, device=device, dtype=torch.float32), h).view(-1, 1)
+    x = _normalised(torch.arange(w, device=device, dtype=torch.float32), w).view(1, -1)
+    t = torch.tensor(frame / max(model.n_frames - 1, 1), device=device, dtype=torch.float32)
+    coeffs = torch.as_tensor(model.coeffs, device=device, dtype=torch.float32)
+    one = torch.ones_like(x * y)
+    spatial = [one, x * one, x * x * one, y * one, y * y * one, x * y]
+    temporal = [1.0, t, t * t, t * t * t]
+    field = torch.zeros(h, w, 2, device=device)
+    k = 0
+    for s in spatial:
+        for tt in temporal:
+            field += (s * tt).unsqueeze(-1) * coeffs[:, k]
+            k += 1
+    return field
+
+
+def _deform(frame: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
+    """Move ``frame`` ``(h, w)`` content by ``+field`` ``(h, w, 2)`` (bicubic resampling)."""
+    h, w = frame.shape
+    ys = torch.arange(h, device=frame.device, dtype=torch.float32).view(-1, 1)
+    xs = torch.arange(w, device=frame.device, dtype=torch.float32).view(1, -1)
+    src_x = (xs - field[..., 0]) * (2.0 / w) + (1.0 / w) - 1.0
+    src_y = (ys - field[..., 1]) * (2.0 / h) + (1.0 / h) - 1.0
+    grid = torch.stack([src_x, src_y], dim=-1).unsqueeze(0)
+    out = torch.nn.functional.grid_sample(frame[None, None], grid, mode="bicubic",
+                                          padding_mode="border", align_corners=False)
+    return out[0, 0]
+
+
+def critical_exposure(s_per_angst: torch.Tensor, voltage_kv: float) -> torch.Tensor:
+    """Grant & Grigorieff (2015) critical exposure (e/Å²) at frequency s; ×0.8 at 200 kV."""
+    scale = 0.8 if voltage_kv < 250 else 1.0
+    return scale * (0.245 * s_per_angst.clamp(min=1e-6) ** -1.665 + 2.81)
+
+
+def dose_weights(n_frames: int, shape: tuple[int, int], pixel_size_angst: float,
+                 dose_per_frame: float, pre_exposure: float = 0.0, voltage_kv: float = 300.0,
+                 device=None) -> torch.Tensor:
+    """``(f, h, w//2+1)`` weights ``exp(-N_f / 2N_c(s))`` with N_f the exposure at mid-frame."""
+    ky = torch.fft.fftfreq(shape[0], d=pixel_size_angst, device=device).view(-1, 1)
+    kx = torch.fft.rfftfreq(shape[1], d=pixel_size_angst, device=device).view(1, -1)
+    critical = critical_exposure(torch.sqrt(kx * kx + ky * ky), voltage_kv)
+    exposure = pre_exposure + dose_per_frame * (torch.arange(n_frames, device=device) + 0.5)
+    return torch.exp(-exposure.view(-1, 1, 1) / (2 * critical))
+
+
+def sum_frames(frames: torch.Tensor, shifts: torch.Tensor, model: Deformation | None,
+               weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Aligned sum, and dose-weighted sum when ``weights`` ``(f, h, w//2+1)`` is given.
+
+    The weighted sum is ``Σ w_f F_f · sqrt(f / Σ w_f²)``, which equals the plain sum at
+    low frequency. Returns ``(h, w)`` images.
+    """
+    n_frames, h, w = frames.shape
+    plain = None
+    weighted = None
+    for f in range(n_frames):
+        spectrum = shift_spectra(torch.fft.rfft2(frames[f].float()), shifts[f], (h, w))
+        if model is not None:
+            moved = _deform(torch.fft.irfft2(spectrum, s=(h, w)), deformation_field(model, f, frames.device))
+            spectrum = torch.fft.rfft2(moved)
+        plain = spectrum if plain is None else plain + spectrum
+        if weights is not None:
+            term = spectrum * weights[f]
+            weighted = term if weighted is None else weighted + term
+    unweighted = torch.fft.irfft2(plain, s=(h, w))
+    if weights is None:
+        return unweighted, None
+    norm = torch.sqrt(n_frames / (weights ** 2).sum(0).clamp(min=1e-12))
+    return unweighted, torch.fft.irfft2(weighted * norm, s=(h, w))
+
+
+def accumulated_motion(shifts_px: np.ndarray, pixel_size_angst: float, early_frames: int = 4,
+                       ) -> tuple[float, float, float]:
+    """RELION's total / early / late accumulated motion (Å) of a ``(f, 2)`` trajectory."""
+    steps = np.hypot(*np.diff(shifts_px, axis=0).T) * pixel_size_angst
+    early = float(steps[: max(early_frames - 1, 0)].sum())
+    total = float(steps.sum())
+    return total, early, total - early
