@@ -145,7 +145,8 @@ def locate_movies(params: AcquisitionParams, session_dir: str | Path) -> MovieSe
         raise InputError("no movie found for the metadata file", path=meta,
                          expected=f"a movie ({', '.join(MOVIE_SUFFIXES)}) beside it, or --movies")
     stem = meta.name[: -len(".mdoc")] if meta.suffix == ".mdoc" else meta.stem
-    tail = movie.name[len(stem):] if movie.name.startswith(stem) else movie.suffix
+    beside = movie.name.startswith(stem) and len(movie.name) > len(stem)
+    tail = movie.name[len(stem):] if beside else movie.suffix
     name = "FoilHole_*_Data_*" + tail if meta.name.startswith("FoilHole_") else "*" + tail
     folder = _generalise_epu_dirs(movie.parent.relative_to(session))
     pattern = name if folder in ("", ".") else f"{folder}/{name}"

@@ -1,0 +1,166 @@
+"""``vitrify mdcatch``: reading files, setting up projects from EPU and simulated sessions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from vitrify.cli.main import build_app
+
+FIXTURES = Path("/work/shared/fixtures/acquisition")
+if not FIXTURES.is_dir():
+    FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "acquisition"
+SCHEMES = FIXTURES.parent / "relion4_schemes"
+K2 = "FoilHole_22011316_Data_19957701_19957703_20200323_100235.xml"
+pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="acquisition fixtures not found")
+
+
+def _run(*args: str):
+    return CliRunner().invoke(build_app(), list(args), env={"COLUMNS": "200"})
+
+
+def _error(capsys, monkeypatch, *args: str) -> str:
+    """Run through ``main`` (which turns InputError into one line and exit 1); return stderr."""
+    from vitrify.cli.main import main
+
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps at the terminal width
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def _simulated_session(directory: Path, n_movies: int = 3) -> list[Path]:
+    from vitrify.sim.session import write_session_metadata
+
+    directory.mkdir(parents=True)
+    movies = []
+    for index in range(n_movies):
+        movies.append(directory / f"movie_{index:04d}.tiff")
+        tifffile.imwrite(movies[-1], np.zeros((10, 32, 48), np.uint8))
+    write_session_metadata(directory, movies, pixel_size_angst=0.83, voltage_kv=300.0, cs_mm=2.7,
+                           dose_per_frame_e_per_angst2=1.0, exposure_time_s=2.0,
+                           defocus_angst=15000.0)
+    return movies
+
+
+def test_read_json_prints_one_object_with_missing():
+    result = _run("mdcatch", "--read", str(FIXTURES / K2), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["pixel_size_angst"] == pytest.approx(1.18367010637499)
+    assert data["voltage_kv"] == 300.0
+    assert data["n_frames"] == 40
+    assert data["missing"] == ["cs_mm", "gain_reference", "defects_file"]
+
+
+def test_read_table_shows_values_and_sources():
+    result = _run("mdcatch", "--read", str(FIXTURES / "frames.mdoc"))
+    assert result.exit_code == 0, result.output
+    assert "0.50226" in result.output and "PixelSpacing (line 11)" in result.output
+    assert "missing" in result.output
+
+
+def test_read_corrupt_file_is_one_line_error(tmp_path, capsys, monkeypatch):
+    raw = (FIXTURES / K2).read_bytes()
+    (tmp_path / "cut.xml").write_bytes(raw[:3000])
+    err = _error(capsys, monkeypatch, "mdcatch", "--read", str(tmp_path / "cut.xml"))
+    assert "cut.xml: line" in err and "truncated" in err
+
+
+def test_session_from_simulated_movies(tmp_path):
+    _simulated_session(tmp_path / "session")
+    project = tmp_path / "project"
+    result = _run("mdcatch", str(tmp_path / "session"), "--project", str(project),
+                  "--particle-diameter", "150")
+    assert result.exit_code == 0, result.output
+    assert "vitrify schemer --scheme prep" in result.output
+    record = json.loads((project / "acquisition.json").read_text())
+    assert record["acquisition"]["pixel_size_angst"] == pytest.approx(0.83)
+    assert record["acquisition"]["cs_mm"] == pytest.approx(2.7)  # from the simulator's extra key
+    assert record["movies_found"] == 3
+    options = record["scheme_options"]
+    assert options["prep__importmovies__fn_in_raw"] == "Movies/*.tiff"
+    assert options["proc__extract__extract_size"] == "280"  # 1.5 * 150 / 0.83 = 271 -> 280
+    assert options["proc__extract__rescale"] == "70"
+    assert options["prep__motioncorr__dose_per_frame"] == "1"
+    assert (project / "Movies").resolve() == (tmp_path / "session").resolve()
+    assert "'proc__extract__do_rescale' : 'True'," in (project / "relion_it_options.py").read_text()
+
+
+def test_session_in_epu_layout_with_overrides_and_gain(tmp_path):
+    data = tmp_path / "session" / "Images-Disc1" / "GridSquare_7" / "Data"
+    data.mkdir(parents=True)
+    shutil.copy(FIXTURES / K2, data / K2)
+    movie = data / K2.replace(".xml", "_fractions.tiff")
+    tifffile.imwrite(movie, np.zeros((40, 16, 16), np.uint8))
+    tifffile.imwrite(tmp_path / "session" / "gain.tiff", np.ones((16, 16), np.float32))
+    result = _run("mdcatch", str(tmp_path / "session"), "--project", str(tmp_path / "p"),
+                  "--particle-diameter", "200", "--cs", "2.0", "--gain",
+                  str(tmp_path / "session" / "gain.tiff"))
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "p" / "acquisition.json").read_text())
+    assert record["acquisition"]["cs_mm"] == 2.0
+    assert record["acquisition"]["sources"]["cs_mm"] == {"file": "command line", "field": "cs_mm"}
+    options = record["scheme_options"]
+    assert options["prep__importmovies__fn_in_raw"] == \
+        "Movies/Images-Disc*/GridSquare_*/Data/FoilHole_*_Data_*_fractions.tiff"
+    assert options["prep__motioncorr__fn_gain_ref"] == "Movies/gain.tiff"
+    # 25.1794 e/A2 over 40 fractions
+    assert float(options["prep__motioncorr__dose_per_frame"]) == pytest.approx(25.179406 / 40, rel=1e-5)
+
+
+def test_options_are_written_into_the_projects_scheme_job_files(tmp_path):
+    if not (SCHEMES / "prep" / "motioncorr" / "job.star").is_file():
+        pytest.skip("RELION-4 scheme fixtures not found")
+    from vitrify.io.star import read_star
+
+    _simulated_session(tmp_path / "session", n_movies=1)
+    project = tmp_path / "project"
+    shutil.copytree(SCHEMES / "prep", project / "Schemes" / "prep")
+    result = _run("mdcatch", str(tmp_path / "session"), "--project", str(project))
+    assert result.exit_code == 0, result.output
+    values = read_star(project / "Schemes" / "prep" / "motioncorr" / "job.star")["joboptions_values"]
+    table = dict(zip(values["rlnJobOptionVariable"].astype(str), values["rlnJobOptionValue"].astype(str)))
+    assert table["dose_per_frame"] == "1" and table["bin_factor"] == "1"
+    assert table["other_args"] == "--do_at_most $$do_at_most"  # untouched options stay
+    record = json.loads((project / "acquisition.json").read_text())
+    assert "prep__motioncorr__dose_per_frame" in record["scheme_options_applied"]
+
+
+def test_session_without_metadata_is_an_error(tmp_path, capsys, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    err = _error(capsys, monkeypatch, "mdcatch", str(tmp_path / "empty"), "--project", str(tmp_path / "p"))
+    assert "no metadata file found" in err
+
+
+def test_watch_skips_a_partial_file_with_a_warning(tmp_path):
+    from vitrify.pipeline.mdcatch import read_first_complete
+
+    session = tmp_path / "s" / "Images-Disc1" / "GridSquare_1" / "Data"
+    session.mkdir(parents=True)
+    raw = (FIXTURES / K2).read_bytes()
+    (session / "FoilHole_1_Data_1.xml").write_bytes(raw[:2000])  # EPU still writing it
+    shutil.copy(FIXTURES / K2, session / "FoilHole_2_Data_2.xml")
+    warnings: list[str] = []
+    params = read_first_complete(tmp_path / "s", watch=True, poll_s=0.01, timeout_s=1.0,
+                                 warn=warnings.append)
+    assert Path(params.source_path).name == "FoilHole_2_Data_2.xml"
+    assert len(warnings) == 1 and "FoilHole_1_Data_1.xml" in warnings[0]
+
+
+def test_watch_times_out_cleanly(tmp_path):
+    from vitrify.io.errors import InputError
+    from vitrify.pipeline.mdcatch import read_first_complete
+
+    (tmp_path / "s").mkdir()
+    with pytest.raises(InputError, match="no complete metadata file appeared"):
+        read_first_complete(tmp_path / "s", watch=True, poll_s=0.01, timeout_s=0.05)
