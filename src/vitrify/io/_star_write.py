@@ -109,7 +109,11 @@ def format_column(series: pd.Series, float_format: str | None = None) -> list[st
     elif pd.api.types.is_float_dtype(dtype):
         cells = format_doubles(series.to_numpy(dtype=np.float64, na_value=np.nan), float_format)
     else:
-        cells = [_pad_cell(*format_value(v, float_format)) for v in series.tolist()]
+        values = series.tolist()
+        if all(type(v) is str for v in values):
+            cells = [quote_string(v).rjust(10) for v in values]
+        else:
+            cells = [_pad_cell(*format_value(v, float_format)) for v in values]
     return [c + " " for c in cells]
 
 
@@ -120,6 +124,8 @@ def _pad_cell(text: str, is_number: bool) -> str:
 def format_loop(frame: pd.DataFrame, float_format: str | None = None) -> str:
     """The body of a loop table (from ``loop_`` to the closing ``" "`` line)."""
     labels = [str(c) for c in frame.columns]
+    if not labels:
+        return ""  # a table without columns: only its data_ line (reads back as an empty block)
     lines = ["loop_ "] + [f"_{label} #{k} " for k, label in enumerate(labels, start=1)]
     columns = [format_column(frame.iloc[:, k], float_format) for k in range(len(labels))]
     lines += ["".join(cells) for cells in zip(*columns)]

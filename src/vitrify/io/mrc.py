@@ -15,8 +15,8 @@ Examples
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "s.mrcs"
 >>> write_mrc(path, np.ones((3, 8, 8)), pixel_size_angst=1.5)
 >>> data, pixel = read_mrc(path)
->>> data.shape, data.dtype, pixel
-((3, 8, 8), dtype('float32'), 1.5)
+>>> data.shape, data.dtype == np.float32, pixel
+((3, 8, 8), True, 1.5)
 """
 
 from __future__ import annotations
