@@ -242,7 +242,8 @@ def test_legacy_without_pixel_size_needs_one(tmp_path):
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("data_a\nloop_\n_rlnA #1\n_rlnB #2\n1 2\n3\n", r"line 6: 1 values in a row of data_a"),
+        ("data_a\nloop_\n_rlnA #1\n_rlnB #2\n_rlnC #3\n1 2 3\n3 4\n", r"line 7: 2 values in a row of data_a"),
+        ("data_a\nloop_\n_rlnA #1\n_rlnB #2\n1 2 3\n", r"line 5: 3 values in a row of data_a"),
         ('data_a\nloop_\n_rlnA #1\n"open 2\n', r"line 4: unterminated quote"),
         ("hello\n", r"line 1: unexpected text 'hello'"),
         ("data_a\nloop_\n_rlnA #1\n1\n\n2\n", r"line 6: unexpected text '2'.*blank line"),
@@ -254,6 +255,13 @@ def test_syntax_errors_name_the_line(tmp_path, text, match):
     (tmp_path / "bad.star").write_text(text)
     with pytest.raises(InputError, match=match):
         read_star(tmp_path / "bad.star")
+
+
+def test_short_rows_allowed_in_two_column_loops(tmp_path):
+    (tmp_path / "job.star").write_text("data_joboptions_values\nloop_\n_rlnJobOptionVariable #1\n"
+                                       "_rlnJobOptionValue #2\nfn_cont\nnr_classes 50\n")
+    table = read_star(tmp_path / "job.star", as_strings=True)["joboptions_values"]
+    assert table.values.tolist() == [["fn_cont", ""], ["nr_classes", "50"]]
 
 
 def test_missing_and_binary_files(tmp_path):

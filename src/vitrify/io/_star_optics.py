@@ -113,7 +113,15 @@ def text_as_object(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def merge_optics(optics: pd.DataFrame, data: pd.DataFrame) -> pd.DataFrame:
-    """Add each optics column to every data row of its group; values in ``data`` win."""
+    """Add each optics column to every data row of its group; values in ``data`` win.
+
+    A data table without ``rlnOpticsGroup`` belongs to the only group of a one-group optics table.
+    """
+    if GROUP not in data.columns:
+        if len(optics) != 1:
+            raise InputError(f"data table without {GROUP} and {len(optics)} optics groups",
+                             field=GROUP, expected="an rlnOpticsGroup column")
+        data = data.assign(**{GROUP: optics[GROUP].iloc[0]})
     merged = data.copy()
     by_group = optics.set_index(GROUP)
     for label in optics.columns:

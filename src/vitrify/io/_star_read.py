@@ -5,6 +5,8 @@ with ``#`` or ``;``; ``data_X`` starts block ``X``; a block is either a list blo
 lines) or one ``loop_`` (label lines ``_label [#n]`` then one row per line, ending at the first
 blank line); tokens are whitespace separated and ``"..."``/``'...'`` group tokens (a quote only
 closes when followed by whitespace or the end of the line; ``BEL`` + quote is a literal quote).
+More values than labels is an error; fewer is an error unless the loop has at most two labels
+(``name`` alone in a job.star option loop means an empty value), as in RELION.
 
 We parse ourselves rather than through ``starfile.read``: starfile rewrites ``'`` as ``"``, treats
 ``#`` anywhere in a row as a comment and cannot read a loop without rows, which RELION writes.
@@ -305,6 +307,8 @@ def _rows_to_array(cursor: _Lines, rows: list[str], numbers: list[int], labels: 
     else:
         split = [row.split() for row in rows]
     for tokens, no in zip(split, numbers):
+        if len(tokens) < n_labels <= 2:
+            tokens.extend([""] * (n_labels - len(tokens)))  # RELION: short rows allowed up to 2 labels
         if len(tokens) != n_labels:
             raise cursor.error(
                 f"{len(tokens)} values in a row of data_{name}", expected=f"{n_labels} values (one per label)",
