@@ -200,3 +200,133 @@ def test_json_has_units_sources_and_missing():
     assert data["pixel_size_angst"] == pytest.approx(1.18367010637499)
     assert data["missing"] == ["cs_mm", "gain_reference", "defects_file"]
     assert data["sources"]["voltage_kv"] == {"file": K2, "field": "gun/AccelerationVoltage"}
+
+
+def _fei2_movie(path: Path, n_frames: int, *, dose_fraction: bool) -> None:
+    import mrcfile
+    from mrcfile.dtypes import get_ext_header_dtype
+
+    dtype = get_ext_header_dtype(b"FEI2")
+    ext = np.zeros(n_frames, dtype=dtype)
+    ext["Metadata size"] = dtype.itemsize
+    ext["HT"] = 300000.0  # V
+    ext["Dose"] = 1.25e20  # e/m² = 1.25 e/Å² (per fraction when "Is dose fraction")
+    ext["Pixel size X"] = 0.83e-10  # m
+    ext["Integration time"] = 2.5
+    ext["Binning Width"] = 1
+    ext["Applied defocus"] = -1.5e-6  # m
+    ext["Magnification"] = 105000
+    ext["Camera name"] = b"BM-Falcon"
+    ext["Detector commercial name"] = b"Falcon 4i"
+    ext["D-Number"] = b"D3593"
+    ext["Is dose fraction"] = dose_fraction
+    with mrcfile.new(path, np.zeros((n_frames, 8, 12), np.float32)) as mrc:
+        mrc.set_extended_header(np.frombuffer(ext.tobytes(), dtype="V1"))
+        mrc.header.exttyp = b"FEI2"
+
+
+def test_mrc_fei2_extended_header(tmp_path):
+    _fei2_movie(tmp_path / "fractions.mrc", 6, dose_fraction=True)
+    p = read_acquisition(tmp_path / "fractions.mrc")
+    assert p.voltage_kv == 300.0 and p.pixel_size_angst == pytest.approx(0.83)
+    assert p.n_frames == 6 and p.frame_size_px == (12, 8)
+    assert p.total_dose_e_per_angst2 == pytest.approx(6 * 1.25)  # dose fractions add up
+    assert p.dose_per_frame_e_per_angst2 == pytest.approx(1.25)
+    assert p.applied_defocus_um == pytest.approx(-1.5)
+    assert p.magnification == 105000 and p.exposure_time_s == 2.5
+    assert p.detector == "BM-Falcon" and p.detector_model == "Falcon 4i"
+    assert p.microscope_id == "D3593"
+    assert p.sources["voltage_kv"] == ("fractions.mrc", "FEI2 extended header: HT")
+
+
+def test_mrc_fei2_single_image_dose_is_the_total(tmp_path):
+    _fei2_movie(tmp_path / "image.mrc", 1, dose_fraction=False)
+    assert read_acquisition(tmp_path / "image.mrc").total_dose_e_per_angst2 == pytest.approx(1.25)
+
+
+def test_tiff_serialem_description_and_eer_metadata_tag(tmp_path):
+    import tifffile
+
+    meta = (b'<metadata><item name="exposureTime" unit="s">3.2</item>'
+            b'<item name="numberOfFrames">640</item>'
+            b'<item name="totalDose" unit="e/m^2">4.5e21</item>'
+            b'<item name="sensorPixelSize.width" unit="m">7.2e-11</item></metadata>')
+    tifffile.imwrite(tmp_path / "m.tiff", np.zeros((5, 8, 12), np.uint8),
+                     extratags=[(65001, "B", len(meta), meta, True)],
+                     description="PixelSpacing = 0.72\nVoltage = 300\nTargetDefocus = -1.8\n")
+    p = read_acquisition(tmp_path / "m.tiff")
+    assert p.pixel_size_angst == pytest.approx(0.72) and p.voltage_kv == 300.0
+    assert p.applied_defocus_um == pytest.approx(-1.8)
+    assert p.n_frames == 640  # EER metadata: raw frames, not TIFF pages
+    assert p.total_dose_e_per_angst2 == pytest.approx(45.0)
+    assert p.exposure_time_s == pytest.approx(3.2)
+    assert p.physical_pixel_size_angst == pytest.approx(0.72)
+    assert p.frame_size_px == (12, 8)
+    assert p.sources["n_frames"][1] == "EER metadata tag 65001: numberOfFrames"
+
+
+FACILITY = """
+[defaults]
+cs_mm = 2.7
+
+[microscopes.D304]
+name = "Polara"
+cs_mm = 2.0
+cameras = { "0" = "Gatan K2" }
+
+[cameras."Gatan K2"]
+mtf = { "300" = "/facility/mtf_k2_300kV.star" }
+gain_rotation = 1
+gain_flip = 2
+"""
+
+
+def test_facility_config_fills_cs_and_camera(tmp_path):
+    from vitrify.io.facility import apply_facility, load_facility_config
+
+    (tmp_path / "site.toml").write_text(FACILITY)
+    config = load_facility_config(tmp_path / "site.toml")
+    p = apply_facility(read_acquisition(FIXTURES / "frames.mdoc"), config)
+    assert p.cs_mm == 2.0 and p.sources["cs_mm"] == ("site.toml", "microscopes.D304.cs_mm")
+    assert p.detector_model == "Gatan K2"  # SerialEM CameraIndex 0 on D304
+    assert config.mtf_file("Gatan K2", p.voltage_kv) == "/facility/mtf_k2_300kV.star"
+    assert config.camera("Gatan K2").gain_rotation == 1
+    # without an entry for the microscope: the facility default, named as such
+    other = apply_facility(read_acquisition(FIXTURES / K2), config)
+    assert other.cs_mm == 2.7 and other.sources["cs_mm"] == ("site.toml", "defaults.cs_mm")
+    # values the files give are never replaced
+    assert apply_facility(other, config).cs_mm == 2.7
+
+
+def test_facility_config_errors_name_file_and_key(tmp_path):
+    from vitrify.io.facility import load_facility_config
+
+    (tmp_path / "bad.toml").write_text("[microscopes.X]\ncs = 2.7\n")
+    with pytest.raises(InputError, match=r"bad\.toml: \[microscopes\.X\]: unknown key"):
+        load_facility_config(tmp_path / "bad.toml")
+    (tmp_path / "broken.toml").write_text("[defaults\n")
+    with pytest.raises(InputError, match=r"broken\.toml: invalid TOML"):
+        load_facility_config(tmp_path / "broken.toml")
+
+
+def test_overrides_re_derive_dependent_values():
+    from vitrify.io.acquisition import apply_overrides
+
+    p = read_acquisition(FIXTURES / "frames.mdoc")  # 30 e/Å² over 40 frames
+    q = apply_overrides(p, {"total_dose_e_per_angst2": 60.0, "cs_mm": None})
+    assert q.dose_per_frame_e_per_angst2 == pytest.approx(1.5)
+    assert q.sources["total_dose_e_per_angst2"] == ("command line", "total_dose_e_per_angst2")
+    assert q.cs_mm is None
+
+
+def test_documented_facility_example_loads(tmp_path):
+    import re
+
+    from vitrify.io.facility import load_facility_config
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "mdcatch.md"
+    example = re.search(r"```toml\n(.*?)```", docs.read_text(), re.S).group(1)
+    (tmp_path / "site.toml").write_text(example)
+    config = load_facility_config(tmp_path / "site.toml")
+    assert config.microscopes["D304"].cs_mm == 2.0
+    assert config.mtf_file("Gatan K2", 300.0) == "/facility/mtf/mtf_k2_300kV.star"

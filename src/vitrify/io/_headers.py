@@ -42,7 +42,7 @@ def read_movie_shape(path: str | Path) -> tuple[int, int, int]:
                 return int(h.nz), int(h.ny), int(h.nx)
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            return len(tif.pages), int(page.shape[0]), int(page.shape[1])
+            return len(tif.pages), int(page.shape[-2]), int(page.shape[-1])
     except (OSError, ValueError, tifffile.TiffFileError) as err:
         raise InputError(f"cannot read the movie header: {err}", path=path,
                          expected="a TIFF, EER or MRC movie") from err
@@ -106,6 +106,12 @@ def _fei_fields(ext: np.ndarray, exttyp: str) -> Fields:
             value = convert(record[fei_name])
             if isinstance(value, bool) or value not in (0, 0.0, ""):
                 fields[ours] = (value, f"{exttyp} extended header: {fei_name}")
+    if "Is dose fraction" in names and bool(record["Is dose fraction"]) and len(ext) > 1:
+        # each record is one dose fraction: its Dose is that fraction's, the movie's is the sum
+        total = float(np.sum(ext["Dose"])) * 1e-20
+        if total > 0:
+            fields["total_dose_e_per_angst2"] = (
+                total, f"{exttyp} extended header: sum of Dose over {len(ext)} fractions")
     return fields
 
 
@@ -116,7 +122,7 @@ def read_tiff_header_fields(path: str | Path) -> Fields:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             fields: Fields = {"n_frames": (len(tif.pages), "number of TIFF pages"),
-                              "frame_size_px": ((int(page.shape[1]), int(page.shape[0])),
+                              "frame_size_px": ((int(page.shape[-1]), int(page.shape[-2])),
                                                 "ImageWidth, ImageLength")}
             if int(page.compression) in EER_COMPRESSIONS:
                 fields["eer"] = (True, f"Compression = {int(page.compression)}")
