@@ -101,6 +101,8 @@ def test_four_clockwise_steps_are_identity_and_tiff_gain_matches_mrc(tmp_path, r
     write_mrc(tmp_path / "gain.mrc", gain, 1.0)
     write_movie(tmp_path / "gain.tif", gain[np.newaxis])
     np.testing.assert_array_equal(read_gain(tmp_path / "gain.tif", 1, 2), read_gain(tmp_path / "gain.mrc", 1, 2))
+    (tmp_path / "gain.tif").rename(tmp_path / "K3.gain")  # Gatan/SerialEM .gain files are TIFF
+    np.testing.assert_array_equal(read_gain(tmp_path / "K3.gain"), gain)
 
 
 def test_gain_errors(tmp_path, counts):

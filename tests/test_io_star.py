@@ -333,3 +333,21 @@ def test_big_file_with_a_bad_row_reports_its_line(tmp_path, rng, change):
     (tmp_path / "big.star").write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match=rf"line {bad + 1}: \d values in a row of data_particles"):
         read_star(tmp_path / "big.star")
+
+
+def test_micrographs_and_movies_blocks(tmp_path):
+    optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
+                           "rlnMicrographOriginalPixelSize": [0.5], "rlnVoltage": [300.0],
+                           "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1],
+                           "rlnMicrographPixelSize": [1.0]})
+    mics = pd.DataFrame({"rlnMicrographName": ["MotionCorr/job002/a.mrc"], "rlnOpticsGroup": [1],
+                         "rlnDefocusU": [15000.0], "rlnDefocusV": [14000.0]})
+    write_star_optics(tmp_path / "mics.star", optics, mics, "micrographs")
+    star = read_star_optics(tmp_path / "mics.star", "micrographs")
+    assert star.merged["rlnMicrographPixelSize"].tolist() == [1.0]
+    movies = pd.DataFrame({"rlnMicrographMovieName": ["Movies/a.tiff"]})  # no group column: one group
+    write_star_optics(tmp_path / "movies.star", optics.drop(columns="rlnMicrographPixelSize"), movies, "movies")
+    assert read_star_optics(tmp_path / "movies.star", "movies").data["rlnOpticsGroup"].tolist() == [1]
+    write_star_optics(tmp_path / "bad.star", optics.drop(columns="rlnMicrographPixelSize"), mics, "micrographs")
+    with pytest.raises(InputError, match="data_optics, column rlnMicrographPixelSize: missing required column"):
+        read_star_optics(tmp_path / "bad.star", "micrographs")

@@ -60,7 +60,8 @@ PIXEL_LABEL = {
     "micrographs": "rlnMicrographPixelSize",
     "movies": "rlnMicrographOriginalPixelSize",
 }
-NUMERIC_LABELS = frozenset(OPTICS_ORDER[1:2] + OPTICS_ORDER[3:]) - {"rlnMtfFileName"} | frozenset(
+#: Labels that must hold numbers (checked with line numbers on read).
+NUMERIC_LABELS = frozenset(c for c in OPTICS_ORDER if c not in ("rlnOpticsGroupName", "rlnMtfFileName")) | frozenset(
     {
         "rlnCoordinateX", "rlnCoordinateY", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle",
         "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst",
