@@ -164,3 +164,34 @@ def test_watch_times_out_cleanly(tmp_path):
     (tmp_path / "s").mkdir()
     with pytest.raises(InputError, match="no complete metadata file appeared"):
         read_first_complete(tmp_path / "s", watch=True, poll_s=0.01, timeout_s=0.05)
+
+
+def test_epu_session_dm_reads_like_its_xml(tmp_path):
+    shutil.copy(FIXTURES / "EpuSession-K2.xml", tmp_path / "EpuSession.dm")
+    result = _run("mdcatch", "--read", str(tmp_path / "EpuSession.dm"), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["detector_model"] == "Gatan K2" and data["n_frames"] == 40
+    assert "pixel_size_angst" in data["missing"]
+
+
+def test_eer_session_groups_raw_frames(tmp_path):
+    from vitrify.sim.session import write_session_metadata
+
+    session = tmp_path / "session"
+    session.mkdir()
+    movie = session / "movie_0001.eer"  # a TIFF container, as EER files are
+    tifffile.imwrite(movie, np.zeros((100, 8, 8), np.uint8))
+    xml, mdoc = write_session_metadata(session, [movie], pixel_size_angst=0.75, voltage_kv=300.0,
+                                       cs_mm=2.7, dose_per_frame_e_per_angst2=0.05,
+                                       exposure_time_s=4.0, defocus_angst=12000.0)
+    mdoc.unlink()
+    # EPU reports the fractions it was asked for (20), not the EER file's 100 raw frames
+    xml.write_text(xml.read_text().replace("NumberOffractions>100<", "NumberOffractions>20<"))
+    result = _run("mdcatch", str(session), "--project", str(tmp_path / "p"))
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "p" / "acquisition.json").read_text())
+    assert record["acquisition"]["eer"] is True and record["acquisition"]["n_frames"] == 100
+    # 5 e/A2 over 100 raw frames = 0.05 each -> groups of 20 -> 1.0 e/A2 per fraction
+    assert record["scheme_options"]["prep__motioncorr__eer_grouping"] == "20"
+    assert float(record["scheme_options"]["prep__motioncorr__dose_per_frame"]) == pytest.approx(1.0)

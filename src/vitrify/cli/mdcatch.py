@@ -64,6 +64,20 @@ def print_setup(setup, console: Console) -> None:
     console.print(table)
 
 
+def _read_one(path: Path, as_json: bool, config, console: Console) -> None:
+    """``--read``: print one file's acquisition parameters (table or JSON)."""
+    from vitrify.io.acquisition import read_acquisition
+    from vitrify.io.facility import apply_facility
+
+    params = read_acquisition(path)
+    if config is not None:
+        params = apply_facility(params, config)
+    if as_json:
+        typer.echo(json.dumps(params.to_json_dict(), indent=2))
+    else:
+        print_params(params, console)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``mdcatch`` command to ``app``."""
 
@@ -96,20 +110,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Read acquisition metadata (EPU/SerialEM) and set up processing from it."""
         from vitrify.io.errors import InputError
-        from vitrify.io.facility import apply_facility, load_facility_config
+        from vitrify.io.facility import load_facility_config
 
         console = Console()
         config = load_facility_config(facility)
         if read is not None:
-            from vitrify.io.acquisition import read_acquisition
-
-            params = read_acquisition(read)
-            if facility is not None:
-                params = apply_facility(params, config)
-            if as_json:
-                typer.echo(json.dumps(params.to_json_dict(), indent=2))
-            else:
-                print_params(params, console)
+            _read_one(read, as_json, config if facility is not None else None, console)
             return
         if session_dir is None or project is None:
             raise InputError("give --read FILE, or SESSION_DIR and --project DIR",

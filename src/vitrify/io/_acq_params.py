@@ -185,7 +185,8 @@ def apply_overrides(params: AcquisitionParams, overrides: Mapping[str, object],
     if not chosen:
         return params
     for name, value in chosen.items():
-        params = with_value(params, name, value, (source_file, name))
+        field_name = name if source_file == "command line" else f"{name} (file header)"
+        params = with_value(params, name, value, (source_file, field_name))
     derived = [k for k, (f, _) in params.sources.items() if f == "derived"]
     sources = {k: v for k, v in params.sources.items() if k not in derived}
     params = replace(params, **{k: None for k in derived}, sources=sources)

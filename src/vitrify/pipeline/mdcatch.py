@@ -263,12 +263,36 @@ class SessionRequest:
 
 
 def _fill_from_movie(params: AcquisitionParams, movie: Path) -> AcquisitionParams:
-    """Frame count, frame size and EER flag from the movie header where the metadata lacks them."""
-    if movie.suffix.lower() == ".eer" and params.eer is None:
-        params = with_value(params, "eer", True, (movie.name, "file extension .eer"))
+    """Frame count, frame size and EER flag from the movie header where the metadata lacks them.
+
+    For EER movies the file's raw frame count wins over the metadata's (EPU gives fractions),
+    and the dose per frame is re-derived from it.
+    """
+    if movie.suffix.lower() == ".eer":
+        header = read_acquisition(movie)
+        if params.eer is None:
+            params = with_value(params, "eer", True, (movie.name, "file extension .eer"))
+        if header.n_frames and header.n_frames != params.n_frames:
+            params = apply_overrides(params, {"n_frames": header.n_frames}, movie.name)
     if params.n_frames is None or params.frame_size_px is None:
         params = merge_params(params, read_acquisition(movie))
     return params
+
+
+def _locate_movies_waiting(params: AcquisitionParams, request: SessionRequest,
+                           warn: Callable[[str], None]) -> MovieSet:
+    """:func:`locate_movies`; with ``watch``, wait for the movie to appear too."""
+    start = time.monotonic()
+    while True:
+        try:
+            return locate_movies(params, request.session_dir)
+        except InputError as err:
+            timed_out = (request.timeout_s is not None
+                         and time.monotonic() - start > request.timeout_s)
+            if not request.watch or timed_out:
+                raise
+            warn(f"waiting for the movie: {err}")
+            time.sleep(request.poll_s)
 
 
 def _file_values(request: SessionRequest, params: AcquisitionParams,
@@ -319,7 +343,7 @@ def prepare_session(request: SessionRequest,
                              field=request.movies_pattern, expected="a glob relative to the session")
         movies = MovieSet(found[0], request.movies_pattern, len(found))
     else:
-        movies = locate_movies(params, request.session_dir)
+        movies = _locate_movies_waiting(params, request, warn)
     params = _fill_from_movie(params, movies.example)
     setup = derive_processing(params, request.options)
     setup = ProcessingSetup({**setup.values, **_file_values(request, params, movies)})
