@@ -351,3 +351,17 @@ def test_micrographs_and_movies_blocks(tmp_path):
     write_star_optics(tmp_path / "bad.star", optics.drop(columns="rlnMicrographPixelSize"), mics, "micrographs")
     with pytest.raises(InputError, match="data_optics, column rlnMicrographPixelSize: missing required column"):
         read_star_optics(tmp_path / "bad.star", "micrographs")
+
+
+def test_relion_double_labels_are_floats_both_ways(tmp_path):
+    (tmp_path / "c.star").write_text("data_\nloop_\n_rlnCoordinateX #1\n_rlnClassNumber #2\n_rlnFoo #3\n"
+                                     "1024 3 7\n\ndata_g\n_rlnVoltage 300\n_rlnImageSize 64\n")
+    blocks = read_star(tmp_path / "c.star")
+    frame = blocks[""]
+    assert frame["rlnCoordinateX"].dtype == np.float64
+    assert frame["rlnClassNumber"].dtype == np.int64 and frame["rlnFoo"].dtype == np.int64
+    assert blocks["g"] == {"rlnVoltage": 300.0, "rlnImageSize": 64} and isinstance(blocks["g"]["rlnVoltage"], float)
+    ints = pd.DataFrame({"rlnCoordinateX": [1024], "rlnClassNumber": [3]})
+    write_star(tmp_path / "w.star", {"p": ints, "g": {"rlnVoltage": 300}})
+    text = (tmp_path / "w.star").read_text()
+    assert " 1024.000000            3 \n" in text and "_rlnVoltage" + " " * 12 + "  300.000000\n" in text

@@ -22,35 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vitrify.io._star_labels import STRING_LABELS, is_double_label, is_string_label
 from vitrify.io.errors import InputError
+
+__all__ = ["STRING_LABELS", "convert_scalar", "convert_values", "parse_star_text", "tokenize"]
 
 _WHITESPACE = " \t"
 _QUOTES = "\"'"
-
-#: Labels whose values are text even when they look like numbers (``001`` stays ``"001"``).
-STRING_LABELS = frozenset(
-    {
-        "rlnJobOptionValue",
-        "rlnJobOptionVariable",
-        "rlnSchemeStringVariableValue",
-        "rlnSchemeStringVariableResetValue",
-        "rlnSchemeOperatorInput1",
-        "rlnSchemeOperatorInput2",
-        "rlnMicrographMetadata",
-        "rlnMicrographCoordinates",
-        "rlnCtfImage",
-        "rlnCtfPowerSpectrum",
-        "rlnReferenceImage",
-        "rlnMaskName",
-        "rlnPipeLineProcessAlias",
-    }
-)
-
-
-def is_string_label(label: str) -> bool:
-    """True for labels that always hold text (file names, job options, ...)."""
-    return label in STRING_LABELS or label.endswith("Name") or label.endswith("NameNoDW")
-
 
 def tokenize(line: str) -> list[str]:
     """Split one STAR line into tokens, honouring RELION's quoting rules.
@@ -200,7 +178,8 @@ def _parse_list(cursor: _Lines, name: str, as_strings: bool, keep_text: frozense
         if not tokens:
             raise cursor.error(f"no value for _{label} in data_{name}", expected="'_label value'")
         text_only = as_strings or is_string_label(label) or label in keep_text
-        values[label] = tokens[0] if text_only else convert_scalar(tokens[0])
+        value = tokens[0] if text_only else convert_scalar(tokens[0])
+        values[label] = float(value) if isinstance(value, int) and is_double_label(label) else value
         cursor.i += 1
 
 
@@ -226,6 +205,10 @@ def _parse_loop(cursor: _Lines, name: str, as_strings: bool, keep_text: frozense
         table = _rows_to_array(cursor, rows, line_numbers, labels, name)
         columns = {label: table[:, k] if text[k] else convert_values(table[:, k]) for k, label in enumerate(labels)}
         frame = pd.DataFrame({label: pd.Series(col, dtype=col.dtype, copy=False) for label, col in columns.items()})
+    if not as_strings:
+        doubles = [c for c in labels if is_double_label(c) and pd.api.types.is_integer_dtype(frame[c].dtype)]
+        if doubles:
+            frame = frame.astype({c: np.float64 for c in doubles})
     frame.attrs["star_first_line"] = line_numbers[0] if line_numbers else 0
     if line_numbers and line_numbers[-1] - line_numbers[0] + 1 != len(line_numbers):
         frame.attrs["star_row_lines"] = tuple(line_numbers)

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from vitrify.io._star_labels import is_double_label
+
 STAR_VERSION = 30001
 _SCIENTIFIC_BELOW = 0.001
 _SCIENTIFIC_ABOVE = 100000.0
@@ -99,10 +101,15 @@ def format_value(value, float_format: str | None = None) -> tuple[str, bool]:
     return quote_string(str(value)), False
 
 
-def format_column(series: pd.Series, float_format: str | None = None) -> list[str]:
-    """Format one loop column: each cell right-aligned (numbers 12, text 10) and followed by a space."""
+def format_column(series: pd.Series, float_format: str | None = None, double: bool = False) -> list[str]:
+    """Format one loop column: each cell right-aligned (numbers 12, text 10) and followed by a space.
+
+    ``double``: the label is a RELION double, so integer columns are written as doubles too.
+    """
     dtype = series.dtype
-    if pd.api.types.is_bool_dtype(dtype) and not series.hasnans:
+    if double and pd.api.types.is_integer_dtype(dtype) and not series.hasnans:
+        cells = format_doubles(series.to_numpy(dtype=np.float64), float_format)
+    elif pd.api.types.is_bool_dtype(dtype) and not series.hasnans:
         cells = np.char.mod("%12d", series.to_numpy(dtype=np.int64)).tolist()
     elif pd.api.types.is_integer_dtype(dtype) and not series.hasnans:
         cells = np.char.mod("%12d", series.to_numpy(dtype=np.int64)).tolist()
@@ -127,7 +134,7 @@ def format_loop(frame: pd.DataFrame, float_format: str | None = None) -> str:
     if not labels:
         return ""  # a table without columns: only its data_ line (reads back as an empty block)
     lines = ["loop_ "] + [f"_{label} #{k} " for k, label in enumerate(labels, start=1)]
-    columns = [format_column(frame.iloc[:, k], float_format) for k in range(len(labels))]
+    columns = [format_column(frame.iloc[:, k], float_format, is_double_label(labels[k])) for k in range(len(labels))]
     lines += ["".join(cells) for cells in zip(*columns)]
     return "\n".join(lines) + "\n \n"
 
@@ -139,6 +146,8 @@ def format_list(values: Mapping, float_format: str | None = None) -> str:
     width = max(len(str(label)) for label in values)
     lines = []
     for label, value in values.items():
+        if is_double_label(str(label)) and isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            value = float(value)
         text, _ = format_value(value, float_format)
         lines.append(f"_{label}" + " " * (12 + width - len(str(label))) + text)
     return "\n".join(lines) + "\n \n"
