@@ -64,3 +64,44 @@ def make_dataset(n_per_class: int, n: int = 32, snr: float = 0.5, seed: int = 0,
     clean = transform(refs[labels], psi, shift)
     noise = torch.randn(clean.shape, generator=g) / math.sqrt(snr)
     return clean + noise, labels, psi, shift
+
+
+def write_star_dataset(out_dir, n_per_class: int = 60, n: int = 32, snr: float = 0.5, seed: int = 0,
+                       pixel_size_angst: float = 3.0, with_ctf: bool = True):
+    """Write particles.star + particles.mrcs (CTF-modulated shapes) and return (star path, labels)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from vitrify.core.ctf import ctf_2d
+    from vitrify.core.fourier import irfft2_centered, rfft2_centered
+    from vitrify.io.mrc import write_mrc
+    from vitrify.io.star import write_star
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed + 7)
+    _, labels, psi, shift = make_dataset(n_per_class, n, snr=1e9, seed=seed)
+    refs = shapes(n)[labels]
+    clean = transform(refs, psi, shift)
+    count = clean.shape[0]
+    defocus = 10000 + torch.rand(count, generator=g) * 15000
+    if with_ctf:
+        ctf = ctf_2d(n, pixel_size_angst, defocus, defocus + 200, torch.zeros(count), 300.0, 2.7, 0.1)
+        clean = irfft2_centered(rfft2_centered(clean) * ctf, n)
+    noisy = clean + torch.randn(clean.shape, generator=g) * clean.std() / math.sqrt(snr)
+    noisy = noisy / noisy.std()
+    write_mrc(out_dir / "particles.mrcs", noisy.numpy(), pixel_size_angst)
+    optics = pd.DataFrame({"rlnOpticsGroupName": ["opticsGroup1"], "rlnOpticsGroup": [1],
+                           "rlnMicrographOriginalPixelSize": [pixel_size_angst], "rlnVoltage": [300.0],
+                           "rlnSphericalAberration": [2.7], "rlnAmplitudeContrast": [0.1],
+                           "rlnImagePixelSize": [pixel_size_angst], "rlnImageSize": [n],
+                           "rlnImageDimensionality": [2], "rlnCtfDataAreCtfPremultiplied": [0]})
+    parts = pd.DataFrame({"rlnImageName": [f"{i + 1:06d}@{out_dir / 'particles.mrcs'}" for i in range(count)],
+                          "rlnMicrographName": "mic.mrc", "rlnOpticsGroup": 1})
+    if with_ctf:
+        parts["rlnDefocusU"] = defocus.numpy().astype(float)
+        parts["rlnDefocusV"] = (defocus + 200).numpy().astype(float)
+        parts["rlnDefocusAngle"] = 0.0
+    write_star(out_dir / "particles.star", {"optics": optics, "particles": parts})
+    return out_dir / "particles.star", labels

@@ -1,0 +1,147 @@
+"""Class2D input: validate particles.star and its stacks, then load packed engine inputs.
+
+Everything a user can get wrong is checked before any compute: missing columns (CTF
+columns when CTF correction is on), optics groups with different image or pixel sizes,
+more classes than particles, stacks that cannot be opened or are too short, images of the
+wrong size. Images are then read lazily, chunk by chunk (memory-mapped stacks), masked,
+transformed and packed; only the packed window is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vitrify._progress import track
+from vitrify.core.ctf import ctf_2d
+from vitrify.io.errors import InputError
+from vitrify.io.mrc import open_stack, read_images
+from vitrify.io.star import OpticsStar, read_star_optics, resolve_image_name
+from vitrify.ml.model import ParticleSet
+from vitrify.ml.starts import pack_particles
+from vitrify.ml.window import FourierWindow
+
+CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
+               "rlnSphericalAberration", "rlnAmplitudeContrast")
+CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class InputParticles:
+    """A validated particles.star: tables, image geometry and where the images are."""
+
+    star: OpticsStar
+    box_px: int
+    pixel_size_angst: float
+    base_dir: Path
+    group_index: np.ndarray  # (N,) 0-based optics group per particle
+
+    @property
+    def n_particles(self) -> int:
+        """N."""
+        return len(self.star.data)
+
+
+def _base_dir(star_path: Path, first_name: str) -> Path:
+    """Image names are relative to the project directory (cwd) or, failing that, the STAR file's."""
+    for base in (Path.cwd(), star_path.parent):
+        if resolve_image_name(first_name, base)[1].exists():
+            return base
+    return Path.cwd()
+
+
+def _check_stacks(names: pd.Series, base_dir: Path, box_px: int, path: Path) -> None:
+    """Every stack opens, holds the referenced images, and has ``box_px`` images."""
+    resolved = [resolve_image_name(str(n), base_dir) for n in names]
+    needed: dict[Path, int] = {}
+    for index0, stack in resolved:
+        needed[stack] = max(needed.get(stack, 0), index0 + 1)
+    for stack, count in needed.items():
+        if not stack.exists():
+            raise InputError("image stack not found", path=stack, expected=f"a stack referenced by {path}")
+        try:
+            with open_stack(stack) as s:
+                shape = s.shape
+        except InputError:
+            raise
+        except Exception as err:  # mrcfile raises several types on corrupt files
+            raise InputError(f"cannot read image stack ({err})", path=stack, expected="an MRC stack") from err
+        if shape[0] < count:
+            raise InputError(f"stack holds {shape[0]} images but image {count} is referenced", path=stack)
+        if shape[1] != box_px or shape[2] != box_px:
+            raise InputError(f"images are {shape[2]}x{shape[1]} px", path=stack,
+                             expected=f"{box_px}x{box_px} (rlnImageSize of {path.name})")
+
+
+def validate_input(path: str | Path, n_classes: int, do_ctf: bool) -> InputParticles:
+    """Read and check particles.star; raises :class:`InputError` on anything wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("file not found", path=path, expected="a RELION particles STAR file")
+    star = read_star_optics(path, "particles")
+    merged = star.merged
+    if len(merged) == 0:
+        raise InputError("no particles", path=path, field="data_particles")
+    if do_ctf:
+        missing = [c for c in CTF_COLUMNS if c not in merged.columns]
+        if missing:
+            raise InputError(f"CTF correction is on but column(s) {', '.join(missing)} are missing",
+                             path=path, field="data_particles", expected="CTF columns, or --no-ctf")
+    if "rlnImageSize" not in merged.columns:
+        raise InputError("no image size", path=path, field="rlnImageSize (data_optics)")
+    sizes = sorted(set(int(v) for v in merged["rlnImageSize"]))
+    pixels = sorted(set(round(float(v), 4) for v in merged["rlnImagePixelSize"]))
+    if len(sizes) > 1 or len(pixels) > 1:
+        raise InputError(f"optics groups differ in image size {sizes} or pixel size {pixels}", path=path,
+                         field="data_optics", expected="one image size and pixel size")
+    if n_classes > len(merged):
+        raise InputError(f"{n_classes} classes requested for {len(merged)} particles", field="--K",
+                         expected=f"at most {len(merged)}")
+    box = sizes[0]
+    if box < 16 or box % 2:
+        raise InputError(f"image size {box}", path=path, field="rlnImageSize", expected="an even size >= 16")
+    names = merged["rlnImageName"].astype(str)
+    base = _base_dir(path, names.iloc[0])
+    _check_stacks(names, base, box, path)
+    groups = merged["rlnOpticsGroup"].astype(int).to_numpy()
+    _, group_index = np.unique(groups, return_inverse=True)
+    return InputParticles(star, box, float(pixels[0]), base, group_index.astype(np.int64))
+
+
+def _ctf_chunk(rows: pd.DataFrame, box: int, pixel: float, intact_first_peak: bool) -> torch.Tensor:
+    def col(name, default=0.0):
+        values = np.array(rows[name], dtype=np.float64) if name in rows.columns else np.full(len(rows), default)
+        return torch.as_tensor(values, dtype=torch.float32)
+
+    return ctf_2d(box, pixel, col("rlnDefocusU"), col("rlnDefocusV"), col("rlnDefocusAngle"),
+                  col("rlnVoltage"), col("rlnSphericalAberration"), col("rlnAmplitudeContrast"),
+                  col("rlnPhaseShift"), col("rlnCtfBfactor"), col("rlnCtfScalefactor", 1.0),
+                  intact_first_peak=intact_first_peak)
+
+
+def load_particles(inp: InputParticles, window: FourierWindow, diameter_px: float, do_ctf: bool,
+                   intact_first_peak: bool, device: torch.device) -> ParticleSet:
+    """Read the images chunk by chunk and build the engine's :class:`ParticleSet`."""
+    merged = inp.star.merged
+    n = inp.n_particles
+    fts, ctfs = [], []
+    for start in track(range(0, n, CHUNK), "reading particles", total=-(-n // CHUNK)):
+        rows = merged.iloc[start:start + CHUNK]
+        images = torch.from_numpy(read_images(rows["rlnImageName"].astype(str), inp.base_dir))
+        ctf = _ctf_chunk(rows, inp.box_px, inp.pixel_size_angst, intact_first_peak) if do_ctf else None
+        ft, c = pack_particles(images.to(device), None if ctf is None else ctf.to(device), window,
+                               diameter_px)
+        fts.append(ft)
+        ctfs.append(c)
+    offsets = np.zeros((n, 2), dtype=np.float32)
+    for axis, label in enumerate(("rlnOriginXAngst", "rlnOriginYAngst")):
+        if label in merged.columns:
+            offsets[:, axis] = merged[label].to_numpy(np.float64) / inp.pixel_size_angst
+    return ParticleSet(ft=torch.cat(fts), ctf=torch.cat(ctfs),
+                       group=torch.as_tensor(inp.group_index, device=device),
+                       n_groups=int(inp.group_index.max()) + 1,
+                       offset_px=torch.as_tensor(offsets, device=device))

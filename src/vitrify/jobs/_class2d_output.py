@@ -1,0 +1,165 @@
+"""Class2D output in RELION-4 form: classes.mrcs, model.star, data.star, optimiser.star.
+
+Per written iteration ``NNN`` (root ``run``): ``run_itNNN_classes.mrcs`` (references),
+``run_itNNN_model.star`` (model_general, model_classes, model_class_<k>, model_groups,
+model_optics_group_<g>), ``run_itNNN_data.star`` (every input column plus the assignments),
+``run_itNNN_optimiser.star``, ``run_itNNN_sampling.star``, a PNG gallery
+``run_itNNN_classes.png`` sorted by class size, and for VDAM the moments
+``run_itNNN_1moment.mrcs`` (2K slices: half 1 then half 2) and ``run_itNNN_2moment.mrcs``
+(K slices), complex values stored as interleaved (re, im) columns.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vitrify.io.atomic import atomic_path
+from vitrify.io.mrc import write_mrc
+from vitrify.io.star import write_star, write_star_optics
+from vitrify.ml.model import MlModel, ParticleSet
+from vitrify.ml.vdam import Moments
+
+NOT_COMPUTED = 999.0
+
+
+def iteration_paths(job_dir: Path, root: str, it: int) -> dict[str, Path]:
+    """Paths of one iteration's files."""
+    stem = job_dir / f"{root}_it{it:03d}"
+    names = ("classes.mrcs", "model.star", "data.star", "optimiser.star", "sampling.star",
+             "classes.png", "1moment.mrcs", "2moment.mrcs")
+    return {name.split(".")[0] + ("_png" if name.endswith("png") else ""): Path(f"{stem}_{name}")
+            for name in names}
+
+
+def complex_to_real(z: torch.Tensor) -> np.ndarray:
+    """``(S, m, h)`` complex -> ``(S, m, 2h)`` float32 (re, im interleaved)."""
+    return torch.view_as_real(z.cpu().to(torch.complex64)).reshape(*z.shape[:-1], -1).numpy()
+
+
+def real_to_complex(a: np.ndarray) -> torch.Tensor:
+    """Inverse of :func:`complex_to_real`."""
+    t = torch.as_tensor(np.ascontiguousarray(a, dtype=np.float32))
+    return torch.view_as_complex(t.reshape(*t.shape[:-1], -1, 2).contiguous())
+
+
+def _shell_resolution(model: MlModel, shell: int) -> float:
+    return shell / (model.box_px * model.pixel_size_angst)
+
+
+def model_blocks(model: MlModel, paths: dict[str, Path], rel, grad: bool,
+                 group_names: list[str], group_counts: list[int]) -> dict:
+    """The blocks of ``model.star``."""
+    k_all, n = model.n_classes, model.box_px
+    radius = model.current_radius
+    general = {
+        "rlnReferenceDimensionality": 2, "rlnDataDimensionality": 2, "rlnOriginalImageSize": n,
+        "rlnCurrentResolution": model.resolution_angst(radius), "rlnCurrentImageSize": min(n, 2 * (radius + 1)),
+        "rlnPaddingFactor": float(model.pad), "rlnIsHelix": 0, "rlnFourierSpaceInterpolator": 1,
+        "rlnMinRadiusNnInterpolation": 10, "rlnPixelSize": model.pixel_size_angst,
+        "rlnNrClasses": k_all, "rlnNrBodies": 1, "rlnNrGroups": len(group_names),
+        "rlnNrOpticsGroups": len(group_names), "rlnTau2FudgeFactor": model.tau2_fudge,
+        "rlnNormCorrectionAverage": 1.0,
+        "rlnSigmaOffsetsAngst": math.sqrt(max(model.sigma2_offset_px, 0.0)) * model.pixel_size_angst,
+        "rlnOrientationalPriorMode": 0, "rlnSigmaPriorRotAngle": 0.0, "rlnSigmaPriorTiltAngle": 0.0,
+        "rlnSigmaPriorPsiAngle": 0.0, "rlnLogLikelihood": model.log_likelihood,
+        "rlnAveragePmax": model.ave_pmax,
+    }
+    dvp = model.data_vs_prior.cpu().numpy()
+    est_res = []
+    for k in range(k_all):
+        below = np.nonzero(dvp[k, 1:] < 1.0)[0]
+        shell = int(below[0]) if below.size else dvp.shape[1] - 1
+        est_res.append(model.resolution_angst(shell) if shell > 0 else NOT_COMPUTED)
+    classes = pd.DataFrame({
+        "rlnReferenceImage": [f"{k + 1:06d}@{rel(paths['classes'])}" for k in range(k_all)],
+        **({"rlnGradMoment1": [f"{k + 1:06d}@{rel(paths['1moment'])}" for k in range(k_all)],
+            "rlnGradMoment2": [f"{k + 1:06d}@{rel(paths['2moment'])}" for k in range(k_all)]} if grad else {}),
+        "rlnClassDistribution": model.pdf_class.cpu().numpy(),
+        "rlnAccuracyRotations": NOT_COMPUTED, "rlnAccuracyTranslationsAngst": NOT_COMPUTED,
+        "rlnEstimatedResolution": est_res,
+        "rlnOverallFourierCompleteness": [float((dvp[k, 1:radius + 1] > 1).mean()) for k in range(k_all)],
+        "rlnClassPriorOffsetX": 0.0, "rlnClassPriorOffsetY": 0.0,
+    })
+    blocks: dict = {"model_general": general, "model_classes": classes}
+    shells = np.arange(n // 2 + 1)
+    res = np.array([_shell_resolution(model, s) for s in shells])
+    ang = np.where(shells > 0, 1.0 / np.maximum(res, 1e-30), NOT_COMPUTED)
+    sigma2 = model.sigma2.cpu().numpy()
+    tau2 = model.tau2.cpu().numpy()
+    for k in range(k_all):
+        blocks[f"model_class_{k + 1}"] = pd.DataFrame({
+            "rlnSpectralIndex": shells, "rlnResolution": res, "rlnAngstromResolution": ang,
+            "rlnSsnrMap": dvp[k], "rlnGoldStandardFsc": 0.0,
+            "rlnFourierCompleteness": (dvp[k] > 1).astype(float),
+            "rlnReferenceSigma2": sigma2[0], "rlnReferenceTau2": tau2[k],
+            "rlnSpectralOrientabilityContribution": 0.0})
+    blocks["model_groups"] = pd.DataFrame({
+        "rlnGroupNumber": np.arange(1, len(group_names) + 1), "rlnGroupName": group_names,
+        "rlnGroupNrParticles": group_counts, "rlnGroupScaleCorrection": 1.0})
+    for g in range(sigma2.shape[0]):
+        keep = sigma2[g] > 0
+        blocks[f"model_optics_group_{g + 1}"] = pd.DataFrame({
+            "rlnSpectralIndex": shells[keep], "rlnResolution": res[keep], "rlnSigma2Noise": sigma2[g][keep]})
+    return blocks
+
+
+def data_table(data: pd.DataFrame, particles: ParticleSet, pixel_size_angst: float) -> pd.DataFrame:
+    """Input particle rows plus RELION's refinement columns."""
+    out = data.copy()
+    off = particles.offset_px.cpu().numpy().astype(np.float64) * pixel_size_angst
+    psi = particles.psi_deg.cpu().numpy().astype(np.float64)
+    out["rlnAnglePsi"] = np.where(psi > 180.0, psi - 360.0, psi)
+    out["rlnOriginXAngst"] = off[:, 0]
+    out["rlnOriginYAngst"] = off[:, 1]
+    out["rlnClassNumber"] = particles.class_index.cpu().numpy().astype(np.int64) + 1
+    out["rlnGroupNumber"] = particles.group.cpu().numpy().astype(np.int64) + 1
+    out["rlnNormCorrection"] = 1.0
+    out["rlnLogLikeliContribution"] = particles.log_likelihood.cpu().numpy()
+    out["rlnMaxValueProbDistribution"] = particles.pmax.cpu().numpy().astype(np.float64)
+    out["rlnNrOfSignificantSamples"] = particles.n_significant.cpu().numpy().astype(np.int64)
+    return out
+
+
+def write_gallery(path: Path, refs: torch.Tensor, pdf: torch.Tensor) -> None:
+    """PNG grid of the class averages, largest class first, labelled with number and size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = torch.argsort(pdf.cpu(), descending=True).tolist()
+    k = len(order)
+    cols = min(10, k)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, c in zip(axes.flat, order):
+        ax.imshow(refs[c].cpu().numpy(), cmap="gray")
+        ax.set_title(f"{c + 1}: {100 * float(pdf[c]):.1f}%", fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+
+
+def write_moments(paths: dict[str, Path], moments: Moments, pixel_size_angst: float) -> None:
+    """VDAM moments as MRC stacks (complex interleaved)."""
+    k = moments.m2.shape[0]
+    write_mrc(paths["1moment"], complex_to_real(moments.m1.reshape(2 * k, *moments.m1.shape[2:])),
+              pixel_size_angst)
+    write_mrc(paths["2moment"], complex_to_real(moments.m2.to(torch.complex64)), pixel_size_angst)
+
+
+def write_tables(paths: dict[str, Path], optics: pd.DataFrame, data: pd.DataFrame, model_star: dict,
+                 optimiser: dict, sampling: dict) -> None:
+    """The STAR files of one iteration (data.star last-but-one, optimiser.star last)."""
+    write_star(paths["model"], model_star)
+    write_star(paths["sampling"], {"sampling_general": sampling})
+    write_star_optics(paths["data"], optics, data, "particles")
+    write_star(paths["optimiser"], {"optimiser_general": optimiser})

@@ -1,0 +1,131 @@
+"""The Class2D job and CLI: RELION-4 outputs, continue, job.star options, bad input before compute."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from _ml_synth import write_star_dataset
+
+from vitrify.io.errors import InputError
+from vitrify.io.mrc import read_mrc, write_mrc
+from vitrify.io.star import read_star, write_star
+from vitrify.jobs.class2d import Options, options_from_job_star, run
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_star_dataset(tmp_path_factory.mktemp("parts"), n_per_class=40, n=32, snr=3.0, seed=2)
+
+
+def _options(star, **kw):
+    base = dict(input_star=str(star), n_classes=3, particle_diameter_angst=84.0, psi_step_deg=15.0,
+                offset_range_px=2.0, offset_step_px=1.0, ini_subset=40, fin_subset=90, seed=2, threads=1)
+    base.update(kw)
+    return Options(**base)
+
+
+def test_vdam_job_writes_relion_outputs_and_continues(dataset, tmp_path):
+    star, labels = dataset
+    out = run(_options(star, algorithm="vdam", nr_iter=12, grad_write_iter=5), tmp_path)
+    assert out.name == "run_it012_data.star"
+    for it in (0, 5, 10, 12):
+        for suffix in ("classes.mrcs", "model.star", "data.star", "optimiser.star", "1moment.mrcs"):
+            assert (tmp_path / f"run_it{it:03d}_{suffix}").exists()
+    assert not (tmp_path / "run_it011_data.star").exists()
+    assert (tmp_path / "run_it012_classes.png").stat().st_size > 1000
+    data = read_star(out)
+    parts = data["particles"]
+    assert len(parts) == len(labels) and "optics" in data
+    assert parts["rlnClassNumber"].between(1, 3).all()
+    for col in ("rlnAnglePsi", "rlnOriginXAngst", "rlnMaxValueProbDistribution",
+                "rlnNrOfSignificantSamples", "rlnLogLikeliContribution", "rlnDefocusU"):
+        assert col in parts.columns
+    model = read_star(tmp_path / "run_it012_model.star")
+    assert abs(model["model_classes"]["rlnClassDistribution"].sum() - 1) < 1e-4
+    assert (model["model_optics_group_1"]["rlnSigma2Noise"] > 0).all()
+    refs, pixel = read_mrc(tmp_path / "run_it012_classes.mrcs")
+    assert refs.shape == (3, 32, 32) and abs(pixel - 3.0) < 1e-4
+    opt = read_star(tmp_path / "run_it010_optimiser.star")["optimiser_general"]
+    assert int(opt["rlnCurrentIteration"]) == 10 and int(opt["rlnDoGradientRefine"]) == 1
+    # continue from iteration 10 to 14
+    cont = tmp_path / "cont"
+    out2 = run(Options(continue_from=str(tmp_path / "run_it010_optimiser.star"), nr_iter=14, threads=1), cont)
+    assert out2.name == "run_it014_data.star" and not (cont / "run_it000_data.star").exists()
+    assert len(read_star(out2)["particles"]) == len(labels)
+
+
+def test_em_job_separates_the_classes(dataset, tmp_path):
+    star, labels = dataset
+    out = run(_options(star, algorithm="em", nr_iter=8), tmp_path)
+    cls = read_star(out)["particles"]["rlnClassNumber"].to_numpy()
+    purity = sum(np.bincount(labels.numpy()[cls == c]).max() for c in np.unique(cls)) / len(cls)
+    assert purity > 0.9
+    assert (tmp_path / "run_it008_optimiser.star").exists()
+
+
+def test_cli_class2d_runs_and_reports_bad_input(dataset, tmp_path, capsys):
+    from vitrify.cli.main import main
+
+    star, labels = dataset
+    with pytest.raises(SystemExit) as err:
+        main(["class2d", "--i", str(star), "--o", str(tmp_path / "bad"), "--K", "1000",
+              "--particle-diameter", "84"])
+    assert err.value.code == 1 and "classes" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as ok:
+        main(["class2d", "--i", str(star), "--o", str(tmp_path / "ok"), "--K", "2", "--algorithm", "em",
+              "--iter", "2", "--particle-diameter", "84", "--threads", "1", "--device", "cpu", "--seed", "3",
+              "--psi-step", "30"])
+    assert ok.value.code in (0, None)
+    parts = read_star(tmp_path / "ok" / "run_it002_data.star")["particles"]
+    assert len(parts) == len(labels) and parts["rlnClassNumber"].notna().all()
+
+
+def _broken_copy(star, tmp_path, edit):
+    blocks = read_star(star)
+    edit(blocks)
+    path = tmp_path / "broken.star"
+    write_star(path, blocks)
+    return path
+
+
+@pytest.mark.parametrize("case", ["no_ctf_columns", "wrong_size", "missing_stack", "corrupt_stack", "too_many"])
+def test_bad_input_is_reported_before_compute(dataset, tmp_path, case):
+    star, _ = dataset
+
+    def drop_ctf(b):
+        b["particles"] = b["particles"].drop(columns=["rlnDefocusU"])
+
+    def wrong_size(b):
+        b["optics"]["rlnImageSize"] = 48
+
+    def missing(b):
+        b["particles"]["rlnImageName"] = "000001@" + str(tmp_path / "nope.mrcs")
+
+    def corrupt(b):
+        (tmp_path / "bad.mrcs").write_bytes(b"not an mrc file at all" * 10)
+        b["particles"]["rlnImageName"] = "000001@" + str(tmp_path / "bad.mrcs")
+
+    edits = {"no_ctf_columns": drop_ctf, "wrong_size": wrong_size, "missing_stack": missing,
+             "corrupt_stack": corrupt, "too_many": lambda b: None}
+    path = _broken_copy(star, tmp_path, edits[case])
+    k = 10 ** 6 if case == "too_many" else 3
+    with pytest.raises(InputError):
+        run(_options(path, n_classes=k, nr_iter=1, algorithm="em"), tmp_path / "job")
+    assert not (tmp_path / "job" / "run_it000_classes.mrcs").exists()
+
+
+def test_options_validate_and_map_from_job_star():
+    with pytest.raises(InputError):
+        Options(input_star="p.star", n_classes=3, particle_diameter_angst=0.0)
+    with pytest.raises(InputError):
+        Options(input_star="p.star", n_classes=3, particle_diameter_angst=100, algorithm="sgd")
+    opts = options_from_job_star({"fn_img": "Extract/job007/particles.star", "nr_classes": "20",
+                                  "do_grad": "Yes", "nr_iter_grad": "150", "particle_diameter": "180",
+                                  "psi_sampling": "6", "offset_range": "5", "offset_step": "1",
+                                  "tau_fudge": "2", "do_ctf_correction": "Yes", "nr_threads": "2"})
+    assert (opts.algorithm, opts.n_classes, opts.nr_iter, opts.psi_step_deg, opts.offset_step_px) == \
+        ("vdam", 20, 150, 12.0, 2.0)
+    em = options_from_job_star({"fn_img": "p.star", "nr_classes": "5", "do_grad": "No", "nr_iter": "25",
+                                "particle_diameter": "100"})
+    assert em.algorithm == "em" and em.iterations == 25
