@@ -21,7 +21,9 @@ from vitrify.io.errors import InputError
 
 #: Modules that add commands to the app: ``module.register(app)``.
 COMMAND_MODULES: tuple[str, ...] = (
+    "vitrify.cli.preprocess",
     "vitrify.cli.simulate",
+    "vitrify.cli.class2d",
     "vitrify.cli.demo",
     "vitrify.cli.mdcatch",
 )

@@ -308,7 +308,8 @@ def fit_resolution(normalised: torch.Tensor, band: _Band, params: np.ndarray, op
     Samples are grouped by the fitted phase into windows of two CTF² periods; the
     correlation between spectrum and CTF² is computed per window, from low to high
     frequency; the answer is the resolution of the last window before the first
-    one that falls below ``threshold``.
+    one that falls below ``threshold`` (failing windows at the low-frequency end,
+    where particles and ice dominate the spectrum, are passed over).
     """
     model = torch.as_tensor(params, dtype=normalised.dtype, device=normalised.device)
     gamma = ctf_phase(band.s2, band.cos2, band.sin2, model[0], model[1], model[2],
@@ -318,6 +319,7 @@ def fit_resolution(normalised: torch.Tensor, band: _Band, params: np.ndarray, op
     window = torch.floor((gamma.abs() - gamma.abs().min()) / (2 * math.pi)).long()
     s = band.s2.sqrt()
     best_s = float(s.min())
+    passed = False
     for k in range(int(window.max()) + 1):
         sel = window == k
         if int(sel.sum()) < 20:
@@ -325,9 +327,11 @@ def fit_resolution(normalised: torch.Tensor, band: _Band, params: np.ndarray, op
         a = normalised[sel] - normalised[sel].mean()
         b = ctf2[sel] - ctf2[sel].mean()
         corr = float((a @ b) / (a.norm() * b.norm()).clamp(min=1e-20))
-        if corr < threshold:
+        if corr >= threshold:
+            best_s = float(s[sel].max())
+            passed = True
+        elif passed:
             break
-        best_s = float(s[sel].max())
     return 1.0 / best_s
 
 

@@ -1,0 +1,114 @@
+"""Preprocessing commands: ``vitrify import | motioncorr | ctffind | autopick | extract | select``.
+
+Each command parses its options into the job's ``Options`` and runs the job with
+:func:`vitrify.jobs.base.run_job` in ``--o`` (run.log and exit markers included).
+Heavy modules are imported inside the command bodies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _run(module_name: str, options: object, out: Path) -> object:
+    import importlib
+
+    from vitrify.jobs.base import run_job
+
+    module = importlib.import_module(f"vitrify.jobs.{module_name}")
+    return run_job(module.run, options, out)
+
+
+def _ctffind(app: typer.Typer) -> None:
+    @app.command("ctffind")
+    def ctffind(
+        i: str = typer.Option(..., "--i", help="micrographs.star (motion-corrected or imported)."),
+        o: Path = typer.Option(..., "--o", help="Output job directory."),
+        box: int = typer.Option(512, "--box", help="FFT box for the power spectrum (px)."),
+        resmin: float = typer.Option(30.0, "--resmin", help="Lowest resolution fitted (Å)."),
+        resmax: float = typer.Option(5.0, "--resmax", help="Highest resolution fitted (Å)."),
+        dfmin: float = typer.Option(5000.0, "--dfmin", help="Smallest defocus searched (Å)."),
+        dfmax: float = typer.Option(50000.0, "--dfmax", help="Largest defocus searched (Å)."),
+        dfstep: float = typer.Option(500.0, "--dfstep", help="Defocus step of the search (Å)."),
+        phase_shift: bool = typer.Option(False, "--phase-shift", help="Also fit a phase-plate shift."),
+        use_dw: bool = typer.Option(False, "--use-dw", help="Fit the dose-weighted sums."),
+        no_png: bool = typer.Option(False, "--no-diagnostics", help="No .ctf/.png diagnostics."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    ) -> None:
+        """Estimate the CTF of each micrograph → DIR/micrographs_ctf.star."""
+        from vitrify.jobs.ctffind import Options
+        from vitrify.preprocess.ctf_fit import CtfSearch
+
+        search = CtfSearch(tile_px=box, resolution_min_angst=resmin, resolution_max_angst=resmax,
+                           defocus_min_angst=dfmin, defocus_max_angst=dfmax, defocus_step_angst=dfstep,
+                           do_phase_shift=phase_shift)
+        out = _run("ctffind", Options(i, search, not use_dw, not no_png, device), o)
+        typer.echo(f"wrote {out}")
+
+
+def _autopick(app: typer.Typer) -> None:
+    @app.command("autopick")
+    def autopick(
+        i: str = typer.Option(..., "--i", help="micrographs(_ctf).star."),
+        o: Path = typer.Option(..., "--o", help="Output job directory."),
+        method: str = typer.Option("log", "--method", help="log | topaz."),
+        dmin: float = typer.Option(150.0, "--log-diameter-min", help="Smallest particle diameter (Å)."),
+        dmax: float = typer.Option(180.0, "--log-diameter-max", help="Largest particle diameter (Å)."),
+        adjust: float = typer.Option(0.0, "--log-adjust-threshold",
+                                     help="σ units; negative picks more, positive fewer."),
+        upper: float = typer.Option(999.0, "--log-upper-threshold", help="Drop picks above this (σ)."),
+        lowpass: float = typer.Option(20.0, "--log-lowpass", help="Low-pass before picking (Å)."),
+        invert: bool = typer.Option(False, "--log-invert", help="Particles are white on the micrographs."),
+        topaz_model: str = typer.Option("resnet16_u64", "--topaz-model", help="Topaz pretrained model."),
+        topaz_diameter: float = typer.Option(100.0, "--topaz-diameter", help="Particle diameter for Topaz (Å)."),
+        n_png: int = typer.Option(3, "--png", help="Micrographs with a PNG overlay of the picks."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    ) -> None:
+        """Pick particles → per-micrograph coordinate STAR files + DIR/autopick.star."""
+        from vitrify.jobs.autopick import Options
+        from vitrify.preprocess.picking import LogPickOptions
+
+        log = LogPickOptions(dmin, dmax, lowpass_angst=lowpass, invert=invert, threshold_adjust=adjust,
+                             upper_threshold=upper)
+        out = _run("autopick", Options(i, method, log, n_png, topaz_model, topaz_diameter, device), o)
+        typer.echo(f"wrote {out}")
+
+
+def _extract(app: typer.Typer) -> None:
+    @app.command("extract")
+    def extract(
+        i: str = typer.Option(..., "--i", help="micrographs(_ctf).star."),
+        o: Path = typer.Option(..., "--o", help="Output job directory."),
+        coords: str = typer.Option("", "--coords", help="autopick.star listing coordinate files."),
+        reextract: str = typer.Option("", "--reextract", help="particles.star with refined origins."),
+        box: int = typer.Option(..., "--box", help="Box size in micrograph pixels (even)."),
+        rescale: int = typer.Option(0, "--rescale", help="Rescale to this box (px, even; 0 = no)."),
+        float16: bool = typer.Option(False, "--float16", help="Write stacks as MRC mode 12."),
+        no_norm: bool = typer.Option(False, "--no-norm", help="Do not normalise."),
+        no_invert: bool = typer.Option(False, "--no-invert", help="Keep the micrograph contrast."),
+        bg_diameter: float = typer.Option(-1.0, "--bg-diameter", help="Background circle (output px; -1 = RELION default)."),
+        white_dust: float = typer.Option(-1.0, "--white-dust", help="σ for white dust removal (-1 off)."),
+        black_dust: float = typer.Option(-1.0, "--black-dust", help="σ for black dust removal (-1 off)."),
+        min_fom: float = typer.Option(None, "--min-fom", help="Drop picks with a lower figure of merit."),
+        reset_offsets: bool = typer.Option(False, "--reset-offsets", help="Re-extraction: zero origins."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    ) -> None:
+        """Extract particles → DIR/particles.star and per-micrograph .mrcs stacks."""
+        from vitrify.jobs.extract import Options
+        from vitrify.preprocess.extraction import ExtractOptions
+
+        extract_options = ExtractOptions(box_px=box, rescale_px=rescale or None, normalise=not no_norm,
+                                         invert_contrast=not no_invert,
+                                         bg_radius_px=bg_diameter / 2 if bg_diameter > 0 else None,
+                                         white_dust_sigma=white_dust, black_dust_sigma=black_dust)
+        options = Options(i, coords, extract_options, float16, min_fom, reextract, reset_offsets, device)
+        out = _run("extract", options, o)
+        typer.echo(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the preprocessing commands to ``app``."""
+    for add in (_ctffind, _autopick, _extract):
+        add(app)

@@ -1,0 +1,109 @@
+"""Shared plumbing of the preprocessing jobs: job.star values, output names, skips, nodes.
+
+Paths inside STAR files are relative to the project directory (the current directory),
+as in RELION. A per-micrograph output goes to ``<job_dir>/<input path without its
+leading Type/jobNNN/>`` with a new suffix, so outputs keep the input's folder layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from vitrify.io.errors import InputError
+
+_JOB_DIR = re.compile(r"^job\d+$")
+
+
+def flag(values: Mapping[str, str], key: str, default: bool) -> bool:
+    """A job.star Yes/No value (anything unset or a ``$$`` variable gives ``default``)."""
+    raw = str(values.get(key, "")).strip().strip('"')
+    if not raw or raw.startswith("$$"):
+        return default
+    return raw.lower() in ("yes", "true", "1", "y")
+
+
+def number(values: Mapping[str, str], key: str, default: float) -> float:
+    """A numeric job.star value; empty or ``$$`` gives ``default``; junk is an InputError."""
+    raw = str(values.get(key, "")).strip().strip('"')
+    if not raw or raw.startswith("$$"):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise InputError(f"not a number: {raw!r}", field=key, expected="a number") from None
+
+
+def text(values: Mapping[str, str], key: str, default: str = "") -> str:
+    """A text job.star value with surrounding quotes removed."""
+    raw = str(values.get(key, "")).strip().strip('"')
+    return raw if raw and not raw.startswith("$$") else default
+
+
+def relative_output(job_dir: Path, input_name: str, suffix: str) -> Path:
+    """``job_dir`` + input path minus a leading ``Type/jobNNN/``, with ``suffix`` for its extension.
+
+    >>> relative_output(Path("CtfFind/job003"), "MotionCorr/job002/Movies/a.mrc", ".ctf").as_posix()
+    'CtfFind/job003/Movies/a.ctf'
+    """
+    parts = Path(input_name).parts
+    if Path(input_name).is_absolute():
+        parts = (Path(input_name).name,)
+    elif len(parts) > 2 and _JOB_DIR.match(parts[1]):
+        parts = parts[2:]
+    rel = Path(*parts)
+    return job_dir / rel.with_name(rel.stem + suffix)
+
+
+def require_columns(table: pd.DataFrame, labels: tuple[str, ...], path: Path | str, block: str) -> None:
+    """InputError naming the first missing column."""
+    for label in labels:
+        if label not in table.columns:
+            raise InputError(f"missing column {label}", path=path, field=f"data_{block}",
+                             expected=f"columns {', '.join(labels)}")
+
+
+@dataclass
+class Skips:
+    """Items a job could not process: recorded, logged, and written to ``skipped.txt``."""
+
+    job_dir: Path
+    items: list[tuple[str, str]] = field(default_factory=list)
+
+    def add(self, name: str, reason: str, log: logging.Logger | None = None) -> None:
+        self.items.append((name, reason))
+        (log or logging.getLogger("vitrify")).warning("skipped %s: %s", name, reason)
+
+    def write(self) -> None:
+        from vitrify.io.atomic import atomic_write
+
+        lines = "".join(f"{name}\t{reason}\n" for name, reason in self.items)
+        path = self.job_dir / "skipped.txt"
+        if self.items:
+            atomic_write(path, lines)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def write_output_nodes(job_dir: Path, nodes: list[tuple[Path | str, str]]) -> None:
+    """``RELION_OUTPUT_NODES.star``: the job's outputs and their RELION-4 node type labels."""
+    from vitrify.io.star import write_star
+
+    table = pd.DataFrame({"rlnPipeLineNodeName": [str(p) for p, _ in nodes],
+                          "rlnPipeLineNodeTypeLabel": [label for _, label in nodes]})
+    write_star(job_dir / "RELION_OUTPUT_NODES.star", {"output_nodes": table})
+
+
+def optics_value(optics_row: Mapping, label: str, path: Path | str, fallback: float | None = None) -> float:
+    """A number from an optics row, or ``fallback``; InputError naming file and label if absent."""
+    if label in optics_row and pd.notna(optics_row[label]):
+        return float(optics_row[label])
+    if fallback is not None:
+        return fallback
+    raise InputError(f"missing optics value {label}", path=path, field="data_optics",
+                     expected=f"a {label} column")

@@ -1,0 +1,206 @@
+"""Job ``ctffind``: CTF estimation of every micrograph → ``micrographs_ctf.star``.
+
+For each micrograph (the non-dose-weighted one when ``rlnMicrographNameNoDW`` is
+present and ``use_noDW``) :func:`vitrify.preprocess.ctf_fit.estimate_ctf` runs; the
+fit is kept in a small per-micrograph STAR file (so a re-run only fits new
+micrographs, as RELION's "continue" does), a diagnostic image goes to
+``<mic>.ctf`` (MRC; ``rlnCtfImage = <mic>.ctf:mrc``) and ``<mic>_ctf.png``. A
+micrograph that cannot be read or fitted is skipped with a message; the job goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vitrify.io.errors import InputError
+from vitrify.jobs._preprocess_io import (Skips, flag, number, relative_output, text,
+                                         write_output_nodes)
+from vitrify.preprocess.ctf_fit import CtfFit, CtfSearch, Optics
+
+CTF_COLUMNS = ("rlnCtfImage", "rlnDefocusU", "rlnDefocusV", "rlnCtfAstigmatism", "rlnDefocusAngle",
+               "rlnCtfFigureOfMerit", "rlnCtfMaxResolution")
+
+
+@dataclass(frozen=True)
+class Options:
+    """CTF estimation job.
+
+    Attributes
+    ----------
+    input_star
+        micrographs.star (motion-corrected or imported, with data_optics) [input_star_mics].
+    search
+        What to search (FFT box, resolution and defocus ranges, phase shift).
+    use_nodw
+        Fit the non-dose-weighted sums when the STAR file lists them [use_noDW].
+    write_diagnostics
+        Write the ``.ctf`` MRC and PNG of each fit.
+    device
+        ``auto | cpu | cuda``.
+    """
+
+    input_star: str
+    search: CtfSearch = field(default_factory=CtfSearch)
+    use_nodw: bool = True
+    write_diagnostics: bool = True
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.input_star:
+            raise InputError("no input micrographs STAR file", field="input_star_mics",
+                             expected="a micrographs.star path")
+
+
+def options_from_job_star(values: dict[str, str]) -> Options:
+    """Options from RELION CtfFind job.star values (``box``, ``resmin``, ``resmax``, ``dfmin``,
+    ``dfmax``, ``dfstep``, ``dast``, ``do_phaseshift``, ``phase_min/max/step``, ``use_noDW``,
+    ``input_star_mics``)."""
+    search = CtfSearch(
+        tile_px=int(number(values, "box", 512)),
+        resolution_min_angst=number(values, "resmin", 30.0),
+        resolution_max_angst=number(values, "resmax", 5.0),
+        defocus_min_angst=number(values, "dfmin", 5000.0),
+        defocus_max_angst=number(values, "dfmax", 50000.0),
+        defocus_step_angst=number(values, "dfstep", 500.0),
+        astigmatism_max_angst=max(3000.0, 10 * number(values, "dast", 100.0)),
+        do_phase_shift=flag(values, "do_phaseshift", False),
+        phase_min_deg=number(values, "phase_min", 0.0),
+        phase_max_deg=number(values, "phase_max", 180.0),
+        phase_step_deg=number(values, "phase_step", 10.0),
+    )
+    return Options(input_star=text(values, "input_star_mics"), search=search,
+                   use_nodw=flag(values, "use_noDW", True))
+
+
+def _fit_star(out: Path) -> Path:
+    return out.with_name(out.stem + "_ctf.star")
+
+
+def _load_fit(path: Path) -> CtfFit | None:
+    from vitrify.io.star import read_star
+
+    if not path.exists():
+        return None
+    row = read_star(path)["ctf"]
+    return CtfFit(float(row["rlnDefocusU"]), float(row["rlnDefocusV"]), float(row["rlnDefocusAngle"]),
+                  float(row["rlnPhaseShift"]), float(row["rlnCtfFigureOfMerit"]),
+                  float(row["rlnCtfMaxResolution"]))
+
+
+def _save_fit(path: Path, fit: CtfFit) -> None:
+    from vitrify.io.star import write_star
+
+    write_star(path, {"ctf": {"rlnDefocusU": fit.defocus_u_angst, "rlnDefocusV": fit.defocus_v_angst,
+                              "rlnDefocusAngle": fit.defocus_angle_deg, "rlnPhaseShift": fit.phase_shift_deg,
+                              "rlnCtfFigureOfMerit": fit.figure_of_merit,
+                              "rlnCtfMaxResolution": fit.max_resolution_angst}}, float_format="%.6f")
+
+
+def _write_diagnostics(out: Path, image, fit: CtfFit, optics: Optics, search: CtfSearch) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vitrify.io.atomic import atomic_path
+    from vitrify.io.mrc import write_mrc
+    from vitrify.preprocess.ctf_fit import fit_diagnostic_image
+
+    picture = fit_diagnostic_image(image, fit, optics, search)
+    write_mrc(out, picture.astype(np.float32), optics.pixel_size_angst)
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    ax.imshow(picture, cmap="gray", origin="lower")
+    ax.set_title(f"U {fit.defocus_u_angst:.0f} V {fit.defocus_v_angst:.0f} Å "
+                 f"{fit.defocus_angle_deg:.0f}°\nFOM {fit.figure_of_merit:.2f}, "
+                 f"fit to {fit.max_resolution_angst:.1f} Å", fontsize=8)
+    ax.axis("off")
+    with atomic_path(out.with_name(out.stem + "_ctf.png")) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _fit_one(row: pd.Series, options: Options, job_dir: Path, device) -> tuple[CtfFit, Path]:
+    import torch
+
+    from vitrify.io.mrc import read_mrc
+    from vitrify.preprocess.ctf_fit import estimate_ctf
+
+    name = str(row["rlnMicrographName"])
+    source = name
+    if options.use_nodw and isinstance(row.get("rlnMicrographNameNoDW"), str):
+        source = str(row["rlnMicrographNameNoDW"])
+    out = relative_output(job_dir, name, ".ctf")
+    cached = _load_fit(_fit_star(out))
+    if cached is not None:
+        return cached, out
+    optics = Optics(float(row["rlnMicrographPixelSize"]), float(row["rlnVoltage"]),
+                    float(row["rlnSphericalAberration"]), float(row["rlnAmplitudeContrast"]))
+    data, _ = read_mrc(source)
+    image = torch.as_tensor(np.asarray(data, dtype=np.float32)).to(device)
+    if image.ndim == 3:
+        image = image.sum(0)
+    search = options.search
+    if min(image.shape) < search.tile_px:  # small micrographs: the largest even box that fits
+        search = _replace_box(search, 2 * (min(image.shape) // 2))
+    fit = estimate_ctf(image, optics, search)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if options.write_diagnostics:
+        _write_diagnostics(out, image, fit, optics, search)
+    _save_fit(_fit_star(out), fit)
+    return fit, out
+
+
+def _replace_box(search: CtfSearch, box: int) -> CtfSearch:
+    from dataclasses import replace
+
+    return replace(search, tile_px=box)
+
+
+def _ctf_columns(fit: CtfFit, out: Path) -> dict:
+    return {"rlnCtfImage": f"{out.as_posix()}:mrc", "rlnDefocusU": fit.defocus_u_angst,
+            "rlnDefocusV": fit.defocus_v_angst, "rlnCtfAstigmatism": fit.astigmatism_angst,
+            "rlnDefocusAngle": fit.defocus_angle_deg, "rlnCtfFigureOfMerit": fit.figure_of_merit,
+            "rlnCtfMaxResolution": fit.max_resolution_angst}
+
+
+def run(options: Options, job_dir: str | Path) -> Path:
+    """Fit every micrograph; write ``job_dir/micrographs_ctf.star``; return its path."""
+    from vitrify._progress import track
+    from vitrify.core.device import resolve_device
+    from vitrify.io.star import read_star_optics, write_star_optics
+    from vitrify.jobs.base import check_abort
+
+    job_dir = Path(job_dir)
+    log = logging.getLogger(f"vitrify.job.{job_dir.resolve()}")
+    device = resolve_device(options.device)
+    star = read_star_optics(options.input_star, "micrographs")
+    skips = Skips(job_dir)
+    rows = []
+    for i in track(range(len(star.merged)), "CTF estimation"):
+        check_abort(job_dir)
+        row = star.merged.iloc[i]
+        try:
+            fit, out = _fit_one(row, options, job_dir, device)
+        except InputError as err:
+            skips.add(str(row["rlnMicrographName"]), str(err), log)
+            continue
+        entry = star.data.iloc[i].to_dict()
+        entry.update(_ctf_columns(fit, out))
+        if options.search.do_phase_shift:
+            entry["rlnPhaseShift"] = fit.phase_shift_deg
+        rows.append(entry)
+    columns = list(star.data.columns) + [c for c in CTF_COLUMNS if c not in star.data.columns]
+    if options.search.do_phase_shift and "rlnPhaseShift" not in columns:
+        columns.append("rlnPhaseShift")
+    table = pd.DataFrame(rows, columns=columns)
+    output = job_dir / "micrographs_ctf.star"
+    write_star_optics(output, star.optics, table, "micrographs")
+    skips.write()
+    write_output_nodes(job_dir, [(output, "MicrographsData.star.relion.ctf")])
+    log.info("%d micrographs fitted, %d skipped", len(rows), len(skips.items))
+    return output

@@ -1,0 +1,198 @@
+"""Job ``extract``: particle stacks per micrograph + ``particles.star``.
+
+Coordinates come from an ``autopick.star`` (per-micrograph coordinate files) or, for
+re-extraction, from a particles STAR file with refined origins: the new centre is
+``coordinate - round(origin / pixel)`` and the fractional remainder stays in
+``rlnOriginX/YAngst`` (or is reset). Images are processed by
+:func:`vitrify.preprocess.extraction.extract_particles` (window → rescale → normalise →
+invert) and written to ``<job>/<mic path>.mrcs`` (float16 when asked). The optics
+table gains rlnImagePixelSize = micrograph pixel × box / rescale and rlnImageSize.
+Micrographs without particles are recorded and skipped; the job goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vitrify.io.errors import InputError
+from vitrify.jobs._preprocess_io import Skips, flag, number, relative_output, text, write_output_nodes
+from vitrify.preprocess.extraction import ExtractOptions
+
+#: micrograph columns copied to every particle
+MIC_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnCtfBfactor", "rlnCtfScalefactor",
+               "rlnPhaseShift", "rlnCtfMaxResolution", "rlnCtfFigureOfMerit")
+PICK_COLUMNS = ("rlnClassNumber", "rlnAutopickFigureOfMerit", "rlnAnglePsi")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Extraction job.
+
+    Attributes
+    ----------
+    input_star
+        micrographs(_ctf).star [star_mics].
+    coords_star
+        autopick.star listing coordinate files [coords_suffix]; or empty with ``reextract_star``.
+    reextract_star
+        particles STAR file whose (refined) coordinates are re-extracted [fndata_reextract].
+    extract
+        Box, rescale, normalisation, inversion, dust removal.
+    float16
+        Write stacks as MRC mode 12 [do_float16].
+    min_fom
+        Drop picks with rlnAutopickFigureOfMerit below this (None = keep all) [minimum_pick_fom].
+    reset_offsets
+        Re-extraction: set origins to zero instead of keeping the sub-pixel remainder.
+    """
+
+    input_star: str
+    coords_star: str = ""
+    extract: ExtractOptions = field(default_factory=lambda: ExtractOptions(box_px=128))
+    float16: bool = False
+    min_fom: float | None = None
+    reextract_star: str = ""
+    reset_offsets: bool = False
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.input_star:
+            raise InputError("no input micrographs STAR file", field="star_mics",
+                             expected="a micrographs.star path")
+        if not self.coords_star and not self.reextract_star:
+            raise InputError("no coordinates given", field="coords_suffix",
+                             expected="an autopick.star (or a particles.star to re-extract)")
+
+
+def options_from_job_star(values: dict[str, str]) -> Options:
+    """Options from RELION Extract job.star values (``star_mics``, ``coords_suffix``,
+    ``extract_size``, ``do_rescale``/``rescale``, ``do_norm``, ``do_invert``, ``bg_diameter``,
+    ``white_dust``, ``black_dust``, ``do_float16``, ``do_fom_threshold``/``minimum_pick_fom``,
+    ``do_reextract``/``fndata_reextract``, ``do_reset_offsets``)."""
+    box = int(number(values, "extract_size", 128))
+    rescale = int(number(values, "rescale", box)) if flag(values, "do_rescale", False) else None
+    bg = number(values, "bg_diameter", -1.0)
+    extract = ExtractOptions(box_px=box, rescale_px=rescale, normalise=flag(values, "do_norm", True),
+                             invert_contrast=flag(values, "do_invert", True),
+                             bg_radius_px=bg / 2 if bg > 0 else None,
+                             white_dust_sigma=number(values, "white_dust", -1.0),
+                             black_dust_sigma=number(values, "black_dust", -1.0))
+    reextract = text(values, "fndata_reextract") if flag(values, "do_reextract", False) else ""
+    min_fom = number(values, "minimum_pick_fom", -999.0) if flag(values, "do_fom_threshold", False) else None
+    return Options(input_star=text(values, "star_mics"), coords_star=text(values, "coords_suffix"),
+                   extract=extract, float16=flag(values, "do_float16", False), min_fom=min_fom,
+                   reextract_star=reextract, reset_offsets=flag(values, "do_reset_offsets", False))
+
+
+def _coordinates_from_autopick(path: str) -> dict[str, pd.DataFrame]:
+    from vitrify.io.star import read_star
+
+    table = read_star(path).get("coordinate_files")
+    if not isinstance(table, pd.DataFrame) or "rlnMicrographCoordinates" not in table.columns:
+        raise InputError("no coordinate file list", path=path, field="data_coordinate_files",
+                         expected="rlnMicrographName and rlnMicrographCoordinates columns")
+    coords = {}
+    for mic, file in zip(table["rlnMicrographName"], table["rlnMicrographCoordinates"]):
+        blocks = read_star(file)
+        frame = next((b for b in blocks.values() if isinstance(b, pd.DataFrame)), pd.DataFrame())
+        coords[str(mic)] = frame
+    return coords
+
+
+def _coordinates_from_particles(path: str, reset_offsets: bool) -> dict[str, pd.DataFrame]:
+    """Re-extraction: centre = coordinate - round(origin/pixel), remainder kept in the origins."""
+    from vitrify.io.star import read_star_optics
+
+    star = read_star_optics(path, "particles")
+    table = star.merged.copy()
+    pixel = table["rlnMicrographPixelSize"] if "rlnMicrographPixelSize" in table else table["rlnImagePixelSize"]
+    for axis in ("X", "Y"):
+        origin = table.get(f"rlnOrigin{axis}Angst", pd.Series(0.0, index=table.index)).astype(float)
+        offset = origin / pixel.astype(float)
+        table[f"rlnCoordinate{axis}"] = table[f"rlnCoordinate{axis}"].astype(float) - offset.round()
+        table[f"rlnOrigin{axis}Angst"] = 0.0 if reset_offsets else (offset - offset.round()) * pixel
+    keep = [c for c in star.data.columns if c not in ("rlnImageName", "rlnMicrographName", "rlnOpticsGroup")]
+    keep = [c for c in keep if c not in MIC_COLUMNS]
+    return {mic: group[keep].reset_index(drop=True) for mic, group in table.groupby("rlnMicrographName")}
+
+
+def _extract_one(mic_row: pd.Series, coords: pd.DataFrame, options: Options, job_dir: Path, device,
+                 ) -> pd.DataFrame:
+    import torch
+
+    from vitrify.io.mrc import read_mrc, write_mrc
+    from vitrify.preprocess.extraction import extract_particles
+
+    name = str(mic_row["rlnMicrographName"])
+    if options.min_fom is not None and "rlnAutopickFigureOfMerit" in coords:
+        coords = coords[coords["rlnAutopickFigureOfMerit"].astype(float) >= options.min_fom]
+    if len(coords) == 0:
+        raise InputError("no particles", path=name)
+    data, _ = read_mrc(name)
+    image = torch.as_tensor(np.asarray(data, dtype=np.float32)).to(device)
+    x = coords["rlnCoordinateX"].to_numpy(float)
+    y = coords["rlnCoordinateY"].to_numpy(float)
+    images, kept = extract_particles(image, x, y, options.extract)
+    if len(kept) == 0:
+        raise InputError(f"all {len(coords)} particles lie too close to the edge", path=name)
+    out = relative_output(job_dir, name, ".mrcs")
+    pixel = float(mic_row["rlnMicrographPixelSize"]) * options.extract.box_px / options.extract.output_px
+    write_mrc(out, images.cpu().numpy(), pixel, float16=options.float16)
+    table = coords.iloc[kept].reset_index(drop=True).copy()
+    table["rlnImageName"] = [f"{i + 1:06d}@{out.as_posix()}" for i in range(len(kept))]
+    table["rlnMicrographName"] = name
+    table["rlnOpticsGroup"] = int(mic_row["rlnOpticsGroup"])
+    for label in MIC_COLUMNS:
+        if label in mic_row.index and pd.notna(mic_row[label]):
+            table[label] = mic_row[label]
+    return table
+
+
+def _particle_optics(optics: pd.DataFrame, options: Options) -> pd.DataFrame:
+    optics = optics.copy()
+    ratio = options.extract.box_px / options.extract.output_px
+    optics["rlnImagePixelSize"] = optics["rlnMicrographPixelSize"].astype(float) * ratio
+    optics["rlnImageSize"] = options.extract.output_px
+    optics["rlnImageDimensionality"] = 2
+    optics["rlnCtfDataAreCtfPremultiplied"] = 0
+    return optics
+
+
+def run(options: Options, job_dir: str | Path) -> Path:
+    """Extract particles of every micrograph; write ``job_dir/particles.star``."""
+    from vitrify._progress import track
+    from vitrify.core.device import resolve_device
+    from vitrify.io.star import read_star_optics, write_star_optics
+    from vitrify.jobs.base import check_abort
+
+    job_dir = Path(job_dir)
+    log = logging.getLogger(f"vitrify.job.{job_dir.resolve()}")
+    device = resolve_device(options.device)
+    star = read_star_optics(options.input_star, "micrographs")
+    coords = (_coordinates_from_particles(options.reextract_star, options.reset_offsets)
+              if options.reextract_star else _coordinates_from_autopick(options.coords_star))
+    skips = Skips(job_dir)
+    tables = []
+    for i in track(range(len(star.merged)), "Extracting"):
+        check_abort(job_dir)
+        row = star.merged.iloc[i]
+        name = str(row["rlnMicrographName"])
+        try:
+            tables.append(_extract_one(row, coords.get(name, pd.DataFrame()), options, job_dir, device))
+        except InputError as err:
+            skips.add(name, str(err), log)
+    particles = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
+        columns=["rlnCoordinateX", "rlnCoordinateY", "rlnImageName", "rlnMicrographName", "rlnOpticsGroup"])
+    output = job_dir / "particles.star"
+    write_star_optics(output, _particle_optics(star.optics, options), particles, "particles")
+    skips.write()
+    label = "ParticlesData.star.relion.reextract" if options.reextract_star else "ParticlesData.star.relion"
+    write_output_nodes(job_dir, [(output, label)])
+    log.info("%d particles from %d micrographs, %d micrographs skipped", len(particles), len(tables),
+             len(skips.items))
+    return output
