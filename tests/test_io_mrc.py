@@ -157,3 +157,15 @@ def test_write_is_atomic_on_failure(tmp_path):
         write_mrc(tmp_path / "keep.mrc", np.ones((2, 2, 2, 2)), 1.0)
     assert (tmp_path / "keep.mrc").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.mrc"]
+
+
+def test_extended_header_is_skipped(tmp_path, rng):
+    data = rng.normal(size=(3, 6, 6)).astype(np.float32)
+    with mrcfile.new(tmp_path / "ext.mrcs") as handle:
+        handle.set_data(data)
+        handle.set_extended_header(np.zeros(64, dtype=np.int32))
+        handle.voxel_size = 1.1
+    assert read_mrc_header(tmp_path / "ext.mrcs")["shape"] == (3, 6, 6)
+    np.testing.assert_array_equal(read_mrc(tmp_path / "ext.mrcs")[0], data)
+    with open_stack(tmp_path / "ext.mrcs") as stack:
+        np.testing.assert_array_equal(stack[2], data[2])
