@@ -71,12 +71,12 @@ def _model(model_path: Path, device: torch.device) -> tuple[MlModel, list[str]]:
     sigma2 = torch.zeros(groups, n // 2 + 1, dtype=torch.float64)
     for g in range(groups):
         table = _block(blocks, f"model_optics_group_{g + 1}", model_path)
-        sigma2[g, table["rlnSpectralIndex"].astype(int).to_numpy()] = torch.tensor(
-            table["rlnSigma2Noise"].to_numpy(np.float64))
+        index = torch.tensor(np.array(table["rlnSpectralIndex"], dtype=np.int64))
+        sigma2[g, index] = torch.tensor(np.array(table["rlnSigma2Noise"], dtype=np.float64))
     pix = float(gen["rlnPixelSize"])
     zeros = torch.zeros(k, n // 2 + 1, dtype=torch.float64)
     model = MlModel(refs=torch.as_tensor(np.stack(refs), dtype=torch.float32, device=device),
-                    pdf_class=torch.tensor(classes["rlnClassDistribution"].to_numpy(np.float64)),
+                    pdf_class=torch.tensor(np.array(classes["rlnClassDistribution"], dtype=np.float64)),
                     sigma2=sigma2, tau2=zeros, data_vs_prior=zeros.clone(),
                     sigma2_offset_px=(float(gen["rlnSigmaOffsetsAngst"]) / pix) ** 2,
                     tau2_fudge=float(gen["rlnTau2FudgeFactor"]),
