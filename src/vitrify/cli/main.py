@@ -24,7 +24,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vitrify.cli.preprocess",
     "vitrify.cli.simulate",
     "vitrify.cli.class2d",
-    "vitrify.cli.class2d",
     "vitrify.cli.demo",
     "vitrify.cli.mdcatch",
 )
