@@ -1,0 +1,53 @@
+"""``vitrify simulate ...`` from the command line."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from vitrify.cli.main import build_app, main
+from vitrify.io.mrc import read_mrc
+from vitrify.io.star import read_star
+
+
+def test_simulate_particles_writes_the_contract_files(tmp_path):
+    out = tmp_path / "sim"
+    result = CliRunner().invoke(build_app(), [
+        "simulate", "particles", "--structure", "adk", "--n", "30", "--box", "48",
+        "--pixel-size", "2.0", "--snr", "0.2", "--junk", "0.2", "--seed", "5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("particles.star", "particles.mrcs", "truth_map.mrc", "truth.star",
+                 "RELION_JOB_EXIT_SUCCESS", "run.log"):
+        assert (out / name).exists(), name
+    images, pixel = read_mrc(out / "particles.mrcs")
+    assert images.shape == (30, 48, 48) and pixel == pytest.approx(2.0)
+    truth = read_star(out / "truth.star")["particles"]
+    assert {"rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
+            "rlnOriginYAngst", "vtfMapIndex", "vtfJunkKind"} <= set(truth.columns)
+
+
+def test_compressed_structure_file_and_no_ctf(tmp_path, adk_pdb):
+    import bz2
+
+    packed = tmp_path / "adk.pdb.bz2"
+    packed.write_bytes(bz2.compress(adk_pdb.read_bytes()))
+    out = tmp_path / "sim"
+    result = CliRunner().invoke(build_app(), [
+        "simulate", "particles", "--structure", str(packed), "--n", "8", "--box", "48",
+        "--pixel-size", "2", "--snr", "1", "--no-ctf", "--no-noise", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "rlnDefocusU" not in read_star(out / "particles.star")["particles"].columns
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--structure", "missing.pdb"], "structure file not found"),
+    (["--snr", "0"], "SNR must be > 0"),
+    (["--box", "33"], "--box"),
+    (["--noise", "pink"], "noise colour"),
+])
+def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys, argv, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "particles", "--n", "4", "--out", str(tmp_path / "x"), *argv])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
