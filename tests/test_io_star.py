@@ -365,3 +365,12 @@ def test_relion_double_labels_are_floats_both_ways(tmp_path):
     write_star(tmp_path / "w.star", {"p": ints, "g": {"rlnVoltage": 300}})
     text = (tmp_path / "w.star").read_text()
     assert " 1024.000000            3 \n" in text and "_rlnVoltage" + " " * 12 + "  300.000000\n" in text
+
+
+def test_bom_crlf_and_latin1_text_are_read(tmp_path):
+    text = "# pixel size in \u00c5\r\ndata_a\r\nloop_\r\n_rlnImageName #1\r\n_rlnDefocusU #2\r\nx.mrc 1.5\r\n"
+    (tmp_path / "bom.star").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (tmp_path / "latin.star").write_bytes(text.encode("latin-1"))
+    for name in ("bom.star", "latin.star"):
+        frame = read_star(tmp_path / name)["a"]
+        assert frame["rlnImageName"].tolist() == ["x.mrc"] and frame["rlnDefocusU"].tolist() == [1.5]

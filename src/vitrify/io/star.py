@@ -80,15 +80,24 @@ def read_star(
         Missing or unreadable file, or a syntax error (named with its line number).
     """
     path = Path(path)
+    text = _read_text(path)
+    return parse_star_text(text, path, as_strings=as_strings, string_labels=string_labels)
+
+
+def _read_text(path: Path) -> str:
+    """File text (UTF-8 with or without BOM, else Latin-1); binary files are an InputError."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise InputError("file not found", path=path) from None
-    except UnicodeDecodeError:
-        raise InputError("not a text file", path=path, expected="a STAR file") from None
     except OSError as exc:
         raise InputError(f"cannot read: {exc.strerror}", path=path) from None
-    return parse_star_text(text, path, as_strings=as_strings, string_labels=string_labels)
+    if b"\0" in raw:
+        raise InputError("not a text file", path=path, expected="a STAR file")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def read_star_block(path: str | os.PathLike, block: str, **kwargs) -> pd.DataFrame | dict:
