@@ -126,3 +126,16 @@ def test_gain_option_index_parses_job_star_values():
     assert gain_option_index("3") == 3 and gain_option_index(2) == 2
     with pytest.raises(InputError):
         gain_option_index("sideways")
+
+
+@pytest.mark.parametrize("name", ["m.tif", "m.mrcs"])
+def test_open_movie_reads_frames_on_demand(tmp_path, counts, name):
+    from vitrify.io.movies import open_movie
+
+    write_movie(tmp_path / name, counts, "lzw" if name.endswith("tif") else None)
+    with open_movie(tmp_path / name) as movie:
+        assert len(movie) == 6 and tuple(movie.shape) == (6, 40, 56)
+        np.testing.assert_array_equal(movie[4], counts[4])
+        np.testing.assert_array_equal(np.stack([movie[i] for i in range(len(movie))]), read_movie(tmp_path / name))
+        with pytest.raises(InputError, match="frame 7 requested from a movie of 6"):
+            movie[6]

@@ -5,7 +5,15 @@ Nothing here imports torch: files become numpy arrays and pandas tables.
 
 from vitrify.io.atomic import atomic_write, atomic_path
 from vitrify.io.errors import InputError
-from vitrify.io.movies import gain_option_index, read_gain, read_movie, transform_gain, write_movie
+from vitrify.io.movies import (
+    MovieFrames,
+    gain_option_index,
+    open_movie,
+    read_gain,
+    read_movie,
+    transform_gain,
+    write_movie,
+)
 from vitrify.io.mrc import MrcStack, open_stack, read_images, read_mrc, read_mrc_header, write_mrc
 from vitrify.io.star import (
     OpticsStar,
@@ -24,6 +32,8 @@ __all__ = [
     "atomic_write",
     "atomic_path",
     # movies and gain references
+    "MovieFrames",
+    "open_movie",
     "gain_option_index",
     "read_gain",
     "read_movie",

@@ -29,9 +29,11 @@ import tifffile
 
 from vitrify.io.atomic import atomic_path
 from vitrify.io.errors import InputError
-from vitrify.io.mrc import read_mrc, write_mrc_array
+from vitrify.io.mrc import open_stack, read_mrc, write_mrc_array
 
-__all__ = ["gain_option_index", "read_gain", "read_movie", "transform_gain", "write_movie"]
+__all__ = [
+    "MovieFrames", "gain_option_index", "open_movie", "read_gain", "read_movie", "transform_gain", "write_movie",
+]
 
 _MRC_MOVIE_DTYPES = (np.int8, np.int16, np.uint16, np.uint8, np.float16, np.float32)
 _TIFF_ERRORS = (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError, RuntimeError, KeyError)
@@ -122,6 +124,73 @@ def read_movie(path: str | os.PathLike, *, dtype: np.dtype | None = None) -> np.
     path = Path(path)
     frames = _reader_for(path)(path)
     return frames if dtype is None else frames.astype(dtype, copy=False)
+
+
+class MovieFrames:
+    """Frames of a TIFF or MRC movie read one at a time (for movies too large to hold at once).
+
+    ``len(movie)``, ``movie.shape`` ``(frames, ny, nx)``, ``movie[i]`` -> frame ``i`` ``(ny, nx)`` in
+    the stored dtype and RELION's row order (as :func:`read_movie`). TIFF pages are decoded on
+    demand; MRC movies are memory-mapped. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        reader = _reader_for(self.path)
+        self._tiff = self._stack = None
+        if reader is _read_tiff:
+            self._open_tiff()
+        elif reader is _read_mrc_movie:
+            self._stack = open_stack(self.path)
+            self.shape = self._stack.shape
+        else:
+            reader(self.path)
+
+    def _open_tiff(self) -> None:
+        try:
+            with _quiet_tifffile():
+                self._tiff = tifffile.TiffFile(self.path)
+                pages = self._tiff.pages
+                shapes = {page.shape for page in pages}
+        except _TIFF_ERRORS as exc:
+            self.close()
+            raise InputError(f"truncated or corrupt TIFF file ({exc})", path=self.path) from None
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            self.close()
+            raise InputError(f"TIFF pages of sizes {sorted(shapes)}", path=self.path, expected="one 2D frame size")
+        self.shape = (len(pages),) + next(iter(shapes))
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not -len(self) <= index < len(self):
+            raise InputError(f"frame {index + 1} requested from a movie of {len(self)}", path=self.path)
+        if self._stack is not None:
+            return np.array(self._stack.data[index])
+        try:
+            with _quiet_tifffile():
+                frame = self._tiff.pages[index].asarray()
+        except _TIFF_ERRORS as exc:
+            raise InputError(f"truncated or corrupt TIFF frame {index + 1} ({exc})", path=self.path) from None
+        return np.ascontiguousarray(frame[::-1])
+
+    def close(self) -> None:
+        for handle in (self._tiff, self._stack):
+            if handle is not None:
+                handle.close()
+        self._tiff = self._stack = None
+
+    def __enter__(self) -> MovieFrames:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_movie(path: str | os.PathLike) -> MovieFrames:
+    """Open a movie for frame-by-frame reading (see :class:`MovieFrames`)."""
+    return MovieFrames(path)
 
 
 def _write_tiff(path: Path, frames: np.ndarray, compression: str | None, pixel_size_angst: float | None) -> None:

@@ -200,6 +200,11 @@ class MrcStack:
         self._data = data[np.newaxis] if data.ndim == 2 else data
 
     @property
+    def data(self) -> np.ndarray:
+        """The memory-mapped ``(n, ny, nx)`` array in its stored dtype (read-only; no copy)."""
+        return self._data
+
+    @property
     def shape(self) -> tuple[int, int, int]:
         """``(n, ny, nx)``."""
         return tuple(int(s) for s in self._data.shape)
