@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import mrcfile
 import numpy as np
 import pytest
@@ -169,3 +171,11 @@ def test_extended_header_is_skipped(tmp_path, rng):
     np.testing.assert_array_equal(read_mrc(tmp_path / "ext.mrcs")[0], data)
     with open_stack(tmp_path / "ext.mrcs") as stack:
         np.testing.assert_array_equal(stack[2], data[2])
+
+
+@pytest.mark.parametrize("name", ["map.mrc", "stack.mrcs", "image.mrc"])
+def test_written_files_pass_mrcfile_validation(tmp_path, rng, name):
+    shape = (4, 8, 8) if name != "image.mrc" else (8, 8)
+    write_mrc(tmp_path / name, rng.normal(size=shape), 1.2)
+    report = io.StringIO()
+    assert mrcfile.validate(str(tmp_path / name), print_file=report), report.getvalue()

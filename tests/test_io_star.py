@@ -374,3 +374,14 @@ def test_bom_crlf_and_latin1_text_are_read(tmp_path):
     for name in ("bom.star", "latin.star"):
         frame = read_star(tmp_path / name)["a"]
         assert frame["rlnImageName"].tolist() == ["x.mrc"] and frame["rlnDefocusU"].tolist() == [1.5]
+
+
+def test_files_we_write_are_read_by_the_starfile_package(tmp_path):
+    starfile = pytest.importorskip("starfile")
+    optics, data = _particles(20)
+    write_star_optics(tmp_path / "p.star", optics, data)
+    theirs = starfile.read(tmp_path / "p.star", always_dict=True)
+    assert list(theirs) == ["optics", "particles"]
+    assert list(theirs["particles"].columns) == list(read_star(tmp_path / "p.star")["particles"].columns)
+    np.testing.assert_allclose(theirs["particles"]["rlnSigma2Noise"], data["rlnSigma2Noise"], rtol=1e-6)
+    assert list(theirs["particles"]["rlnImageName"]) == list(data["rlnImageName"])
