@@ -249,6 +249,9 @@ def test_legacy_without_pixel_size_needs_one(tmp_path):
         ("data_a\nloop_\n_rlnA #1\n1\n\n2\n", r"line 6: unexpected text '2'.*blank line"),
         ("data_a\n_rlnA 1 2\n", r"line 2: 2 values for _rlnA"),
         ("data_a\n_rlnA 1\ndata_a\n_rlnA 1\n", r"line 3: block data_a appears twice"),
+        ("data_a\n_rlnA 1\n_rlnA 2\n", r"line 3: _rlnA appears twice in data_a"),
+        ("data_a\n_rlnA\n", r"line 2: no value for _rlnA"),
+        ("data_a\nloop_\n_rlnA\n_rlnA\n1 2\n", r"a label appears twice in data_a"),
     ],
 )
 def test_syntax_errors_name_the_line(tmp_path, text, match):

@@ -177,6 +177,8 @@ def _parse_list(cursor: _Lines, name: str, as_strings: bool, keep_text: frozense
             raise cursor.error(f"{len(tokens)} values for _{label} in data_{name}", expected="one value")
         if not tokens:
             raise cursor.error(f"no value for _{label} in data_{name}", expected="'_label value'")
+        if label in values:
+            raise cursor.error(f"_{label} appears twice in data_{name}")
         text_only = as_strings or is_string_label(label) or label in keep_text
         value = tokens[0] if text_only else convert_scalar(tokens[0])
         values[label] = float(value) if isinstance(value, int) and is_double_label(label) else value
