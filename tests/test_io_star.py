@@ -303,7 +303,8 @@ def test_resolve_image_name(tmp_path):
 
 def _big_loop_text(n: int, rng) -> str:
     rows = [
-        f"{i + 1:06d}@Extract/job007/m{i // 100:03d}.mrcs {rng.normal(0, 1e4):.6f} {int(rng.integers(-5, 5))} "
+        f"{i + 1:06d}@Extract/job007/m{i // 100:03d}.mrcs {'nan' if i % 97 == 5 else rng.normal(0, 1e4)} "
+        f"{int(rng.integers(-5, 5))} "
         f"{rng.uniform(1e-6, 1e-4):.6e} {'True' if i % 2 else 'False'} 0{i % 7} name{i % 3}"
         for i in range(n)
     ]

@@ -246,8 +246,10 @@ def _fast_frame(rows: list[str], labels: list[str], text: list[bool]) -> pd.Data
         return None
     for k in range(len(labels)):
         dtype = frame[k].dtype
-        if pd.api.types.is_bool_dtype(dtype) or not (dtype == object or pd.api.types.is_numeric_dtype(dtype)):
-            frame[k] = frame[k].astype(str).astype(object)
+        if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
+            values = frame[k].astype(str).to_numpy(dtype=object)
+            values = values if text[k] else convert_values(values)
+            frame[k] = pd.Series(values, index=frame.index, dtype=values.dtype)
     frame.columns = labels
     return frame
 
