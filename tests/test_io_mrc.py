@@ -179,3 +179,19 @@ def test_written_files_pass_mrcfile_validation(tmp_path, rng, name):
     write_mrc(tmp_path / name, rng.normal(size=shape), 1.2)
     report = io.StringIO()
     assert mrcfile.validate(str(tmp_path / name), print_file=report), report.getvalue()
+
+
+def test_big_endian_files_are_read(tmp_path, rng):
+    from mrcfile.dtypes import HEADER_DTYPE
+
+    data = rng.normal(size=(2, 5, 7)).astype(np.float32)
+    write_mrc(tmp_path / "le.mrcs", data, 1.4)
+    raw = (tmp_path / "le.mrcs").read_bytes()
+    header = np.frombuffer(raw[:1024], HEADER_DTYPE).astype(HEADER_DTYPE.newbyteorder())
+    header["machst"] = np.frombuffer(b"\x11\x11\x00\x00", np.uint8)
+    (tmp_path / "be.mrcs").write_bytes(header.tobytes() + data.astype(">f4").tobytes())
+    back, pixel = read_mrc(tmp_path / "be.mrcs")
+    np.testing.assert_array_equal(back, data)
+    assert pixel == pytest.approx(1.4) and back.dtype.isnative
+    with open_stack(tmp_path / "be.mrcs") as stack:
+        np.testing.assert_array_equal(stack[1], data[1])
