@@ -51,3 +51,16 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys, argv, needle):
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+
+
+def test_demo_runs_end_to_end_small(tmp_path):
+    from vitrify.cli.demo import run_demo
+
+    out = tmp_path / "demo"
+    summary = run_demo(out, structure="adk", n=60, box=32, pixel=3.0, snr=1.0, classes=2,
+                       iterations=1, device="cpu")
+    assert (out / "Simulate" / "job001" / "RELION_JOB_EXIT_SUCCESS").exists()
+    assert (out / "Reconstruct" / "job002" / "reconstruction.mrc").exists()
+    assert summary["resolution_05"] < 30.0
+    if "class2d_data" in summary:
+        assert (out / "Class2D" / "job003" / "RELION_JOB_EXIT_SUCCESS").exists()
