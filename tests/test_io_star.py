@@ -389,3 +389,14 @@ def test_files_we_write_are_read_by_the_starfile_package(tmp_path):
     assert list(theirs["particles"].columns) == list(read_star(tmp_path / "p.star")["particles"].columns)
     np.testing.assert_allclose(theirs["particles"]["rlnSigma2Noise"], data["rlnSigma2Noise"], rtol=1e-6)
     assert list(theirs["particles"]["rlnImageName"]) == list(data["rlnImageName"])
+
+
+def test_integer_labels_written_as_floats_become_ints(tmp_path):
+    (tmp_path / "f.star").write_text("data_g\n_rlnImageSize 64.000000\n\ndata_p\nloop_\n_rlnOpticsGroup\n"
+                                     "_rlnClassNumber\n_rlnFoo\n1.000000 2.0 3.0\n2.000000 2.5 4.0\n")
+    blocks = read_star(tmp_path / "f.star")
+    assert blocks["g"] == {"rlnImageSize": 64} and isinstance(blocks["g"]["rlnImageSize"], int)
+    frame = blocks["p"]
+    assert frame["rlnOpticsGroup"].dtype == np.int64 and frame["rlnOpticsGroup"].tolist() == [1, 2]
+    assert frame["rlnClassNumber"].dtype == np.float64  # 2.5 is not an integer: left as read
+    assert frame["rlnFoo"].dtype == np.float64  # unknown label: typed from its values

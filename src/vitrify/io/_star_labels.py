@@ -55,6 +55,18 @@ DOUBLE_LABELS = frozenset(
 )
 
 
+#: Labels RELION stores as integers (integral float text such as ``1.000000`` is read as int64).
+INT_LABELS = frozenset(
+    {
+        "rlnOpticsGroup", "rlnClassNumber", "rlnGroupNumber", "rlnRandomSubset", "rlnImageSize",
+        "rlnImageDimensionality", "rlnNrOfSignificantSamples", "rlnNrOfFrames", "rlnHelicalTubeID",
+        "rlnCtfDataAreCtfPremultiplied", "rlnMicrographFrameNumber", "rlnPipeLineJobCounter",
+        "rlnJobIsContinue", "rlnJobIsTomo", "rlnSchemeJobHasStarted", "rlnSchemeEdgeIsFork",
+        "rlnSchemeBooleanVariableValue", "rlnSchemeBooleanVariableResetValue",
+    }
+)
+
+
 def is_string_label(label: str) -> bool:
     """True for labels that always hold text (file names, job options, ...)."""
     return label in STRING_LABELS or label.endswith("Name") or label.endswith("NameNoDW")
@@ -63,3 +75,8 @@ def is_string_label(label: str) -> bool:
 def is_double_label(label: str) -> bool:
     """True for labels RELION stores as doubles."""
     return label in DOUBLE_LABELS
+
+
+def is_int_label(label: str) -> bool:
+    """True for labels RELION stores as integers or booleans."""
+    return label in INT_LABELS

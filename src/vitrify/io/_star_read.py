@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vitrify.io._star_labels import STRING_LABELS, is_double_label, is_string_label
+from vitrify.io._star_labels import STRING_LABELS, is_double_label, is_int_label, is_string_label
 from vitrify.io.errors import InputError
 
 __all__ = ["STRING_LABELS", "convert_scalar", "convert_values", "parse_star_text", "tokenize"]
@@ -180,9 +180,17 @@ def _parse_list(cursor: _Lines, name: str, as_strings: bool, keep_text: frozense
         if label in values:
             raise cursor.error(f"_{label} appears twice in data_{name}")
         text_only = as_strings or is_string_label(label) or label in keep_text
-        value = tokens[0] if text_only else convert_scalar(tokens[0])
-        values[label] = float(value) if isinstance(value, int) and is_double_label(label) else value
+        values[label] = tokens[0] if text_only else _typed_scalar(label, convert_scalar(tokens[0]))
         cursor.i += 1
+
+
+def _typed_scalar(label: str, value):
+    """List-block value with the label's RELION type (see :func:`_apply_label_types`)."""
+    if isinstance(value, int) and is_double_label(label):
+        return float(value)
+    if isinstance(value, float) and is_int_label(label) and value.is_integer():
+        return int(value)
+    return value
 
 
 def _tokens_or_error(cursor: _Lines, text: str, line: int | None = None) -> list[str]:
@@ -208,9 +216,7 @@ def _parse_loop(cursor: _Lines, name: str, as_strings: bool, keep_text: frozense
         columns = {label: table[:, k] if text[k] else convert_values(table[:, k]) for k, label in enumerate(labels)}
         frame = pd.DataFrame({label: pd.Series(col, dtype=col.dtype, copy=False) for label, col in columns.items()})
     if not as_strings:
-        doubles = [c for c in labels if is_double_label(c) and pd.api.types.is_integer_dtype(frame[c].dtype)]
-        if doubles:
-            frame = frame.astype({c: np.float64 for c in doubles})
+        frame = _apply_label_types(frame)
     frame.attrs["star_first_line"] = line_numbers[0] if line_numbers else 0
     if line_numbers and line_numbers[-1] - line_numbers[0] + 1 != len(line_numbers):
         frame.attrs["star_row_lines"] = tuple(line_numbers)
@@ -252,6 +258,20 @@ def _fast_frame(rows: list[str], labels: list[str], text: list[bool]) -> pd.Data
             frame[k] = pd.Series(values, index=frame.index, dtype=values.dtype)
     frame.columns = labels
     return frame
+
+
+def _apply_label_types(frame: pd.DataFrame) -> pd.DataFrame:
+    """RELION double labels -> float64; integral float columns of integer labels -> int64."""
+    casts = {}
+    for label in frame.columns:
+        dtype = frame[label].dtype
+        if is_double_label(label) and pd.api.types.is_integer_dtype(dtype):
+            casts[label] = np.float64
+        elif is_int_label(label) and pd.api.types.is_float_dtype(dtype):
+            values = frame[label].to_numpy()
+            if np.isfinite(values).all() and (values == np.round(values)).all():
+                casts[label] = np.int64
+    return frame.astype(casts) if casts else frame
 
 
 def _parse_loop_labels(cursor: _Lines) -> list[str]:
