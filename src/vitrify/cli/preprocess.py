@@ -108,7 +108,80 @@ def _extract(app: typer.Typer) -> None:
         typer.echo(f"wrote {out}")
 
 
+def _import(app: typer.Typer) -> None:
+    @app.command("import")
+    def import_(
+        i: str = typer.Option(..., "--i", help="Glob pattern of the files, e.g. 'Movies/*.tiff'."),
+        o: Path = typer.Option(..., "--o", help="Output job directory."),
+        micrographs: bool = typer.Option(False, "--micrographs", help="Single-frame micrographs, not movies."),
+        angpix: float = typer.Option(..., "--angpix", help="Pixel size (Å)."),
+        kv: float = typer.Option(300.0, "--kv", help="Voltage (kV)."),
+        cs: float = typer.Option(2.7, "--cs", help="Spherical aberration (mm)."),
+        q0: float = typer.Option(0.1, "--q0", help="Amplitude contrast."),
+        optics_group: str = typer.Option("opticsGroup1", "--optics-group", help="Optics group name."),
+        mtf: str = typer.Option("", "--mtf", help="Detector MTF STAR file."),
+        beamtilt_x: float = typer.Option(0.0, "--beamtilt-x", help="Beam tilt X (mrad)."),
+        beamtilt_y: float = typer.Option(0.0, "--beamtilt-y", help="Beam tilt Y (mrad)."),
+        only_new: bool = typer.Option(False, "--only-new", help="On-the-fly: keep earlier imports, add new files."),
+        stable: float = typer.Option(0.0, "--stable-seconds", help="Skip files modified more recently (s)."),
+    ) -> None:
+        """Import movies or micrographs → DIR/movies.star or DIR/micrographs.star."""
+        from vitrify.jobs.import_ import Options
+
+        options = Options(i, not micrographs, angpix, kv, cs, q0, optics_group, mtf, beamtilt_x, beamtilt_y,
+                          only_new, stable)
+        typer.echo(f"wrote {_run('import_', options, o)}")
+
+
+def _motioncorr(app: typer.Typer) -> None:
+    @app.command("motioncorr")
+    def motioncorr(
+        i: str = typer.Option(..., "--i", help="movies.star."),
+        o: Path = typer.Option(..., "--o", help="Output job directory."),
+        dose_per_frame: float = typer.Option(1.0, "--dose-per-frame", help="Exposure per frame (e/Å²)."),
+        pre_exposure: float = typer.Option(0.0, "--pre-exposure", help="Exposure before the movie (e/Å²)."),
+        no_dose_weighting: bool = typer.Option(False, "--no-dose-weighting", help="Plain sums only."),
+        patch_x: int = typer.Option(5, "--patch-x", help="Patches along X (1 with --patch-y 1: global only)."),
+        patch_y: int = typer.Option(5, "--patch-y", help="Patches along Y."),
+        bfactor: float = typer.Option(150.0, "--bfactor", help="B-factor for alignment (Å²)."),
+        group_frames: int = typer.Option(1, "--group-frames", help="Frames summed for global alignment."),
+        binning: float = typer.Option(1.0, "--bin", help="Binning factor of the output."),
+        float16: bool = typer.Option(False, "--float16", help="Write micrographs as MRC mode 12."),
+        gain: str = typer.Option("", "--gain", help="Gain reference (MRC/TIFF)."),
+        gain_rot: int = typer.Option(0, "--gain-rot", help="Gain rotation (0-3, x 90 degrees)."),
+        gain_flip: int = typer.Option(0, "--gain-flip", help="Gain flip (0 none, 1 upside down, 2 left-right)."),
+        defects: str = typer.Option("", "--defects", help="Defect mask image (nonzero = bad pixel)."),
+        first_frame: int = typer.Option(1, "--first-frame", help="First frame to sum (1-based)."),
+        last_frame: int = typer.Option(-1, "--last-frame", help="Last frame to sum (-1: last)."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    ) -> None:
+        """Correct beam-induced motion → DIR/corrected_micrographs.star."""
+        from vitrify.jobs.motioncorr import Options
+        from vitrify.preprocess.motion import MotionOptions
+
+        motion = MotionOptions(bfactor_angst2=bfactor, patches_x=patch_x, patches_y=patch_y,
+                               group_frames=group_frames)
+        options = Options(i, motion, dose_per_frame, pre_exposure, not no_dose_weighting, True, binning,
+                          float16, gain, gain_rot, gain_flip, defects, first_frame, last_frame, device)
+        typer.echo(f"wrote {_run('motioncorr', options, o)}")
+
+
+def _select(app: typer.Typer) -> None:
+    @app.command("select")
+    def select(
+        i: str = typer.Option(..., "--i", help="micrographs.star or particles.star."),
+        o: Path = typer.Option(..., "--o", help="Output job directory."),
+        label: str = typer.Option("rlnCtfMaxResolution", "--label", help="Column to select on."),
+        min_value: float = typer.Option(-9999.0, "--min", help="Keep rows with value >= this."),
+        max_value: float = typer.Option(9999.0, "--max", help="Keep rows with value <= this."),
+    ) -> None:
+        """Keep rows whose --label value lies between --min and --max → DIR/micrographs.star or particles.star."""
+        from vitrify.jobs.select import Options
+
+        typer.echo(f"wrote {_run('select', Options(i, 'values', label, min_value, max_value), o)}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the preprocessing commands to ``app``."""
-    for add in (_ctffind, _autopick, _extract):
+    for add in (_import, _motioncorr, _ctffind, _autopick, _extract, _select):
         add(app)

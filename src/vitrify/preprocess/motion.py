@@ -246,12 +246,18 @@ def critical_exposure(s_per_angst: torch.Tensor, voltage_kv: float) -> torch.Ten
 
 def dose_weights(n_frames: int, shape: tuple[int, int], pixel_size_angst: float,
                  dose_per_frame: float, pre_exposure: float = 0.0, voltage_kv: float = 300.0,
-                 device=None) -> torch.Tensor:
-    """``(f, h, w//2+1)`` weights ``exp(-N_f / 2N_c(s))`` with N_f the exposure at mid-frame."""
+                 device=None, frame_numbers: torch.Tensor | None = None) -> torch.Tensor:
+    """``(f, h, w//2+1)`` weights ``exp(-N_f / 2N_c(s))`` with N_f the exposure at mid-frame.
+
+    ``frame_numbers`` ``(f,)`` (0-based position of each frame in the exposure) defaults to
+    ``0..f-1``; pass it when frames were dropped.
+    """
     ky = torch.fft.fftfreq(shape[0], d=pixel_size_angst, device=device).view(-1, 1)
     kx = torch.fft.rfftfreq(shape[1], d=pixel_size_angst, device=device).view(1, -1)
     critical = critical_exposure(torch.sqrt(kx * kx + ky * ky), voltage_kv)
-    exposure = pre_exposure + dose_per_frame * (torch.arange(n_frames, device=device) + 0.5)
+    if frame_numbers is None:
+        frame_numbers = torch.arange(n_frames, device=device)
+    exposure = pre_exposure + dose_per_frame * (frame_numbers.to(device, torch.float32) + 0.5)
     return torch.exp(-exposure.view(-1, 1, 1) / (2 * critical))
 
 
@@ -288,3 +294,60 @@ def accumulated_motion(shifts_px: np.ndarray, pixel_size_angst: float, early_fra
     early = float(steps[: max(early_frames - 1, 0)].sum())
     total = float(steps.sum())
     return total, early, total - early
+
+
+@dataclass(frozen=True)
+class MotionResult:
+    """Output of :func:`correct_movie` (images binned; shifts in unbinned movie pixels).
+
+    ``global_shifts_px`` ``(f, 2)`` are the (x, y) shifts applied to each frame, relative to
+    the first frame; ``micrograph`` is the plain aligned sum, ``dose_weighted`` the weighted one.
+    """
+
+    micrograph: torch.Tensor
+    dose_weighted: torch.Tensor | None
+    global_shifts_px: np.ndarray
+    patches: PatchShifts | None
+    model: Deformation | None
+    n_defects: int
+
+
+def bin_image(image: torch.Tensor, factor: float) -> torch.Tensor:
+    """Fourier-crop ``(h, w)`` by ``factor`` (≥ 1) to even sizes, keeping the mean."""
+    if factor <= 1.0:
+        return image
+    h, w = image.shape
+    shape = (2 * round(h / factor / 2), 2 * round(w / factor / 2))
+    cropped = fourier_crop_rect(torch.fft.rfft2(image), (h, w), shape)
+    return torch.fft.irfft2(cropped, s=shape) * (shape[0] * shape[1]) / (h * w)
+
+
+def correct_movie(frames: torch.Tensor, pixel_size_angst: float, opts: MotionOptions, *,
+                  defect_mask: torch.Tensor | None = None, dose_per_frame: float = 0.0,
+                  pre_exposure: float = 0.0, voltage_kv: float = 300.0, binning: float = 1.0,
+                  frame_numbers: torch.Tensor | None = None) -> MotionResult:
+    """Defects → global alignment → (patch alignment + deformation model) → sums → binning.
+
+    Parameters
+    ----------
+    frames
+        ``(f, h, w)`` gain-corrected frames (counts).
+    dose_per_frame
+        e/Å² per frame; 0 = no dose weighting.
+    frame_numbers
+        ``(f,)`` position of each frame in the exposure (when frames were dropped).
+    """
+    frames, n_defects = fix_defects(frames.float(), defect_mask)
+    shifts = align_global(frames, pixel_size_angst, opts)
+    patches = model = None
+    if opts.local and min(frames.shape[1:]) >= 64 * max(opts.patches_x, opts.patches_y):
+        patches = align_patches(frames, shifts, pixel_size_angst, opts)
+        model = fit_deformation(patches, tuple(frames.shape[1:]))
+    weights = None
+    if dose_per_frame > 0:
+        weights = dose_weights(frames.shape[0], tuple(frames.shape[1:]), pixel_size_angst, dose_per_frame,
+                               pre_exposure, voltage_kv, frames.device, frame_numbers)
+    plain, weighted = sum_frames(frames, shifts, model, weights)
+    relative = (shifts - shifts[0]).cpu().numpy()
+    return MotionResult(bin_image(plain, binning), None if weighted is None else bin_image(weighted, binning),
+                        relative, patches, model, n_defects)

@@ -1,0 +1,218 @@
+"""Job ``motioncorr``: our own motion correction of every movie → ``corrected_micrographs.star``.
+
+Per movie: read frames (``first_frame..last_frame``), drop black frames (with a
+message), multiply by the gain reference (rotated/flipped as asked; a gain of the
+wrong size skips the movie with a message), then
+:func:`vitrify.preprocess.motion.correct_movie` (defects, global and patch alignment,
+dose weighting, binning). Writes ``<mic>.mrc`` (dose-weighted when weighting),
+``<mic>_noDW.mrc``, ``<mic>.star`` (shifts), ``<mic>_shifts.png`` (trajectory) and the
+micrographs table with rlnAccumMotionTotal/Early/Late. A movie whose frame count
+differs from most movies' is skipped and recorded; movies already done are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from vitrify.io.errors import InputError
+from vitrify.jobs._preprocess_io import Skips, flag, number, relative_output, text, write_output_nodes
+from vitrify.preprocess.motion import MotionOptions
+
+
+@dataclass(frozen=True)
+class Options:
+    """Motion-correction job (RELION job.star names in brackets)."""
+
+    input_star: str                                   # [input_star_mics] movies.star
+    motion: MotionOptions = field(default_factory=MotionOptions)
+    dose_per_frame: float = 1.0                       # [dose_per_frame] e/Å²
+    pre_exposure: float = 0.0                         # [pre_exposure] e/Å²
+    dose_weighting: bool = True                       # [do_dose_weighting]
+    save_nodw: bool = True                            # [do_save_noDW]
+    binning: float = 1.0                              # [bin_factor]
+    float16: bool = False                             # [do_float16]
+    gain: str = ""                                    # [fn_gain_ref]
+    gain_rotation: int = 0                            # [gain_rot]
+    gain_flip: int = 0                                # [gain_flip]
+    defect_file: str = ""                             # [fn_defect] (MRC/TIFF mask, nonzero = bad)
+    first_frame: int = 1                              # [first_frame_sum], 1-based
+    last_frame: int = -1                              # [last_frame_sum], -1 = last
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not self.input_star:
+            raise InputError("no input movies STAR file", field="input_star_mics",
+                             expected="a movies.star path")
+        if self.binning < 1:
+            raise InputError(f"binning {self.binning} < 1", field="bin_factor", expected=">= 1")
+        if self.first_frame < 1:
+            raise InputError("first frame must be >= 1", field="first_frame_sum", expected=">= 1")
+
+
+def options_from_job_star(values: dict[str, str]) -> Options:
+    """Options from RELION MotionCorr job.star values."""
+    from vitrify.io.movies import gain_option_index
+
+    motion = MotionOptions(bfactor_angst2=number(values, "bfactor", 150.0),
+                           patches_x=int(number(values, "patch_x", 5)),
+                           patches_y=int(number(values, "patch_y", 5)),
+                           group_frames=int(number(values, "group_frames", 1)))
+    return Options(
+        input_star=text(values, "input_star_mics"), motion=motion,
+        dose_per_frame=number(values, "dose_per_frame", 1.0), pre_exposure=number(values, "pre_exposure", 0.0),
+        dose_weighting=flag(values, "do_dose_weighting", True), save_nodw=flag(values, "do_save_noDW", True),
+        binning=number(values, "bin_factor", 1.0), float16=flag(values, "do_float16", False),
+        gain=text(values, "fn_gain_ref"),
+        gain_rotation=gain_option_index(text(values, "gain_rot", "0")),
+        gain_flip=gain_option_index(text(values, "gain_flip", "0")),
+        defect_file=text(values, "fn_defect"),
+        first_frame=int(number(values, "first_frame_sum", 1)),
+        last_frame=int(number(values, "last_frame_sum", -1)))
+
+
+def _load_frames(movie: str, options: Options, gain: np.ndarray | None, log,
+                 n_frames_expected: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Frames ``(f, h, w)`` float32 (gain applied, black frames dropped) and their 1-based numbers."""
+    from vitrify.io.movies import read_movie
+
+    frames = read_movie(movie)
+    if n_frames_expected and frames.shape[0] != n_frames_expected:
+        raise InputError(f"{frames.shape[0]} frames where most movies have {n_frames_expected}",
+                         path=movie, expected="the same number of frames in every movie")
+    last = frames.shape[0] if options.last_frame < 1 else min(options.last_frame, frames.shape[0])
+    numbers = np.arange(options.first_frame, last + 1)
+    frames = frames[options.first_frame - 1:last].astype(np.float32)
+    if len(frames) < 2:
+        raise InputError(f"only {len(frames)} frame(s) in the range", path=movie,
+                         expected="at least 2 frames to align")
+    if gain is not None:
+        if gain.shape != frames.shape[1:]:
+            hint = " (rotated by 90 degrees? set gain_rot)" if gain.shape == frames.shape[:0:-1] else ""
+            raise InputError(f"gain reference is {gain.shape[1]}x{gain.shape[0]}, movie frames are "
+                             f"{frames.shape[2]}x{frames.shape[1]}{hint}", path=options.gain,
+                             field="fn_gain_ref", expected="a gain of the frame size")
+        frames *= gain
+    black = frames.reshape(len(frames), -1).std(axis=1) == 0
+    if black.any():
+        log.warning("%s: dropped %d empty/black frame(s): %s", movie, int(black.sum()),
+                    numbers[black].tolist())
+        frames, numbers = frames[~black], numbers[~black]
+    if len(frames) < 2:
+        raise InputError("fewer than 2 frames with signal", path=movie)
+    return frames, numbers
+
+
+def _write_images(out: Path, result, options: Options, pixel_size_angst: float) -> str | None:
+    from vitrify.io.mrc import write_mrc
+
+    pixel = pixel_size_angst * options.binning
+    main = result.dose_weighted if result.dose_weighted is not None else result.micrograph
+    write_mrc(out, main.cpu().numpy(), pixel, float16=options.float16)
+    if result.dose_weighted is not None and options.save_nodw:
+        nodw = out.with_name(out.stem + "_noDW.mrc")
+        write_mrc(nodw, result.micrograph.cpu().numpy(), pixel, float16=options.float16)
+        return nodw.as_posix()
+    return None
+
+
+def _correct_one(row: pd.Series, options: Options, job_dir: Path, context: dict, log) -> dict:
+    import torch
+
+    from vitrify.jobs._motion_output import (MovieInfo, plot_trajectory, read_accumulated_motion,
+                                             write_metadata)
+    from vitrify.preprocess.motion import accumulated_motion, correct_movie
+
+    movie = str(row["rlnMicrographMovieName"])
+    out = relative_output(job_dir, movie, ".mrc")
+    meta = out.with_suffix(".star")
+    nodw = out.with_name(out.stem + "_noDW.mrc")
+    entry = {"rlnMicrographName": out.as_posix(), "rlnMicrographMetadata": meta.as_posix(),
+             "rlnOpticsGroup": int(row["rlnOpticsGroup"])}
+    motion = read_accumulated_motion(meta)
+    if motion is None or not out.exists():
+        frames, numbers = _load_frames(movie, options, context["gain"], log, context["n_frames"])
+        pixel = float(row["rlnMicrographOriginalPixelSize"])
+        dose = options.dose_per_frame if options.dose_weighting else 0.0
+        result = correct_movie(torch.as_tensor(frames).to(context["device"]), pixel, options.motion,
+                               defect_mask=context["defects"], dose_per_frame=dose,
+                               pre_exposure=options.pre_exposure, voltage_kv=float(row["rlnVoltage"]),
+                               binning=options.binning,
+                               frame_numbers=torch.as_tensor(numbers - 1))
+        motion = accumulated_motion(result.global_shifts_px, pixel)
+        _write_images(out, result, options, pixel)
+        info = MovieInfo(movie, options.gain, (len(numbers),) + frames.shape[1:], options.binning, pixel,
+                         options.dose_per_frame, options.pre_exposure, float(row["rlnVoltage"]),
+                         options.first_frame, numbers)
+        write_metadata(meta, info, result, motion)
+        plot_trajectory(out.with_name(out.stem + "_shifts.png"), result, frames.shape[1:])
+    entry.update(rlnAccumMotionTotal=motion[0], rlnAccumMotionEarly=motion[1], rlnAccumMotionLate=motion[2])
+    if options.dose_weighting and options.save_nodw:
+        entry["rlnMicrographNameNoDW"] = nodw.as_posix()
+    return entry
+
+
+def _common_frame_count(movies: list[str]) -> int | None:
+    """The most frequent frame count among the movies (headers only; unreadable ones ignored)."""
+    from collections import Counter
+
+    from vitrify.io.movies import open_movie
+
+    counts = Counter()
+    for movie in movies:
+        try:
+            counts[int(open_movie(movie).shape[0])] += 1
+        except (InputError, OSError, ValueError):
+            continue
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _context(options: Options, movies: list[str]) -> dict:
+    import torch
+
+    from vitrify.core.device import resolve_device
+    from vitrify.io.movies import read_gain, read_movie
+
+    gain = read_gain(options.gain, options.gain_rotation, options.gain_flip) if options.gain else None
+    defects = None
+    if options.defect_file:
+        defects = torch.as_tensor(read_movie(options.defect_file)[0] != 0)
+    return {"gain": gain, "defects": defects, "device": resolve_device(options.device),
+            "n_frames": _common_frame_count(movies)}
+
+
+def run(options: Options, job_dir: str | Path) -> Path:
+    """Correct every movie; write ``job_dir/corrected_micrographs.star``."""
+    from vitrify._progress import track
+    from vitrify.io.star import read_star_optics, write_star_optics
+    from vitrify.jobs.base import check_abort
+
+    job_dir = Path(job_dir)
+    log = logging.getLogger(f"vitrify.job.{job_dir.resolve()}")
+    star = read_star_optics(options.input_star, "movies")
+    context = _context(options, [str(m) for m in star.merged["rlnMicrographMovieName"]])
+    skips = Skips(job_dir)
+    rows = []
+    for i in track(range(len(star.merged)), "Motion correction"):
+        check_abort(job_dir)
+        row = star.merged.iloc[i]
+        try:
+            rows.append(_correct_one(row, options, job_dir, context, log))
+        except InputError as err:
+            skips.add(str(row["rlnMicrographMovieName"]), str(err), log)
+    optics = star.optics.copy()
+    optics["rlnMicrographPixelSize"] = optics["rlnMicrographOriginalPixelSize"].astype(float) * options.binning
+    output = job_dir / "corrected_micrographs.star"
+    columns = ["rlnMicrographName", "rlnMicrographMetadata", "rlnOpticsGroup", "rlnAccumMotionTotal",
+               "rlnAccumMotionEarly", "rlnAccumMotionLate"]
+    if options.dose_weighting and options.save_nodw:
+        columns.append("rlnMicrographNameNoDW")
+    write_star_optics(output, optics, pd.DataFrame(rows, columns=columns), "micrographs")
+    skips.write()
+    write_output_nodes(job_dir, [(output, "MicrographsData.star.relion.motioncorr")])
+    log.info("%d movies corrected, %d skipped", len(rows), len(skips.items))
+    return output

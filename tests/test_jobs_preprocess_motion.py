@@ -1,0 +1,137 @@
+"""Import → motion correction → select through the command line, with bad movies in the set."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+movies_io = pytest.importorskip("vitrify.io.movies")
+star_io = pytest.importorskip("vitrify.io.star")
+mrc_io = pytest.importorskip("vitrify.io.mrc")
+
+from vitrify.preprocess._frames import shift_spectra  # noqa: E402
+
+H, W, FRAMES = 160, 192, 8
+
+
+def _movie(seed, drift, gain, n_frames=FRAMES):
+    """uint16 counting frames of a smooth specimen drifting by ``drift`` (f, 2), divided by the gain."""
+    g = torch.Generator().manual_seed(seed)
+    k2 = torch.fft.fftfreq(H).view(-1, 1) ** 2 + torch.fft.rfftfreq(W).view(1, -1) ** 2
+    specimen = torch.fft.irfft2(torch.fft.rfft2(torch.randn(H, W, generator=g)) * torch.exp(-60 * k2), s=(H, W))
+    specimen = specimen / specimen.std()
+    frames = torch.stack([torch.fft.irfft2(shift_spectra(torch.fft.rfft2(specimen), drift[f], (H, W)), s=(H, W))
+                          for f in range(n_frames)])
+    counts = torch.poisson((20 * (1 + 0.4 * frames)).clamp(min=0), generator=g).numpy()
+    return np.round(counts / gain).astype(np.uint16)
+
+
+def _cli(args):
+    from vitrify.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return exit_info.value.code
+
+
+@pytest.fixture
+def movies(tmp_path, monkeypatch):
+    """Four movies in Movies/: two good, one with 6 frames, one with a black frame; a gain reference."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "Movies").mkdir()
+    gain = np.ones((H, W), np.float32)
+    gain[:, : W // 2] = 2.0
+    mrc_io.write_mrc("Movies/gain.mrc", gain, 1.0)
+    drift = torch.stack([torch.linspace(0, 6, FRAMES), torch.linspace(0, -3, FRAMES)], dim=1)
+    for k in range(2):
+        movies_io.write_movie(f"Movies/good{k}.tiff", _movie(k, drift, gain), "lzw")
+    movies_io.write_movie("Movies/short.tiff", _movie(5, drift, gain, n_frames=6))
+    black = _movie(6, drift, gain)
+    black[3] = 0
+    movies_io.write_movie("Movies/black.tiff", black)
+    return drift
+
+
+def test_import_motioncorr_select(movies):
+    assert _cli(["import", "--i", "Movies/*.tiff", "--o", "Import/job001", "--angpix", "1.0"]) in (0, None)
+    imported = star_io.read_star_optics("Import/job001/movies.star", "movies")
+    assert len(imported.data) == 4 and float(imported.optics["rlnMicrographOriginalPixelSize"][0]) == 1.0
+
+    assert _cli(["motioncorr", "--i", "Import/job001/movies.star", "--o", "MotionCorr/job002",
+                 "--gain", "Movies/gain.mrc", "--patch-x", "1", "--patch-y", "1", "--dose-per-frame", "2",
+                 "--bin", "2", "--float16"]) in (0, None)
+    corrected = star_io.read_star_optics("MotionCorr/job002/corrected_micrographs.star", "micrographs")
+    names = list(corrected.data["rlnMicrographName"])
+    assert names == [f"MotionCorr/job002/Movies/{n}.mrc" for n in ("black", "good0", "good1")]
+    assert "short.tiff" in open("MotionCorr/job002/skipped.txt").read()
+    assert float(corrected.optics["rlnMicrographPixelSize"][0]) == 2.0
+    image, pixel = mrc_io.read_mrc(names[1])
+    assert image.shape == (H // 2, W // 2) and pixel == pytest.approx(2.0)
+    assert mrc_io.read_mrc_header(names[1])["mode"] == 12
+    # the shifts recorded for a good movie follow the true drift (frame 1 = 0)
+    shifts = star_io.read_star("MotionCorr/job002/Movies/good0.star")["global_shift"]
+    truth = -(movies - movies[0]).numpy()
+    error = np.hypot(shifts["rlnMicrographShiftX"] - truth[:, 0], shifts["rlnMicrographShiftY"] - truth[:, 1])
+    assert float(np.sqrt((error ** 2).mean())) < 0.3
+    total = corrected.data["rlnAccumMotionTotal"][1]
+    assert total == pytest.approx(np.hypot(6, 3), rel=0.15)
+    assert os.path.exists("MotionCorr/job002/Movies/good0_shifts.png")
+    assert os.path.exists("MotionCorr/job002/Movies/good0_noDW.mrc")
+
+    table = corrected.data.assign(rlnCtfMaxResolution=[4.0, 8.0, 5.5])
+    star_io.write_star_optics("mics.star", corrected.optics, table, "micrographs")
+    assert _cli(["select", "--i", "mics.star", "--o", "Select/job003", "--max", "6"]) in (0, None)
+    kept = star_io.read_star_optics("Select/job003/micrographs.star", "micrographs").data
+    assert list(kept["rlnCtfMaxResolution"]) == [4.0, 5.5]
+
+
+def test_wrong_gain_size_skips_movies_with_a_clear_message(movies):
+    mrc_io.write_mrc("Movies/gain_t.mrc", np.ones((W, H), np.float32), 1.0)
+    _cli(["import", "--i", "Movies/good*.tiff", "--o", "Import/job001", "--angpix", "1.0"])
+    assert _cli(["motioncorr", "--i", "Import/job001/movies.star", "--o", "MotionCorr/job002",
+                 "--gain", "Movies/gain_t.mrc", "--patch-x", "1", "--patch-y", "1"]) in (0, None)
+    skipped = open("MotionCorr/job002/skipped.txt").read()
+    assert skipped.count("gain reference is") == 2 and "gain_rot" in skipped
+
+
+def test_import_on_the_fly_adds_only_new_complete_files(movies):
+    _cli(["import", "--i", "Movies/good*.tiff", "--o", "Import/job001", "--angpix", "1.0", "--only-new"])
+    movies_io.write_movie("Movies/good2.tiff", np.ones((2, 8, 8), np.uint16))
+    movies_io.write_movie("Movies/good3.tiff", np.ones((2, 8, 8), np.uint16))
+    old = time.time() - 100
+    os.utime("Movies/good2.tiff", (old, old))
+    _cli(["import", "--i", "Movies/good*.tiff", "--o", "Import/job001", "--angpix", "1.0", "--only-new",
+          "--stable-seconds", "30"])
+    names = list(star_io.read_star_optics("Import/job001/movies.star", "movies").data["rlnMicrographMovieName"])
+    assert names == ["Movies/good0.tiff", "Movies/good1.tiff", "Movies/good2.tiff"]
+
+
+def test_import_without_matches_is_one_line_error(movies, capsys):
+    assert _cli(["import", "--i", "Nothing/*.tiff", "--o", "Import/job001", "--angpix", "1.0"]) == 1
+    assert "no files match" in capsys.readouterr().err
+
+
+def test_options_from_relion_job_stars():
+    from vitrify.jobs import import_, motioncorr, select
+
+    root = "/work/shared/fixtures/relion4_schemes"
+    if not os.path.isdir(root):
+        pytest.skip("RELION scheme fixtures not available")
+
+    def values(kind):
+        table = star_io.read_star(f"{root}/{kind}/job.star", as_strings=True)["joboptions_values"]
+        return dict(zip(table["rlnJobOptionVariable"], table["rlnJobOptionValue"]))
+
+    imp = import_.options_from_job_star(values("prep/importmovies"))
+    assert (imp.pattern, imp.pixel_size_angst, imp.voltage_kv, imp.movies) == ("Micrographs/*.tif", 0.455, 200.0, True)
+    mc = motioncorr.options_from_job_star(values("prep/motioncorr"))
+    assert (mc.binning, mc.dose_per_frame, mc.motion.patches_x, mc.float16, mc.gain_rotation) == (2.0, 1.55, 5, True, 0)
+    sel = select.options_from_job_star({**values("proc/select_mics"), "fn_mic": "CtfFind/job003/micrographs_ctf.star"})
+    assert (sel.label, sel.max_value, sel.mode) == ("rlnCtfMaxResolution", 6.0, "values")
+    assert select.options_from_job_star(values("proc/select_parts")).mode == "class_ranker"
+    assert pd.api.types.is_float(sel.min_value)
