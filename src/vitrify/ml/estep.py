@@ -206,6 +206,20 @@ def run_block(x: torch.Tensor, ctf: torch.Tensor, prev_offset_px: torch.Tensor, 
                        pmax=pmax, n_significant=n_sig, log_likelihood=log_norm - const)
 
 
+def _weighted_template_sums(w: torch.Tensor, ys: torch.Tensor, dense_fraction: float = 0.05
+                            ) -> torch.Tensor:
+    """``w^T ys``: ``(M, R)`` weights x ``(M, 2P)`` rows -> ``(R, 2P)``.
+
+    Truncated posteriors are sparse (RELION's significance rule; at most ``maxsig`` per
+    particle in VDAM): below ``dense_fraction`` non-zeros the sum runs
+    over the non-zeros only (sparse x dense product), else one dense GEMM.
+    """
+    sparse = w.t().to_sparse()
+    if sparse.values().numel() > dense_fraction * w.numel():
+        return torch.mm(w.t(), ys)
+    return torch.sparse.mm(sparse, ys)
+
+
 def _accumulate(sums: EStepSums, w: torch.Tensor, ys: torch.Tensor, q: torch.Tensor,
                 x: torch.Tensor, hw: torch.Tensor, inv_sigma2: torch.Tensor, offsets: torch.Tensor,
                 half: torch.Tensor, group: int, hyp: Hypotheses, power: torch.Tensor,
@@ -220,8 +234,7 @@ def _accumulate(sums: EStepSums, w: torch.Tensor, ys: torch.Tensor, q: torch.Ten
         rows = half == h
         if not bool(rows.any()):
             continue
-        wh = w[rows].reshape(-1, r)
-        acc = torch.mm(wh.t(), ys[rows].reshape(-1, 2 * p))  # (R, 2P)
+        acc = _weighted_template_sums(w[rows].reshape(-1, r), ys[rows].reshape(-1, 2 * p))
         sums.data[h] += torch.complex(acc[:, :p], acc[:, p:])
         sums.weight[h] += torch.mm(w_r[rows].t(), q[rows])
         # sum_r Re(acc_r conj P_r), per pixel, for the sigma2 cross term
