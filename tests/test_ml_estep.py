@@ -80,6 +80,14 @@ def test_significant_weights_keep_the_smallest_set_holding_the_fraction():
     assert abs(float(pmax) - 0.5) < 1e-6
     _, _, _, capped = significant_weights(log_w, 0.9, 2)
     assert int(capped) == 2
+    # broad and peaked rows mixed (the two-stage top-k path) against a full sort
+    torch.manual_seed(0)
+    log_w = torch.cat([torch.rand(3, 2000) * 0.1, torch.randn(3, 2000) * 8])  # broad (no ties), peaked
+    w, _, _, n_sig = significant_weights(log_w, 0.999, 0)
+    p = torch.exp(log_w - log_w.max(1, keepdim=True).values).double()
+    srt = torch.sort(p, 1, descending=True).values
+    expected = ((torch.cumsum(srt, 1) < 0.999 * p.sum(1, keepdim=True)).sum(1) + 1)
+    assert torch.equal(n_sig, expected) and torch.equal((w > 0).sum(1), expected)
 
 
 def test_templates_match_real_space_rotation_and_scatter_is_the_adjoint():

@@ -150,15 +150,39 @@ def significant_weights(log_w: torch.Tensor, fraction: float, max_significant: i
     total = w.sum(dim=1, dtype=torch.float64)
     log_norm = top.squeeze(1).double() + torch.log(total)
     cap = w.shape[1] if max_significant <= 0 else min(int(max_significant), w.shape[1])
-    sorted_w = torch.topk(w, cap, dim=1).values if cap < w.shape[1] else torch.sort(w, 1, True).values
-    csum = torch.cumsum(sorted_w.double(), dim=1)
-    need = (csum < fraction * total[:, None]).sum(dim=1) + 1
-    n_sig = need.clamp(max=cap)
-    thresh = sorted_w.gather(1, (n_sig - 1)[:, None])
+    thresh, n_sig = _count_significant(w, total, fraction, cap)
     w = torch.where(w >= thresh, w, torch.zeros_like(w))
     kept = w.sum(dim=1, keepdim=True)
     pmax = (1.0 / total).float()  # the max weight is exp(0) = 1
     return w / kept, log_norm, pmax, n_sig
+
+
+def _count_significant(w: torch.Tensor, total: torch.Tensor, fraction: float, cap: int,
+                       first: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight threshold ``(B, 1)`` and number ``(B,)`` of the significant weights.
+
+    A top-``first`` pass settles most particles; only those whose ``first`` largest weights
+    hold less than ``fraction`` of the mass are sorted further (up to ``cap``).
+    """
+    k0 = min(first, cap)
+    top = torch.topk(w, k0, dim=1).values
+    csum = torch.cumsum(top.double(), dim=1)
+    need = (csum < fraction * total[:, None]).sum(dim=1) + 1
+    if k0 < cap:
+        broad = torch.nonzero(need > k0).flatten()
+        if broad.numel():
+            full = torch.topk(w[broad], cap, dim=1).values
+            c2 = torch.cumsum(full.double(), dim=1)
+            need_b = (c2 < fraction * total[broad, None]).sum(dim=1) + 1
+            n_sig = need.clamp(max=k0).clone()
+            n_sig[broad] = need_b.clamp(max=cap)
+            thresh = top[:, -1:].clone()
+            thresh[broad] = full.gather(1, (n_sig[broad] - 1)[:, None])
+            small = torch.nonzero(need <= k0).flatten()
+            thresh[small] = top[small].gather(1, (n_sig[small] - 1)[:, None])
+            return thresh, n_sig
+    n_sig = need.clamp(max=k0)
+    return top.gather(1, (n_sig - 1)[:, None]), n_sig
 
 
 def run_block(x: torch.Tensor, ctf: torch.Tensor, prev_offset_px: torch.Tensor, half: torch.Tensor,
