@@ -1,0 +1,162 @@
+"""Class2D benchmark: VDAM and EM on simulated particles of a real structure, with ground truth.
+
+Usage (defaults = the issue's case: 10,000 particles of adenylate kinase, 64 px, 3 Å/px,
+SNR 0.05, 20% junk, K = 50, VDAM 200 mini-batches, EM 25 iterations)::
+
+    python benchmarks/class2d.py [--n 10000] [--k 50] [--runs vdam,em,vdam-norepl] \
+        [--vdam-iter 200] [--em-iter 25] [--threads 2] [--data DIR] [--work DIR]
+
+Each run is its own process (``--child``), so wall time and peak memory are per run.
+Printed per run: wall time, time per 1,000 particle-passes, peak RSS, classes holding
+>= 1% of the particles, the median (over those classes) of the median angular distance
+between members' true viewing directions and the class's mean direction, and the
+fraction of junk particles that end up in junk classes (>= 90% junk members).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RUNS = {  # name -> Options overrides
+    "vdam": {"algorithm": "vdam"},
+    "em": {"algorithm": "em"},
+    "vdam-norepl": {"algorithm": "vdam", "class_inactivity_threshold": 0.0},
+}
+
+
+def simulate(args) -> Path:
+    """Simulate (once) and return particles.star."""
+    from vitrify.sim.particles import ParticleOptions, simulate_particles
+
+    out = Path(args.data)
+    star = out / "particles.star"
+    if not star.exists():
+        opts = ParticleOptions(structures=(args.structure,), n_particles=args.n, box_px=args.box,
+                               pixel_size_angst=args.pixel, snr=args.snr, junk_fraction=args.junk, seed=1)
+        simulate_particles(opts, out)
+    return star
+
+
+def child(args) -> None:
+    """Run one job; print a JSON line with timing, memory and particle passes."""
+    import torch
+
+    from vitrify._progress import set_quiet
+    from vitrify.jobs.base import run_job
+    from vitrify.jobs.class2d import Options, run
+
+    set_quiet(True)
+    overrides = RUNS[args.child]
+    iters = args.vdam_iter if overrides["algorithm"] == "vdam" else args.em_iter
+    opts = Options(input_star=str(args.star), n_classes=args.k, particle_diameter_angst=args.diameter,
+                   nr_iter=iters, threads=args.threads, device="cpu", seed=1, **overrides)
+    job_dir = Path(args.work) / args.child
+    t0 = time.time()
+    out = run_job(run, opts, job_dir)
+    wall = time.time() - t0
+    passes = 0
+    for line in (job_dir / "run.log").read_text().splitlines():
+        if " INFO iteration " in line:
+            passes += int(line.split(" particles")[0].rsplit(" ", 1)[1])
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"run": args.child, "wall_s": wall, "passes": passes, "peak_mb": peak_mb,
+                      "data": str(out), "torch_threads": torch.get_num_threads()}))
+
+
+def directions(rot_deg: np.ndarray, tilt_deg: np.ndarray) -> np.ndarray:
+    """Unit viewing directions ``(N, 3)``."""
+    r, t = np.deg2rad(rot_deg), np.deg2rad(tilt_deg)
+    return np.stack([np.cos(r) * np.sin(t), np.sin(r) * np.sin(t), np.cos(t)], 1)
+
+
+def quality(data_star: str, truth_star: Path) -> dict:
+    """Classes >= 1%, median angular spread of true directions per class, junk separation."""
+    from vitrify.io.star import read_star
+
+    parts = read_star(data_star)["particles"]
+    truth = read_star(truth_star)["particles"]
+    cls = parts["rlnClassNumber"].to_numpy()
+    junk = truth["vtfMapIndex"].to_numpy() == 0
+    dirs = directions(truth["rlnAngleRot"].to_numpy(float), truth["rlnAngleTilt"].to_numpy(float))
+    n = len(cls)
+    big = [c for c in np.unique(cls) if (cls == c).sum() >= 0.01 * n]
+    spreads = []
+    for c in big:
+        members = (cls == c) & ~junk
+        if members.sum() < 5 or junk[cls == c].mean() >= 0.9:
+            continue
+        mean = dirs[members].sum(0)
+        mean /= np.linalg.norm(mean) + 1e-12
+        spreads.append(np.median(np.degrees(np.arccos(np.clip(dirs[members] @ mean, -1, 1)))))
+    junk_classes = [c for c in np.unique(cls) if junk[cls == c].mean() >= 0.9]
+    junk_sep = float(np.isin(cls[junk], junk_classes).mean()) if junk.any() else float("nan")
+    rng = np.random.default_rng(0)
+    rand = rng.integers(0, len(big) or 1, n)
+    rand_spread = []
+    for c in np.unique(rand):
+        m = (rand == c) & ~junk
+        mean = dirs[m].sum(0)
+        mean /= np.linalg.norm(mean) + 1e-12
+        rand_spread.append(np.median(np.degrees(np.arccos(np.clip(dirs[m] @ mean, -1, 1)))))
+    return {"classes_ge_1pct": len(big), "median_spread_deg": float(np.median(spreads)) if spreads else None,
+            "random_spread_deg": float(np.median(rand_spread)), "junk_in_junk_classes": junk_sep}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=10000)
+    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--box", type=int, default=64)
+    p.add_argument("--pixel", type=float, default=3.0)
+    p.add_argument("--snr", type=float, default=0.05)
+    p.add_argument("--junk", type=float, default=0.2)
+    p.add_argument("--structure", default="adk")
+    p.add_argument("--diameter", type=float, default=0.0, help="Å; default 0.6 box")
+    p.add_argument("--runs", default="vdam,em")
+    p.add_argument("--vdam-iter", type=int, default=200)
+    p.add_argument("--em-iter", type=int, default=25)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--data", default="/tmp/vitrify_bench_class2d/data")
+    p.add_argument("--work", default="/tmp/vitrify_bench_class2d/work")
+    p.add_argument("--child", default="")
+    p.add_argument("--star", default="")
+    args = p.parse_args()
+    if args.diameter <= 0:
+        args.diameter = 0.6 * args.box * args.pixel
+    if args.child:
+        child(args)
+        return
+    t0 = time.time()
+    star = simulate(args)
+    print(f"# data: {args.n} particles, {args.box} px, {args.pixel} Å/px, SNR {args.snr}, junk {args.junk}, "
+          f"K {args.k} (simulated in {time.time() - t0:.0f} s); load {os.getloadavg()[0]:.1f}", flush=True)
+    rows = []
+    for name in args.runs.split(","):
+        cmd = [sys.executable, __file__, "--child", name, "--star", str(star)] + [
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "star", "runs")]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        res = json.loads(out)
+        res.update(quality(res["data"], star.parent / "truth.star"))
+        rows.append(res)
+        print(json.dumps(res), flush=True)
+    print("\n| run | wall s | s / 1k particle-passes | passes | peak MB | classes >=1% | median spread ° "
+          "(random) | junk in junk classes |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        spread = "n/a" if r["median_spread_deg"] is None else f"{r['median_spread_deg']:.1f}"
+        print(f"| {r['run']} | {r['wall_s']:.0f} | {1000 * r['wall_s'] / max(r['passes'], 1):.2f} | "
+              f"{r['passes']} | {r['peak_mb']:.0f} | {r['classes_ge_1pct']} | {spread} "
+              f"({r['random_spread_deg']:.1f}) | {r['junk_in_junk_classes']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
