@@ -15,7 +15,7 @@ with ``shell`` the radius in pixels of the original box, ``floor = weight_floor 
 data are simply normalised by the weights. The ``kx = 0`` plane is made Hermitian first (each voxel
 summed with the conjugate of its mirror, as RELION does). The map is the inverse transform of the
 padded grid, cropped to ``n``; ``gridding_correction=True`` also divides by the interpolation
-footprint (needed when the weights are not normalised out; off by default).
+footprint (on by default: normalising by the weights leaves the map multiplied by it).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class BackProjector:
 
     def reconstruct(self, tau2: torch.Tensor | None = None, *, tau2_fudge: float = 1.0,
                     weight_floor: float = 1e-3, max_radius_px: float | None = None,
-                    gridding_correction: bool = False) -> torch.Tensor:
+                    gridding_correction: bool = True) -> torch.Tensor:
         """Map from the accumulated slices.
 
         Parameters
