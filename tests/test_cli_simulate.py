@@ -64,3 +64,18 @@ def test_demo_runs_end_to_end_small(tmp_path):
     assert summary["resolution_05"] < 30.0
     if "class2d_data" in summary:
         assert (out / "Class2D" / "job003" / "RELION_JOB_EXIT_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("kind,star", [("micrographs", "micrographs.star"), ("movies", "movies.star")])
+def test_simulate_micrographs_and_movies_commands(tmp_path, kind, star):
+    out = tmp_path / kind
+    result = CliRunner().invoke(build_app(), [
+        "simulate", kind, "--n", "1", "--size", "128", "--particles", "3", "--frames", "3",
+        "--pixel-size", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    blocks = read_star(out / star)
+    assert list(blocks)[0] == "optics" and len(blocks[list(blocks)[1]]) == 1
+    truth = read_star(out / "truth.star")
+    assert {"micrographs", "particles"} <= set(truth)
+    if kind == "movies":
+        assert len(truth["global_motion"]) == 3 and (out / "Movies" / "gain.mrc").exists()

@@ -68,9 +68,63 @@ def _particles_command(sim: typer.Typer) -> None:
         typer.echo(f"wrote {n} images to {result.particles_star} (truth: {result.truth_star})")
 
 
+def _micrograph_options(**values) -> object:
+    from vitrify.sim.micrographs import MicrographOptions
+
+    size = values.pop("size")
+    return MicrographOptions(size_px=(size, size), **values)
+
+
+def _micrographs_commands(sim: typer.Typer) -> None:
+    def command(kind: str, doc: str):
+        @sim.command(kind, help=doc)
+        def simulate(
+            structure: list[str] = typer.Option(["adk"], "--structure", help=_STRUCTURE_HELP),
+            n: int = typer.Option(2, "--n", help=f"Number of {kind}."),
+            size: int = typer.Option(512, "--size", help="Width = height (px); 4096 for a K3-like frame."),
+            pixel_size: float = typer.Option(1.5, "--pixel-size", help="Pixel size (Å)."),
+            particles: int = typer.Option(30, "--particles", help="Particles per micrograph (at most)."),
+            min_distance: float = typer.Option(0.0, "--min-distance",
+                                               help="Minimum distance between centres (Å; "
+                                                    "default one particle diameter)."),
+            frames: int = typer.Option(8, "--frames", help="Frames per movie."),
+            dose_per_frame: float = typer.Option(5.0, "--dose-per-frame", help="e/Å² per frame."),
+            drift: float = typer.Option(6.0, "--drift", help="Global drift path length (px)."),
+            local_drift: float = typer.Option(0.5, "--local-drift", help="Local drift amplitude (px)."),
+            ice_thickness: float = typer.Option(40.0, "--ice-thickness", help="Mean ice thickness (nm)."),
+            ice_gradient: float = typer.Option(20.0, "--ice-gradient", help="Ice thickness change "
+                                                                             "across the image (nm)."),
+            carbon: float = typer.Option(0.5, "--carbon", help="Fraction of images with a carbon edge."),
+            gain_sigma: float = typer.Option(0.05, "--gain-sigma", help="Pixel sensitivity spread."),
+            movie_format: str = typer.Option("tiff", "--format", help="Movies: tiff | mrc."),
+            defocus_min: float = typer.Option(8000.0, "--defocus-min", help="Smallest defocus (Å)."),
+            defocus_max: float = typer.Option(25000.0, "--defocus-max", help="Largest defocus (Å)."),
+            voltage: float = typer.Option(300.0, "--voltage", help="Voltage (kV)."),
+            cs: float = typer.Option(2.7, "--cs", help="Spherical aberration (mm)."),
+            seed: int = typer.Option(0, "--seed", help="Random seed."),
+            device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+            out: Path = typer.Option(..., "--out", help="Output directory."),
+        ) -> None:
+            options = _micrograph_options(
+                structures=tuple(structure), n_micrographs=n, size=size, pixel_size_angst=pixel_size,
+                particles_per_micrograph=particles, min_distance_angst=min_distance, n_frames=frames,
+                dose_per_frame=dose_per_frame, drift_total_px=drift, local_drift_px=local_drift,
+                ice_thickness_nm=ice_thickness, ice_gradient_nm=ice_gradient, carbon_fraction=carbon,
+                gain_sigma=gain_sigma, movie_format=movie_format, defocus_min_angst=defocus_min,
+                defocus_max_angst=defocus_max, voltage_kv=voltage, cs_mm=cs, seed=seed)
+            result = _run(kind, options, out, device)
+            typer.echo(f"wrote {len(result.files)} {kind} and {result.star} (truth: {result.truth_star})")
+
+    command("micrographs", "Simulate motion-corrected micrographs with particles at known "
+                           "coordinates (micrographs.star, truth.star, coordinates/).")
+    command("movies", "Simulate movies (drift, dose, Poisson counts, gain) with movies.star, "
+                      "gain.mrc, EPU/mdoc metadata and the truth (coordinates, defocus, drift).")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``simulate`` command group to ``app``."""
     sim = typer.Typer(help="Simulate cryo-EM data with ground truth (particles, micrographs, movies).",
                       no_args_is_help=True)
     _particles_command(sim)
+    _micrographs_commands(sim)
     app.add_typer(sim, name="simulate")
