@@ -45,6 +45,8 @@ def correlation_peaks(frames_ft: torch.Tensor, refs_ft: torch.Tensor, shape: tup
                       max_shift_px: float) -> torch.Tensor:
     """Shifts that align each frame to its reference, with parabolic sub-pixel peaks.
 
+    Only the ``(2r+3)²`` correlation values around zero shift are searched (r = max shift).
+
     Parameters
     ----------
     frames_ft, refs_ft
@@ -59,23 +61,22 @@ def correlation_peaks(frames_ft: torch.Tensor, refs_ft: torch.Tensor, shape: tup
     """
     h, w = shape
     cc = torch.fft.irfft2(torch.conj(frames_ft) * refs_ft, s=shape)
-    cc = torch.fft.fftshift(cc, dim=(-2, -1))  # zero shift at (h//2, w//2)
-    ys = torch.arange(h, device=cc.device).view(-1, 1) - h // 2
-    xs = torch.arange(w, device=cc.device).view(1, -1) - w // 2
-    outside = (xs * xs + ys * ys) > max_shift_px ** 2
-    flat = cc.masked_fill(outside, -torch.inf).flatten(-2)
-    best = flat.argmax(dim=-1)
-    row, col = best // w, best % w
+    r = int(min(max_shift_px, h // 2 - 2, w // 2 - 2))
+    offsets = torch.arange(-r - 1, r + 2, device=cc.device)
+    window = cc[..., (offsets % h)[:, None], (offsets % w)[None, :]]  # (..., 2r+3, 2r+3), zero at r+1
+    inner = (offsets[:, None] ** 2 + offsets[None, :] ** 2) <= r * r
+    n = 2 * r + 3
+    best = window.masked_fill(~inner, -torch.inf).flatten(-2).argmax(dim=-1)
+    row, col = best // n, best % n
+    flat = window.flatten(-2)
 
     def value(dr: int, dc: int) -> torch.Tensor:
-        r = (row + dr).clamp(0, h - 1)
-        c = (col + dc).clamp(0, w - 1)
-        return cc.flatten(-2).gather(-1, (r * w + c).unsqueeze(-1)).squeeze(-1)
+        return flat.gather(-1, ((row + dr) * n + col + dc).unsqueeze(-1)).squeeze(-1)
 
     centre = value(0, 0)
     dx = _parabola(value(0, -1), centre, value(0, 1))
     dy = _parabola(value(-1, 0), centre, value(1, 0))
-    return torch.stack([col - w // 2 + dx, row - h // 2 + dy], dim=-1).to(frames_ft.real.dtype)
+    return torch.stack([col - (r + 1) + dx, row - (r + 1) + dy], dim=-1).to(frames_ft.real.dtype)
 
 
 def _parabola(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor) -> torch.Tensor:

@@ -119,7 +119,7 @@ def _align_stack(spectra: torch.Tensor, shape: tuple[int, int], weights: torch.T
         delta = correlation_peaks(own, refs, shape, max_shift_px)
         delta = delta - delta.mean(dim=-2, keepdim=True)
         shifts = shifts + delta
-        if float(delta.abs().max()) < opts.tolerance_px:
+        if float(delta.pow(2).sum(-1).mean().sqrt()) < opts.tolerance_px:
             break
     return shifts - shifts.mean(dim=-2, keepdim=True)
 
