@@ -21,6 +21,8 @@ from vitrify.io.star import (
 )
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion4_schemes"
+if not FIXTURES.is_dir():  # a clone elsewhere: the workplace's shared tree
+    FIXTURES = Path("/work/shared/fixtures/relion4_schemes")
 FIXTURE_FILES = sorted(FIXTURES.rglob("*.star")) if FIXTURES.is_dir() else []
 needs_fixtures = pytest.mark.skipif(not FIXTURE_FILES, reason="shared RELION fixtures not present")
 
