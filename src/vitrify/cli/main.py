@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vitrify.cli.class2d",
     "vitrify.cli.demo",
     "vitrify.cli.mdcatch",
+    "vitrify.cli.pipeline",
 )
 
 

@@ -1,0 +1,91 @@
+"""``vitrify run-job`` (run or continue one job of the project) and ``vitrify pipeline`` (the graph).
+
+Both run from the project directory (the one holding default_pipeline.star).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def _run_job_command(app: typer.Typer) -> None:
+    @app.command("run-job")
+    def run_job(
+        job: Path = typer.Option(..., "--job", help="JobType/jobNNN/job.star of this project, or a "
+                                                    "job.star template elsewhere (a new job is made)."),
+        cont: bool = typer.Option(False, "--continue", help="Continue the job in its directory."),
+    ) -> None:
+        """Run one job here (exit code 0 succeeded, 1 failed, 2 aborted)."""
+        from vitrify.pipeline.pipeliner import EXIT_CODES, execute_job, job_name_of
+        from vitrify.pipeline.project import Project
+
+        from vitrify.io.errors import InputError
+
+        project = Project.open(".")
+        try:
+            name = job_name_of(job, project.root)
+        except InputError:
+            name = ""
+        if name in project.pipeline().processes:
+            status = execute_job(job, continue_=cont)
+        else:
+            name = project.add_job_from_star(job)
+            status = project.run_job(name, wait=True)
+        typer.echo(f"{name}: {status}")
+        raise typer.Exit(EXIT_CODES.get(status, 1))
+
+
+def _tables(state) -> tuple:
+    from rich.table import Table
+    from rich.tree import Tree
+
+    from vitrify.pipeline.graph import STATUS_COLOURS
+
+    table = Table(title="default_pipeline.star")
+    for column in ("job", "alias", "type", "status"):
+        table.add_column(column)
+    for proc in state.processes.values():
+        colour = {"Succeeded": "green", "Failed": "red", "Aborted": "yellow", "Running": "cyan"}
+        style = colour.get(proc.status, "") if proc.status in STATUS_COLOURS else ""
+        status = f"[{style}]{proc.status}[/]" if style else proc.status
+        table.add_row(proc.name, proc.alias or "", proc.type_label, status)
+    tree = Tree("edges")
+    for proc in state.processes.values():
+        branch = tree.add(proc.name)
+        for node, target in state.input_edges:
+            if target == proc.name:
+                branch.add(f"← {node} ({state.nodes.get(node, '?')})")
+        for source, node in state.output_edges:
+            if source == proc.name:
+                branch.add(f"→ {node} ({state.nodes.get(node, '?')})")
+    return table, tree
+
+
+def _pipeline_command(app: typer.Typer) -> None:
+    @app.command("pipeline")
+    def pipeline(
+        png: Path = typer.Option(None, "--png", help="Also draw the graph into this file (.png/.svg/.pdf)."),
+        project_dir: Path = typer.Option(Path("."), "--project", help="Project directory."),
+    ) -> None:
+        """Show the jobs of the project, their status and input/output edges."""
+        from rich.console import Console
+
+        from vitrify.pipeline.graph import draw_pipeline
+        from vitrify.pipeline.project import Project
+
+        project = Project.open(project_dir)
+        project.jobs()  # brings Running jobs up to date
+        state = project.pipeline()
+        console = Console()
+        for part in _tables(state):
+            console.print(part)
+        if png is not None:
+            typer.echo(f"wrote {draw_pipeline(state, png)}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``run-job`` and ``pipeline`` to ``app``."""
+    _run_job_command(app)
+    _pipeline_command(app)

@@ -1,0 +1,110 @@
+"""Running one job in this process: what ``vitrify run-job --job <Dir/jobNNN/job.star>`` does.
+
+:func:`execute_job` reads the job.star, finds the job module (:mod:`vitrify.jobs.registry`),
+builds its ``Options`` with ``options_from_job_star`` and runs it through
+:func:`vitrify.jobs.base.run_job` (exit markers, run.log, abort checks). Whatever happens
+(an unknown or unavailable job type, bad options, a crash) the job ends with an exit
+marker and the pipeline records its final status and, on success, its output nodes.
+Job modules (and torch) are imported only here, at run time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from vitrify.io.errors import InputError
+from vitrify.jobs.base import ABORT_NOW, EXIT_FAILURE, JobAborted, check_abort, run_job
+from vitrify.jobs.registry import resolve_job
+from vitrify.pipeline import _notes
+from vitrify.pipeline._jobstar import read_job_star
+from vitrify.pipeline._pipeline_star import normalise_job_name
+from vitrify.pipeline.project import Project, marker_status
+
+#: Options fields switched on when a job is continued (only where the job's Options has them).
+CONTINUE_FIELDS: dict[str, object] = {"only_new": True}
+
+#: final status → exit code of ``vitrify run-job`` (RELION's marker numbering)
+EXIT_CODES: dict[str, int] = {"Succeeded": 0, "Failed": 1, "Aborted": 2}
+
+
+def job_name_of(job_star: Path, root: Path) -> str:
+    """``CtfFind/job003/`` for ``<root>/CtfFind/job003/job.star``; InputError outside the project."""
+    job_dir = (root / job_star).resolve().parent
+    try:
+        return normalise_job_name(job_dir.relative_to(root.resolve()).as_posix())
+    except ValueError:
+        raise InputError("job.star is not inside the project directory", path=job_star,
+                         expected=f"a path below {root}") from None
+
+
+def continued(options: object) -> object:
+    """``options`` with the continue switches of :data:`CONTINUE_FIELDS` that it has turned on."""
+    names = {f.name for f in dataclasses.fields(options)} if dataclasses.is_dataclass(options) else set()
+    changes = {k: v for k, v in CONTINUE_FIELDS.items() if k in names}
+    return dataclasses.replace(options, **changes) if changes else options
+
+
+def _stderr_is(path: Path) -> bool:
+    try:
+        a, b = os.fstat(sys.stderr.fileno()), os.stat(path)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _fail(job_dir: Path, err: BaseException) -> None:
+    """Touch the failure marker (if the job left none); put the message in run.err unless stderr
+    already goes there."""
+    if not _stderr_is(job_dir / "run.err"):
+        _notes.append_text(job_dir / "run.err", f"{type(err).__name__}: {err}\n")
+    if marker_status(job_dir) is None:
+        (job_dir / EXIT_FAILURE).touch()
+
+
+def _prepare(job_star: Path, continue_: bool):
+    job = read_job_star(job_star)
+    module = resolve_job(job.type_label, job.options)
+    options = module.options_from_job_star(dict(job.options))
+    return module, (continued(options) if continue_ or job.is_continue else options)
+
+
+def execute_job(job_star: str | Path, *, continue_: bool = False, root: str | Path = ".") -> str:
+    """Run the job of ``job_star`` (inside project ``root``) here and now; return its final status.
+
+    User errors (:class:`InputError`) and crashes end with RELION_JOB_EXIT_FAILURE and are
+    re-raised for the caller; an abort ends with RELION_JOB_EXIT_ABORTED and returns "Aborted".
+    """
+    project = Project.open(root)
+    if Path.cwd().resolve() != project.root:
+        raise InputError("jobs run from the project directory (paths in STAR files are relative to it)",
+                         path=project.root, expected=f"the current directory to be {project.root}")
+    name = job_name_of(Path(job_star), project.root)
+    job_dir = project.root / name
+    aborted_early = (job_dir / ABORT_NOW).exists()
+    if project.job_status(name) != "Running":
+        project.record_status(name, "Running")
+    try:
+        module, options = _prepare(job_dir / "job.star", continue_)
+    except BaseException as err:
+        _fail(job_dir, err)
+        project.job_status(name)
+        raise
+
+    def run(opts: object, directory: Path) -> object:
+        if aborted_early:
+            raise JobAborted(f"abort requested in {directory}")
+        check_abort(directory)
+        return module.run(opts, directory)
+
+    try:
+        run_job(run, options, Path(name))
+    except JobAborted:
+        pass
+    except BaseException as err:
+        _fail(job_dir, err)
+        project.job_status(name)
+        raise
+    return project.job_status(name)

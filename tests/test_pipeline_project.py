@@ -1,0 +1,100 @@
+"""Project and pipeliner: job directories, default_pipeline.star, exit markers, running jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vitrify.io.errors import InputError
+from vitrify.pipeline._jobstar import read_job_star
+from vitrify.pipeline._pipeline_star import read_pipeline
+from vitrify.pipeline.project import JobRecord, Project
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion4_schemes"
+
+
+def _raw_files(root: Path, names: list[str]) -> None:
+    (root / "Raw").mkdir(exist_ok=True)
+    for name in names:
+        (root / "Raw" / name).write_bytes(b"")
+
+
+def _import_options(pattern: str = "Raw/*.mrc") -> dict[str, str]:
+    return {"fn_in_raw": pattern, "is_multiframe": "No", "angpix": "1.5", "kV": "300", "Cs": "2.7",
+            "Q0": "0.1", "optics_group_name": "opticsGroup1", "do_queue": "No"}
+
+
+def test_add_job_numbers_jobs_and_writes_relion_files(tmp_path):
+    import starfile
+
+    project = Project.open(tmp_path)
+    assert (tmp_path / "default_pipeline.star").exists()
+    first = project.add_job("relion.import", _import_options())
+    second = project.add_job("relion.ctffind.ctffind4", {"input_star_mics": f"{first}micrographs.star",
+                                                          "box": "512", "other_args": ""}, alias="ctf")
+    third = project.add_job("relion.select.onvalue", {"fn_mic": f"{second}micrographs_ctf.star"})
+    assert (first, second, third) == ("Import/job001/", "CtfFind/job002/", "Select/job003/")
+    # job.star in RELION-4 form, readable by an independent STAR reader
+    blocks = starfile.read(tmp_path / second / "job.star", always_dict=True)
+    assert blocks["job"]["rlnJobTypeLabel"] == "relion.ctffind.ctffind4"
+    assert int(blocks["job"]["rlnJobIsContinue"]) == 0
+    values = dict(zip(blocks["joboptions_values"]["rlnJobOptionVariable"],
+                      blocks["joboptions_values"]["rlnJobOptionValue"].astype(str)))
+    assert values["input_star_mics"] == "Import/job001/micrographs.star"
+    assert project.job_options(second) == {"input_star_mics": "Import/job001/micrographs.star",
+                                           "box": "512", "other_args": ""}
+    assert "CtfFind/job002/" in (tmp_path / second / "note.txt").read_text()
+    # the alias is RELION's symlink and names the job too
+    assert (tmp_path / "CtfFind" / "ctf").resolve() == (tmp_path / second).resolve()
+    assert project.job_status("CtfFind/ctf/") == "Scheduled"
+    state = read_pipeline(tmp_path / "default_pipeline.star")
+    assert state.job_counter == 4
+    assert [p.status for p in state.processes.values()] == ["Scheduled"] * 3
+    assert ("Import/job001/micrographs.star", second) in state.input_edges
+    assert state.nodes["CtfFind/job002/micrographs_ctf.star"] == "MicrographsData.star.relion"
+    assert project.jobs()[1] == JobRecord(second, "relion.ctffind.ctffind4", "CtfFind/ctf/", "Scheduled")
+    # a reopened project continues the numbering
+    assert Project.open(tmp_path).add_job("relion.class2d", {}) == "Class2D/job004/"
+
+
+def test_bad_requests_are_input_errors(tmp_path):
+    project = Project.open(tmp_path)
+    with pytest.raises(InputError, match="unknown job type"):
+        project.add_job("relion.nosuchjob", {})
+    name = project.add_job("relion.import", _import_options(), alias="raw")
+    with pytest.raises(InputError, match="already used"):
+        project.add_job("relion.import", _import_options(), alias="raw")
+    with pytest.raises(InputError, match="bad alias"):
+        project.add_job("relion.import", _import_options(), alias="job007")
+    with pytest.raises(InputError, match="no job Class2D/job009/"):
+        project.job_status("Class2D/job009")
+    assert project.job_status(name.rstrip("/")) == "Scheduled"
+
+
+def test_unavailable_job_type_fails_with_message_and_marker(tmp_path):
+    project = Project.open(tmp_path)
+    name = project.add_job("relion.initialmodel", {"fn_img": "Select/job002/particles.star"})
+    assert project.run_job(name, wait=True) == "Failed"
+    job_dir = tmp_path / name
+    assert (job_dir / "RELION_JOB_EXIT_FAILURE").exists()
+    assert not (job_dir / "RELION_JOB_EXIT_SUCCESS").exists()
+    err = " ".join((job_dir / "run.err").read_text().split())
+    assert "job type relion.initialmodel is not available in vitrify yet" in err
+    assert read_pipeline(tmp_path / "default_pipeline.star").processes[name].status == "Failed"
+    assert "run-job --job InitialModel/job001/job.star" in (job_dir / "note.txt").read_text()
+
+
+def test_import_job_runs_and_records_output_nodes(tmp_path):
+    _raw_files(tmp_path, ["a.mrc", "b.mrc"])
+    project = Project.open(tmp_path)
+    name = project.add_job("relion.import", _import_options())
+    assert project.run_job(name, wait=True) == "Succeeded"
+    assert (tmp_path / name / "RELION_JOB_EXIT_SUCCESS").exists()
+    state = read_pipeline(tmp_path / "default_pipeline.star")
+    assert state.output_edges == [(name, "Import/job001/micrographs.star")]
+    assert state.nodes["Import/job001/micrographs.star"] == "MicrographsData.star.relion"
+    assert (tmp_path / ".Nodes" / "MicrographsData" / "Import" / "job001" / "micrographs.star").exists()
+    mini = read_pipeline(tmp_path / name / "job_pipeline.star")
+    assert list(mini.processes) == [name] and mini.output_edges == state.output_edges
+    assert read_job_star(tmp_path / name / "job.star").is_continue is False
