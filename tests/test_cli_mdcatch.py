@@ -88,7 +88,7 @@ def test_session_from_simulated_movies(tmp_path):
     assert record["acquisition"]["cs_mm"] == pytest.approx(2.7)  # from the simulator's extra key
     assert record["movies_found"] == 3
     options = record["scheme_options"]
-    assert options["prep__importmovies__fn_in_raw"] == "Movies/*.tiff"
+    assert options["prep__importmovies__fn_in_raw"] == "Movies/movie_*.tiff"
     assert options["proc__extract__extract_size"] == "280"  # 1.5 * 150 / 0.83 = 271 -> 280
     assert options["proc__extract__rescale"] == "70"
     assert options["prep__motioncorr__dose_per_frame"] == "1"
@@ -133,7 +133,8 @@ def test_options_are_written_into_the_projects_scheme_job_files(tmp_path):
     assert table["dose_per_frame"] == "1" and table["bin_factor"] == "1"
     assert table["other_args"] == "--do_at_most $$do_at_most"  # untouched options stay
     record = json.loads((project / "acquisition.json").read_text())
-    assert "prep__motioncorr__dose_per_frame" in record["scheme_options_applied"]
+    assert {"key": "prep__motioncorr__dose_per_frame", "file": "Schemes/prep/motioncorr/job.star",
+            "name": "dose_per_frame", "value": "1"} in record["scheme_options_applied"]
 
 
 def test_session_without_metadata_is_an_error(tmp_path, capsys, monkeypatch):

@@ -121,7 +121,8 @@ def register(app: typer.Typer) -> None:
             raise InputError("give --read FILE, or SESSION_DIR and --project DIR",
                              field="vitrify mdcatch")
         from vitrify.pipeline.autosetup import SetupOptions
-        from vitrify.pipeline.mdcatch import SessionRequest, prepare_session, processing_command
+        from vitrify.pipeline._scheme_setup import missing_schemes, processing_commands
+        from vitrify.pipeline.mdcatch import SessionRequest, prepare_session
 
         values = locals()
         overrides = {field: values[option] for option, field in OVERRIDES.items()}
@@ -137,5 +138,11 @@ def register(app: typer.Typer) -> None:
         if particle_diameter is None:
             console.print("give --particle-diameter to derive box, downscaled box and mask sizes")
         console.print(f"wrote {escape(str(project / 'acquisition.json'))}")
+        absent = missing_schemes(project)
+        if absent:
+            console.print(f"the project has no Schemes/{', Schemes/'.join(absent)}: put the scheme "
+                          "directories there (e.g. RELION 4's scripts/Schemes/prep and proc) and run "
+                          "this command again to set their options")
         console.print("start processing with:")
-        typer.echo(processing_command(project))
+        for line in processing_commands(project):
+            typer.echo(line)

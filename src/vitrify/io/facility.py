@@ -69,6 +69,11 @@ class FacilityConfig:
         """Settings of a detector model (empty settings if unknown)."""
         return self.cameras.get(model or "", CameraConfig())
 
+    def microscope_name(self, microscope_id: str | None) -> str | None:
+        """The facility's name for a microscope ID (None if it has no entry or no name)."""
+        scope = self.microscopes.get(microscope_id or "")
+        return scope.name or None if scope is not None else None
+
     def mtf_file(self, model: str | None, voltage_kv: float | None) -> str | None:
         """MTF STAR file for ``model`` at ``voltage_kv``, if the facility gives one."""
         if voltage_kv is None:

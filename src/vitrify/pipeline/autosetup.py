@@ -188,7 +188,9 @@ def derive_processing(params: AcquisitionParams, options: SetupOptions) -> Proce
         "voltage_kv": (params.voltage_kv, _src(params, "voltage_kv")),
         "cs_mm": (params.cs_mm, _src(params, "cs_mm")),
         "amplitude_contrast": (options.amplitude_contrast, "RELION default 0.1"),
-        "phase_plate": (bool(params.phase_plate), _src(params, "phase_plate")),
+        "phase_plate": ((True, _src(params, "phase_plate")) if params.phase_plate
+                        else (False, _src(params, "phase_plate") if params.phase_plate is not None
+                              else "not recorded in the metadata: no phase plate assumed")),
     }
     values.update(derive_motioncorr(params, options))
     if options.particle_diameter_angst is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from vitrify.io.acquisition import (
 from vitrify.io.atomic import atomic_write
 from vitrify.io.errors import InputError
 from vitrify.io.facility import FacilityConfig, apply_facility
+from vitrify.pipeline._scheme_setup import apply_scheme_options, relion_it_text
 from vitrify.pipeline.autosetup import (
     ProcessingSetup,
     SetupOptions,
@@ -136,18 +138,46 @@ def _movie_for(meta: Path, params: AcquisitionParams, session: Path) -> Path | N
     return None
 
 
-def locate_movies(params: AcquisitionParams, session_dir: str | Path) -> MovieSet:
-    """Find the movie of the metadata file and the pattern that matches all of the session's."""
+def _letters(name: str) -> str:
+    """The leading part of a file name before its first digit (``mov_`` of ``mov_00001.tif``)."""
+    stem = name.split(".", 1)[0]
+    prefix = re.match(r"[^0-9]*", stem).group(0)
+    return "" if prefix == stem else prefix
+
+
+def _movie_by_pattern(meta: Path, session: Path, patterns: tuple[str, ...]) -> tuple[Path, str] | None:
+    """First movie matching the facility's movie patterns, beside the metadata file or anywhere."""
+    for pattern in patterns:
+        found = sorted(meta.parent.glob(pattern)) or sorted(session.rglob(pattern))
+        found = [p for p in found if p.is_file()]
+        if found:
+            return found[0], pattern
+    return None
+
+
+def locate_movies(params: AcquisitionParams, session_dir: str | Path,
+                  patterns: tuple[str, ...] = ()) -> MovieSet:
+    """Find the movie of the metadata file and the pattern that matches all of the session's.
+
+    The movie is looked for beside the metadata file (same name stem), then by the name the
+    metadata gives (SerialEM ``SubFramePath``), then by the facility's ``movie_patterns``.
+    """
     session = Path(session_dir).resolve()
     meta = Path(params.source_path).resolve()
     movie = _movie_for(meta, params, session)
-    if movie is None:
-        raise InputError("no movie found for the metadata file", path=meta,
-                         expected=f"a movie ({', '.join(MOVIE_SUFFIXES)}) beside it, or --movies")
     stem = meta.name[: -len(".mdoc")] if meta.suffix == ".mdoc" else meta.stem
-    beside = movie.name.startswith(stem) and len(movie.name) > len(stem)
-    tail = movie.name[len(stem):] if beside else movie.suffix
-    name = "FoilHole_*_Data_*" + tail if meta.name.startswith("FoilHole_") else "*" + tail
+    if movie is not None:
+        beside = movie.name.startswith(stem) and len(movie.name) > len(stem)
+        tail = movie.name[len(stem):] if beside else movie.suffix
+        # the name's leading letters stay, so that a gain.mrc beside mov_00001.mrc is no movie
+        prefix = "FoilHole_*_Data_" if meta.name.startswith("FoilHole_") else _letters(movie.name)
+        name = prefix + "*" + tail
+    elif (by_pattern := _movie_by_pattern(meta, session, patterns)) is not None:
+        movie, name = by_pattern
+    else:
+        raise InputError("no movie found for the metadata file", path=meta,
+                         expected=f"a movie ({', '.join(MOVIE_SUFFIXES)}) beside it, one matching "
+                                  "the facility's movie_patterns, or --movies")
     folder = _generalise_epu_dirs(movie.parent.relative_to(session))
     pattern = name if folder in ("", ".") else f"{folder}/{name}"
     return MovieSet(movie, pattern, len(list(session.glob(pattern))))
@@ -184,66 +214,22 @@ def link_session(project_dir: Path, session_dir: Path) -> Path:
     return link
 
 
-def relion_it_text(options: dict[str, str]) -> str:
-    """``relion_it_options.py`` text: one ``'key' : 'value',`` line per option (RELION's form).
-
-    Booleans are written ``'True'``/``'False'`` there (relion_it turns them into Yes/No).
-    """
-    as_python = {"Yes": "True", "No": "False"}
-    lines = ["{"] + [f"'{key}' : '{as_python.get(value, value)}',"
-                     for key, value in options.items()] + ["}", ""]
-    return "\n".join(lines)
-
-
-def apply_job_option(project_dir: Path, key: str, value: str) -> bool:
-    """Set ``SCHEME__JOB__OPTION`` in ``Schemes/SCHEME/JOB/job.star``; False if no such file."""
-    from vitrify.io.star import read_star, write_star
-
-    scheme, job, option = key.split("__")
-    path = project_dir / "Schemes" / scheme / job / "job.star"
-    if not path.is_file():
-        return False
-    blocks = read_star(path)
-    table = blocks.get("joboptions_values")
-    if table is None or "rlnJobOptionVariable" not in getattr(table, "columns", ()):
-        raise InputError("no joboptions_values table", path=path, expected="a RELION job.star")
-    names = table["rlnJobOptionVariable"].astype(str)
-    if (names == option).any():
-        table.loc[names == option, "rlnJobOptionValue"] = value
-    else:
-        table.loc[len(table)] = {"rlnJobOptionVariable": option, "rlnJobOptionValue": value}
-    table["rlnJobOptionValue"] = table["rlnJobOptionValue"].astype(str)
-    blocks["joboptions_values"] = table
-    write_star(path, blocks)
-    return True
-
-
-def apply_scheme_options(project_dir: str | Path, options: dict[str, str]) -> list[str]:
-    """Write the options into the project's scheme job.star files; return the keys applied."""
-    project_dir = Path(project_dir)
-    return [key for key, value in options.items()
-            if key.count("__") == 2 and apply_job_option(project_dir, key, value)]
-
-
 def setup_project(project_dir: str | Path, params: AcquisitionParams, setup: ProcessingSetup,
                   extra: dict[str, object]) -> dict[str, object]:
-    """Write ``acquisition.json`` and ``relion_it_options.py`` (atomically); apply scheme options."""
+    """Write ``acquisition.json`` and ``relion_it_options.py`` (atomically); apply scheme options.
+
+    The options go into ``Schemes/prep|proc`` when the project has them (see
+    :mod:`vitrify.pipeline._scheme_setup`); ``scheme_options_applied`` says where each went.
+    """
     project_dir = Path(project_dir)
     options = scheme_options(setup)
     applied = apply_scheme_options(project_dir, options)
     record = {"acquisition": params.to_json_dict(), "processing": setup.to_json_dict(),
-              "scheme_options": options, "scheme_options_applied": applied, **extra}
+              "scheme_options": options,
+              "scheme_options_applied": [a.to_json_dict() for a in applied], **extra}
     atomic_write(project_dir / "acquisition.json", json.dumps(record, indent=2, default=str) + "\n")
     atomic_write(project_dir / "relion_it_options.py", relion_it_text(options))
     return record
-
-
-def processing_command(project_dir: str | Path) -> str:
-    """The commands that start processing in the project (prep, then proc, as relion_it does)."""
-    project = Path(project_dir).resolve()
-    return (f"cd {project} && vitrify schemer --scheme prep --reset && "
-            f"(vitrify schemer --scheme prep --run &) && "
-            f"vitrify schemer --scheme proc --reset && vitrify schemer --scheme proc --run")
 
 
 @dataclass(frozen=True)
@@ -285,7 +271,8 @@ def _locate_movies_waiting(params: AcquisitionParams, request: SessionRequest,
     start = time.monotonic()
     while True:
         try:
-            return locate_movies(params, request.session_dir)
+            return locate_movies(params, request.session_dir,
+                                 tuple(request.facility.defaults["movie_patterns"]))
         except InputError as err:
             timed_out = (request.timeout_s is not None
                          and time.monotonic() - start > request.timeout_s)
@@ -317,12 +304,17 @@ def _file_values(request: SessionRequest, params: AcquisitionParams,
         else f"first match of the gain patterns ({request.facility.label})")
     values["gain_reference"] = (in_project(gain), source) if gain else ("", "no gain reference found")
     camera = request.facility.camera(params.detector_model)
-    values["gain_rotation"] = (camera.gain_rotation, f"{request.facility.label}: cameras.gain_rotation")
-    values["gain_flip"] = (camera.gain_flip, f"{request.facility.label}: cameras.gain_flip")
+    where = (f'{request.facility.label}: cameras."{params.detector_model}"'
+             if params.detector_model in request.facility.cameras
+             else f"{request.facility.label}: no camera entry for {params.detector_model}; default")
+    values["gain_rotation"] = (camera.gain_rotation, f"{where}.gain_rotation")
+    values["gain_flip"] = (camera.gain_flip, f"{where}.gain_flip")
     if params.defects_file:
         found = sorted(session.rglob(Path(params.defects_file).name))
         values["defects_file"] = ((in_project(found[0]), params.source("defects_file")) if found
                                   else ("", f"{params.defects_file} not found in the session"))
+    contrast = request.facility.defaults["amplitude_contrast"]
+    values["amplitude_contrast"] = (float(contrast), f"{request.facility.label}: defaults.amplitude_contrast")
     mtf = request.facility.mtf_file(params.detector_model, params.voltage_kv)
     values["mtf_file"] = (mtf or "", f"{request.facility.label}: cameras.mtf"
                           if mtf else "no MTF for this detector in the facility configuration")
@@ -350,5 +342,6 @@ def prepare_session(request: SessionRequest,
     link_session(request.project_dir, request.session_dir)
     setup_project(request.project_dir, params, setup,
                   {"session_dir": str(request.session_dir.resolve()),
+                   "microscope_name": request.facility.microscope_name(params.microscope_id),
                    "metadata_file": params.source_path, "movies_found": movies.count})
     return params, setup

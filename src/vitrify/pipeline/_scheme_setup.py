@@ -1,0 +1,188 @@
+"""Put mdcatch's derived options into a project's ``Schemes/prep`` and ``Schemes/proc``.
+
+What RELION-4's ``relion_it.py`` does with its option keys (../shared/spec/schemes.md §10):
+
+- ``SCHEME__JOB__OPTION`` (``prep__motioncorr__dose_per_frame``) sets a job option in the job's
+  template ``Schemes/SCHEME/JOB/job.star`` (relion_it: ``relion_pipeliner --editJob``). When the
+  template routes that option through a scheme variable (value ``$$name``), the variable is set
+  instead, so the scheme's own wiring stays intact;
+- ``SCHEME__VARIABLE`` sets a variable of ``Schemes/SCHEME/scheme.star``, value and reset value
+  (relion_it: ``relion_schemer --set_var NAME --value V --original_value V``), through the schemes
+  package's ``read_scheme``/``write_scheme``.
+
+A scheme that is running (its lock directory ``.relion_lock_scheme_NAME/`` exists) is not
+touched: the set-up stops with an error naming the lock. Schemes the project lacks are skipped.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from vitrify.io.errors import InputError
+
+#: The schemes relion_it sets up, in the order they are started.
+SCHEME_NAMES = ("prep", "proc")
+
+
+@dataclass(frozen=True)
+class AppliedOption:
+    """One option written into a scheme: its relion_it key, the file and the name it went to."""
+
+    key: str
+    file: str
+    name: str
+    value: str
+
+    def to_json_dict(self) -> dict[str, str]:
+        """``{"key", "file", "name", "value"}``."""
+        return {"key": self.key, "file": self.file, "name": self.name, "value": self.value}
+
+
+def lock_dir(project_dir: Path, scheme: str) -> Path:
+    """The lock directory a running schemer holds (RELION's ``.relion_lock_scheme_NAME``)."""
+    return project_dir / f".relion_lock_scheme_{scheme}"
+
+
+def _check_not_running(project_dir: Path, scheme: str) -> None:
+    lock = lock_dir(project_dir, scheme)
+    if lock.exists():
+        raise InputError(f"scheme {scheme} is locked (running?); not changing it", path=lock,
+                         expected=f"no lock: stop it first (vitrify schemer --scheme {scheme} --abort)")
+
+
+def _variable_reference(value: str) -> str | None:
+    """``name`` for an option value that is exactly ``$$name``, else None."""
+    value = value.strip()
+    if value.startswith("$$") and len(value) > 2 and " " not in value:
+        return value[2:]
+    return None
+
+
+def _set_job_options(project_dir: Path, scheme: str, job: str,
+                     options: dict[str, tuple[str, str]]) -> tuple[list[AppliedOption], dict]:
+    """Set ``{option: (key, value)}`` in one job template; options routed to ``$$var`` are returned.
+
+    Returns the options written and ``{variable: (key, value)}`` for the ones to set as variables.
+    """
+    from vitrify.pipeline._star import read_blocks, write_blocks
+
+    path = project_dir / "Schemes" / scheme / job / "job.star"
+    relative = path.relative_to(project_dir).as_posix()
+    if not path.is_file():
+        return [], {}
+    blocks = read_blocks(path)
+    table = blocks.get("joboptions_values")
+    if table is None or "rlnJobOptionVariable" not in getattr(table, "columns", ()):
+        raise InputError("no joboptions_values table", path=path, expected="a RELION job.star")
+    table = table.copy()
+    names = list(table["rlnJobOptionVariable"].astype(str))
+    values = list(table["rlnJobOptionValue"].astype(str))
+    applied, variables = [], {}
+    for option, (key, value) in options.items():
+        current = values[names.index(option)] if option in names else None
+        variable = None if current is None else _variable_reference(current)
+        if variable is not None:
+            variables[variable] = (key, value)
+            continue
+        if current is None:
+            names.append(option)
+            values.append(value)
+        else:
+            values[names.index(option)] = value
+        applied.append(AppliedOption(key, relative, option, value))
+    if applied:
+        blocks["joboptions_values"] = pd.DataFrame({"rlnJobOptionVariable": names,
+                                                 "rlnJobOptionValue": values}, dtype=object)
+        write_blocks(path, blocks)
+    return applied, variables
+
+
+def _set_variables(project_dir: Path, scheme: str,
+                   variables: dict[str, tuple[str, str]]) -> list[AppliedOption]:
+    """Set scheme variables (value and reset value) with the schemes package, under the lock."""
+    from vitrify.pipeline.schemes.star import read_scheme, write_scheme
+
+    path = project_dir / "Schemes" / scheme / "scheme.star"
+    relative = path.relative_to(project_dir).as_posix()
+    lock = lock_dir(project_dir, scheme)
+    lock.mkdir()  # FileExistsError only if a schemer started since _check_not_running
+    try:
+        (lock / "lock_scheme").touch()
+        model = read_scheme(path)
+        for name, (key, value) in variables.items():
+            if model.variable_kind(name) is None:
+                raise InputError(f"no variable {name!r} in the scheme (needed for {key})",
+                                 path=path, expected="a float, bool or string variable")
+            model.set_variable(name, value, value)
+        write_scheme(path, model)
+    finally:
+        (lock / "lock_scheme").unlink(missing_ok=True)
+        lock.rmdir()
+    return [AppliedOption(key, relative, name, value) for name, (key, value) in variables.items()]
+
+
+def apply_scheme_options(project_dir: str | Path, options: dict[str, str]) -> list[AppliedOption]:
+    """Write relion_it-style options into the project's schemes; return what went where.
+
+    Keys of schemes the project does not have (no ``Schemes/NAME/scheme.star``) are skipped, as
+    are options of jobs the scheme lacks.
+    """
+    project_dir = Path(project_dir)
+    per_scheme: dict[str, dict[str, list[tuple[str, str, str]]]] = defaultdict(lambda: defaultdict(list))
+    for key, value in options.items():
+        parts = key.split("__")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise InputError(f"option key {key!r}", field=key,
+                             expected="SCHEME__VARIABLE or SCHEME__JOB__OPTION")
+        job = parts[1] if len(parts) == 3 else ""
+        per_scheme[parts[0]][job].append((key, parts[-1], value))
+    applied: list[AppliedOption] = []
+    for scheme, jobs in per_scheme.items():
+        if not (project_dir / "Schemes" / scheme / "scheme.star").is_file():
+            continue
+        _check_not_running(project_dir, scheme)
+        variables = {name: (key, value) for key, name, value in jobs.pop("", [])}
+        for job, items in jobs.items():
+            written, routed = _set_job_options(
+                project_dir, scheme, job, {name: (key, value) for key, name, value in items})
+            applied += written
+            variables.update(routed)
+        if variables:
+            applied += _set_variables(project_dir, scheme, variables)
+    return applied
+
+
+def processing_commands(project_dir: str | Path) -> list[str]:
+    """The shell commands that start processing (relion_it's order: reset and run prep, then proc).
+
+    Each scheme's output goes to ``Schemes/NAME/run.out`` and ``run.err``, as relion_it does.
+    """
+    project = shlex.quote(str(Path(project_dir).resolve()))
+    lines = [f"cd {project}"]
+    for scheme in SCHEME_NAMES:
+        lines.append(f"vitrify schemer --scheme {scheme} --reset")
+        lines.append(f"nohup vitrify schemer --scheme {scheme} --run "
+                     f">> Schemes/{scheme}/run.out 2>> Schemes/{scheme}/run.err &")
+    return lines
+
+
+def missing_schemes(project_dir: str | Path) -> list[str]:
+    """Names of the prep/proc schemes the project does not have yet."""
+    return [name for name in SCHEME_NAMES
+            if not (Path(project_dir) / "Schemes" / name / "scheme.star").is_file()]
+
+
+def relion_it_text(options: dict[str, str]) -> str:
+    """``relion_it_options.py`` text: one ``'key' : 'value',`` line per option (RELION's form).
+
+    Booleans are written ``'True'``/``'False'`` there (relion_it turns them into Yes/No).
+    """
+    as_python = {"Yes": "True", "No": "False"}
+    lines = ["{"] + [f"'{key}' : '{as_python.get(value, value)}',"
+                     for key, value in options.items()] + ["}", ""]
+    return "\n".join(lines)
