@@ -139,3 +139,31 @@ def test_open_movie_reads_frames_on_demand(tmp_path, counts, name):
         np.testing.assert_array_equal(np.stack([movie[i] for i in range(len(movie))]), read_movie(tmp_path / name))
         with pytest.raises(InputError, match="frame 7 requested from a movie of 6"):
             movie[6]
+
+
+def _write_page_by_page(path, frames, compression):
+    # Each page's directory before its data, as cameras write movies frame by frame.
+    with tifffile.TiffWriter(path) as writer:
+        for frame in frames:
+            writer.write(frame, contiguous=False, compression=compression)
+
+
+@pytest.mark.parametrize("compression", [None, "lzw"])
+@pytest.mark.parametrize("layout,keep", [("ours", 0.7), ("ours", 0.3), ("pages", 0.7), ("pages", -10)])
+def test_cut_tiff_is_an_error_not_fewer_frames(tmp_path, counts, compression, layout, keep):
+    # tifffile only logs a broken page chain and returns the pages before the cut, and reads
+    # a page whose data runs past the end as if whole: neither may pass as a shorter movie.
+    from vitrify.io.movies import open_movie
+
+    if layout == "ours":
+        write_movie(tmp_path / "m.tif", counts, compression)
+    else:
+        _write_page_by_page(tmp_path / "m.tif", counts[:, ::-1], compression)
+    np.testing.assert_array_equal(read_movie(tmp_path / "m.tif"), counts)  # whole file reads
+    data = (tmp_path / "m.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: int(len(data) * keep) if keep > 0 else keep])
+    with pytest.raises(InputError, match=r"cut\.tif: truncated"):
+        read_movie(tmp_path / "cut.tif")
+    with pytest.raises(InputError, match=r"cut\.tif: truncated"):
+        with open_movie(tmp_path / "cut.tif") as movie:
+            [movie[i] for i in range(len(movie))]

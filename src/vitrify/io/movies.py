@@ -39,24 +39,60 @@ _MRC_MOVIE_DTYPES = (np.int8, np.int16, np.uint16, np.uint8, np.float16, np.floa
 _TIFF_ERRORS = (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError, RuntimeError, KeyError)
 
 
+class _TiffErrors(logging.Handler):
+    """Collects the messages tifffile logs at ERROR level (it logs, not raises, a cut page chain)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @contextlib.contextmanager
 def _quiet_tifffile():
-    """Silence tifffile's own logging and warnings while we turn its failures into InputErrors."""
+    """Silence tifffile's own logging and warnings while we turn its failures into InputErrors.
+
+    Yields the list of error messages tifffile logged meanwhile (see :func:`_check_complete`).
+    """
     logger = logging.getLogger("tifffile")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    level, propagate = logger.level, logger.propagate
+    collector = _TiffErrors()
+    logger.setLevel(logging.ERROR)
+    logger.propagate = False
+    logger.addHandler(collector)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            yield
+            yield collector.messages
     finally:
+        logger.removeHandler(collector)
         logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def _check_complete(tif: tifffile.TiffFile, messages: list[str], path: Path) -> None:
+    """Raise InputError if the TIFF was cut short: its page chain points past the end of the
+    file (tifffile then silently returns fewer pages) or a page's data lies beyond the end."""
+    n_pages = len(tif.pages)  # walks the whole chain of pages
+    cut = [m for m in messages if "page offset" in m or "first page" in m]
+    if cut:
+        raise InputError(f"truncated or corrupt TIFF file (page chain broken after {n_pages} "
+                         f"frame(s): {cut[0]})", path=path, expected="a complete TIFF movie")
+    size = tif.filehandle.size
+    for page in tif.pages:
+        if any(o + c > size for o, c in zip(page.dataoffsets, page.databytecounts)):
+            raise InputError(f"truncated TIFF file: frame {page.index + 1} of {n_pages} ends beyond "
+                             f"the end of the file ({size} bytes)", path=path,
+                             expected="a complete TIFF movie")
 
 
 def _read_tiff(path: Path) -> np.ndarray:
     """All pages of a TIFF as ``(frames, ny, nx)`` in RELION's row order (flipped along y)."""
     try:
-        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile() as messages, tifffile.TiffFile(path) as tif:
+            _check_complete(tif, messages, path)
             shapes = {page.shape for page in tif.pages}
             if not shapes:
                 raise InputError("truncated or corrupt TIFF file (no image pages)", path=path)
@@ -148,10 +184,14 @@ class MovieFrames:
 
     def _open_tiff(self) -> None:
         try:
-            with _quiet_tifffile():
+            with _quiet_tifffile() as messages:
                 self._tiff = tifffile.TiffFile(self.path)
+                _check_complete(self._tiff, messages, self.path)
                 pages = self._tiff.pages
                 shapes = {page.shape for page in pages}
+        except InputError:
+            self.close()
+            raise
         except _TIFF_ERRORS as exc:
             self.close()
             raise InputError(f"truncated or corrupt TIFF file ({exc})", path=self.path) from None
