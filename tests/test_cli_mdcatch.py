@@ -196,3 +196,35 @@ def test_eer_session_groups_raw_frames(tmp_path):
     # 5 e/A2 over 100 raw frames = 0.05 each -> groups of 20 -> 1.0 e/A2 per fraction
     assert record["scheme_options"]["prep__motioncorr__eer_grouping"] == "20"
     assert float(record["scheme_options"]["prep__motioncorr__dose_per_frame"]) == pytest.approx(1.0)
+
+
+def test_watch_waits_for_the_first_file_to_appear_and_be_complete(tmp_path):
+    import threading
+    import time
+
+    data = tmp_path / "s" / "Images-Disc1" / "GridSquare_1" / "Data"
+    data.mkdir(parents=True)
+    xml = data / "FoilHole_1_Data_1.xml"
+    raw = (FIXTURES / K2).read_bytes()
+
+    def microscope() -> None:  # EPU: the XML half written, then complete, then the movie
+        time.sleep(0.3)
+        xml.write_bytes(raw[: len(raw) // 2])
+        time.sleep(0.5)
+        xml.write_bytes(raw)
+        time.sleep(0.3)
+        tifffile.imwrite(data / "FoilHole_1_Data_1_fractions.tiff", np.zeros((40, 16, 16), np.uint8))
+
+    thread = threading.Thread(target=microscope)
+    thread.start()
+    try:
+        result = _run("mdcatch", str(tmp_path / "s"), "--project", str(tmp_path / "p"), "--watch",
+                      "--poll", "0.05", "--timeout", "30")
+    finally:
+        thread.join()
+    assert result.exit_code == 0, result.output
+    assert result.output.count("skipping FoilHole_1_Data_1.xml") == 1
+    assert "truncated" in result.output
+    record = json.loads((tmp_path / "p" / "acquisition.json").read_text())
+    assert record["acquisition"]["pixel_size_angst"] == pytest.approx(1.18367010637499)
+    assert record["movies_found"] == 1

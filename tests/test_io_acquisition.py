@@ -330,3 +330,41 @@ def test_documented_facility_example_loads(tmp_path):
     config = load_facility_config(tmp_path / "site.toml")
     assert config.microscopes["D304"].cs_mm == 2.0
     assert config.mtf_file("Gatan K2", 300.0) == "/facility/mtf/mtf_k2_300kV.star"
+
+
+def _edited_k2(tmp_path: Path, old: str, new: str) -> Path:
+    text = (FIXTURES / K2).read_text()
+    assert text.count(old) == 1, old
+    path = tmp_path / K2
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_epu_super_resolution_factor_halves_the_saved_pixel(tmp_path):
+    # README: EPU's SpatialScale already includes binning; divide by the SuperResolutionFactor
+    path = _edited_k2(tmp_path, 'SuperResolutionFactor</a:Key><a:Value i:type="b:int" '
+                      'xmlns:b="http://www.w3.org/2001/XMLSchema">1<',
+                      'SuperResolutionFactor</a:Key><a:Value i:type="b:int" '
+                      'xmlns:b="http://www.w3.org/2001/XMLSchema">2<')
+    p = read_acquisition(path)
+    assert p.super_resolution is True
+    assert p.pixel_size_angst == pytest.approx(1.18367010637499 / 2)
+    assert p.physical_pixel_size_angst == pytest.approx(1.18367010637499)  # binning 1
+    assert p.frame_size_px == (2 * 3838, 2 * 3710)  # saved frames are twice the sensor
+    assert "SuperResolutionFactor" in p.sources["pixel_size_angst"][1]
+
+
+def test_epu_phase_plate_used(tmp_path):
+    path = _edited_k2(tmp_path, 'PhasePlateUsed</a:Key><a:Value i:type="b:boolean" '
+                      'xmlns:b="http://www.w3.org/2001/XMLSchema">false<',
+                      'PhasePlateUsed</a:Key><a:Value i:type="b:boolean" '
+                      'xmlns:b="http://www.w3.org/2001/XMLSchema">true<')
+    p = read_acquisition(path)
+    assert p.phase_plate is True
+    assert p.sources["phase_plate"] == (K2, "CustomData/PhasePlateUsed")
+
+
+def test_epu_xml_with_a_non_numeric_value_names_the_field(tmp_path):
+    path = _edited_k2(tmp_path, "<AccelerationVoltage>300000<", "<AccelerationVoltage>300 kV<")
+    with pytest.raises(InputError, match=r"AccelerationVoltage.*not a number"):
+        read_acquisition(path)

@@ -117,3 +117,42 @@ def test_pipeline_autosetup_does_not_import_torch():
     code = "import sys, vitrify.pipeline.autosetup, vitrify.pipeline.mdcatch; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_real_falcon3_epu_file_200_angst_particle():
+    from pathlib import Path
+
+    from vitrify.io.acquisition import read_acquisition
+    from vitrify.io.facility import FacilityConfig, apply_facility
+
+    fixtures = Path("/work/shared/fixtures/acquisition")
+    if not fixtures.is_dir():
+        fixtures = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "acquisition"
+    if not fixtures.is_dir():
+        pytest.skip("acquisition fixtures not found")
+    params = apply_facility(read_acquisition(
+        fixtures / "FoilHole_18890345_Data_18881924_18881926_20200320_090200.xml"), FacilityConfig())
+    setup = derive_processing(params, SetupOptions(particle_diameter_angst=200.0))
+    # by hand: pixel 1.0684708 A (1.0684707979491392E-10 m); 40.054 e/A2 (4.0054E+21 e/m2) / 40
+    assert setup["cs_mm"] == 2.7  # EPU writes no Cs: vitrify's default, named as such
+    assert "vitrify defaults" in setup.values["cs_mm"][1]
+    assert setup["dose_per_frame_e_per_angst2"] == pytest.approx(1.00135, abs=1e-5)
+    assert setup["group_frames"] == 1 and setup["group_for_ps"] == 4
+    # 1.5 x 200 / 1.0684708 = 280.8 -> 282 = 2*3*47, 284 = 4*71, 286 = 2*11*13 -> 288 = 2^5 * 3^2
+    assert setup["box_px"] == 288
+    # 288 x 1.0684708 / 3.5 = 87.9 -> 88 = 8 * 11 -> 90 = 2 * 3^2 * 5, i.e. 3.42 A/px
+    assert setup["small_box_px"] == 90
+    assert setup["small_pixel_size_angst"] == pytest.approx(1.0684708 * 288 / 90)
+    assert setup["mask_diameter_angst"] == pytest.approx(220.0)
+    assert setup["patch_x"] == 5 and setup["patch_y"] == 5  # 4096 px / 800 = 5.1
+    assert scheme_options(setup)["prep__ctffind__do_phaseshift"] == "No"  # PhasePlateUsed false
+
+
+def test_phase_plate_turns_on_phase_shift_estimation():
+    setup = derive_processing(_params(pixel_size_angst=1.0, dose_per_frame_e_per_angst2=1.0,
+                                      n_frames=40, phase_plate=True), SetupOptions())
+    assert scheme_options(setup)["prep__ctffind__do_phaseshift"] == "Yes"
+    unknown = derive_processing(_params(pixel_size_angst=1.0, dose_per_frame_e_per_angst2=1.0,
+                                        n_frames=40), SetupOptions())
+    assert unknown["phase_plate"] is False
+    assert "not recorded" in unknown.values["phase_plate"][1]
