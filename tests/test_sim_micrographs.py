@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +95,124 @@ def test_counts_are_poisson_and_gain_is_the_inverse_sensitivity(tmp_path):
     movies = read_star(tmp_path / "movies.star")
     assert list(movies) == ["optics", "movies"]
     assert movies["movies"]["rlnMicrographMovieName"].iloc[0] == "Movies/mov_00001.mrc"
+
+
+def test_thon_rings_of_the_micrograph_sit_at_the_true_defocus(tmp_path):
+    from vitrify.core.ctf import ctf_2d
+
+    options = MicrographOptions(n_micrographs=1, size_px=(256, 256), pixel_size_angst=2.0,
+                                particles_per_micrograph=40, carbon_fraction=0.0, ice_gradient_nm=0.0,
+                                defocus_min_angst=12000.0, defocus_max_angst=20000.0, seed=7)
+    data = simulate_micrographs(options, tmp_path)
+    mic = data.truth["micrographs"].iloc[0]
+    expected, _ = read_mrc(tmp_path / "truth_micrographs" / "mic_00001.mrc")
+    power = np.abs(np.fft.rfft2(np.fft.ifftshift(expected - expected.mean()))) ** 2
+    n = expected.shape[0]
+    radius = np.hypot(np.fft.fftfreq(n)[:, None], np.fft.rfftfreq(n)[None, :])
+    band = (radius > 0.08) & (radius < 0.35)
+
+    def zeros_over_peaks(scale: float) -> float:
+        ctf = ctf_2d(n, options.pixel_size_angst, mic["rlnDefocusU"] * scale, mic["rlnDefocusV"] * scale,
+                     mic["rlnDefocusAngle"], options.voltage_kv, options.cs_mm,
+                     options.amplitude_contrast).numpy()
+        return power[band & (np.abs(ctf) < 0.15)].mean() / power[band & (np.abs(ctf) > 0.9)].mean()
+
+    assert zeros_over_peaks(1.0) < 0.1  # the truth's CTF zeros are dark rings of the image
+    assert min(zeros_over_peaks(0.9), zeros_over_peaks(1.1)) > 0.3
+
+
+def test_ice_gradient_and_carbon_edge_follow_the_truth(tmp_path):
+    from vitrify.sim.scene import ICE_MEAN_FREE_PATH_NM, carbon_side
+
+    options = MicrographOptions(n_micrographs=3, size_px=(128, 128), pixel_size_angst=2.0,
+                                particles_per_micrograph=8, carbon_fraction=1.0, ice_thickness_nm=100.0,
+                                ice_gradient_nm=120.0, seed=8)
+    data = simulate_micrographs(options, tmp_path)
+    particles = data.truth["particles"]
+    columns = np.arange(128)
+    for _, mic in data.truth["micrographs"].iterrows():
+        left, right = mic["vtfIceThicknessLeftNm"], mic["vtfIceThicknessRightNm"]
+        assert abs(right - left) == pytest.approx(120.0) and (left + right) / 2 == pytest.approx(100.0)
+        expected, _ = read_mrc(tmp_path / "truth_micrographs" / f"{Path(mic['rlnMicrographName']).stem}.mrc")
+        beam = expected / (options.total_dose * options.pixel_size_angst**2)
+        edge = np.array([np.radians(mic["vtfCarbonAngleDeg"]), mic["vtfCarbonOffsetPx"], mic["vtfCarbonEdge"]])
+        distance = carbon_side((128, 128), edge)
+        ice = distance < -15
+        # zero-loss beam falls as exp(-thickness / mean free path) across the image (in x)
+        usable = ice.sum(axis=0) > 10
+        profile = np.array([beam[ice[:, c], c].mean() if usable[c] else np.nan for c in columns])
+        slope = np.polyfit(columns[usable], np.log(profile[usable]), 1)[0]
+        assert slope == pytest.approx(-(right - left) / 127 / ICE_MEAN_FREE_PATH_NM, rel=0.2)
+        # the carbon film (extra phase, low-pass contrast ~ 2 Q0 phase) is darker than the ice side
+        attenuation = np.exp(-np.linspace(left, right, 128) / ICE_MEAN_FREE_PATH_NM)[None, :]
+        relative = beam / attenuation
+        assert relative[distance > 15].mean() < relative[ice].mean() - 0.1
+        # particles only on the ice, at least a radius from the edge
+        rows = particles[particles["rlnMicrographName"] == mic["rlnMicrographName"]]
+        x, y = rows["rlnCoordinateX"].to_numpy(), rows["rlnCoordinateY"].to_numpy()
+        assert len(rows) >= 1 and (distance[y.astype(int), x.astype(int)] < -8).all()
+
+
+def _shift_between(moved: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """(dx, dy) such that ``moved(r) ~ reference(r - d)``: windowed cross-correlation peak."""
+    window = np.outer(np.hanning(moved.shape[0]), np.hanning(moved.shape[1]))
+    a, b = (moved - moved.mean()) * window, (reference - reference.mean()) * window
+    corr = np.fft.fftshift(np.fft.irfft2(np.fft.rfft2(a) * np.conj(np.fft.rfft2(b)), s=a.shape))
+    iy, ix = np.unravel_index(np.argmax(corr), corr.shape)
+
+    def vertex(m: float, c: float, p: float) -> float:
+        return 0.5 * (m - p) / (m - 2 * c + p)
+
+    return (ix - a.shape[1] // 2 + vertex(corr[iy, ix - 1], corr[iy, ix], corr[iy, ix + 1]),
+            iy - a.shape[0] // 2 + vertex(corr[iy - 1, ix], corr[iy, ix], corr[iy + 1, ix]))
+
+
+def test_local_drift_in_the_frames_is_the_truth_table(tmp_path):
+    import tifffile
+
+    options = MicrographOptions(n_micrographs=1, size_px=(256, 256), pixel_size_angst=2.0,
+                                particles_per_micrograph=60, carbon_fraction=0.0, ice_gradient_nm=0.0,
+                                n_frames=2, dose_per_frame=100.0, drift_total_px=0.0, local_drift_px=3.0,
+                                gain_sigma=0.0, seed=9)
+    data = simulate_movies(options, tmp_path)
+    with tifffile.TiffFile(data.files[0]) as tif:  # LZW-compressed TIFF, one page per frame
+        assert len(tif.pages) == 2 and tif.pages[0].compression == tifffile.COMPRESSION.LZW
+    last = read_movie(data.files[0]).astype(np.float64)[-1]
+    expected, _ = read_mrc(tmp_path / "truth_micrographs" / f"{data.files[0].stem}.mrc")
+    local = read_star(data.truth_star)["local_motion"]
+    local = local[local["rlnMicrographFrameNumber"] == 2]
+    assert len(local) == 16
+    errors, sizes = [], []
+    for _, point in local.iterrows():
+        x, y = int(round(point["rlnCoordinateX"])), int(round(point["rlnCoordinateY"]))
+        patch = (slice(y - 20, y + 20), slice(x - 20, x + 20))
+        dx, dy = _shift_between(last[patch], expected[patch])
+        errors.append(np.hypot(dx - point["rlnMicrographShiftX"], dy - point["rlnMicrographShiftY"]))
+        sizes.append(np.hypot(point["rlnMicrographShiftX"], point["rlnMicrographShiftY"]))
+    assert np.median(sizes) > 0.8  # the field really moves the specimen ...
+    assert np.median(errors) < 0.35 and max(errors) < 0.8  # ... by the recorded amount
+
+
+def test_dose_per_frame_and_metadata_match_the_options(tmp_path):
+    from vitrify.io.acquisition import read_acquisition
+    from vitrify.sim.scene import ICE_MEAN_FREE_PATH_NM
+
+    options = MicrographOptions(n_micrographs=2, size_px=(96, 128), pixel_size_angst=1.5,
+                                particles_per_micrograph=0, carbon_fraction=0.0, ice_gradient_nm=0.0,
+                                ice_thickness_nm=60.0, n_frames=5, dose_per_frame=3.0, gain_sigma=0.0,
+                                exposure_time_s=2.5, seed=10)
+    data = simulate_movies(options, tmp_path)
+    truth = data.truth["micrographs"]
+    for movie in data.files:
+        frames = read_movie(movie).astype(np.float64)
+        assert frames.shape == (5, 96, 128)
+        per_frame = options.dose_per_frame * options.pixel_size_angst**2 * np.exp(-60 / ICE_MEAN_FREE_PATH_NM)
+        np.testing.assert_allclose(frames.mean(axis=(1, 2)), per_frame, rtol=0.03)
+        for path in (movie.with_suffix(".xml"), movie.with_name(movie.name + ".mdoc")):
+            params = read_acquisition(path)
+            assert params.pixel_size_angst == pytest.approx(1.5) and params.voltage_kv == 300.0
+            assert params.n_frames == 5 and params.frame_size_px == (128, 96)
+            assert params.dose_per_frame_e_per_angst2 == pytest.approx(3.0)
+            assert params.exposure_time_s == pytest.approx(2.5)
+            mean_defocus = (truth["rlnDefocusU"] + truth["rlnDefocusV"]).mean() / 2
+            assert params.applied_defocus_um == pytest.approx(-mean_defocus / 1e4, rel=1e-3)
