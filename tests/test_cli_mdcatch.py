@@ -228,3 +228,59 @@ def test_watch_waits_for_the_first_file_to_appear_and_be_complete(tmp_path):
     record = json.loads((tmp_path / "p" / "acquisition.json").read_text())
     assert record["acquisition"]["pixel_size_angst"] == pytest.approx(1.18367010637499)
     assert record["movies_found"] == 1
+
+
+SITE = """
+[defaults]
+amplitude_contrast = 0.07
+movie_patterns = ["stack_*.mrc"]
+
+[microscopes.D304]
+name = "Polara"
+cs_mm = 2.0
+cameras = { "0" = "Gatan K2" }
+
+[cameras."Gatan K2"]
+mtf = { "300" = "/facility/mtf_k2_300kV.star" }
+gain_rotation = 1
+gain_flip = 2
+"""
+
+
+def test_facility_file_sets_site_values_without_code_edits(tmp_path):
+    import mrcfile
+
+    session = tmp_path / "session"
+    session.mkdir()
+    shutil.copy(FIXTURES / "frames.mdoc", session / "frames.mdoc")
+    for index in (1, 2):  # this site saves movies under its own names, not SubFramePath's
+        mrcfile.new(session / f"stack_{index:04d}.mrc", np.zeros((40, 16, 24), np.int8)).close()
+    (session / "SuperRef_00000_Aug11_14.13.17.dm4").write_bytes(b"gain")  # GainReference line
+    (session / "defects_00000_Aug11_14.13.17.txt").write_text("0 0 1 1\n")  # DefectFile line
+    (tmp_path / "site.toml").write_text(SITE)
+    mrcfile.new(session / "atlas_0001.mrc", np.zeros((16, 24), np.int8)).close()  # not a movie
+    without = _run("mdcatch", str(session), "--project", str(tmp_path / "q"))
+    assert without.exit_code == 0, without.output  # the default patterns take any *.mrc
+    assert json.loads((tmp_path / "q" / "acquisition.json").read_text())["movies_found"] == 3
+    result = _run("mdcatch", str(session), "--project", str(tmp_path / "p"),
+                  "--facility", str(tmp_path / "site.toml"))
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "p" / "acquisition.json").read_text())
+    options = record["scheme_options"]
+    assert options["prep__importmovies__fn_in_raw"] == "Movies/stack_*.mrc"
+    assert record["movies_found"] == 2
+    assert options["prep__importmovies__Cs"] == "2" and options["prep__importmovies__Q0"] == "0.07"
+    assert record["acquisition"]["sources"]["cs_mm"] == {"file": "site.toml",
+                                                         "field": "microscopes.D304.cs_mm"}
+    assert record["processing"]["amplitude_contrast"]["source"] == "site.toml: defaults.amplitude_contrast"
+    assert record["microscope_name"] == "Polara"
+    assert options["prep__importmovies__fn_mtf"] == "/facility/mtf_k2_300kV.star"
+    assert options["prep__motioncorr__fn_gain_ref"] == "Movies/SuperRef_00000_Aug11_14.13.17.dm4"
+    assert options["prep__motioncorr__fn_defect"] == "Movies/defects_00000_Aug11_14.13.17.txt"
+    assert options["prep__motioncorr__gain_rot"] == "90 degrees (1)"
+    assert options["prep__motioncorr__gain_flip"] == "Flip left to right (2)"
+    # frames.mdoc: Binning 0.5 (super-resolution) -> bin 2; 30 e/A2 over 40 frames = 0.75
+    assert options["prep__motioncorr__bin_factor"] == "2"
+    assert options["prep__importmovies__angpix"] == "0.50226"
+    assert float(options["prep__motioncorr__dose_per_frame"]) == pytest.approx(0.75)
+    assert options["prep__motioncorr__group_for_ps"] == "5"  # round(4 / 0.75)
