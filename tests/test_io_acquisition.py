@@ -202,11 +202,11 @@ def test_json_has_units_sources_and_missing():
     assert data["sources"]["voltage_kv"] == {"file": K2, "field": "gun/AccelerationVoltage"}
 
 
-def _fei2_movie(path: Path, n_frames: int, *, dose_fraction: bool) -> None:
+def _fei2_movie(path: Path, n_frames: int, *, dose_fraction: bool, kind: bytes = b"FEI2") -> None:
     import mrcfile
     from mrcfile.dtypes import get_ext_header_dtype
 
-    dtype = get_ext_header_dtype(b"FEI2")
+    dtype = get_ext_header_dtype(kind)
     ext = np.zeros(n_frames, dtype=dtype)
     ext["Metadata size"] = dtype.itemsize
     ext["HT"] = 300000.0  # V
@@ -217,12 +217,13 @@ def _fei2_movie(path: Path, n_frames: int, *, dose_fraction: bool) -> None:
     ext["Applied defocus"] = -1.5e-6  # m
     ext["Magnification"] = 105000
     ext["Camera name"] = b"BM-Falcon"
-    ext["Detector commercial name"] = b"Falcon 4i"
+    if kind == b"FEI2":  # FEI1 records have no commercial name
+        ext["Detector commercial name"] = b"Falcon 4i"
     ext["D-Number"] = b"D3593"
     ext["Is dose fraction"] = dose_fraction
     with mrcfile.new(path, np.zeros((n_frames, 8, 12), np.float32)) as mrc:
         mrc.set_extended_header(np.frombuffer(ext.tobytes(), dtype="V1"))
-        mrc.header.exttyp = b"FEI2"
+        mrc.header.exttyp = kind
 
 
 def test_mrc_fei2_extended_header(tmp_path):
@@ -368,3 +369,12 @@ def test_epu_xml_with_a_non_numeric_value_names_the_field(tmp_path):
     path = _edited_k2(tmp_path, "<AccelerationVoltage>300000<", "<AccelerationVoltage>300 kV<")
     with pytest.raises(InputError, match=r"AccelerationVoltage.*not a number"):
         read_acquisition(path)
+
+
+def test_mrc_fei1_extended_header(tmp_path):
+    _fei2_movie(tmp_path / "fei1.mrc", 4, dose_fraction=True, kind=b"FEI1")
+    p = read_acquisition(tmp_path / "fei1.mrc")
+    assert p.voltage_kv == 300.0 and p.pixel_size_angst == pytest.approx(0.83)  # HT V, pixel m
+    assert p.total_dose_e_per_angst2 == pytest.approx(4 * 1.25)  # 1.25e20 e/m2 per fraction
+    assert p.detector == "BM-Falcon" and p.microscope_id == "D3593"
+    assert p.sources["voltage_kv"] == ("fei1.mrc", "FEI1 extended header: HT")
