@@ -196,3 +196,15 @@ def test_scheme_variable_keys_set_value_and_reset_value(tmp_path):
     with pytest.raises(InputError, match="no variable 'no_such'"):
         apply_scheme_options(project, {"prep__no_such": "1"})
     assert not (project / ".relion_lock_scheme_prep").exists()
+
+
+def test_value_of_the_wrong_type_for_a_variable_names_it(tmp_path):
+    _schemes_package()
+    from vitrify.pipeline._scheme_setup import apply_scheme_options
+
+    project = _project(tmp_path, "prep")
+    with pytest.raises(InputError, match=r"scheme\.star.*variable 'do_at_most' to 'Movies/\*\.tiff'"):
+        apply_scheme_options(project, {"prep__do_at_most": "Movies/*.tiff"})
+    assert ((project / "Schemes/prep/scheme.star").read_bytes()
+            == (SCHEMES / "prep/scheme.star").read_bytes())
+    assert not (project / ".relion_lock_scheme_prep").exists()

@@ -118,7 +118,12 @@ def _set_variables(project_dir: Path, scheme: str,
             if model.variable_kind(name) is None:
                 raise InputError(f"no variable {name!r} in the scheme (needed for {key})",
                                  path=path, expected="a float, bool or string variable")
-            model.set_variable(name, value, value)
+            text = value if value != "" else '""'  # relion_it sends empty values as ""
+            try:
+                model.set_variable(name, text, text)
+            except ValueError as err:
+                raise InputError(f"cannot set variable {name!r} to {value!r} ({err}; needed for {key})",
+                                 path=path, expected=f"a {model.variable_kind(name)} value") from err
         write_scheme(path, model)
     finally:
         (lock / "lock_scheme").unlink(missing_ok=True)
