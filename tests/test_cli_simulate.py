@@ -79,3 +79,46 @@ def test_simulate_micrographs_and_movies_commands(tmp_path, kind, star):
     assert {"micrographs", "particles"} <= set(truth)
     if kind == "movies":
         assert len(truth["global_motion"]) == 3 and (out / "Movies" / "gain.mrc").exists()
+
+
+def _vitrify(*argv: str, env: dict) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "vitrify", *argv], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_progress_bars_quiet_and_the_job_log(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "VITRIFY_QUIET"} | {"FORCE_COLOR": "1"}
+    args = ["simulate", "particles", "--n", "12", "--box", "32", "--pixel-size", "3", "--snr", "1",
+            "--junk", "0.25", "--device", "cpu"]
+    loud = _vitrify(*args, "--out", str(tmp_path / "loud"), env=env)
+    assert loud.returncode == 0, loud.stderr
+    assert "projecting particles" in loud.stdout  # a bar is drawn on a (forced) terminal
+    quiet = _vitrify("--quiet", *args, "--out", str(tmp_path / "quiet"), env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "projecting" not in quiet.stdout + quiet.stderr
+    assert quiet.stdout.strip().startswith("wrote 12 images")
+    plain = _vitrify(*args, "--out", str(tmp_path / "plain"), env=env | {"FORCE_COLOR": ""})
+    assert "projecting" not in plain.stdout and plain.stdout.count("\n") == 1  # no bar in a pipe
+    log = (tmp_path / "quiet" / "run.log").read_text()
+    assert "simulate particles on cpu" in log and "finished" in log
+    junk = (read_star(tmp_path / "quiet" / "truth.star")["particles"]["vtfJunkKind"] != "none").sum()
+    assert f"wrote 12 images ({junk} junk) to particles.star + particles.mrcs" in log
+
+
+def test_seed_fixes_the_data_set(tmp_path):
+    def simulate(name: str, seed: str):
+        out = tmp_path / name
+        result = CliRunner().invoke(build_app(), [
+            "--quiet", "simulate", "particles", "--n", "6", "--box", "32", "--pixel-size", "3",
+            "--snr", "0.5", "--seed", seed, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        return read_mrc(out / "particles.mrcs")[0], read_star(out / "truth.star")["particles"]
+
+    (a, truth_a), (b, truth_b), (c, truth_c) = simulate("a", "3"), simulate("b", "3"), simulate("c", "4")
+    assert (a == b).all() and truth_a.equals(truth_b)
+    assert not (a == c).all() and not truth_a["rlnAngleRot"].equals(truth_c["rlnAngleRot"])

@@ -20,14 +20,17 @@ def set_quiet(quiet: bool) -> None:
 
 
 def is_quiet() -> bool:
-    """Whether progress bars are off (``--quiet``, VITRIFY_QUIET=1, or no terminal)."""
+    """Whether progress bars are off (``--quiet`` or VITRIFY_QUIET=1)."""
     if _state["quiet"] is not None:
         return _state["quiet"]
     return os.environ.get("VITRIFY_QUIET", "") not in ("", "0")
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate over ``items`` showing a rich progress bar unless quiet.
+    """Iterate over ``items`` showing a rich progress bar unless quiet or not on a terminal.
+
+    Off a terminal (output to a file or pipe, e.g. a pipeline's run.out) no bar is drawn: rich
+    would write blank lines there. ``FORCE_COLOR=1`` makes rich treat any output as a terminal.
 
     Examples
     --------
@@ -37,6 +40,11 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     if is_quiet():
         yield from items
         return
+    from rich.console import Console
     from rich.progress import track as rich_track
 
-    yield from rich_track(items, description=description, total=total, transient=True)
+    console = Console()
+    if not console.is_terminal:
+        yield from items
+        return
+    yield from rich_track(items, description=description, total=total, transient=True, console=console)

@@ -63,11 +63,35 @@ _RUNNERS: dict[str, Callable[[Options, Path, object], object]] = {
 }
 
 
-def run(options: Options, job_dir: str | Path) -> object:
-    """Simulate into ``job_dir``; returns the simulator's result (paths and truth)."""
-    from vitrify.core.device import resolve_device
+def _describe(kind: str, result, job_dir: Path) -> str:
+    """One line for run.log: what was written where."""
+    if kind == "particles":
+        junk = int((result.truth["vtfJunkKind"] != "none").sum())
+        return (f"wrote {len(result.truth)} images ({junk} junk) to {result.particles_star.name} + "
+                f"{result.particles_mrcs.name}; truth in {result.truth_star.name}, "
+                f"{', '.join(p.name for p in result.truth_maps)}")
+    n_particles = len(result.truth["particles"])
+    return (f"wrote {len(result.files)} {kind} with {n_particles} particles to "
+            f"{Path(result.files[0]).parent.relative_to(job_dir)}/; list {result.star.name}, "
+            f"truth {result.truth_star.name}")
 
-    return _RUNNERS[options.kind](options, Path(job_dir), resolve_device(options.device))
+
+def run(options: Options, job_dir: str | Path) -> object:
+    """Simulate into ``job_dir``; returns the simulator's result (paths and truth).
+
+    Logs the options' values and a summary of what was written to ``job_dir/run.log``.
+    """
+    from vitrify.core.device import resolve_device
+    from vitrify.jobs.base import job_logger
+
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    log = job_logger(job_dir)
+    device = resolve_device(options.device)
+    log.info("simulate %s on %s: %r", options.kind, device, options.sim)
+    result = _RUNNERS[options.kind](options, job_dir, device)
+    log.info(_describe(options.kind, result, job_dir))
+    return result
 
 
 def _flag(value: str) -> bool:
