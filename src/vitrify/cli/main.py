@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vitrify.cli.demo",
     "vitrify.cli.mdcatch",
     "vitrify.cli.pipeline",
+    "vitrify.cli.schemer",
 )
 
 

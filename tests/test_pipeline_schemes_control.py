@@ -1,0 +1,145 @@
+"""The schemer without jobs: operator-only loops, the CLI, lock, reset, set_var, status, abort."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from _schemes_util import load, make_scheme
+from vitrify.cli.main import build_app
+from vitrify.io.errors import InputError
+from vitrify.pipeline.schemes import control
+from vitrify.pipeline.schemes.lock import SchemeLock, lock_dir
+from vitrify.pipeline.schemes.runner import RunSettings, run_scheme
+
+FAST = RunSettings(poll_s=0.05, echo=False, lock_timeout_s=0.5)
+
+
+def _counter(root, limit=3.0, name="ops"):
+    """INC → CHECK ─true→ INC, ─false→ STOP (exit). Empty jobs table."""
+    return make_scheme(
+        root, name, floats={"count": 0.0, "limit": limit}, bools={"more": False},
+        strings={"flag": "flags/done.txt"},
+        operators=[("INC", "float=plus", "count", "count", "1"),          # literal 1 (not 0)
+                   ("CHECK", "bool=lt", "more", "count", "limit"),
+                   ("TOUCH", "touch_file", "undefined", "flag", "undefined"),
+                   ("STOP", "exit", "undefined", "undefined", "undefined")],
+        edges=[("INC", "CHECK"), ("CHECK", "TOUCH", "INC", "more"), ("TOUCH", "STOP")])
+
+
+def _invoke(*args):
+    return CliRunner().invoke(build_app(), list(args))
+
+
+def test_operator_only_loop_runs_from_the_cli(tmp_path):
+    _counter(tmp_path)
+    result = _invoke("schemer", "--scheme", "ops", "--run", "--project", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    scheme = load(tmp_path, "ops")
+    assert scheme.floats["count"] == 3.0 and scheme.bools["more"] is False
+    assert scheme.floats_reset["count"] == 0.0
+    assert scheme.current_node == "STOP"
+    assert (tmp_path / "flags/done.txt").exists()
+    assert (tmp_path / "Schemes/ops/RELION_JOB_EXIT_SUCCESS").exists()
+    log = (tmp_path / "Schemes/ops/schemer.log").read_text()
+    assert log.count("+ INC: count ->") == 3 and "stopped by STOP" in log
+    assert not lock_dir(tmp_path, "ops").exists()
+    assert not (tmp_path / "default_pipeline.star").exists()   # no jobs: no pipeline needed
+
+
+def test_reset_set_var_and_status_json(tmp_path):
+    _counter(tmp_path)
+    run_scheme(tmp_path, "ops", FAST)
+    out = _invoke("schemer", "--scheme", "ops", "--reset", "--set_var", "limit=5", "--status", "--json",
+                  "--project", str(tmp_path))
+    assert out.exit_code == 0, out.output
+    status = json.loads(out.output[out.output.index("{"):])
+    assert status["current_node"] == "INC" and status["state"] == "finished"
+    assert status["variables"]["count"] == 0.0 and status["variables"]["limit"] == 5.0
+    assert (tmp_path / "Schemes/ops/scheme.star.bck").exists()
+    run_scheme(tmp_path, "ops", FAST)
+    assert load(tmp_path, "ops").floats["count"] == 5.0
+    bad = _invoke("schemer", "--scheme", "ops", "--set_var", "more=maybe", "--project", str(tmp_path))
+    assert bad.exit_code == 1 and "more" in str(bad.exception or bad.output)
+
+
+def test_set_current_node_restarts_there(tmp_path):
+    _counter(tmp_path)
+    control.set_current_node(tmp_path, "ops", "TOUCH")
+    run_scheme(tmp_path, "ops", FAST)
+    scheme = load(tmp_path, "ops")
+    assert scheme.floats["count"] == 0.0 and (tmp_path / "flags/done.txt").exists()
+    with pytest.raises(InputError, match="no node 'NOPE'"):
+        control.set_current_node(tmp_path, "ops", "NOPE")
+
+
+def test_a_locked_scheme_cannot_run_twice(tmp_path):
+    _counter(tmp_path)
+    with SchemeLock(tmp_path, "ops"):
+        with pytest.raises(InputError, match="locked by process"):
+            run_scheme(tmp_path, "ops", FAST)
+        with pytest.raises(InputError, match="locked"):
+            control.set_variables(tmp_path, "ops", {"limit": "1"}, also_reset=False)
+        assert control.scheme_status(tmp_path, "ops")["state"] == "running"
+    assert run_scheme(tmp_path, "ops", FAST).status == "Succeeded"
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    _counter(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    directory = lock_dir(tmp_path, "ops")
+    directory.mkdir()
+    import socket
+
+    (directory / "lock_scheme").write_text(f"{dead.pid} {socket.gethostname()}\n")
+    assert control.scheme_status(tmp_path, "ops")["state"] != "running"
+    assert run_scheme(tmp_path, "ops", FAST).status == "Succeeded"
+    assert not directory.exists()
+
+
+def test_abort_stops_a_waiting_scheme_and_restart_goes_on(tmp_path):
+    make_scheme(tmp_path, "w", floats={"secs": 60.0, "n": 0.0},
+                operators=[("W1", "wait", "undefined", "secs", "undefined"),
+                           ("INC", "float=plus", "n", "n", "1"),
+                           ("W2", "wait", "undefined", "secs", "undefined"),
+                           ("DONE", "float=plus", "n", "n", "10")],
+                edges=[("W1", "INC"), ("INC", "W2"), ("W2", "DONE")])
+    results = []
+    thread = threading.Thread(target=lambda: results.append(run_scheme(tmp_path, "w", FAST)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while load(tmp_path, "w").floats["n"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)
+    start = time.monotonic()
+    control.abort_scheme(tmp_path, "w")
+    thread.join(timeout=15)
+    assert results[0].status == "Aborted" and time.monotonic() - start < 5
+    assert (tmp_path / "Schemes/w/RELION_JOB_EXIT_ABORTED").exists()
+    assert load(tmp_path, "w").current_node == "DONE"
+    assert control.scheme_status(tmp_path, "w")["state"] == "aborted"
+    result = run_scheme(tmp_path, "w", FAST)        # restart: the abort marker is cleared
+    assert result.status == "Succeeded" and load(tmp_path, "w").floats["n"] == 11.0
+
+
+def test_operator_error_at_run_time_fails_with_the_node(tmp_path):
+    make_scheme(tmp_path, "bad", floats={"x": 0.0}, strings={"spec": "missing.star,t,rlnX"},
+                operators=[("READ", "float=read_star", "x", "spec", "undefined")], edges=[("READ", "READ")])
+    result = run_scheme(tmp_path, "bad", FAST)
+    assert result.status == "Failed" and "READ" in result.message and "missing.star" in result.message
+    out = _invoke("schemer", "--scheme", "bad", "--run", "--project", str(tmp_path))
+    assert out.exit_code == 1
+
+
+def test_missing_scheme_is_an_input_error(tmp_path):
+    out = _invoke("schemer", "--scheme", "nope", "--status", "--project", str(tmp_path))
+    assert out.exit_code != 0
+    with pytest.raises(InputError, match="no scheme nope"):
+        run_scheme(tmp_path, "nope", FAST)
