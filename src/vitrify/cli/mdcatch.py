@@ -78,6 +78,37 @@ def _read_one(path: Path, as_json: bool, config, console: Console) -> None:
         print_params(params, console)
 
 
+def _set_up_session(values: dict, config, console: Console) -> None:
+    """``SESSION_DIR --project DIR``: set the project up and print what was done and how to start."""
+    from vitrify.pipeline._scheme_setup import missing_schemes, processing_commands
+    from vitrify.pipeline.autosetup import SetupOptions
+    from vitrify.pipeline.mdcatch import SessionRequest, prepare_session
+
+    project = values["project"]
+    request = SessionRequest(
+        session_dir=values["session_dir"], project_dir=project,
+        overrides={field: values[option] for option, field in OVERRIDES.items()},
+        options=SetupOptions(particle_diameter_angst=values["particle_diameter"], box_px=values["box"],
+                             small_box_px=values["small_box"], mask_diameter_angst=values["mask_diameter"]),
+        facility=config, gain=values["gain"], movies_pattern=values["movies"], watch=values["watch"],
+        poll_s=values["poll"], timeout_s=values["timeout"])
+    params, setup = prepare_session(
+        request, warn=lambda message: console.print(f"[yellow]warning:[/] {escape(message)}"))
+    print_params(params, console)
+    print_setup(setup, console)
+    if values["particle_diameter"] is None:
+        console.print("give --particle-diameter to derive box, downscaled box and mask sizes")
+    console.print(f"wrote {escape(str(project / 'acquisition.json'))}")
+    absent = missing_schemes(project)
+    if absent:
+        console.print(f"the project has no Schemes/{', Schemes/'.join(absent)}: put the scheme "
+                      "directories there (e.g. RELION 4's scripts/Schemes/prep and proc) and run "
+                      "this command again to set their options")
+    console.print("start processing with:")
+    for line in processing_commands(project):
+        typer.echo(line)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``mdcatch`` command to ``app``."""
 
@@ -115,34 +146,9 @@ def register(app: typer.Typer) -> None:
         console = Console()
         config = load_facility_config(facility)
         if read is not None:
-            _read_one(read, as_json, config if facility is not None else None, console)
+            _read_one(read, as_json, config if config.path else None, console)
             return
         if session_dir is None or project is None:
             raise InputError("give --read FILE, or SESSION_DIR and --project DIR",
                              field="vitrify mdcatch")
-        from vitrify.pipeline.autosetup import SetupOptions
-        from vitrify.pipeline._scheme_setup import missing_schemes, processing_commands
-        from vitrify.pipeline.mdcatch import SessionRequest, prepare_session
-
-        values = locals()
-        overrides = {field: values[option] for option, field in OVERRIDES.items()}
-        request = SessionRequest(
-            session_dir=session_dir, project_dir=project, overrides=overrides,
-            options=SetupOptions(particle_diameter_angst=particle_diameter, box_px=box,
-                                 small_box_px=small_box, mask_diameter_angst=mask_diameter),
-            facility=config, gain=gain, movies_pattern=movies, watch=watch, poll_s=poll,
-            timeout_s=timeout)
-        params, setup = prepare_session(request, warn=lambda m: console.print(f"[yellow]warning:[/] {escape(m)}"))
-        print_params(params, console)
-        print_setup(setup, console)
-        if particle_diameter is None:
-            console.print("give --particle-diameter to derive box, downscaled box and mask sizes")
-        console.print(f"wrote {escape(str(project / 'acquisition.json'))}")
-        absent = missing_schemes(project)
-        if absent:
-            console.print(f"the project has no Schemes/{', Schemes/'.join(absent)}: put the scheme "
-                          "directories there (e.g. RELION 4's scripts/Schemes/prep and proc) and run "
-                          "this command again to set their options")
-        console.print("start processing with:")
-        for line in processing_commands(project):
-            typer.echo(line)
+        _set_up_session(dict(locals()), config, console)
