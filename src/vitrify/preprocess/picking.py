@@ -46,12 +46,14 @@ class LogPickOptions:
 
 @dataclass(frozen=True)
 class Picks:
-    """Picked coordinates in micrograph pixels (0-based, x = column) with their FOM."""
+    """Picked coordinates in micrograph pixels (0-based, x = column) with their FOM (all ``(k,)``)."""
 
     x_px: np.ndarray
     y_px: np.ndarray
     figure_of_merit: np.ndarray
     diameter_angst: np.ndarray
+    class_number: np.ndarray | None = None    # 1-based reference of template picks
+    psi_deg: np.ndarray | None = None         # in-plane angle of template picks
 
     def __len__(self) -> int:
         return len(self.x_px)
@@ -118,7 +120,7 @@ def log_responses(image: torch.Tensor, sigmas_px: torch.Tensor, lowpass_px: floa
     return (responses - mean) / std
 
 
-def _robust_stats(values: torch.Tensor) -> tuple[float, float]:
+def robust_stats(values: torch.Tensor) -> tuple[float, float]:
     """Median and MAD-based σ: particles are a minority of the pixels and must not set the scale."""
     flat = values.flatten()
     if flat.numel() > 1_000_000:
@@ -128,7 +130,7 @@ def _robust_stats(values: torch.Tensor) -> tuple[float, float]:
     return float(median), max(float(1.4826 * mad), 1e-12)
 
 
-def _local_peaks(fom: torch.Tensor, window_px: int, lower: float, upper: float,
+def local_peaks(fom: torch.Tensor, window_px: int, lower: float, upper: float,
                  edge_px: int) -> torch.Tensor:
     """``(k, 2)`` (row, col) of local maxima of ``fom`` within (lower, upper), away from edges."""
     window_px = max(3, window_px | 1)
@@ -184,13 +186,13 @@ def pick_log(micrograph: torch.Tensor, pixel_size_angst: float, opts: LogPickOpt
     sigmas = diameters / work_px / (2 * math.sqrt(2))
     responses = log_responses(image, sigmas, opts.lowpass_angst / work_px)
     fom, scale = responses.max(dim=0)
-    median, sigma = _robust_stats(fom)
+    median, sigma = robust_stats(fom)
     fom = (fom - median) / sigma
     lower = opts.baseline_sigma + opts.threshold_adjust
     upper = opts.upper_threshold
     min_dist = opts.min_distance_fraction * opts.diameter_min_angst / work_px
     edge = int(math.ceil(0.5 * opts.diameter_min_angst / work_px))
-    peaks = _local_peaks(fom, int(round(min_dist)), lower, upper, edge).cpu().numpy()
+    peaks = local_peaks(fom, int(round(min_dist)), lower, upper, edge).cpu().numpy()
     values = fom[peaks[:, 0], peaks[:, 1]].cpu().numpy() if len(peaks) else np.zeros(0)
     kept = suppress_close(peaks.astype(float), values, min_dist) if len(peaks) else np.zeros(0, int)
     peaks, values = peaks[kept], values[kept]
