@@ -208,3 +208,20 @@ def test_value_of_the_wrong_type_for_a_variable_names_it(tmp_path):
     assert ((project / "Schemes/prep/scheme.star").read_bytes()
             == (SCHEMES / "prep/scheme.star").read_bytes())
     assert not (project / ".relion_lock_scheme_prep").exists()
+
+
+def test_lock_left_by_a_killed_schemer_does_not_block(tmp_path):
+    import socket
+    import subprocess
+
+    _session(tmp_path / "session")
+    project = _project(tmp_path, "prep", "proc")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock = project / ".relion_lock_scheme_prep"
+    lock.mkdir()
+    (lock / "lock_scheme").write_text(f"{dead.pid} {socket.gethostname()}\n")
+    result = _mdcatch(tmp_path, project)
+    assert result.exit_code == 0, result.output
+    assert _options(project / "Schemes/prep/motioncorr/job.star")["dose_per_frame"] == "1"
+    assert not lock.exists()

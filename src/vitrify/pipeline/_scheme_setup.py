@@ -10,13 +10,15 @@ What RELION-4's ``relion_it.py`` does with its option keys (../shared/spec/schem
   (relion_it: ``relion_schemer --set_var NAME --value V --original_value V``), through the schemes
   package's ``read_scheme``/``write_scheme``.
 
-A scheme that is running (its lock directory ``.relion_lock_scheme_NAME/`` exists) is not
-touched: the set-up stops with an error naming the lock. Schemes the project lacks are skipped.
+Each scheme is edited under its lock (``.relion_lock_scheme_NAME/``, the schemes package's
+:class:`SchemeLock`); a scheme that a schemer holds is not touched: the set-up stops with an
+error naming the lock. Schemes the project lacks are skipped.
 """
 
 from __future__ import annotations
 
 import shlex
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from vitrify.io.errors import InputError
+from vitrify.pipeline.schemes.lock import SchemeLock
 
 #: The schemes relion_it sets up, in the order they are started.
 SCHEME_NAMES = ("prep", "proc")
@@ -41,18 +44,6 @@ class AppliedOption:
     def to_json_dict(self) -> dict[str, str]:
         """``{"key", "file", "name", "value"}``."""
         return {"key": self.key, "file": self.file, "name": self.name, "value": self.value}
-
-
-def lock_dir(project_dir: Path, scheme: str) -> Path:
-    """The lock directory a running schemer holds (RELION's ``.relion_lock_scheme_NAME``)."""
-    return project_dir / f".relion_lock_scheme_{scheme}"
-
-
-def _check_not_running(project_dir: Path, scheme: str) -> None:
-    lock = lock_dir(project_dir, scheme)
-    if lock.exists():
-        raise InputError(f"scheme {scheme} is locked (running?); not changing it", path=lock,
-                         expected=f"no lock: stop it first (vitrify schemer --scheme {scheme} --abort)")
 
 
 def _variable_reference(value: str) -> str | None:
@@ -104,30 +95,28 @@ def _set_job_options(project_dir: Path, scheme: str, job: str,
 
 def _set_variables(project_dir: Path, scheme: str,
                    variables: dict[str, tuple[str, str]]) -> list[AppliedOption]:
-    """Set scheme variables (value and reset value) with the schemes package, under the lock."""
+    """Set scheme variables (value and reset value) with the schemes package's read/write.
+
+    The caller holds the scheme's lock; ``scheme.star.bck`` keeps the previous file (as
+    ``relion_schemer --set_var`` does).
+    """
     from vitrify.pipeline.schemes.star import read_scheme, write_scheme
 
     path = project_dir / "Schemes" / scheme / "scheme.star"
     relative = path.relative_to(project_dir).as_posix()
-    lock = lock_dir(project_dir, scheme)
-    lock.mkdir()  # FileExistsError only if a schemer started since _check_not_running
-    try:
-        (lock / "lock_scheme").touch()
-        model = read_scheme(path)
-        for name, (key, value) in variables.items():
-            if model.variable_kind(name) is None:
-                raise InputError(f"no variable {name!r} in the scheme (needed for {key})",
-                                 path=path, expected="a float, bool or string variable")
-            text = value if value != "" else '""'  # relion_it sends empty values as ""
-            try:
-                model.set_variable(name, text, text)
-            except ValueError as err:
-                raise InputError(f"cannot set variable {name!r} to {value!r} ({err}; needed for {key})",
-                                 path=path, expected=f"a {model.variable_kind(name)} value") from err
-        write_scheme(path, model)
-    finally:
-        (lock / "lock_scheme").unlink(missing_ok=True)
-        lock.rmdir()
+    model = read_scheme(path)
+    for name, (key, value) in variables.items():
+        if model.variable_kind(name) is None:
+            raise InputError(f"no variable {name!r} in the scheme (needed for {key})",
+                             path=path, expected="a float, bool or string variable")
+        text = value if value != "" else '""'  # relion_it sends empty values as ""
+        try:
+            model.set_variable(name, text, text)
+        except ValueError as err:
+            raise InputError(f"cannot set variable {name!r} to {value!r} ({err}; needed for {key})",
+                             path=path, expected=f"a {model.variable_kind(name)} value") from err
+    shutil.copyfile(path, path.with_name("scheme.star.bck"))
+    write_scheme(path, model)
     return [AppliedOption(key, relative, name, value) for name, (key, value) in variables.items()]
 
 
@@ -150,15 +139,23 @@ def apply_scheme_options(project_dir: str | Path, options: dict[str, str]) -> li
     for scheme, jobs in per_scheme.items():
         if not (project_dir / "Schemes" / scheme / "scheme.star").is_file():
             continue
-        _check_not_running(project_dir, scheme)
-        variables = {name: (key, value) for key, name, value in jobs.pop("", [])}
-        for job, items in jobs.items():
-            written, routed = _set_job_options(
-                project_dir, scheme, job, {name: (key, value) for key, name, value in items})
-            applied += written
-            variables.update(routed)
-        if variables:
-            applied += _set_variables(project_dir, scheme, variables)
+        with SchemeLock(project_dir, scheme, timeout_s=0.0):  # a running scheme is not touched
+            applied += _apply_to_scheme(project_dir, scheme, jobs)
+    return applied
+
+
+def _apply_to_scheme(project_dir: Path, scheme: str,
+                     jobs: dict[str, list[tuple[str, str, str]]]) -> list[AppliedOption]:
+    """Options of one scheme: ``{job: [(key, option, value)]}``, job ``""`` for variables."""
+    applied: list[AppliedOption] = []
+    variables = {name: (key, value) for key, name, value in jobs.pop("", [])}
+    for job, items in jobs.items():
+        written, routed = _set_job_options(
+            project_dir, scheme, job, {name: (key, value) for key, name, value in items})
+        applied += written
+        variables.update(routed)
+    if variables:
+        applied += _set_variables(project_dir, scheme, variables)
     return applied
 
 
