@@ -225,3 +225,22 @@ def test_lock_left_by_a_killed_schemer_does_not_block(tmp_path):
     assert result.exit_code == 0, result.output
     assert _options(project / "Schemes/prep/motioncorr/job.star")["dose_per_frame"] == "1"
     assert not lock.exists()
+
+
+def test_the_schemer_prepares_the_edited_jobs_with_our_values(tmp_path):
+    """What the schemer will run: templates re-read, $$variables substituted, paths translated."""
+    _schemes_package()
+    from vitrify.pipeline.schemes.star import read_scheme
+    from vitrify.pipeline.schemes.templates import prepare_options, read_template, template_path
+
+    _session(tmp_path / "session")
+    project = _project(tmp_path, "prep", "proc")
+    _route_dose_through_variable(project)
+    assert _mdcatch(tmp_path, project).exit_code == 0
+    prep = read_scheme(project / "Schemes/prep/scheme.star")
+    motioncorr = prepare_options(read_template(template_path(project, prep, "motioncorr")), prep, project)
+    assert motioncorr["dose_per_frame"] == "1"  # $$dose_per_frame -> the variable we set
+    assert motioncorr["bin_factor"] == "1" and motioncorr["other_args"] == "--do_at_most 50"
+    proc = read_scheme(project / "Schemes/proc/scheme.star")
+    extract = prepare_options(read_template(template_path(project, proc, "extract")), proc, project)
+    assert extract["extract_size"] == "280" and extract["rescale"] == "70"
