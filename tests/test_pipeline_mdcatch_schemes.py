@@ -71,9 +71,11 @@ EXPECTED = {  # (scheme, job) -> {option: value}, by hand
                              "fn_gain_ref": ""},  # the session has no gain: not LMB's file
     ("prep", "ctffind"): {"do_phaseshift": "No"},
     ("proc", "autopick"): {"log_diam_min": "120", "log_diam_max": "150",  # 0.8 and 1.0 x 150 A
-                           "topaz_particle_diameter": "150"},
+                           "topaz_particle_diameter": "150",
+                           "use_gpu": "No"},  # LoG picking runs on the CPU (relion_it)
     ("proc", "extract"): {"extract_size": "280",  # 1.5 x 150 / 0.83 = 271.1 -> 280 = 2^3 5 7
-                          "do_rescale": "Yes", "rescale": "70"},  # 280 x 0.83 / 3.5 = 66.4 -> 70
+                          "do_rescale": "Yes", "rescale": "70",  # 280 x 0.83 / 3.5 = 66.4 -> 70
+                          "do_fom_threshold": "No"},  # LoG picks have no FOM (relion_it)
     ("proc", "class2d"): {"particle_diameter": "165"},  # 1.1 x 150 A
     ("proc", "inimodel3d"): {"particle_diameter": "165"},
     ("proc", "refine3d"): {"particle_diameter": "165"},

@@ -15,7 +15,8 @@ why a box is 280 px. Rules (RELION-4 ``relion_it.py`` conventions where it has o
 - *downscaled box: the smallest FFT-friendly even size whose pixel is at most 3.5 Å, so the
   pixel of the downscaled particles lies near 2.8-3.5 Å (Nyquist 5.6-7 Å, enough for 2D
   classification); no downscaling when the pixel is already 2.8 Å or more;
-- mask diameter = 1.1 x particle diameter; LoG picking from 0.8 to 1.0 x particle diameter.
+- mask diameter = 1.1 x particle diameter; LoG picking from 0.8 to 1.0 x particle diameter, on
+  the CPU and without a FOM threshold at extraction (relion_it's settings for LoG picking).
 """
 
 from __future__ import annotations
@@ -177,6 +178,9 @@ def derive_particles(pixel_angst: float, options: SetupOptions) -> dict[str, tup
         out["mask_diameter_angst"] = (MASK_FACTOR * diameter, f"{MASK_FACTOR:g} x particle diameter")
     out["log_diam_min_angst"] = (LOG_MIN_FACTOR * diameter, f"{LOG_MIN_FACTOR:g} x particle diameter")
     out["log_diam_max_angst"] = (diameter, "particle diameter")
+    out["autopick_use_gpu"] = (False, "LoG picking runs on the CPU (relion_it: do_log -> use_gpu No)")
+    out["extract_do_fom_threshold"] = (False, "LoG picks have no FOM to threshold "
+                                              "(relion_it: do_log -> do_fom_threshold No)")
     return out
 
 
@@ -220,6 +224,8 @@ OPTION_KEYS: dict[str, tuple[str, ...]] = {
     "phase_plate": ("prep__ctffind__do_phaseshift",),
     "log_diam_min_angst": ("proc__autopick__log_diam_min",),
     "log_diam_max_angst": ("proc__autopick__log_diam_max", "proc__autopick__topaz_particle_diameter"),
+    "autopick_use_gpu": ("proc__autopick__use_gpu",),
+    "extract_do_fom_threshold": ("proc__extract__do_fom_threshold",),
     "box_px": ("proc__extract__extract_size",),
     "do_rescale": ("proc__extract__do_rescale",),
     "small_box_px": ("proc__extract__rescale",),
