@@ -54,16 +54,33 @@ def test_bad_input_is_one_line_and_exit_1(tmp_path, capsys, argv, needle):
 
 
 def test_demo_runs_end_to_end_small(tmp_path):
+    from rich.console import Console
+
+    from vitrify.cli._demo_report import print_report
     from vitrify.cli.demo import run_demo
 
     out = tmp_path / "demo"
-    summary = run_demo(out, structure="adk", n=60, box=32, pixel=3.0, snr=1.0, classes=2,
+    summary = run_demo(out, structure="adk", n=60, box=32, pixel=3.0, snr=1.0, junk=0.2, classes=2,
                        iterations=1, device="cpu")
     assert (out / "Simulate" / "job001" / "RELION_JOB_EXIT_SUCCESS").exists()
     assert (out / "Reconstruct" / "job002" / "reconstruction.mrc").exists()
     assert summary["resolution_05"] < 30.0
+    truth = read_star(out / "Simulate" / "job001" / "truth.star")["particles"]
+    assert summary["junk_images"] == (truth["vtfJunkKind"] != "none").sum() > 0
+    console = Console(record=True, width=100)
+    print_report(console, out, summary, 3.0)
+    text = " ".join(console.export_text().split())  # paragraphs are wrapped
+    assert str(out / "Reconstruct" / "job002" / "reconstruction.mrc") in text
+    assert f"agree down to {summary['resolution_05']:.1f} Å (FSC 0.5)" in text
+    assert "twice the pixel size" in text and "6.0 Å" in text
     if "class2d_data" in summary:
         assert (out / "Class2D" / "job003" / "RELION_JOB_EXIT_SUCCESS").exists()
+        table = summary["class_table"]
+        data = read_star(summary["class2d_data"])["particles"]
+        assert table["particles"].sum() == len(data) == 60
+        assert (table["particles"] * table["junk"]).round().sum() == summary["junk_images"]
+        assert table["share"].sum() == pytest.approx(1.0)
+        assert f"{summary['junk_images']} of the 60 images were simulated junk" in text
 
 
 @pytest.mark.parametrize("kind,star", [("micrographs", "micrographs.star"), ("movies", "movies.star")])

@@ -8,6 +8,8 @@ Steps, each in a RELION-style job directory of ``--out`` (with run.log and exit 
    against the truth map (``reconstruction.mrc``, ``fsc.star``): checks the whole chain
    of formats and conventions;
 3. ``Class2D/job003``: 2D classification, when :mod:`vitrify.jobs.class2d` is available.
+
+At the end it prints where the results are and what they mean (:mod:`vitrify.cli._demo_report`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ _console = Console(stderr=True)
 
 
 def _step(title: str) -> float:
-    _console.print(f"[bold cyan]>>[/] {title}")
+    _console.print(f"[bold cyan]>>[/] {title}", soft_wrap=True)
     return time.perf_counter()
 
 
 def _done(start: float, text: str) -> None:
-    _console.print(f"   {text} [dim]({time.perf_counter() - start:.1f} s)[/]")
+    _console.print(f"   {text} [dim]({time.perf_counter() - start:.1f} s)[/]", soft_wrap=True)
 
 
 def _simulate(out: Path, structure: str, n: int, box: int, pixel: float, snr: float, junk: float,
@@ -92,7 +94,8 @@ def run_demo(out: Path, *, structure: str = "cftr", n: int = 1000, box: int = 64
     summary: dict = {}
     start = _step(f"simulating {n} particles of {structure} ({box} px, {pixel} Å/px, SNR {snr})")
     data = _simulate(out, structure, n, box, pixel, snr, junk, seed, device)
-    _done(start, f"{data.particles_star}")
+    summary["junk_images"] = int((data.truth["vtfJunkKind"] != "none").sum())
+    _done(start, f"{data.particles_star} ({summary['junk_images']} of them junk)")
     start = _step("reconstructing a 3D map from the particles at their true poses")
     rec_dir = out / "Reconstruct" / "job002"
     summary.update(run_job(_reconstruct_job, (data.truth_star, snr, device), rec_dir))
@@ -106,6 +109,9 @@ def run_demo(out: Path, *, structure: str = "cftr", n: int = 1000, box: int = 64
     summary["class2d_data"] = _classify(data.particles_star, out / "Class2D" / "job003", classes,
                                         diameter, iterations, device)
     _done(start, f"{summary['class2d_data']}")
+    from vitrify.cli._demo_report import class_table
+
+    summary["class_table"] = class_table(Path(summary["class2d_data"]), data.truth_star)
     return summary
 
 
@@ -126,7 +132,10 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     ) -> None:
         """Simulate a small data set from a real structure and process it (a few minutes on a CPU)."""
+        from vitrify.cli._demo_report import print_report
+
         start = time.perf_counter()
-        run_demo(out, structure=structure, n=n, box=box, pixel=pixel_size, snr=snr, classes=classes,
-                 iterations=iterations, seed=seed, device=device)
-        _console.print(f"[bold green]demo finished[/] in {time.perf_counter() - start:.0f} s: {out}")
+        summary = run_demo(out, structure=structure, n=n, box=box, pixel=pixel_size, snr=snr,
+                           classes=classes, iterations=iterations, seed=seed, device=device)
+        print_report(_console, out, summary, pixel_size)
+        _console.print(f"\n[bold green]demo finished[/] in {time.perf_counter() - start:.0f} s: {out}")
