@@ -98,3 +98,20 @@ def test_import_job_runs_and_records_output_nodes(tmp_path):
     mini = read_pipeline(tmp_path / name / "job_pipeline.star")
     assert list(mini.processes) == [name] and mini.output_edges == state.output_edges
     assert read_job_star(tmp_path / name / "job.star").is_continue is False
+
+
+def test_registry_resolves_relion_labels():
+    from vitrify.jobs import registry
+
+    assert registry.base_label("relion.motioncorr.own") == "relion.motioncorr"
+    assert registry.job_directory("relion.select.onvalue") == "Select"
+    assert registry.job_directory("relion.initialmodel") == "InitialModel"
+    module = registry.resolve_job("relion.import.movies", {"do_raw": "Yes"})
+    assert module.__name__ == "vitrify.jobs.import_" and callable(module.options_from_job_star)
+    for label in ("relion.initialmodel", "relion.refine3d", "relion.select.class2dauto", "relion.class3d"):
+        with pytest.raises(InputError, match=f"job type {label} is not available in vitrify yet"):
+            registry.resolve_job(label, {})
+    with pytest.raises(InputError, match="do_other = yes"):
+        registry.resolve_job("relion.import", {"do_other": "Yes"})
+    with pytest.raises(InputError, match="unknown job type"):
+        registry.job_directory("relion.unknown")

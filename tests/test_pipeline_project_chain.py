@@ -31,7 +31,7 @@ def test_simulated_micrographs_through_import_and_ctffind(tmp_path):
         "--out", str(tmp_path / "Raw")])
     assert result.exit_code == 0, result.output
     project = Project.open(tmp_path)
-    imp = project.add_job("relion.import.other", {
+    imp = project.add_job("relion.import", {
         "fn_in_raw": "Raw/Micrographs/*.mrc", "is_multiframe": "No", "angpix": "1.5", "kV": "300",
         "Cs": "2.7", "Q0": "0.1"})
     ctf_options = {"input_star_mics": f"{imp}micrographs.star", "box": "128", "resmin": "30",

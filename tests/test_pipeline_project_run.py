@@ -195,3 +195,14 @@ def test_cli_run_job_and_pipeline_graph(tmp_path, monkeypatch):
     for text in (name, failing, "Succeeded", "Failed", f"{name}micrographs.star"):
         assert text in result.output
     assert (tmp_path / "graph.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_error_inside_a_job_is_in_run_err_when_the_marker_appears(tmp_path):
+    project = Project.open(tmp_path)
+    name = _import_job(project, [])  # nothing to import: the job itself raises an InputError
+    assert project.run_job(name, wait=True) == "Failed"
+    err = " ".join((tmp_path / name / "run.err").read_text().split())
+    assert err.count("no files match the pattern") == 1
+    assert "Traceback" not in err
+    assert (tmp_path / name / "RELION_JOB_EXIT_FAILURE").exists()
+    assert project.pipeline().output_edges == []

@@ -45,8 +45,18 @@ JOB_DIRECTORIES: dict[str, str] = {
 }
 
 #: Sub-labels of available types that vitrify cannot run (checked before stripping).
-UNAVAILABLE: frozenset[str] = frozenset({"relion.select.class2dauto", "relion.autopick.ref2d",
-                                         "relion.autopick.ref3d", "relion.class2d.helical"})
+UNAVAILABLE: frozenset[str] = frozenset({
+    "relion.select.class2dauto", "relion.select.interactive", "relion.select.split",
+    "relion.select.removeduplicates", "relion.select.discard", "relion.autopick.ref2d",
+    "relion.autopick.ref3d", "relion.class2d.helical", "relion.import.other",
+    "relion.extract.helicalsegments"})
+
+#: job type → (option, value that needs a missing feature, what that feature is)
+UNAVAILABLE_OPTIONS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "relion.import": (("do_other", "yes", "import of other node types (coordinates, particles, maps)"),),
+    "relion.select": (("do_class_ranker", "yes", "automatic 2D class selection (class ranker)"),),
+    "relion.autopick": (("do_ref3d", "yes", "3D-reference picking"),),
+}
 
 
 def base_label(type_label: str) -> str:
@@ -77,12 +87,15 @@ def is_available(type_label: str) -> bool:
 def resolve_job(type_label: str, options: Mapping[str, str] | None = None) -> ModuleType:
     """The job module (``Options``, ``run``, ``options_from_job_star``) for ``type_label``.
 
-    ``options`` (job.star values) may refine the choice later; today one module serves each type.
-    Raises :class:`InputError` ("job type X is not available in vitrify yet") for missing types.
+    ``options`` are the job.star values: some option values ask for features we lack
+    (:data:`UNAVAILABLE_OPTIONS`). Raises :class:`InputError` ("job type X is not available in vitrify yet") for missing types.
     """
-    del options
     if not is_available(type_label):
         raise InputError(f"job type {type_label.strip()} is not available in vitrify yet",
                          field="rlnJobTypeLabel",
                          expected=", ".join(sorted(JOB_MODULES)))
+    for option, value, feature in UNAVAILABLE_OPTIONS.get(base_label(type_label), ()):
+        if str((options or {}).get(option, "")).strip().strip('"').lower() == value:
+            raise InputError(f"job type {type_label.strip()} with {option} = {value}: {feature} "
+                             "is not available in vitrify yet", field=option)
     return importlib.import_module(f"vitrify.jobs.{JOB_MODULES[base_label(type_label)]}")

@@ -13,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from vitrify.io.errors import InputError
-from vitrify.jobs.base import ABORT_NOW, EXIT_FAILURE, JobAborted, check_abort, run_job
+from vitrify.jobs.base import ABORT_NOW, EXIT_FAILURE, JobAborted, check_abort, clear_markers, run_job
 from vitrify.jobs.registry import resolve_job
 from vitrify.pipeline import _notes
 from vitrify.pipeline._jobstar import read_job_star
@@ -55,13 +56,17 @@ def _stderr_is(path: Path) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def _fail(job_dir: Path, err: BaseException) -> None:
-    """Touch the failure marker (if the job left none); put the message in run.err unless stderr
-    already goes there."""
+def _report(job_dir: Path, err: BaseException) -> None:
+    """Put the error in run.err (and on stderr when that is elsewhere) BEFORE any exit marker,
+    so whoever sees the marker finds the message: one line for user errors, else a traceback."""
+    if isinstance(err, InputError):
+        text = f"error: {err}\n"
+    else:
+        text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    sys.stderr.write(text)
+    sys.stderr.flush()
     if not _stderr_is(job_dir / "run.err"):
-        _notes.append_text(job_dir / "run.err", f"{type(err).__name__}: {err}\n")
-    if marker_status(job_dir) is None:
-        (job_dir / EXIT_FAILURE).touch()
+        _notes.append_text(job_dir / "run.err", text)
 
 
 def _prepare(job_star: Path, continue_: bool):
@@ -72,10 +77,10 @@ def _prepare(job_star: Path, continue_: bool):
 
 
 def execute_job(job_star: str | Path, *, continue_: bool = False, root: str | Path = ".") -> str:
-    """Run the job of ``job_star`` (inside project ``root``) here and now; return its final status.
+    """Run the job of ``job_star`` (inside project ``root``, the current directory) here and now.
 
-    User errors (:class:`InputError`) and crashes end with RELION_JOB_EXIT_FAILURE and are
-    re-raised for the caller; an abort ends with RELION_JOB_EXIT_ABORTED and returns "Aborted".
+    Returns the final status: "Succeeded"; "Failed" after a user error or a crash (message or
+    traceback in run.err, written before RELION_JOB_EXIT_FAILURE); "Aborted" after an abort request.
     """
     project = Project.open(root)
     if Path.cwd().resolve() != project.root:
@@ -88,23 +93,29 @@ def execute_job(job_star: str | Path, *, continue_: bool = False, root: str | Pa
         project.record_status(name, "Running")
     try:
         module, options = _prepare(job_dir / "job.star", continue_)
-    except BaseException as err:
-        _fail(job_dir, err)
-        project.job_status(name)
-        raise
+    except Exception as err:  # noqa: BLE001 - every failure ends with a marker and a message
+        _report(job_dir, err)
+        clear_markers(job_dir)
+        (job_dir / EXIT_FAILURE).touch()
+        return project.job_status(name)
 
     def run(opts: object, directory: Path) -> object:
         if aborted_early:
             raise JobAborted(f"abort requested in {directory}")
         check_abort(directory)
-        return module.run(opts, directory)
+        try:
+            return module.run(opts, directory)
+        except JobAborted:
+            raise
+        except Exception as err:
+            _report(job_dir, err)
+            raise
 
     try:
         run_job(run, options, Path(name))
     except JobAborted:
         pass
-    except BaseException as err:
-        _fail(job_dir, err)
-        project.job_status(name)
-        raise
+    except Exception:  # noqa: BLE001 - reported above; run_job wrote the failure marker
+        if marker_status(job_dir) is None:
+            (job_dir / EXIT_FAILURE).touch()
     return project.job_status(name)
