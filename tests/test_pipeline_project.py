@@ -115,3 +115,21 @@ def test_registry_resolves_relion_labels():
         registry.resolve_job("relion.import", {"do_other": "Yes"})
     with pytest.raises(InputError, match="unknown job type"):
         registry.job_directory("relion.unknown")
+
+
+def test_graph_layers_follow_the_data(tmp_path):
+    from vitrify.pipeline.graph import JobEdge, draw_pipeline, job_edges, layers
+
+    project = Project.open(tmp_path)
+    imp = project.add_job("relion.import", _import_options())
+    ctf = project.add_job("relion.ctffind", {"input_star_mics": f"{imp}micrographs.star"})
+    sel = project.add_job("relion.select", {"fn_mic": f"{ctf}micrographs_ctf.star"})
+    pick = project.add_job("relion.autopick.log", {"fn_input_autopick": f"{sel}micrographs.star"})
+    ext = project.add_job("relion.extract", {"star_mics": f"{sel}micrographs.star",
+                                             "coords_suffix": f"{pick}autopick.star"})
+    other = project.add_job("relion.class2d", {"fn_img": "Elsewhere/particles.star"})
+    state = project.pipeline()
+    assert layers(state) == {imp: 0, ctf: 1, sel: 2, pick: 3, ext: 4, other: 0}
+    assert JobEdge(sel, f"{sel}micrographs.star", ext) in job_edges(state)
+    assert len(job_edges(state)) == 5
+    assert draw_pipeline(state, tmp_path / "g.svg").read_text().lstrip().startswith("<?xml")

@@ -82,13 +82,19 @@ def draw_pipeline(state: PipelineState, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(2.6 * width + 1, 1.0 * height + 1), dpi=100)
     for edge in job_edges(state):
         (x0, y0), (x1, y1) = where[edge.source], where[edge.target]
+        bend = 0.0 if abs(x1 - x0) <= 1 else -0.25  # edges that skip a layer arc around it
         ax.annotate("", xy=(x1 - 0.35, -y1), xytext=(x0 + 0.35, -y0),
-                    arrowprops={"arrowstyle": "->", "color": "#555555"})
+                    arrowprops={"arrowstyle": "->", "color": "#555555",
+                                "connectionstyle": f"arc3,rad={bend}"})
     for name, proc in state.processes.items():
         x, y = where[name]
         label = f"{name}\n{proc.alias or proc.type_label}"
         ax.text(x, -y, label, ha="center", va="center", fontsize=7,
                 bbox={"boxstyle": "round", "fc": STATUS_COLOURS.get(proc.status, "white"), "ec": "#333333"})
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(fc=c, ec="#333333", label=s) for s, c in STATUS_COLOURS.items()],
+              loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     ax.set_xlim(-0.6, width - 0.4)
     ax.set_ylim(-height + 0.4, 0.6)
     ax.axis("off")
