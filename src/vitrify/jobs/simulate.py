@@ -94,24 +94,61 @@ def run(options: Options, job_dir: str | Path) -> object:
     return result
 
 
-def _flag(value: str) -> bool:
-    return str(value).strip().lower() in ("yes", "true", "1")
+def _integer(values: dict[str, str], key: str, default: int) -> int:
+    from vitrify.jobs._preprocess_io import number
+
+    value = number(values, key, default)
+    if value != int(value):
+        raise InputError(f"not a whole number: {value!r}", field=key, expected="an integer")
+    return int(value)
+
+
+def _structures(values: dict[str, str]) -> tuple[str, ...]:
+    from vitrify.jobs._preprocess_io import text
+
+    return tuple(s.strip() for s in text(values, "fn_in", "adk").split(",") if s.strip())
+
+
+def _particle_options(values: dict[str, str]) -> object:
+    from vitrify.jobs._preprocess_io import flag, number
+    from vitrify.sim.particles import ParticleOptions
+
+    return ParticleOptions(
+        structures=_structures(values), n_particles=_integer(values, "nr_particles", 1000),
+        box_px=_integer(values, "box_size", 64), pixel_size_angst=number(values, "angpix", 2.0),
+        snr=number(values, "snr", 0.1), junk_fraction=number(values, "junk_fraction", 0.0),
+        apply_ctf=flag(values, "do_ctf", True), add_noise=flag(values, "do_noise", True),
+        seed=_integer(values, "random_seed", 0))
+
+
+def _micrograph_options(values: dict[str, str]) -> object:
+    from vitrify.jobs._preprocess_io import number, text
+    from vitrify.sim.micrographs import MicrographOptions
+
+    size = _integer(values, "size", 512)
+    return MicrographOptions(
+        structures=_structures(values), n_micrographs=_integer(values, "nr_micrographs", 2),
+        size_px=(size, size), pixel_size_angst=number(values, "angpix", 1.5),
+        particles_per_micrograph=_integer(values, "nr_particles", 30),
+        n_frames=_integer(values, "nr_frames", 8), dose_per_frame=number(values, "dose_per_frame", 5.0),
+        movie_format=text(values, "movie_format", "tiff"), seed=_integer(values, "random_seed", 0))
+
+
+_FROM_JOB_STAR: dict[str, Callable[[dict[str, str]], object]] = {
+    "particles": _particle_options, "micrographs": _micrograph_options, "movies": _micrograph_options,
+}
 
 
 def options_from_job_star(values: dict[str, str]) -> Options:
-    """Options from job.star values (particles only): ``fn_in`` (structure, comma-separated
-    for several), ``nr_particles``, ``box_size``, ``angpix``, ``snr``, ``junk_fraction``,
-    ``do_ctf``, ``do_noise``, ``random_seed``."""
-    from vitrify.sim.particles import ParticleOptions
+    """Options from job.star values: ``simulate`` (particles | micrographs | movies, default
+    particles), ``fn_in`` (structures, comma-separated for several), ``angpix``,
+    ``random_seed``, ``device``; for particles ``nr_particles``, ``box_size``, ``snr``,
+    ``junk_fraction``, ``do_ctf``, ``do_noise``; for micrographs and movies ``nr_micrographs``,
+    ``size``, ``nr_particles`` (per micrograph), ``nr_frames``, ``dose_per_frame``,
+    ``movie_format``. A bad value is an :class:`InputError` naming its option."""
+    from vitrify.jobs._preprocess_io import text
 
-    try:
-        sim = ParticleOptions(
-            structures=tuple(s.strip() for s in values.get("fn_in", "adk").split(",") if s.strip()),
-            n_particles=int(values.get("nr_particles", 1000)), box_px=int(values.get("box_size", 64)),
-            pixel_size_angst=float(values.get("angpix", 2.0)), snr=float(values.get("snr", 0.1)),
-            junk_fraction=float(values.get("junk_fraction", 0.0)),
-            apply_ctf=_flag(values.get("do_ctf", "Yes")), add_noise=_flag(values.get("do_noise", "Yes")),
-            seed=int(values.get("random_seed", 0)))
-    except ValueError as err:
-        raise InputError(f"bad simulate job option ({err})", field="job.star") from err
-    return Options("particles", sim, values.get("device", "auto") or "auto")
+    kind = text(values, "simulate", "particles")
+    if kind not in _FROM_JOB_STAR:
+        raise InputError(f"unknown simulation kind {kind!r}", field="simulate", expected=" | ".join(KINDS))
+    return Options(kind, _FROM_JOB_STAR[kind](values), text(values, "device", "auto"))
