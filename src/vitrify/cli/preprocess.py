@@ -53,7 +53,7 @@ def _autopick(app: typer.Typer) -> None:
     def autopick(
         i: str = typer.Option(..., "--i", help="micrographs(_ctf).star."),
         o: Path = typer.Option(..., "--o", help="Output job directory."),
-        method: str = typer.Option("log", "--method", help="log | topaz."),
+        method: str = typer.Option("log", "--method", help="log | template | topaz."),
         dmin: float = typer.Option(150.0, "--log-diameter-min", help="Smallest particle diameter (Å)."),
         dmax: float = typer.Option(180.0, "--log-diameter-max", help="Largest particle diameter (Å)."),
         adjust: float = typer.Option(0.0, "--log-adjust-threshold",
@@ -61,18 +61,33 @@ def _autopick(app: typer.Typer) -> None:
         upper: float = typer.Option(999.0, "--log-upper-threshold", help="Drop picks above this (σ)."),
         lowpass: float = typer.Option(20.0, "--log-lowpass", help="Low-pass before picking (Å)."),
         invert: bool = typer.Option(False, "--log-invert", help="Particles are white on the micrographs."),
+        references: str = typer.Option("", "--references",
+                                       help="Template picking: class averages (.mrcs or class_averages.star)."),
+        ref_angpix: float = typer.Option(-1.0, "--ref-angpix", help="Reference pixel size (Å; -1: header)."),
+        diameter: float = typer.Option(-1.0, "--diameter",
+                                       help="Template picking: particle diameter (Å; -1: 0.75 x reference box)."),
+        psi_step: float = typer.Option(10.0, "--psi-step", help="Template picking: in-plane step (degrees)."),
+        template_adjust: float = typer.Option(0.0, "--template-adjust-threshold",
+                                              help="Template picking: σ above the default threshold (5 σ)."),
         topaz_model: str = typer.Option("resnet16_u64", "--topaz-model", help="Topaz pretrained model."),
         topaz_diameter: float = typer.Option(100.0, "--topaz-diameter", help="Particle diameter for Topaz (Å)."),
+        topaz_threshold: float = typer.Option(-3.0, "--topaz-threshold", help="Topaz score threshold."),
         n_png: int = typer.Option(3, "--png", help="Micrographs with a PNG overlay of the picks."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     ) -> None:
         """Pick particles → per-micrograph coordinate STAR files + DIR/autopick.star."""
         from vitrify.jobs.autopick import Options
         from vitrify.preprocess.picking import LogPickOptions
+        from vitrify.preprocess.template_pick import TemplatePickOptions
 
         log = LogPickOptions(dmin, dmax, lowpass_angst=lowpass, invert=invert, threshold_adjust=adjust,
                              upper_threshold=upper)
-        out = _run("autopick", Options(i, method, log, n_png, topaz_model, topaz_diameter, device), o)
+        template = TemplatePickOptions(diameter if diameter > 0 else -1.0, psi_step_deg=psi_step,
+                                       invert=invert, threshold_adjust=template_adjust)
+        options = Options(i, method, log, n_png, topaz_model=topaz_model, topaz_diameter_angst=topaz_diameter,
+                          topaz_threshold=topaz_threshold, references=references,
+                          reference_pixel_angst=ref_angpix, template=template, device=device)
+        out = _run("autopick", options, o)
         typer.echo(f"wrote {out}")
 
 

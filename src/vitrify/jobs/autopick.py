@@ -1,8 +1,10 @@
 """Job ``autopick``: particle picking → per-micrograph coordinate STAR files + ``autopick.star``.
 
 Methods (dispatch table :data:`PICKERS`): ``log`` (Laplacian-of-Gaussian,
-:mod:`vitrify.preprocess.picking`), ``topaz`` (the optional ``topaz-em`` package; a clear
-message when it is absent). Each micrograph gets ``<job>/<mic path>_autopick.star``
+:mod:`vitrify.preprocess.picking`), ``template`` (normalised cross-correlation with 2D class
+averages, :mod:`vitrify.preprocess.template_pick`; the references get each micrograph's CTF
+when the input STAR file has one), ``topaz`` (the optional ``topaz-em`` package; the job
+fails at once with the install command when it is absent). Each micrograph gets ``<job>/<mic path>_autopick.star``
 (RELION's per-micrograph coordinate file: rlnCoordinateX/Y, rlnClassNumber,
 rlnAutopickFigureOfMerit, rlnAnglePsi); ``autopick.star`` lists them
 (data_coordinate_files). A few micrographs get a PNG with the picks drawn. Existing
@@ -22,8 +24,9 @@ import pandas as pd
 from vitrify.io.errors import InputError
 from vitrify.jobs._preprocess_io import Skips, flag, number, relative_output, text, write_output_nodes
 from vitrify.preprocess.picking import LogPickOptions, Picks
+from vitrify.preprocess.template_pick import TemplatePickOptions
 
-METHODS = ("log", "topaz")
+METHODS = ("log", "template", "topaz")
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,15 @@ class Options:
         LoG settings (diameters, threshold adjustment, low-pass, invert).
     n_png
         How many micrographs get a PNG overlay of their picks.
-    topaz_model, topaz_diameter_angst
-        Topaz pretrained model name and particle diameter (method ``topaz``).
+    topaz_model, topaz_diameter_angst, topaz_threshold
+        Topaz pretrained model name, particle diameter and score threshold (method ``topaz``).
+    references
+        Class averages for ``template``: an ``.mrcs`` stack or a STAR file with
+        rlnReferenceImage (RELION's class_averages.star) [fn_refs_autopick].
+    reference_pixel_angst
+        Pixel size of the references; <= 0 reads it from the file header [angpix_ref].
+    template
+        Template picker settings (diameter, psi step, filters, threshold).
     """
 
     input_star: str
@@ -50,6 +60,10 @@ class Options:
     n_png: int = 3
     topaz_model: str = "resnet16_u64"
     topaz_diameter_angst: float = 100.0
+    topaz_threshold: float = -3.0
+    references: str = ""
+    reference_pixel_angst: float = -1.0
+    template: TemplatePickOptions | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -59,13 +73,23 @@ class Options:
         if not self.input_star:
             raise InputError("no input micrographs STAR file", field="fn_input_autopick",
                              expected="a micrographs.star path")
+        if self.method == "template" and not self.references:
+            raise InputError("template picking needs references", field="fn_refs_autopick",
+                             expected="2D class averages (.mrcs or class_averages.star)")
 
 
 def options_from_job_star(values: dict[str, str]) -> Options:
     """Options from RELION AutoPick job.star values (``fn_input_autopick``, ``do_log``,
-    ``do_topaz``, ``log_diam_min``, ``log_diam_max``, ``log_invert``, ``log_maxres``,
-    ``log_adjust_thr``, ``log_upper_thr``, ``topaz_particle_diameter``)."""
-    method = "topaz" if flag(values, "do_topaz", False) and not flag(values, "do_log", False) else "log"
+    ``do_refs``/``fn_refs_autopick``/``angpix_ref``/``psi_sampling_autopick``/``lowpass``/
+    ``highpass``/``do_invert_refs``/``mindist_autopick``/``particle_diameter``, ``do_topaz``,
+    ``log_diam_min``, ``log_diam_max``, ``log_invert``, ``log_maxres``, ``log_adjust_thr``,
+    ``log_upper_thr``, ``topaz_model``, ``topaz_particle_diameter``). RELION's
+    ``threshold_autopick`` is on another scale and is not used."""
+    method = "log"
+    if flag(values, "do_refs", False) and not flag(values, "do_log", False):
+        method = "template"
+    elif flag(values, "do_topaz", False) and not flag(values, "do_log", False):
+        method = "topaz"
     log = LogPickOptions(
         diameter_min_angst=number(values, "log_diam_min", 150.0),
         diameter_max_angst=number(values, "log_diam_max", 180.0),
@@ -76,37 +100,107 @@ def options_from_job_star(values: dict[str, str]) -> Options:
     )
     return Options(input_star=text(values, "fn_input_autopick"), method=method, log=log,
                    topaz_model=text(values, "topaz_model", "resnet16_u64"),
-                   topaz_diameter_angst=number(values, "topaz_particle_diameter", 100.0))
+                   topaz_diameter_angst=number(values, "topaz_particle_diameter", 100.0),
+                   references=text(values, "fn_refs_autopick") if method == "template" else "",
+                   reference_pixel_angst=number(values, "angpix_ref", -1.0),
+                   template=_template_from_job_star(values))
 
 
-def _pick_log(image, pixel_size_angst: float, options: Options) -> Picks:
+def _template_from_job_star(values: dict[str, str]) -> TemplatePickOptions | None:
+    """Template settings when ``particle_diameter`` is set; else None (diameter from the references)."""
+    diameter = number(values, "particle_diameter", -1.0)
+    if diameter <= 0:
+        return None
+    mindist = number(values, "mindist_autopick", -1.0)
+    return TemplatePickOptions(diameter_angst=diameter, psi_step_deg=number(values, "psi_sampling_autopick", 10.0),
+                               lowpass_angst=number(values, "lowpass", 20.0),
+                               highpass_angst=number(values, "highpass", -1.0),
+                               references_white=flag(values, "do_invert_refs", True),
+                               min_distance_fraction=mindist / diameter if mindist > 0 else 0.8)
+
+
+def load_references(options: Options) -> tuple["torch.Tensor", float, TemplatePickOptions]:
+    """Class averages ``(k, b, b)``, their pixel size and the template options to use."""
+    import torch
+
+    from vitrify.io.mrc import read_images, read_mrc
+    from vitrify.io.star import read_star
+
+    path = options.references
+    if not Path(path).exists():
+        raise InputError("reference file not found", path=path, field="fn_refs_autopick",
+                         expected="2D class averages (.mrcs or class_averages.star)")
+    if path.endswith(".star"):
+        table = next((b for b in read_star(path).values()
+                      if isinstance(b, pd.DataFrame) and "rlnReferenceImage" in b.columns), None)
+        if table is None:
+            raise InputError("no rlnReferenceImage column", path=path, expected="RELION class_averages.star")
+        images = read_images(table["rlnReferenceImage"])
+        _, header_pixel = read_mrc(str(table["rlnReferenceImage"].iloc[0]).split("@")[-1])
+    else:
+        images, header_pixel = read_mrc(path)
+    images = images.reshape((-1,) + images.shape[-2:])
+    pixel = options.reference_pixel_angst if options.reference_pixel_angst > 0 else header_pixel
+    if pixel <= 0:
+        raise InputError("reference pixel size unknown", path=path, field="angpix_ref",
+                         expected="a pixel size in the MRC header or angpix_ref")
+    from vitrify.preprocess.template_pick import resolve_diameter
+
+    template = resolve_diameter(options.template or TemplatePickOptions(), images.shape, pixel)
+    return torch.as_tensor(images), pixel, template
+
+
+def _pick_log(image, row: pd.Series, options: Options, context: dict) -> Picks:
     from vitrify.preprocess.picking import pick_log
 
-    return pick_log(image, pixel_size_angst, options.log)
+    return pick_log(image, float(row["rlnMicrographPixelSize"]), options.log)
 
 
-def _pick_topaz(image, pixel_size_angst: float, options: Options) -> Picks:
-    try:
-        import topaz  # noqa: F401
-    except ImportError:
-        raise InputError("Topaz picking needs the optional topaz-em package, which is not installed",
-                         field="method", expected="'pip install --no-deps topaz-em' or --method log") from None
+def _micrograph_ctf(row: pd.Series):
+    from vitrify.preprocess.template_pick import MicrographCtf
+
+    needed = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
+    if not all(label in row.index and pd.notna(row[label]) for label in needed):
+        return None
+    return MicrographCtf(float(row["rlnDefocusU"]), float(row["rlnDefocusV"]), float(row["rlnDefocusAngle"]),
+                         float(row.get("rlnVoltage", 300.0)), float(row.get("rlnSphericalAberration", 2.7)),
+                         float(row.get("rlnAmplitudeContrast", 0.1)), float(row.get("rlnPhaseShift", 0.0) or 0.0))
+
+
+def _pick_template(image, row: pd.Series, options: Options, context: dict) -> Picks:
+    from vitrify.preprocess.template_pick import pick_templates
+
+    references, ref_pixel, template = context["references"]
+    return pick_templates(image, float(row["rlnMicrographPixelSize"]), references.to(image.device), ref_pixel,
+                          template, _micrograph_ctf(row))
+
+
+def _pick_topaz(image, row: pd.Series, options: Options, context: dict) -> Picks:
     from vitrify.preprocess.topaz_pick import pick_topaz
 
-    return pick_topaz(image, pixel_size_angst, options.topaz_diameter_angst, options.topaz_model)
+    return pick_topaz(image, float(row["rlnMicrographPixelSize"]), options.topaz_diameter_angst,
+                      options.topaz_model, options.topaz_threshold)
 
 
-#: method name → picker(image (ny, nx) tensor, pixel size Å, options) → Picks
-PICKERS: dict[str, Callable[..., Picks]] = {"log": _pick_log, "topaz": _pick_topaz}
+#: method name → picker(image (ny, nx) tensor, micrograph row, options, context) → Picks
+PICKERS: dict[str, Callable[..., Picks]] = {"log": _pick_log, "template": _pick_template, "topaz": _pick_topaz}
 
 
 def coordinates_table(picks: Picks) -> pd.DataFrame:
     """RELION's per-micrograph coordinate table for ``picks``."""
     n = len(picks)
+    classes = picks.class_number if picks.class_number is not None else np.zeros(n, dtype=int)
+    psi = picks.psi_deg if picks.psi_deg is not None else np.full(n, -999.0)
     return pd.DataFrame({"rlnCoordinateX": picks.x_px.astype(float), "rlnCoordinateY": picks.y_px.astype(float),
-                         "rlnClassNumber": np.zeros(n, dtype=int),
+                         "rlnClassNumber": np.asarray(classes, dtype=int),
                          "rlnAutopickFigureOfMerit": picks.figure_of_merit.astype(float),
-                         "rlnAnglePsi": np.full(n, -999.0)})
+                         "rlnAnglePsi": np.asarray(psi, dtype=float)})
+
+
+def _diameter_angst(options: Options, context: dict) -> float:
+    if options.method == "template":
+        return context["references"][2].diameter_angst
+    return options.topaz_diameter_angst if options.method == "topaz" else options.log.diameter_max_angst
 
 
 def _write_overlay(path: Path, image: np.ndarray, picks: Picks, radius_px: float) -> None:
@@ -130,7 +224,7 @@ def _write_overlay(path: Path, image: np.ndarray, picks: Picks, radius_px: float
     plt.close(fig)
 
 
-def _pick_one(row: pd.Series, options: Options, job_dir: Path, device, png: bool) -> Path:
+def _pick_one(row: pd.Series, options: Options, job_dir: Path, context: dict, png: bool) -> Path:
     import torch
 
     from vitrify.io.mrc import read_mrc
@@ -141,15 +235,15 @@ def _pick_one(row: pd.Series, options: Options, job_dir: Path, device, png: bool
     if out.exists():
         return out
     data, _ = read_mrc(name)
-    image = torch.as_tensor(np.asarray(data, dtype=np.float32)).to(device)
+    image = torch.as_tensor(np.asarray(data, dtype=np.float32)).to(context["device"])
     if float(image.std()) == 0.0:
         raise InputError("micrograph is blank", path=name, expected="an image with signal")
     pixel = float(row["rlnMicrographPixelSize"])
-    picks = PICKERS[options.method](image, pixel, options)
+    picks = PICKERS[options.method](image, row, options, context)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_star(out, {"": coordinates_table(picks)})
     if png:
-        radius = 0.5 * options.log.diameter_max_angst / pixel
+        radius = 0.5 * _diameter_angst(options, context) / pixel
         _write_overlay(out.with_suffix(".png"), np.asarray(data, dtype=np.float32), picks, radius)
     return out
 
@@ -163,7 +257,13 @@ def run(options: Options, job_dir: str | Path) -> Path:
 
     job_dir = Path(job_dir)
     log = logging.getLogger(f"vitrify.job.{job_dir.resolve()}")
-    device = resolve_device(options.device)
+    context = {"device": resolve_device(options.device)}
+    if options.method == "topaz":
+        from vitrify.preprocess.topaz_pick import require_topaz
+
+        require_topaz()
+    if options.method == "template":
+        context["references"] = load_references(options)
     star = read_star_optics(options.input_star, "micrographs")
     skips = Skips(job_dir)
     mics, files = [], []
@@ -171,7 +271,7 @@ def run(options: Options, job_dir: str | Path) -> Path:
         check_abort(job_dir)
         row = star.merged.iloc[i]
         try:
-            out = _pick_one(row, options, job_dir, device, png=i < options.n_png)
+            out = _pick_one(row, options, job_dir, context, png=i < options.n_png)
         except InputError as err:
             skips.add(str(row["rlnMicrographName"]), str(err), log)
             continue
