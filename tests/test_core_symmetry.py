@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from vitrify.core.symmetry import parse_symmetry, rotate_volume, symmetrise_volume, \
-    symmetry_matrices
+from vitrify.core.euler import angular_distance_deg, euler_to_matrix
+from vitrify.core.projector import project_real
+from vitrify.core.symmetry import equivalent_orientations, parse_symmetry, rotate_volume, \
+    symmetric_angular_distance_deg, symmetrise_volume, symmetry_matrices
 from vitrify.io.errors import InputError
 
 GROUPS = {"C1": 1, "C2": 2, "C5": 5, "C11": 11, "D1": 2, "D2": 4, "D6": 12, "T": 12, "O": 24,
@@ -161,3 +163,34 @@ def test_rotate_volume_quarter_turn_is_exact(device):
             xs, ys = -y + 4, x + 4  # R @ (x, y) = (-y, x) for a +90° active turn
             expected[:, yi, xi] = vol[:, ys, xs] if 0 <= xs < 8 and 0 <= ys < 8 else 0
     assert torch.allclose(rotated[inner], expected[inner], atol=1e-5)
+
+
+def test_equivalent_orientations_give_the_same_projection(device):
+    n = 24
+    vol = symmetrise_volume(_smooth_random_volume(n, device), "D3")
+    a = euler_to_matrix(torch.tensor([31.0]), torch.tensor([64.0]), torch.tensor([-112.0])).to(device)
+    mates = equivalent_orientations(a, "D3")[0]  # (6, 3, 3): A R
+    assert mates.shape == (6, 3, 3) and torch.allclose(mates[0], a[0])
+    images = project_real(vol, mates)
+    ref = images[0].reshape(1, -1)
+    corr = torch.nn.functional.cosine_similarity(images.reshape(6, -1), ref)
+    assert float(corr.min()) > 0.99
+    # R A (the other side) is not a symmetry of the images
+    wrong = project_real(vol, torch.einsum("kij,jl->kil", symmetry_matrices("D3", device=device), a[0]))
+    assert float(torch.nn.functional.cosine_similarity(wrong.reshape(6, -1), ref)[1:].max()) < 0.9
+
+
+def test_symmetric_angular_distance():
+    gen = torch.Generator().manual_seed(5)
+    angles = torch.rand(50, 3, generator=gen, dtype=torch.float64) * torch.tensor([360.0, 180.0, 360.0],
+                                                                                  dtype=torch.float64)
+    a = euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2])
+    mats = symmetry_matrices("O", dtype=torch.float64)
+    b = a @ mats[torch.arange(50) % 24]
+    assert float(symmetric_angular_distance_deg(a, b, "O").max()) < 1e-5
+    plain = angular_distance_deg(a, b)
+    assert float(plain.max()) > 80.0
+    c = euler_to_matrix(angles[:, 0] + 3.0, angles[:, 1], angles[:, 2])
+    sym = symmetric_angular_distance_deg(a, c @ mats[7], "O")
+    assert torch.allclose(sym, angular_distance_deg(a, c), atol=1e-5)
+    assert torch.allclose(symmetric_angular_distance_deg(a, c, "C1"), angular_distance_deg(a, c))

@@ -24,6 +24,10 @@ geometry of the polyhedra instead of typed in as decimals. ``φ = (1 + √5) / 2
 
 The operator set of a group is the same whether matrices act actively or passively (a group holds
 every inverse), so ``R`` can be used as ``V(R x) = V(x)`` or ``V(Rᵀ x) = V(x)`` alike.
+
+Equivalent particle orientations: a projection samples ``V(Aᵀ r)`` (:mod:`vitrify.core.euler`); with
+``V(R x) = V(x)``, ``(A Rᵀ)ᵀ r = R Aᵀ r`` gives the same image, so ``A`` and ``A R`` (R in the group)
+are the same view (what ``relion_particle_symmetry_expand`` enumerates).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ import torch
 from vitrify.io.errors import InputError
 
 __all__ = ["parse_symmetry", "symmetry_matrices", "symmetry_order", "axis_rotation",
-           "rotate_volume", "symmetrise_volume"]
+           "rotate_volume", "symmetrise_volume", "equivalent_orientations",
+           "symmetric_angular_distance_deg"]
 
 _PHI = (1.0 + math.sqrt(5.0)) / 2.0
 _FIVE_TWO = (1.0, 0.0, _PHI)  # 5-fold of I2 / 2-fold of I4: 31.72° from z in the xz-plane
@@ -190,3 +195,20 @@ def symmetrise_volume(volume: torch.Tensor, name: str) -> torch.Tensor:
     for start in range(0, mats.shape[0], 12):
         total += rotate_volume(volume, mats[start:start + 12]).sum(0)
     return total / mats.shape[0]
+
+
+def equivalent_orientations(rotations: torch.Tensor, name: str) -> torch.Tensor:
+    """Symmetry-equivalent particle matrices ``A R``: ``(..., 3, 3)`` -> ``(..., n_ops, 3, 3)``.
+
+    Index 0 is ``A`` itself (the identity comes first).
+    """
+    mats = symmetry_matrices(name, device=rotations.device, dtype=rotations.dtype)
+    return torch.einsum("...ij,kjl->...kil", rotations, mats)
+
+
+def symmetric_angular_distance_deg(a: torch.Tensor, b: torch.Tensor, name: str) -> torch.Tensor:
+    """Smallest rotation angle (degrees) between ``a`` and any ``b R``; ``(..., 3, 3)`` broadcast."""
+    mates = equivalent_orientations(b, name)
+    trace = torch.einsum("...ij,...kij->...k", a, mates)
+    best = torch.clamp((trace.amax(-1) - 1) / 2, -1.0, 1.0)
+    return torch.rad2deg(torch.acos(best))
