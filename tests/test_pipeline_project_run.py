@@ -206,3 +206,17 @@ def test_error_inside_a_job_is_in_run_err_when_the_marker_appears(tmp_path):
     assert "Traceback" not in err
     assert (tmp_path / name / "RELION_JOB_EXIT_FAILURE").exists()
     assert project.pipeline().output_edges == []
+
+
+def test_a_running_job_is_not_started_twice(tmp_path):
+    from vitrify.pipeline._notes import write_pid
+
+    project = Project.open(tmp_path)
+    name = _import_job(project, ["a.mrc"])
+    project.record_status(name, "Running")
+    write_pid(tmp_path, name, os.getpid())  # a live process owns the job
+    with pytest.raises(InputError, match="still running"):
+        project.run_job(name)
+    assert project.job_status(name) == "Running"
+    (tmp_path / name / "run.pid").unlink()
+    assert project.run_job(name, wait=True) == "Succeeded"  # nobody known to run it: it may start

@@ -143,6 +143,9 @@ class Project:
         with edit_pipeline(self.root) as state:
             proc = state.process(name, self.root / PIPELINE_FILE)
             job_dir = self.root / proc.name
+            if proc.status == "Running" and marker_status(job_dir) is None and self._known_alive(proc.name):
+                raise InputError(f"job {proc.name} is still running", path=job_dir,
+                                 expected="it to finish or be aborted first")
             clear_markers(job_dir)
             (job_dir / _notes.PID_FILE).unlink(missing_ok=True)
             job = read_job_star(job_dir / "job.star")
@@ -186,6 +189,14 @@ class Project:
                 (job_dir / EXIT_FAILURE).touch()
                 status = "Failed"
         return status or "Running"
+
+    def _known_alive(self, name: str) -> bool:
+        """True only when a local job process of ``name`` is known to be running."""
+        child = self._children.get(name)
+        if child is not None:
+            return child.poll() is None
+        pid = _notes.read_pid(self.root, name)
+        return pid is not None and _notes.pid_alive(pid)
 
     def _process_alive(self, name: str) -> bool:
         child = self._children.get(name)
