@@ -93,3 +93,16 @@ def test_c1_bad_input_and_load_structure(chain):
         build_assembly(chain, "C2", radius_angst=-5.0)
     trimer = load_structure("adk", symmetry="C3")
     assert trimer.n_atoms == 3 * chain.n_atoms and trimer.chain_names() == ["A", "B", "C"]
+
+
+def test_simulated_particles_of_an_assembly_have_a_symmetric_truth_map(tmp_path):
+    from vitrify.io.mrc import read_mrc
+    from vitrify.sim.particles import ParticleOptions, simulate_particles
+
+    options = ParticleOptions(structures=("adk",), n_particles=4, box_px=48, pixel_size_angst=3.0,
+                              snr=1.0, seed=3, symmetry="C3")
+    result = simulate_particles(options, tmp_path / "c3")
+    vol, _ = read_mrc(result.truth_maps[0])
+    vol = torch.as_tensor(np.asarray(vol, dtype=np.float32))
+    corr = _pearson(rotate_volume(vol, symmetry_matrices("C3")[1:]), vol)
+    assert float(corr.min()) > 0.95
