@@ -129,3 +129,22 @@ def test_options_validate_and_map_from_job_star():
     em = options_from_job_star({"fn_img": "p.star", "nr_classes": "5", "do_grad": "No", "nr_iter": "25",
                                 "particle_diameter": "100"})
     assert em.algorithm == "em" and em.iterations == 25
+
+
+def test_ignore_ctf_until_first_peak_flattens_the_low_frequencies(dataset):
+    import torch
+
+    from vitrify.jobs._class2d_data import load_particles, validate_input
+    from vitrify.ml.window import make_window
+
+    star, _ = dataset
+    inp = validate_input(star, 3, True)
+    win = make_window(inp.box_px)
+    full = load_particles(inp, win, 28.0, True, False, torch.device("cpu"))
+    intact = load_particles(inp, win, 28.0, True, True, torch.device("cpu"))
+    low = win.pixels_within(2)  # well before the first CTF peak at these defoci
+    assert torch.allclose(intact.ctf[:, :low], torch.ones_like(intact.ctf[:, :low]))
+    assert float(full.ctf[:, :low].max()) < 0.9  # the real CTF is far from 1 there
+    beyond = win.pixels_within(win.radius) - 50  # high frequencies are untouched
+    assert torch.allclose(intact.ctf[:, beyond:], full.ctf[:, beyond:])
+    assert torch.allclose(intact.ft, full.ft)

@@ -6,8 +6,9 @@ import math
 
 import torch
 
-from vitrify.ml.estep import EStepSums, phase_table, run_block, significant_weights
-from vitrify.ml.expectation import TemplateCache, build_hypotheses, make_sampling
+from vitrify.ml.estep import Batch, EStepSums, run_block, significant_weights
+from vitrify.ml.expectation import (EStepSettings, TemplateCache, build_pass_grid, coarse_radius,
+                                    make_sampling)
 from vitrify.ml.fourier2d import image_ft, images_from_padded, padded_ft
 from vitrify.ml.model import MlModel
 from vitrify.ml.templates import (make_rotation_table, sample_templates, scatter_to_grids,
@@ -46,29 +47,28 @@ def test_estep_log_likelihood_matches_float64_direct_sum():
     win = make_window(n, 10)
     p = win.size
     model = _model(torch.randn(k, n, n), [0.2, 0.3, 0.5])
-    hyp = build_hypotheses(model, make_sampling(30, 1.5, 1), win, p, 2.0, TemplateCache())
     x = pack(image_ft(torch.randn(b, n, n)), win) * 3
     ctf = torch.rand(b, p) + 0.2
     prev = torch.randn(b, 2)
-    inv = torch.full((p,), 1e3)
-    stacked = torch.cat([hyp.templates.real, hyp.templates.imag], 1).t().contiguous()
-    power = (hyp.templates.abs() ** 2).t().contiguous()
-    table = phase_table(hyp.shifts_px, win.kx, win.ky, n)
-    sums = EStepSums.zeros(1, hyp.templates.shape[0], k, 1, win.shell, win.radius + 1)
-    res = run_block(x, ctf, prev, torch.zeros(b, dtype=torch.long), 0, inv, win.half_weight, win.kx,
-                    win.ky, n, hyp, stacked, power, table, sums, 0.999, 0)
+    samp = make_sampling(30, 1.5, 1)
+    grid = build_pass_grid(model, samp, win, EStepSettings(max_significant=0), TemplateCache())
+    templates = grid.coarse.rows[:, :p] + 1j * grid.coarse.rows[:, p:]
+    sums = EStepSums.zeros(1, grid, 1, win.shell, win.radius + 1)
+    res = run_block(Batch(x, ctf, prev, torch.zeros(b, dtype=torch.long), 0, torch.full((p,), 1e3),
+                          win.half_weight, win.kx, win.ky, n), grid, sums)
     # direct: -sum h |x s - c P|^2 / (2 sigma2) + log priors, in float64
-    t = hyp.templates.to(torch.complex128)
-    off = prev[:, None, :].double() + hyp.shifts_px[None].double()
+    t = templates.to(torch.complex128)
+    off = prev[:, None, :].double() + samp.shifts_px[None].double()
     ph = torch.exp(-2j * math.pi * (off[..., :1] * win.kx.double() + off[..., 1:] * win.ky.double()) / n)
     diff = (x.to(torch.complex128)[:, None, :] * ph)[:, :, None, :] - ctf.double()[:, None, None, :] * t
     d2 = (diff.abs() ** 2 * win.half_weight.double() * 1e3).sum(-1) / 2
     log_prior = -(off ** 2).sum(-1) / 8.0
-    total = -d2 + log_prior[:, :, None] + torch.log(model.pdf_class).repeat_interleave(hyp.n_psi)
+    n_psi = samp.psi_deg.shape[0]
+    total = -d2 + log_prior[:, :, None] + torch.log(model.pdf_class).repeat_interleave(n_psi)
     ll = torch.logsumexp(total.reshape(b, -1), 1)
     assert float((ll - res.log_likelihood).abs().max()) < 1e-3
     best = total.reshape(b, -1).argmax(1) % total.shape[2]
-    assert torch.equal(res.best_class, best // hyp.n_psi)
+    assert torch.equal(res.best_class, best // n_psi)
     assert torch.allclose(sums.class_weight.sum(), torch.tensor(float(b), dtype=torch.float64))
 
 
@@ -126,3 +126,73 @@ def test_templates_match_real_space_rotation_and_scatter_is_the_adjoint():
 def test_padded_transform_round_trips():
     refs = torch.randn(2, 16, 16)
     assert torch.allclose(images_from_padded(padded_ft(refs, 2), 16), refs, atol=1e-5)
+
+
+def test_fine_pass_log_likelihood_matches_the_float64_fine_grid():
+    """Oversampling 1 with nothing truncated: LL = logsumexp over the full fine grid - log 8."""
+    torch.manual_seed(3)
+    n, k, b = 32, 2, 5
+    win = make_window(n, 9)
+    p = win.size
+    model = _model(torch.randn(k, n, n) * 0.3, [0.4, 0.6])
+    samp = make_sampling(30, 2.0, 2.0)
+    settings = EStepSettings(adaptive_fraction=1.0, max_significant=0, oversampling=1, fine_cap=10 ** 6)
+    grid = build_pass_grid(model, samp, win, settings, TemplateCache())
+    x = pack(image_ft(torch.randn(b, n, n)), win) * 3
+    ctf = torch.rand(b, p) + 0.2
+    prev = torch.randn(b, 2)
+    sums = EStepSums.zeros(1, grid, 1, win.shell, win.radius + 1)
+    res = run_block(Batch(x, ctf, prev, torch.zeros(b, dtype=torch.long), 0, torch.full((p,), 1e3),
+                          win.half_weight, win.kx, win.ky, n), grid, sums)
+    f = grid.fine
+    templates = (f.rows[:, :p] + 1j * f.rows[:, p:]).to(torch.complex128)
+    off = prev[:, None, :].double() + f.shifts_px[None].double()
+    ph = torch.exp(-2j * math.pi * (off[..., :1] * win.kx.double() + off[..., 1:] * win.ky.double()) / n)
+    diff = (x.to(torch.complex128)[:, None, :] * ph)[:, :, None, :] - ctf.double()[:, None, None, :] * templates
+    d2 = (diff.abs() ** 2 * win.half_weight.double() * 1e3).sum(-1) / 2
+    total = -d2 - (off ** 2).sum(-1)[:, :, None] / 8.0 + torch.log(model.pdf_class).repeat_interleave(f.n_psi)
+    ll = torch.logsumexp(total.reshape(b, -1), 1) - math.log(8.0)
+    assert float((ll - res.log_likelihood).abs().max()) < 1e-3
+    best = total.reshape(b, -1).argmax(1)
+    best_r = best % total.shape[2]
+    assert torch.equal(res.best_class, best_r // f.n_psi)
+    assert torch.allclose(res.best_psi_deg, f.psi_deg[best_r % f.n_psi])
+    assert torch.allclose(res.best_offset_px, off[torch.arange(b), best // total.shape[2]].float())
+    assert torch.equal(res.n_fine, 8 * res.n_significant)
+    assert abs(float(sums.class_weight.sum()) - b) < 1e-4
+    n_coarse = grid.coarse.rows.shape[0] * samp.shifts_px.shape[0]
+    assert sums.n_hypotheses == b * n_coarse + int(res.n_fine.sum())
+
+
+def test_oversampling_recovers_off_grid_poses_that_the_coarse_grid_misses():
+    from _ml_synth import shapes, transform
+
+    from vitrify.ml.expectation import expectation
+    from vitrify.ml.model import ParticleSet
+    from vitrify.ml.starts import initial_sigma2, pack_particles
+
+    n, count = 48, 24
+    ref = shapes(n)[:1]
+    g = torch.Generator().manual_seed(5)
+    psi_true = 12.0 * torch.randint(0, 30, (count,), generator=g) + 3.0  # a quarter coarse step off
+    shift_true = torch.tensor([0.5, -0.5]).repeat(count, 1)
+    imgs = transform(ref.repeat(count, 1, 1), psi_true, shift_true)
+    imgs = imgs + 0.05 * torch.randn(imgs.shape, generator=g)
+    win = make_window(n)
+    ft, ctf = pack_particles(imgs, None, win, 40.0)
+    parts = ParticleSet(ft=ft, ctf=ctf, group=torch.zeros(count, dtype=torch.long), n_groups=1,
+                        offset_px=torch.zeros(count, 2))
+    from vitrify.ml.starts import flatten_solvent
+
+    model = _model(flatten_solvent(ref, 20.0), [1.0], radius=20)
+    model.sigma2 = initial_sigma2(parts, win) * 0.05
+    errors = {}
+    for ovs in (0, 1):
+        parts.offset_px.zero_()
+        settings = EStepSettings(oversampling=ovs, coarse_radius=coarse_radius(n, 12.0, 40.0, ovs))
+        expectation(model, parts, torch.arange(count), make_sampling(12.0, 2.0, 2.0), win, settings,
+                    TemplateCache())
+        dpsi = torch.remainder(parts.psi_deg - psi_true + 180.0, 360.0) - 180.0
+        errors[ovs] = (float(dpsi.abs().max()), float((parts.offset_px - shift_true).abs().max()))
+    assert errors[0][0] > 2.5 and errors[0][1] > 0.4  # coarse: psi 3 deg and 0.5 px off
+    assert errors[1][0] < 0.5 and errors[1][1] < 0.05  # fine children hit the truth

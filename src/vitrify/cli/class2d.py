@@ -22,6 +22,7 @@ def register(app: typer.Typer) -> None:
         offset_range: float = typer.Option(5.0, "--offset-range", help="Offset search range (px)."),
         offset_step: float = typer.Option(2.0, "--offset-step", help="Offset search step (px)."),
         tau2_fudge: float = typer.Option(2.0, "--tau2-fudge", help="Regularisation parameter T."),
+        oversampling: int = typer.Option(1, "--oversampling", help="1: coarse pass + fine pass (RELION); 0: one pass."),
         ctf: bool = typer.Option(True, "--ctf/--no-ctf", help="CTF correction."),
         first_peak: bool = typer.Option(False, "--ctf-intact-first-peak", help="Ignore CTFs until first peak."),
         inactivity: float = typer.Option(0.1, "--class-inactivity-threshold", help="VDAM class replacement."),
@@ -37,7 +38,7 @@ def register(app: typer.Typer) -> None:
 
         options = Options(input_star=i, n_classes=k, particle_diameter_angst=diameter, algorithm=algorithm,
                           nr_iter=iterations, psi_step_deg=psi_step, offset_range_px=offset_range,
-                          offset_step_px=offset_step, tau2_fudge=tau2_fudge, do_ctf=ctf,
+                          offset_step_px=offset_step, tau2_fudge=tau2_fudge, oversampling=oversampling, do_ctf=ctf,
                           ctf_intact_first_peak=first_peak, class_inactivity_threshold=inactivity,
                           grad_write_iter=write_iter, threads=threads, device=device, seed=seed,
                           continue_from=cont)

@@ -116,6 +116,7 @@ def resume_state(options, device: torch.device) -> ResumeState:
                          expected=f"more than {it}")
     new = replace(options, input_star=str(data_path), n_classes=model.n_classes, algorithm=algorithm,
                   nr_iter=nr_iter, seed=int(opt["rlnRandomSeed"]),
+                  oversampling=int(opt.get("rlnAdaptiveOversampleOrder", options.oversampling)),
                   particle_diameter_angst=float(opt["rlnParticleDiameter"]), continue_from="")
     data = read_star(data_path)["particles"]
     moments = _moments(model_path, model, device) if algorithm == "vdam" else None

@@ -49,6 +49,7 @@ class Options:
     ini_subset: int = -1
     fin_subset: int = -1
     max_significant: int = -1
+    oversampling: int = 1
     seed: int = 1
     threads: int = 0
     device: str = "auto"
@@ -78,6 +79,8 @@ class Options:
             bad("--seed", "seed 0 is not allowed with VDAM (RELION)", "a non-zero seed")
         if self.nr_iter == 0 or self.nr_iter < -1:
             bad("--iter", f"{self.nr_iter} iterations", "a positive number")
+        if self.oversampling not in (0, 1):
+            bad("--oversampling", f"oversampling {self.oversampling}", "0 (coarse pass only) or 1")
         if self.grad_write_iter < 1:
             bad("--grad-write-iter", f"{self.grad_write_iter}", "at least 1")
 
@@ -123,7 +126,7 @@ def _settings(options: Options, diameter_px: float, device: torch.device) -> Eng
                           tau2_fudge=options.tau2_fudge, particle_diameter_px=diameter_px,
                           max_significant=options.max_significant,
                           class_inactivity_threshold=options.class_inactivity_threshold,
-                          seed=options.seed, budget_bytes=budget * 2 ** 20,
+                          seed=options.seed, budget_bytes=budget * 2 ** 20, oversampling=options.oversampling,
                           ini_subset=options.ini_subset, fin_subset=options.fin_subset)
 
 
@@ -199,7 +202,7 @@ class _Writer:
             "rlnModelStarFile": _relative(paths["model"]), "rlnExperimentalDataStarFile": _relative(paths["data"]),
             "rlnOrientSamplingStarFile": _relative(paths["sampling"]), "rlnCurrentIteration": it,
             "rlnNumberOfIterations": o.iterations, "rlnDoSplitRandomHalves": 0,
-            "rlnAdaptiveOversampleOrder": 0, "rlnAdaptiveOversampleFraction": clf.settings.adaptive_fraction,
+            "rlnAdaptiveOversampleOrder": o.oversampling, "rlnAdaptiveOversampleFraction": clf.settings.adaptive_fraction,
             "rlnRandomSeed": o.seed, "rlnParticleDiameter": self._diameter_angst(), "rlnWidthMaskEdge": 5,
             "rlnDoZeroMask": 1, "rlnDoSolventFlattening": 1, "rlnSolventMaskName": "None",
             "rlnTauSpectrumName": "None", "rlnMaximumCoarseImageSize": -1, "rlnHighresLimitExpectation": -1.0,

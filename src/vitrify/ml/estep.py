@@ -1,4 +1,4 @@
-"""The 2D expectation step: one real GEMM per particle block, posterior, M-step sums.
+"""The 2D expectation step of one particle block: coarse GEMM pass, posterior, M-step sums.
 
 For a particle ``x`` (packed window pixels), CTF ``c``, noise ``sigma2`` and half-plane
 weight ``h``, the log-likelihood of template ``P_r`` (class x psi) at shift ``t`` is
@@ -13,9 +13,14 @@ of ``T`` offset steps is one ``(T, P)`` table shared by all particles.
 Posterior: log priors (class fraction, Gaussian offset prior) are added, the per-particle
 maximum subtracted, weights below ``exp(-87)`` zeroed, and only the smallest set of
 hypotheses holding ``adaptive_fraction`` of the mass (at most ``max_significant``) is
-kept (RELION's significance rule). The M-step sums are accumulated densely in the
-template frame: ``data_r = sum w * h c x s / sigma2`` (a second GEMM) and
-``weight_r = sum w * h c^2 / sigma2``.
+kept (RELION's significance rule).
+
+Adaptive oversampling (RELION ``--oversampling 1``): the coarse pass runs inside the
+coarse window (a prefix of the current one); particles whose significant set is small
+(``<= fine_cap``) go through :mod:`vitrify.ml.finepass` (children of the significant
+coarse poses at half the psi and offset steps, current window), the others keep their
+coarse weights. M-step sums are kept per template frame (coarse, fine) in the current
+window: ``data_r = sum w h c x s / sigma2`` and ``weight_r = sum w h c^2 / sigma2``.
 """
 
 from __future__ import annotations
@@ -30,16 +35,18 @@ NEG_CLAMP = -87.0
 
 @dataclass(frozen=True)
 class Hypotheses:
-    """The search grid shared by all particles of a pass.
+    """The coarse search grid shared by all particles of a pass.
 
     Attributes
     ----------
     templates
-        ``(R, P)`` complex64, R = K * n_psi rotated class templates (class-major).
+        ``(R, P)`` complex64, R = K * n_psi rotated class templates (class-major), current window.
     log_prior_class
         ``(R,)`` float32, log class fraction of each template's class.
     shifts_px
         ``(T, 2)`` float32 (x, y) offset steps added to each particle's previous offset.
+    psi_deg
+        ``(n_psi,)`` in-plane angles of the grid.
     n_classes, n_psi
         Shape of R.
     sigma_offset_px
@@ -49,9 +56,73 @@ class Hypotheses:
     templates: torch.Tensor
     log_prior_class: torch.Tensor
     shifts_px: torch.Tensor
+    psi_deg: torch.Tensor
     n_classes: int
     n_psi: int
     sigma_offset_px: float
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Scoring/accumulation arrays of one template frame in a window of ``P`` pixels.
+
+    ``rows`` ``(R, 2P)`` float32 ``[Re | Im]`` templates, ``power`` ``(R, P)`` ``|P_r|^2``,
+    ``table`` ``(T, P)`` complex64 phase table of ``shifts_px`` ``(T, 2)``, ``log_prior_class``
+    ``(R,)``, ``psi_deg`` ``(n_psi,)``; ``R = n_classes * n_psi``.
+    """
+
+    rows: torch.Tensor
+    power: torch.Tensor
+    table: torch.Tensor
+    shifts_px: torch.Tensor
+    log_prior_class: torch.Tensor
+    psi_deg: torch.Tensor
+    n_psi: int
+
+    @property
+    def n_pixels(self) -> int:
+        """P."""
+        return int(self.power.shape[1])
+
+
+@dataclass(frozen=True)
+class PassGrid:
+    """What every block of a pass shares.
+
+    ``coarse`` scores inside the coarse window (``p_coarse`` pixels); ``coarse_full`` is the
+    same grid in the current window (accumulation); ``fine`` the oversampled grid or None;
+    ``fine_cap`` the largest coarse significant set refined by the fine pass.
+    """
+
+    coarse: Frame
+    coarse_full: Frame
+    fine: Frame | None
+    n_classes: int
+    sigma_offset_px: float
+    fraction: float
+    max_significant: int
+    fine_cap: int
+    budget_bytes: int
+
+
+@dataclass
+class Batch:
+    """One block of ``B`` particles of one optics group (current-window pixels ``P``).
+
+    ``x`` ``(B, P)`` complex64, ``ctf`` ``(B, P)``, ``prev_offset_px`` ``(B, 2)``, ``half`` ``(B,)``
+    long, ``inv_sigma2`` / ``hw`` / ``kx`` / ``ky`` ``(P,)`` spectra, half weights, frequencies.
+    """
+
+    x: torch.Tensor
+    ctf: torch.Tensor
+    prev_offset_px: torch.Tensor
+    half: torch.Tensor
+    group: int
+    inv_sigma2: torch.Tensor
+    hw: torch.Tensor
+    kx: torch.Tensor
+    ky: torch.Tensor
+    box_px: int
 
 
 @dataclass
@@ -59,43 +130,62 @@ class BlockResult:
     """Per-particle outcome of a block (``B`` particles); tensors on the engine's device."""
 
     best_class: torch.Tensor      # (B,) long
-    best_psi_index: torch.Tensor  # (B,) long
+    best_psi_deg: torch.Tensor    # (B,) float32
     best_offset_px: torch.Tensor  # (B, 2) float32 absolute (x, y)
     pmax: torch.Tensor            # (B,) float32
-    n_significant: torch.Tensor   # (B,) long
+    n_significant: torch.Tensor   # (B,) long, coarse significant samples
     log_likelihood: torch.Tensor  # (B,) float64
+    n_fine: torch.Tensor = None   # (B,) long, fine hypotheses evaluated
+
+
+@dataclass
+class FrameSums:
+    """Template-frame sums ``data`` ``(H, R, P)`` complex64 and ``weight`` ``(H, R, P)`` float32."""
+
+    data: torch.Tensor
+    weight: torch.Tensor
+    psi_deg: torch.Tensor
 
 
 @dataclass
 class EStepSums:
     """M-step sums of one E-step pass, per half-set ``H`` (1 for EM, 2 for VDAM).
 
-    ``data`` ``(H, R, P)`` complex, ``weight`` ``(H, R, P)`` float32 (template frame);
+    ``frames`` maps "coarse" (and "fine" with oversampling) to :class:`FrameSums`;
     ``class_weight`` ``(K,)``, ``sigma2`` ``(G, S)`` and ``group_count`` ``(G,)`` float64
     (G optics groups, S = window radius + 1 shells), ``offset_sq`` (weighted sum of squared
-    offsets, px^2), ``shell_of`` ``(P,)`` long (shell of each window pixel) and ``n_particles``.
+    offsets, px^2), ``shell_of`` ``(P,)`` long (shell of each window pixel), ``n_particles``
+    and ``n_hypotheses`` (coarse + fine likelihood evaluations).
     """
 
-    data: torch.Tensor
-    weight: torch.Tensor
+    frames: dict[str, FrameSums]
     class_weight: torch.Tensor
     sigma2: torch.Tensor
     group_count: torch.Tensor
     offset_sq: torch.Tensor
     shell_of: torch.Tensor
     n_particles: int = 0
+    n_hypotheses: int = 0
+    pending_model_term: torch.Tensor | None = None
 
     @classmethod
-    def zeros(cls, halves: int, r: int, k: int, groups: int, shell_of: torch.Tensor,
+    def zeros(cls, halves: int, grid: PassGrid, groups: int, shell_of: torch.Tensor,
               n_shells: int) -> "EStepSums":
-        """Empty sums for R templates, P = len(shell_of) pixels, K classes, G groups, S shells."""
+        """Empty sums for the frames of ``grid``, P = len(shell_of) pixels, G groups, S shells."""
         device, p = shell_of.device, shell_of.shape[0]
         f64 = dict(device=device, dtype=torch.float64)
-        return cls(data=torch.zeros(halves, r, p, device=device, dtype=torch.complex64),
-                   weight=torch.zeros(halves, r, p, device=device),
-                   class_weight=torch.zeros(k, **f64), sigma2=torch.zeros(groups, n_shells, **f64),
-                   group_count=torch.zeros(groups, **f64), offset_sq=torch.zeros((), **f64),
-                   shell_of=shell_of)
+
+        def frame(f: Frame) -> FrameSums:
+            r = f.rows.shape[0]
+            return FrameSums(torch.zeros(halves, r, p, device=device, dtype=torch.complex64),
+                             torch.zeros(halves, r, p, device=device), f.psi_deg)
+
+        frames = {"coarse": frame(grid.coarse_full)}
+        if grid.fine is not None:
+            frames["fine"] = frame(grid.fine)
+        return cls(frames=frames, class_weight=torch.zeros(grid.n_classes, **f64),
+                   sigma2=torch.zeros(groups, n_shells, **f64), group_count=torch.zeros(groups, **f64),
+                   offset_sq=torch.zeros((), **f64), shell_of=shell_of)
 
 
 def phase_table(shifts_px: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor, n: int) -> torch.Tensor:
@@ -114,24 +204,25 @@ def stack_real(z: torch.Tensor) -> torch.Tensor:
     return torch.cat([z.real, z.imag], dim=-1).float()
 
 
-def score_block(y_shifted: torch.Tensor, q: torch.Tensor, templates_stacked: torch.Tensor,
-                template_power: torch.Tensor) -> torch.Tensor:
+def make_frame(templates: torch.Tensor, n_pixels: int, shifts_px: torch.Tensor, kx: torch.Tensor,
+               ky: torch.Tensor, n: int, log_prior_class: torch.Tensor, psi_deg: torch.Tensor) -> Frame:
+    """A :class:`Frame` from ``(R, P')`` complex templates cut to their first ``n_pixels`` pixels."""
+    t = templates[:, :n_pixels]
+    return Frame(rows=stack_real(t).contiguous(), power=(t.real ** 2 + t.imag ** 2).float().contiguous(),
+                 table=phase_table(shifts_px, kx[:n_pixels], ky[:n_pixels], n), shifts_px=shifts_px,
+                 log_prior_class=log_prior_class, psi_deg=psi_deg, n_psi=int(psi_deg.shape[0]))
+
+
+def score_block(y_shifted: torch.Tensor, q: torch.Tensor, rows: torch.Tensor,
+                power: torch.Tensor) -> torch.Tensor:
     """Scores ``(B, T, R)`` without the per-particle constant or priors.
 
-    Parameters
-    ----------
-    y_shifted
-        ``(B, T, 2P)`` float32, stacked ``h c x s_t / sigma2``.
-    q
-        ``(B, P)`` float32, ``h c^2 / sigma2``.
-    templates_stacked
-        ``(2P, R)`` float32.
-    template_power
-        ``(P, R)`` float32, ``|P_r|^2``.
+    ``y_shifted`` ``(B, T, 2P)`` stacked ``h c x s_t / sigma2``; ``q`` ``(B, P)`` ``h c^2 / sigma2``;
+    ``rows`` ``(R, 2P)`` stacked templates; ``power`` ``(R, P)`` their ``|P_r|^2``.
     """
     b, t, p2 = y_shifted.shape
-    scores = torch.mm(y_shifted.reshape(b * t, p2), templates_stacked).reshape(b, t, -1)
-    bias = torch.mm(q, template_power)  # (B, R)
+    scores = torch.mm(y_shifted.reshape(b * t, p2), rows.t()).reshape(b, t, -1)
+    bias = torch.mm(q, power.t())  # (B, R)
     return scores.sub_(0.5 * bias[:, None, :])
 
 
@@ -150,16 +241,16 @@ def significant_weights(log_w: torch.Tensor, fraction: float, max_significant: i
     total = w.sum(dim=1, dtype=torch.float64)
     log_norm = top.squeeze(1).double() + torch.log(total)
     cap = w.shape[1] if max_significant <= 0 else min(int(max_significant), w.shape[1])
-    thresh, n_sig = _count_significant(w, total, fraction, cap)
+    thresh, n_sig = count_significant(w, total, fraction, cap)
     w = torch.where(w >= thresh, w, torch.zeros_like(w))
     kept = w.sum(dim=1, keepdim=True)
     pmax = (1.0 / total).float()  # the max weight is exp(0) = 1
     return w / kept, log_norm, pmax, n_sig
 
 
-def _count_significant(w: torch.Tensor, total: torch.Tensor, fraction: float, cap: int,
-                       first: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight threshold ``(B, 1)`` and number ``(B,)`` of the significant weights.
+def count_significant(w: torch.Tensor, total: torch.Tensor, fraction: float, cap: int,
+                      first: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight threshold ``(B, 1)`` and number ``(B,)`` of the significant weights of ``w`` ``(B, H)``.
 
     A top-``first`` pass settles most particles; only those whose ``first`` largest weights
     hold less than ``fraction`` of the mass are sorted further (up to ``cap``).
@@ -185,89 +276,119 @@ def _count_significant(w: torch.Tensor, total: torch.Tensor, fraction: float, ca
     return top.gather(1, (n_sig - 1)[:, None]), n_sig
 
 
-def run_block(x: torch.Tensor, ctf: torch.Tensor, prev_offset_px: torch.Tensor, half: torch.Tensor,
-              group: int, inv_sigma2: torch.Tensor, hw: torch.Tensor, kx: torch.Tensor,
-              ky: torch.Tensor, n: int, hyp: Hypotheses, stacked: torch.Tensor,
-              power: torch.Tensor, table: torch.Tensor, sums: EStepSums, fraction: float,
-              max_significant: int) -> BlockResult:
-    """E-step of one block of ``B`` particles of one optics group, accumulating into ``sums``.
+def offset_log_prior(offsets_px: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """Gaussian offset prior (centred on 0) of ``(..., 2)`` offsets -> ``(...)``."""
+    return -(offsets_px * offsets_px).sum(-1) / (2.0 * sigma_px ** 2)
 
-    Parameters
-    ----------
-    x
-        ``(B, P)`` complex64 particle transforms (window prefix).
-    ctf
-        ``(B, P)`` float32.
-    prev_offset_px
-        ``(B, 2)`` float32 previous (x, y) offsets.
-    half
-        ``(B,)`` long half-set (0 or 1; all 0 when ``sums`` has one half).
-    inv_sigma2, hw, kx, ky
-        ``(P,)`` window-prefix spectra: 1/sigma2 of the group, half weights, frequencies.
-    stacked, power
-        ``(2P, R)`` stacked templates and ``(P, R)`` their power.
-    table
-        ``(T, P)`` complex64 phase table of ``hyp.shifts_px``.
-    """
-    b, p = x.shape
-    t = table.shape[0]
-    y = x * (ctf * hw * inv_sigma2)
-    y = y * phase_table(prev_offset_px, kx, ky, n)  # fold the previous offset in
-    q = ctf * ctf * hw * inv_sigma2
-    ys = stack_real(y[:, None, :] * table[None])  # (B, T, 2P)
-    scores = score_block(ys, q, stacked, power)
-    offsets = prev_offset_px[:, None, :] + hyp.shifts_px[None]  # (B, T, 2)
-    log_prior_off = -(offsets * offsets).sum(-1) / (2.0 * hyp.sigma_offset_px ** 2)
-    scores += log_prior_off[:, :, None] + hyp.log_prior_class[None, None, :]
-    w, log_norm, pmax, n_sig = significant_weights(scores.reshape(b, -1), fraction, max_significant)
+
+def prepare(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y = h c x s_prev / sigma2`` and ``q = h c^2 / sigma2``, both ``(B, P)``."""
+    y = batch.x * (batch.ctf * batch.hw * batch.inv_sigma2)
+    y = y * phase_table(batch.prev_offset_px, batch.kx, batch.ky, batch.box_px)
+    return y, batch.ctf * batch.ctf * batch.hw * batch.inv_sigma2
+
+
+def run_block(batch: Batch, grid: PassGrid, sums: EStepSums) -> BlockResult:
+    """E-step of one block, accumulating into ``sums`` (coarse pass, then the fine pass if any)."""
+    from vitrify.ml.finepass import fine_pass
+
+    y, q = prepare(batch)
+    b = y.shape[0]
+    c = grid.coarse
+    pc = c.n_pixels
+    ys = stack_real(y[:, None, :pc] * c.table[None])  # (B, T, 2Pc)
+    scores = score_block(ys, q[:, :pc], c.rows, c.power)
+    t, r = scores.shape[1], scores.shape[2]
+    offsets = batch.prev_offset_px[:, None, :] + c.shifts_px[None]  # (B, T, 2)
+    scores += offset_log_prior(offsets, grid.sigma_offset_px)[:, :, None] + c.log_prior_class[None, None, :]
+    w, log_norm, pmax, n_sig = significant_weights(scores.reshape(b, -1), grid.fraction, grid.max_significant)
+    del scores
+    sums.n_hypotheses += b * t * r
+    const = 0.5 * (batch.x.real.double() ** 2 + batch.x.imag.double() ** 2).mul(
+        batch.hw * batch.inv_sigma2).sum(1)
     best = torch.argmax(w, dim=1)
-    best_t, best_r = best // scores.shape[2], best % scores.shape[2]
-    w = w.reshape(b, t, -1)
-    const = 0.5 * (x.real.double() ** 2 + x.imag.double() ** 2).mul(hw * inv_sigma2).sum(1)
-    _accumulate(sums, w, ys, q, x, hw, inv_sigma2, offsets, half, group, hyp, power, stacked)
-    return BlockResult(best_class=best_r // hyp.n_psi, best_psi_index=best_r % hyp.n_psi,
-                       best_offset_px=offsets[torch.arange(b, device=x.device), best_t],
-                       pmax=pmax, n_significant=n_sig, log_likelihood=log_norm - const)
+    best_t, best_r = best // r, best % r
+    res = BlockResult(best_class=best_r // c.n_psi, best_psi_deg=c.psi_deg[best_r % c.n_psi],
+                      best_offset_px=offsets[torch.arange(b, device=y.device), best_t],
+                      pmax=pmax, n_significant=n_sig, log_likelihood=log_norm - const,
+                      n_fine=torch.zeros(b, dtype=torch.long, device=y.device))
+    w = w.reshape(b, t, r)
+    fine = (n_sig <= grid.fine_cap) if grid.fine is not None else torch.zeros_like(n_sig, dtype=torch.bool)
+    coarse_rows = torch.nonzero(~fine).flatten()
+    if coarse_rows.numel():
+        full = ys if pc == y.shape[1] else None
+        accumulate_dense(sums, grid.coarse_full, w[coarse_rows], y[coarse_rows], q[coarse_rows],
+                         offsets[coarse_rows], batch.half[coarse_rows],
+                         None if full is None else full[coarse_rows], grid.n_classes)
+    fine_rows = torch.nonzero(fine).flatten()
+    if fine_rows.numel():
+        sub = fine_pass(y[fine_rows], q[fine_rows], w[fine_rows], batch.prev_offset_px[fine_rows],
+                        batch.half[fine_rows], grid, sums)
+        for name in ("best_class", "best_psi_deg", "best_offset_px", "pmax", "n_fine"):
+            getattr(res, name)[fine_rows] = getattr(sub, name)
+        res.log_likelihood[fine_rows] = sub.log_likelihood - const[fine_rows]
+    add_data_term(sums, batch)
+    return res
 
 
-def _weighted_template_sums(w: torch.Tensor, ys: torch.Tensor, dense_fraction: float = 0.05
-                            ) -> torch.Tensor:
-    """``w^T ys``: ``(M, R)`` weights x ``(M, 2P)`` rows -> ``(R, 2P)``.
+def _template_sums(w: torch.Tensor, rows: torch.Tensor, dense_fraction: float = 0.05) -> torch.Tensor:
+    """``w^T rows``: ``(M, R)`` weights x ``(M, 2P)`` rows -> ``(R, 2P)``, sparse when ``w`` is."""
+    if int((w != 0).sum()) > dense_fraction * w.numel():
+        return torch.mm(w.t(), rows)
+    return torch.sparse.mm(w.t().to_sparse(), rows)
 
-    Truncated posteriors are sparse (RELION's significance rule; at most ``maxsig`` per
-    particle in VDAM): below ``dense_fraction`` non-zeros the sum runs
-    over the non-zeros only (sparse x dense product), else one dense GEMM.
+
+def accumulate_dense(sums: EStepSums, frame: Frame, w: torch.Tensor, y: torch.Tensor, q: torch.Tensor,
+                     offsets: torch.Tensor, half: torch.Tensor, ys: torch.Tensor | None,
+                     n_classes: int) -> None:
+    """Add coarse-frame sums of ``B`` particles with weights ``w`` ``(B, T, R)`` (current window).
+
+    ``ys`` ``(B, T, 2P)`` are the shifted particles in the current window if already computed.
     """
-    sparse = w.t().to_sparse()
-    if sparse.values().numel() > dense_fraction * w.numel():
-        return torch.mm(w.t(), ys)
-    return torch.sparse.mm(sparse, ys)
-
-
-def _accumulate(sums: EStepSums, w: torch.Tensor, ys: torch.Tensor, q: torch.Tensor,
-                x: torch.Tensor, hw: torch.Tensor, inv_sigma2: torch.Tensor, offsets: torch.Tensor,
-                half: torch.Tensor, group: int, hyp: Hypotheses, power: torch.Tensor,
-                stacked: torch.Tensor) -> None:
-    """Add a block's weighted sums (template-frame data and weights, sigma2, classes, offsets)."""
     b, t, r = w.shape
     p = q.shape[1]
+    if ys is None:
+        ys = stack_real(y[:, None, :] * frame.table[None])
     w_r = w.sum(dim=1)  # (B, R)
-    sigma2 = 1.0 / inv_sigma2
-    cross = torch.zeros(p, device=x.device, dtype=torch.float64)
-    for h in range(sums.data.shape[0]):
-        rows = half == h
-        if not bool(rows.any()):
+    acc_all = torch.zeros(r, 2 * p, device=y.device)
+    wq_all = torch.zeros(r, p, device=y.device)
+    fs = sums.frames["coarse"]
+    for h in range(fs.data.shape[0]):
+        sel = torch.nonzero(half == h).flatten()
+        if not sel.numel():
             continue
-        acc = _weighted_template_sums(w[rows].reshape(-1, r), ys[rows].reshape(-1, 2 * p))
-        sums.data[h] += torch.complex(acc[:, :p], acc[:, p:])
-        sums.weight[h] += torch.mm(w_r[rows].t(), q[rows])
-        # sum_r Re(acc_r conj P_r), per pixel, for the sigma2 cross term
-        cross += (acc * stacked.t()).reshape(r, 2, p).sum(dim=(0, 1)).double()
-    sums.class_weight += w_r.reshape(b, hyp.n_classes, hyp.n_psi).sum(dim=(0, 2)).double()
-    power_term = (torch.mm(w_r, power.t()) * q).sum(0).double()  # sum_b q * sum_r w |P|^2
-    data_term = (x.real.double() ** 2 + x.imag.double() ** 2).mul(hw).sum(0)
-    resid = data_term + (power_term - 2.0 * cross) * sigma2.double()
-    sums.sigma2[group].index_add_(0, sums.shell_of[:p], resid)
-    sums.group_count[group] += b
+        acc = _template_sums(w[sel].reshape(-1, r), ys[sel].reshape(-1, 2 * p))
+        wq = torch.mm(w_r[sel].t(), q[sel])
+        fs.data[h] += torch.complex(acc[:, :p], acc[:, p:])
+        fs.weight[h] += wq
+        acc_all += acc
+        wq_all += wq
+    add_model_terms(sums, frame, acc_all, wq_all)
+    sums.class_weight += w_r.reshape(b, n_classes, -1).sum(dim=(0, 2)).double()
     sums.offset_sq += (w.sum(2).double() * (offsets.double() ** 2).sum(-1)).sum()
-    sums.n_particles += b
+
+
+def add_model_terms(sums: EStepSums, frame: Frame, acc: torch.Tensor, wq: torch.Tensor) -> None:
+    """sigma2 residual terms per pixel: ``sum w (|cP|^2 - 2 Re(c x s conj P)) h / sigma2``.
+
+    ``acc`` ``(R, 2P)`` = ``sum w y_shifted``, ``wq`` ``(R, P)`` = ``sum w q``; kept in
+    ``sums.pending_model_term`` ``(P,)`` until :func:`add_data_term` scales it by sigma2.
+    """
+    p = wq.shape[1]
+    cross = (acc * frame.rows).reshape(-1, 2, p).sum(dim=(0, 1)).double()
+    power = (wq * frame.power).sum(0).double()
+    term = power - 2.0 * cross
+    prev = sums.pending_model_term
+    sums.pending_model_term = term if prev is None else prev + term
+
+
+def add_data_term(sums: EStepSums, batch: Batch) -> None:
+    """Finish a block's sigma2 sums: ``sum h |x|^2`` plus the model terms times sigma2, per shell."""
+    p = batch.x.shape[1]
+    data = (batch.x.real.double() ** 2 + batch.x.imag.double() ** 2).mul(batch.hw).sum(0)
+    model = sums.pending_model_term if sums.pending_model_term is not None else torch.zeros_like(data)
+    sums.pending_model_term = None
+    resid = data + model / batch.inv_sigma2.double()
+    sums.sigma2[batch.group].index_add_(0, sums.shell_of[:p], resid)
+    sums.group_count[batch.group] += batch.x.shape[0]
+    sums.n_particles += batch.x.shape[0]

@@ -16,6 +16,8 @@ Every statistic can be blended with its previous value by ``mu`` (VDAM's moving 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from vitrify.ml.estep import EStepSums
@@ -55,17 +57,28 @@ def reference_tau2(refs: torch.Tensor, window: FourierWindow) -> torch.Tensor:
     return out
 
 
-def sums_to_grids(sums: EStepSums, table: RotationTable, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Template-frame sums -> padded grids ``(H, K, m, m//2+1)`` (complex data, real weight)."""
-    h, r, p = sums.data.shape
-    n_psi = r // n_classes
-    out_d, out_w = [], []
-    for i in range(h):
-        d, w = scatter_to_grids(sums.data[i].reshape(n_classes, n_psi, p),
-                                sums.weight[i].reshape(n_classes, n_psi, p), table)
-        out_d.append(d)
-        out_w.append(w)
-    return torch.stack(out_d), torch.stack(out_w)
+def sums_to_grids(sums: EStepSums, table_for: Callable[[torch.Tensor], RotationTable], n_classes: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Template-frame sums -> padded grids ``(H, K, m, m//2+1)`` (complex data, real weight).
+
+    Every frame (coarse, fine) is inserted with the adjoint of its own sampling table
+    (``table_for(psi_deg)``) and the grids are added.
+    """
+    data = weight = None
+    for frame in sums.frames.values():
+        h, r, p = frame.data.shape
+        n_psi = r // n_classes
+        table = table_for(frame.psi_deg)
+        for i in range(h):
+            d, w = scatter_to_grids(frame.data[i].reshape(n_classes, n_psi, p),
+                                    frame.weight[i].reshape(n_classes, n_psi, p), table)
+            if data is None:
+                m, half = d.shape[-2:]
+                data = torch.zeros(h, n_classes, m, half, dtype=d.dtype, device=d.device)
+                weight = torch.zeros(h, n_classes, m, half, dtype=w.dtype, device=w.device)
+            data[i] += d
+            weight[i] += w
+    return data, weight
 
 
 def map_reconstruct(data: torch.Tensor, weight: torch.Tensor, tau2: torch.Tensor, tau2_fudge: float,

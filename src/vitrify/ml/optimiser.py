@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vitrify.ml.expectation import EStepSettings, Sampling, TemplateCache, expectation
+from vitrify.ml.expectation import EStepSettings, Sampling, TemplateCache, coarse_radius, expectation
 from vitrify.ml.fourier2d import images_from_padded, padded_ft
 from vitrify.ml.model import MlModel, ParticleSet
 from vitrify.ml.mstep import (data_vs_prior, map_reconstruct, next_radius, padded_shells,
@@ -46,6 +46,7 @@ class EngineSettings:
     ini_subset: int = -1
     fin_subset: int = -1
     grad_em_iters: int = 0
+    oversampling: int = 1
 
 
 @dataclass
@@ -90,15 +91,17 @@ class Classifier2D:
 
     # -- shared pieces -------------------------------------------------------------
     def _estep(self, indices: torch.Tensor, halves: int, max_sig: int):
-        settings = EStepSettings(adaptive_fraction=self.settings.adaptive_fraction,
-                                 max_significant=max_sig, halves=halves,
-                                 budget_bytes=self.settings.budget_bytes)
-        self.model.tau2 = reference_tau2(self.model.refs, self.window)
-        sums = expectation(self.model, self.particles, indices, self.sampling, self.window,
-                           settings, self.cache)
-        p = self.window.pixels_within(self.model.current_radius)
-        table = self.cache.table(self.sampling.psi_deg, self.window, p, self.model.pad)
-        data, weight = sums_to_grids(sums, table, self.model.n_classes)
+        s, model = self.settings, self.model
+        psi_step = 360.0 / self.sampling.psi_deg.shape[0]
+        settings = EStepSettings(adaptive_fraction=s.adaptive_fraction, max_significant=max_sig,
+                                 halves=halves, budget_bytes=s.budget_bytes, oversampling=s.oversampling,
+                                 coarse_radius=coarse_radius(model.box_px, psi_step, s.particle_diameter_px,
+                                                             s.oversampling))
+        model.tau2 = reference_tau2(model.refs, self.window)
+        sums = expectation(model, self.particles, indices, self.sampling, self.window, settings, self.cache)
+        p = self.window.pixels_within(model.current_radius)
+        data, weight = sums_to_grids(sums, lambda psi: self.cache.table(psi, self.window, p, model.pad),
+                                     model.n_classes)
         return sums, data, weight
 
     def _finish(self, sums, weight: torch.Tensor, mu: float, indices: torch.Tensor) -> None:

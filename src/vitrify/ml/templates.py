@@ -124,15 +124,12 @@ def scatter_to_grids(values: torch.Tensor, weights: torch.Tensor,
     k = values.shape[0]
     m, half = table.grid_shape
     values = torch.where(table.conj, values.conj(), values)
-    idx = table.index.reshape(-1)
-    bil = table.weight
-    data_re = values.real.new_zeros(k, m * half)
-    data_im = values.real.new_zeros(k, m * half)
-    wgrid = weights.new_zeros(k, m * half)
-    for c in range(k):
-        data_re[c].index_add_(0, idx, (values[c].real[..., None] * bil).reshape(-1))
-        data_im[c].index_add_(0, idx, (values[c].imag[..., None] * bil).reshape(-1))
-        wgrid[c].index_add_(0, idx, (weights[c][..., None] * bil).reshape(-1))
+    offset = (torch.arange(k, device=values.device) * (m * half))[:, None, None, None]
+    idx = (table.index[None] + offset).reshape(-1)  # one scatter for all classes
+    bil = table.weight[None]
+    data_re = values.real.new_zeros(k * m * half).index_add_(0, idx, (values.real[..., None] * bil).reshape(-1))
+    data_im = values.real.new_zeros(k * m * half).index_add_(0, idx, (values.imag[..., None] * bil).reshape(-1))
+    wgrid = weights.new_zeros(k * m * half).index_add_(0, idx, (weights[..., None] * bil).reshape(-1))
     data = torch.complex(data_re, data_im).reshape(k, m, half)
     wgrid = wgrid.reshape(k, m, half)
     return symmetrise_column0(data), symmetrise_column0(wgrid)
