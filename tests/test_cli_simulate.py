@@ -139,3 +139,17 @@ def test_seed_fixes_the_data_set(tmp_path):
     (a, truth_a), (b, truth_b), (c, truth_c) = simulate("a", "3"), simulate("b", "3"), simulate("c", "4")
     assert (a == b).all() and truth_a.equals(truth_b)
     assert not (a == c).all() and not truth_a["rlnAngleRot"].equals(truth_c["rlnAngleRot"])
+
+
+@pytest.mark.parametrize("kind,argv,needle", [
+    ("movies", ["--format", "png"], "--format"),
+    ("micrographs", ["--size", "32"], "--size"),
+    ("movies", ["--frames", "0"], "--frames"),
+    ("micrographs", ["--structure", "nowhere.cif"], "nowhere.cif"),
+])
+def test_bad_micrograph_input_is_one_line_and_exit_1(tmp_path, capsys, kind, argv, needle):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", kind, "--n", "1", "--out", str(tmp_path / "x"), *argv])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -66,5 +66,5 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="vitrify")
     except InputError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(1)
