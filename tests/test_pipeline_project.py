@@ -133,3 +133,100 @@ def test_graph_layers_follow_the_data(tmp_path):
     assert JobEdge(sel, f"{sel}micrographs.star", ext) in job_edges(state)
     assert len(job_edges(state)) == 5
     assert draw_pipeline(state, tmp_path / "g.svg").read_text().lstrip().startswith("<?xml")
+
+
+RELION4_PIPELINE = """
+# version 30001
+
+data_pipeline_general
+
+_rlnPipeLineJobCounter                       7
+ 
+
+# version 30001
+
+data_pipeline_processes
+
+loop_ 
+_rlnPipeLineProcessName #1 
+_rlnPipeLineProcessAlias #2 
+_rlnPipeLineProcessTypeLabel #3 
+_rlnPipeLineProcessStatusLabel #4 
+Import/job001/       None relion.import.movies  Succeeded 
+MotionCorr/job002/ MotionCorr/own/ relion.motioncorr.own  Succeeded 
+CtfFind/job003/       None relion.ctffind.ctffind4     Failed 
+CtfFind/job004/       None relion.ctffind.ctffind4    Aborted 
+AutoPick/job006/       None relion.autopick.log  Scheduled 
+ 
+
+# version 30001
+
+data_pipeline_nodes
+
+loop_ 
+_rlnPipeLineNodeName #1 
+_rlnPipeLineNodeTypeLabel #2 
+Import/job001/movies.star MicrographMoviesData.star.relion 
+MotionCorr/job002/corrected_micrographs.star MicrographsData.star.relion.motioncorr 
+MotionCorr/job002/logfile.pdf LogFile.pdf.relion.motioncorr 
+ 
+
+# version 30001
+
+data_pipeline_input_edges
+
+loop_ 
+_rlnPipeLineEdgeFromNode #1 
+_rlnPipeLineEdgeProcess #2 
+Import/job001/movies.star MotionCorr/job002/ 
+MotionCorr/job002/corrected_micrographs.star CtfFind/job003/ 
+ 
+
+# version 30001
+
+data_pipeline_output_edges
+
+loop_ 
+_rlnPipeLineEdgeProcess #1 
+_rlnPipeLineEdgeToNode #2 
+Import/job001/ Import/job001/movies.star 
+MotionCorr/job002/ MotionCorr/job002/corrected_micrographs.star 
+MotionCorr/job002/ MotionCorr/job002/logfile.pdf 
+ 
+"""
+
+LEGACY_PIPELINE = """
+data_pipeline_general
+_rlnPipeLineJobCounter 3
+
+data_pipeline_processes
+loop_
+_rlnPipeLineProcessName #1
+_rlnPipeLineProcessAlias #2
+_rlnPipeLineProcessType #3
+_rlnPipeLineProcessStatus #4
+Import/job001/ None 0 2
+Class2D/job002/ None 8 0
+"""
+
+
+def test_relion_written_pipelines_are_read_and_kept(tmp_path):
+    (tmp_path / "default_pipeline.star").write_text(RELION4_PIPELINE)
+    project = Project.open(tmp_path)
+    records = project.jobs()
+    assert [(r.name, r.status) for r in records] == [
+        ("Import/job001/", "Succeeded"), ("MotionCorr/job002/", "Succeeded"), ("CtfFind/job003/", "Failed"),
+        ("CtfFind/job004/", "Aborted"), ("AutoPick/job006/", "Scheduled")]
+    assert records[1].alias == "MotionCorr/own/"
+    assert project.add_job("relion.ctffind", {"input_star_mics": "MotionCorr/job002/corrected_micrographs.star"}) \
+        == "CtfFind/job007/"
+    state = project.pipeline()
+    assert state.job_counter == 8
+    assert state.nodes["MotionCorr/job002/corrected_micrographs.star"] == "MicrographsData.star.relion.motioncorr"
+    assert state.input_edges[-1] == ("MotionCorr/job002/corrected_micrographs.star", "CtfFind/job007/")
+    text = (tmp_path / "default_pipeline.star").read_text()
+    for line in RELION4_PIPELINE.strip().splitlines():  # RELION's own rows come back byte for byte
+        assert line in text or "JobCounter" in line
+    (tmp_path / "default_pipeline.star").write_text(LEGACY_PIPELINE)
+    assert [(r.type_label, r.status) for r in Project.open(tmp_path).jobs()] == [
+        ("relion.import", "Succeeded"), ("relion.class2d", "Running")]

@@ -220,3 +220,21 @@ def test_a_running_job_is_not_started_twice(tmp_path):
     assert project.job_status(name) == "Running"
     (tmp_path / name / "run.pid").unlink()
     assert project.run_job(name, wait=True) == "Succeeded"  # nobody known to run it: it may start
+
+
+def test_cli_run_job_from_a_template_makes_a_new_job(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vitrify.cli.main import build_app
+    from vitrify.pipeline._jobstar import JobStar, write_job_star
+
+    (tmp_path / "Raw").mkdir()
+    (tmp_path / "Raw" / "a.mrc").write_bytes(b"")
+    write_job_star(tmp_path / "Templates" / "imp" / "job.star",
+                   JobStar("relion.import.movies", {"fn_in_raw": "Raw/*.mrc", "is_multiframe": "No"}))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(build_app(), ["run-job", "--job", "Templates/imp/job.star"])
+    assert result.exit_code == 0, result.output
+    assert "Import/job001/: Succeeded" in result.output
+    assert _micrograph_names(tmp_path / "Import" / "job001" / "micrographs.star") == ["Raw/a.mrc"]
+    assert [r.status for r in Project.open(tmp_path).jobs()] == ["Succeeded"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from vitrify.io.errors import InputError
+from vitrify.pipeline._jobstar import LEGACY_TYPES
 
 STATUSES = ("Running", "Scheduled", "Succeeded", "Failed", "Aborted")
 _LEGACY_STATUS = dict(enumerate(STATUSES))
@@ -111,6 +112,8 @@ def _process_rows(blocks: dict, path: Path) -> dict[str, Process]:
                                                                           "rlnPipeLineProcessStatus")
     procs = {}
     for name, alias, label, status in _rows(blocks, "pipeline_processes", columns, path):
+        if legacy and label.lstrip("-").isdigit():
+            label = LEGACY_TYPES.get(int(label), label)
         procs[name] = Process(name, label, _status(status, path), None if alias == "None" else alias)
     return procs
 
