@@ -37,29 +37,32 @@ def _run_job_command(app: typer.Typer) -> None:
         raise typer.Exit(EXIT_CODES.get(status, 1))
 
 
+#: status → rich style in the table
+STATUS_STYLES: dict[str, str] = {"Succeeded": "green", "Failed": "red", "Aborted": "yellow",
+                                 "Running": "cyan", "Scheduled": "dim"}
+
+
 def _tables(state) -> tuple:
+    """A rich table of the processes and a tree of each job's input (←) and output (→) nodes."""
+    from rich.markup import escape
     from rich.table import Table
     from rich.tree import Tree
-
-    from vitrify.pipeline.graph import STATUS_COLOURS
 
     table = Table(title="default_pipeline.star")
     for column in ("job", "alias", "type", "status"):
         table.add_column(column)
     for proc in state.processes.values():
-        colour = {"Succeeded": "green", "Failed": "red", "Aborted": "yellow", "Running": "cyan"}
-        style = colour.get(proc.status, "") if proc.status in STATUS_COLOURS else ""
-        status = f"[{style}]{proc.status}[/]" if style else proc.status
-        table.add_row(proc.name, proc.alias or "", proc.type_label, status)
+        style = STATUS_STYLES.get(proc.status, "")
+        table.add_row(escape(proc.name), escape(proc.alias or ""), escape(proc.type_label),
+                      f"[{style}]{proc.status}[/]" if style else escape(proc.status))
     tree = Tree("edges")
-    for proc in state.processes.values():
-        branch = tree.add(proc.name)
-        for node, target in state.input_edges:
-            if target == proc.name:
-                branch.add(f"← {node} ({state.nodes.get(node, '?')})")
-        for source, node in state.output_edges:
-            if source == proc.name:
-                branch.add(f"→ {node} ({state.nodes.get(node, '?')})")
+    branches = {name: tree.add(escape(name)) for name in state.processes}
+    for node, target in state.input_edges:
+        if target in branches:
+            branches[target].add(escape(f"← {node} ({state.nodes.get(node, '?')})"))
+    for source, node in state.output_edges:
+        if source in branches:
+            branches[source].add(escape(f"→ {node} ({state.nodes.get(node, '?')})"))
     return table, tree
 
 
