@@ -155,3 +155,29 @@ def test_same_seed_same_data_and_two_maps(tmp_path, adk_pdb):
     sums = images.sum(axis=(1, 2))
     small = truth["vtfMapIndex"].to_numpy() == 2
     assert sums[small].max() < sums[~small].min()  # half the atoms, half the projected mass
+
+
+def test_each_junk_kind_looks_like_its_name(tmp_path):
+    result, images, truth = _simulate(tmp_path, n_particles=60, junk_fraction=0.8, apply_ctf=False,
+                                      add_noise=False, seed=3)
+    kinds = truth["vtfJunkKind"].to_numpy()
+    assert set(kinds) == {"none", "noise", "ice", "carbon", "aggregate"}
+    n = images.shape[-1]
+    radius = np.hypot(np.fft.fftfreq(n)[:, None], np.fft.rfftfreq(n)[None, :])
+
+    def high_frequency_share(stack: np.ndarray) -> np.ndarray:
+        power = np.abs(np.fft.rfft2(stack)) ** 2
+        return power[:, radius > 0.125].sum(axis=1) / power.sum(axis=(1, 2))
+
+    sums = images.sum(axis=(1, 2))
+    mass = sums[kinds == "none"]
+    np.testing.assert_allclose(mass, mass[0], rtol=1e-3)  # a whole particle: its projected mass
+    assert np.abs(images[kinds == "noise"]).max() == 0  # an empty box (noise only once added)
+    assert (sums[kinds == "ice"] > 5 * mass[0]).all()  # ice blobs: strong ...
+    assert (high_frequency_share(images[kinds == "ice"]) < 0.02).all()  # ... and smooth
+    assert (high_frequency_share(images[kinds == "none"]) > 0.03).all()
+    for image in images[kinds == "carbon"]:  # a step: empty on one side, a plateau on the other
+        low, high = np.percentile(image, [10, 90])
+        assert abs(low) < 0.05 * image.max() and high > 0.5 * image.max()
+    aggregates = sums[kinds == "aggregate"] / mass[0]  # 2 to 4 particles, partly out of the box
+    assert ((aggregates > 1.1) & (aggregates < 4.05)).all()
