@@ -230,3 +230,21 @@ def test_relion_written_pipelines_are_read_and_kept(tmp_path):
     (tmp_path / "default_pipeline.star").write_text(LEGACY_PIPELINE)
     assert [(r.type_label, r.status) for r in Project.open(tmp_path).jobs()] == [
         ("relion.import", "Succeeded"), ("relion.class2d", "Running")]
+
+
+def test_pipeline_lock_excludes_others_and_respects_relion_lock(tmp_path):
+    from vitrify.pipeline._lock import pipeline_lock
+
+    with pipeline_lock(tmp_path):
+        with pytest.raises(InputError, match="stays locked"), pipeline_lock(tmp_path, timeout_s=0.2):
+            pass
+    with pipeline_lock(tmp_path, timeout_s=0.2):  # released on exit
+        pass
+    relion_lock = tmp_path / ".relion_lock" / "lock_default_pipeline.star"
+    relion_lock.parent.mkdir()
+    relion_lock.touch()
+    with pytest.raises(InputError, match="remove .relion_lock"), pipeline_lock(tmp_path, timeout_s=0.2):
+        pass
+    relion_lock.unlink()
+    with pipeline_lock(tmp_path, timeout_s=0.2):
+        pass
