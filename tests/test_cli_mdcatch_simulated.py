@@ -59,3 +59,46 @@ def test_mdcatch_recovers_a_simulated_session(tmp_path, movie_format):
     assert float(options["prep__motioncorr__dose_per_frame"]) == pytest.approx(1.25)
     assert options["prep__importmovies__kV"] == "200" and options["prep__importmovies__Cs"] == "1.4"
     assert options["proc__extract__extract_size"] == "280"  # 1.5 x 150 / 0.83 = 271.1 -> 280
+
+
+SCHEMES = Path("/work/shared/fixtures/relion4_schemes")
+if not SCHEMES.is_dir():
+    SCHEMES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion4_schemes"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SCHEMES.is_dir(), reason="RELION-4 scheme fixtures not found")
+def test_simulated_session_runs_through_relion4_prep_scheme(tmp_path):
+    """simulate → mdcatch (into RELION 4's own prep scheme) → the printed schemer commands."""
+    import shutil
+    import subprocess
+    import sys
+
+    from vitrify.io.star import read_star_optics
+
+    sim = tmp_path / "sim"
+    _invoke("simulate", "movies", "--n", "2", "--size", "64", "--frames", "4", "--particles", "1",
+            "--pixel-size", "0.83", "--dose-per-frame", "1.25", "--voltage", "200", "--cs", "1.4",
+            "--device", "cpu", "--out", str(sim))
+    project = tmp_path / "project"
+    shutil.copytree(SCHEMES / "prep", project / "Schemes" / "prep")
+    for path in project.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    # one pass only: no wait between passes, and the time limit already reached at the second
+    result = _invoke("mdcatch", str(sim), "--project", str(project), "--particle-diameter", "150",
+                     "--set", "prep__wait_sec=0", "--set", "prep__maxtime_hr=0")
+    commands = result.output.splitlines()
+    start = commands.index(f"cd {project.resolve()}")
+    assert commands[start + 1] == "vitrify schemer --scheme prep --reset"
+    vitrify = [sys.executable, "-m", "vitrify"]
+    for args in (["--reset"], ["--run"]):
+        done = subprocess.run(vitrify + ["schemer", "--scheme", "prep", *args], cwd=project,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+    optics = read_star_optics(project / "Import/job001/movies.star", "movies")
+    assert optics.optics["rlnMicrographOriginalPixelSize"].tolist() == pytest.approx([0.83])
+    assert optics.optics["rlnVoltage"].tolist() == pytest.approx([200.0])
+    assert optics.optics["rlnSphericalAberration"].tolist() == pytest.approx([1.4])
+    assert len(optics.data) == 2
+    assert (project / "MotionCorr/job002/RELION_JOB_EXIT_SUCCESS").exists()
+    assert (project / "CtfFind/job003/RELION_JOB_EXIT_SUCCESS").exists()

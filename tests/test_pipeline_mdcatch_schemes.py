@@ -246,3 +246,30 @@ def test_the_schemer_prepares_the_edited_jobs_with_our_values(tmp_path):
     proc = read_scheme(project / "Schemes/proc/scheme.star")
     extract = prepare_options(read_template(template_path(project, proc, "extract")), proc, project)
     assert extract["extract_size"] == "280" and extract["rescale"] == "70"
+
+
+def test_user_settings_go_in_and_win_over_derived_values(tmp_path, capsys, monkeypatch):
+    star = _schemes_package()
+    _session(tmp_path / "session")
+    project = _project(tmp_path, "prep", "proc")
+    result = _mdcatch(tmp_path, project, "--set", "proc__refine3d__sym_name=D2",
+                      "--set", "prep__do_at_most=5", "--set", "proc__extract__extract_size=300",
+                      "--set", "proc__autopick__use_gpu=True")
+    assert result.exit_code == 0, result.output
+    assert _options(project / "Schemes/proc/refine3d/job.star")["sym_name"] == "D2"
+    extract = _options(project / "Schemes/proc/extract/job.star")
+    assert extract["extract_size"] == "300" and extract["rescale"] == "70"
+    assert _options(project / "Schemes/proc/autopick/job.star")["use_gpu"] == "Yes"  # relion_it's Yes/No
+    assert star.read_scheme(project / "Schemes/prep/scheme.star").floats["do_at_most"] == 5.0
+    record = json.loads((project / "acquisition.json").read_text())
+    assert record["settings"]["proc__refine3d__sym_name"] == "D2"
+    assert "'proc__refine3d__sym_name' : 'D2'," in (project / "relion_it_options.py").read_text()
+
+    from vitrify.cli.main import main
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["mdcatch", str(tmp_path / "session"), "--project", str(project), "--set", "sym_name=D2"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "--set" in err and "SCHEME__JOB__OPTION=VALUE" in err and len(err.strip().splitlines()) == 1

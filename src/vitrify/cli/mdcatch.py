@@ -78,6 +78,20 @@ def _read_one(path: Path, as_json: bool, config, console: Console) -> None:
         print_params(params, console)
 
 
+def _settings(texts: list[str]) -> dict[str, str]:
+    """``--set KEY=VALUE`` options → ``{KEY: VALUE}`` (True/False as relion_it's Yes/No)."""
+    from vitrify.io.errors import InputError
+
+    out = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep or key.strip().count("__") not in (1, 2):
+            raise InputError(f"cannot read {text!r}", field="--set",
+                             expected="SCHEME__VARIABLE=VALUE or SCHEME__JOB__OPTION=VALUE")
+        out[key.strip()] = {"True": "Yes", "False": "No"}.get(value, value) if key.count("__") == 2 else value
+    return out
+
+
 def _set_up_session(values: dict, config, console: Console) -> None:
     """``SESSION_DIR --project DIR``: set the project up and print what was done and how to start."""
     from vitrify.pipeline._scheme_setup import missing_schemes, processing_commands
@@ -91,7 +105,7 @@ def _set_up_session(values: dict, config, console: Console) -> None:
         options=SetupOptions(particle_diameter_angst=values["particle_diameter"], box_px=values["box"],
                              small_box_px=values["small_box"], mask_diameter_angst=values["mask_diameter"]),
         facility=config, gain=values["gain"], movies_pattern=values["movies"], watch=values["watch"],
-        poll_s=values["poll"], timeout_s=values["timeout"])
+        poll_s=values["poll"], timeout_s=values["timeout"], settings=_settings(values["settings"]))
     params, setup = prepare_session(
         request, warn=lambda message: console.print(f"[yellow]warning:[/] {escape(message)}"))
     print_params(params, console)
@@ -138,6 +152,9 @@ def register(app: typer.Typer) -> None:
         watch: bool = typer.Option(False, "--watch", help="Wait for the first complete metadata file."),
         poll: float = typer.Option(5.0, "--poll", help="Seconds between checks with --watch."),
         timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up after (s) with --watch."),
+        settings: list[str] = typer.Option([], "--set", help="relion_it key=value for the schemes, e.g. "
+                                           "proc__min_nr_parts_3d=10000 or proc__refine3d__sym_name=D2 "
+                                           "(repeatable; wins over derived values)."),
     ) -> None:
         """Read acquisition metadata (EPU/SerialEM) and set up processing from it."""
         from vitrify.io.errors import InputError

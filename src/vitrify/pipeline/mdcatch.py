@@ -15,7 +15,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitrify.io.acquisition import (
@@ -215,14 +215,15 @@ def link_session(project_dir: Path, session_dir: Path) -> Path:
 
 
 def setup_project(project_dir: str | Path, params: AcquisitionParams, setup: ProcessingSetup,
-                  extra: dict[str, object]) -> dict[str, object]:
+                  extra: dict[str, object], settings: dict[str, str] | None = None) -> dict[str, object]:
     """Write ``acquisition.json`` and ``relion_it_options.py`` (atomically); apply scheme options.
 
     The options go into ``Schemes/prep|proc`` when the project has them (see
     :mod:`vitrify.pipeline._scheme_setup`); ``scheme_options_applied`` says where each went.
+    ``settings`` are the user's own relion_it keys (``--set``); they win over derived values.
     """
     project_dir = Path(project_dir)
-    options = scheme_options(setup)
+    options = {**scheme_options(setup), **(settings or {})}
     applied = apply_scheme_options(project_dir, options)
     record = {"acquisition": params.to_json_dict(), "processing": setup.to_json_dict(),
               "scheme_options": options,
@@ -246,6 +247,7 @@ class SessionRequest:
     watch: bool = False
     poll_s: float = 5.0
     timeout_s: float | None = None
+    settings: dict[str, str] = field(default_factory=dict)
 
 
 def _fill_from_movie(params: AcquisitionParams, movie: Path) -> AcquisitionParams:
@@ -343,5 +345,6 @@ def prepare_session(request: SessionRequest,
     setup_project(request.project_dir, params, setup,
                   {"session_dir": str(request.session_dir.resolve()),
                    "microscope_name": request.facility.microscope_name(params.microscope_id),
-                   "metadata_file": params.source_path, "movies_found": movies.count})
+                   "metadata_file": params.source_path, "movies_found": movies.count,
+                   "settings": request.settings}, request.settings)
     return params, setup
