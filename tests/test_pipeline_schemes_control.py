@@ -143,3 +143,13 @@ def test_missing_scheme_is_an_input_error(tmp_path):
     assert out.exit_code != 0
     with pytest.raises(InputError, match="no scheme nope"):
         run_scheme(tmp_path, "nope", FAST)
+
+
+def test_init_copies_the_template_into_the_project(tmp_path):
+    out = _invoke("schemer", "--scheme", "prep", "--init", "prep", "--set_var", "wait_sec=5",
+                  "--status", "--json", "--project", str(tmp_path))
+    assert out.exit_code == 0, out.output
+    status = json.loads(out.output[out.output.index("{"):])
+    assert status["current_node"] == "WAIT" and status["variables"]["wait_sec"] == 5.0
+    assert [j["node"] for j in status["jobs"]] == ["ctffind", "importmovies", "motioncorr"]
+    assert all(j["status"] == "not started" for j in status["jobs"])

@@ -157,3 +157,36 @@ def test_substitution_and_translation(tmp_path):
     write_scheme(tmp_path / "Schemes/prep/scheme.star", prep)
     assert translate_job_names("Schemes/prep/ctffind/micrographs_ctf.star", scheme, tmp_path) \
         == "CtfFind/job003/micrographs_ctf.star"
+
+
+@pytest.mark.parametrize("kind", ["prep", "proc"])
+def test_shipped_templates_match_relion_graph_and_variables(tmp_path, kind):
+    from vitrify.jobs.registry import job_directory
+    from vitrify.pipeline.schemes.templates import read_template
+    from vitrify.pipeline.schemes.templates_data import install_scheme
+
+    ours = read_scheme(install_scheme(tmp_path, kind))
+    relion = read_scheme(FIXTURES / kind / "scheme.star")
+    for table in ("floats", "bools", "strings", "operators", "edges"):
+        assert getattr(ours, table) == getattr(relion, table), table
+    assert {k: j.mode for k, j in ours.jobs.items()} == {k: j.mode for k, j in relion.jobs.items()}
+    for job in ours.jobs:
+        mine = read_template(tmp_path / "Schemes" / kind / job / "job.star")
+        theirs = read_template(FIXTURES / kind / job / "job.star")
+        assert job_directory(mine.type_label) == job_directory(theirs.type_label)
+        for option, value in theirs.options.items():     # the scheme wiring is the same
+            if "Schemes/" in value or "$$" in value:
+                assert mine.options[option] == value, (job, option)
+    with pytest.raises(InputError, match="already exists"):
+        install_scheme(tmp_path, kind)
+
+
+def test_template_installed_under_another_name(tmp_path):
+    from vitrify.pipeline.schemes.templates_data import install_scheme
+
+    scheme = read_scheme(install_scheme(tmp_path, "proc", "proc2"))
+    assert scheme.name == "Schemes/proc2/"
+    assert scheme.strings["selected_mics"] == "Schemes/proc2/select_mics/micrographs.star"
+    assert scheme.strings["ctffind_mics"] == "Schemes/prep/ctffind/micrographs_ctf.star"
+    with pytest.raises(InputError, match="no scheme template"):
+        install_scheme(tmp_path, "refine")
