@@ -41,6 +41,12 @@ def test_particles_sit_at_their_coordinates_dark_and_apart(tmp_path):
         smooth = ndimage.gaussian_filter(expected, 4)
         values = smooth[np.round(xy[:, 1]).astype(int), np.round(xy[:, 0]).astype(int)]
         assert (values < np.median(smooth)).mean() > 0.9
+    from vitrify.io.acquisition import read_acquisition
+
+    for path in (data.files[0].with_suffix(".xml"), data.files[0].with_name(data.files[0].name + ".mdoc")):
+        params = read_acquisition(path)  # one exposure of the whole dose
+        assert params.n_frames == 1 and params.pixel_size_angst == pytest.approx(2.0)
+        assert params.total_dose_e_per_angst2 == pytest.approx(options.total_dose)
     coords = read_star(tmp_path / "coordinates" / f"{data.files[0].stem}.star")
     table = next(iter(coords.values()))
     assert len(table) == (particles["rlnMicrographName"] == data.truth["micrographs"]

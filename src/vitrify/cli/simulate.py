@@ -116,7 +116,7 @@ def _micrographs_commands(sim: typer.Typer) -> None:
             typer.echo(f"wrote {len(result.files)} {kind} and {result.star} (truth: {result.truth_star})")
 
     command("micrographs", "Simulate motion-corrected micrographs with particles at known "
-                           "coordinates (micrographs.star, truth.star, coordinates/).")
+                           "coordinates (micrographs.star, truth.star, coordinates/, EPU/mdoc metadata).")
     command("movies", "Simulate movies (drift, dose, Poisson counts, gain) with movies.star, "
                       "gain.mrc, EPU/mdoc metadata and the truth (coordinates, defocus, drift).")
 

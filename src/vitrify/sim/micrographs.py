@@ -10,7 +10,10 @@ mean ``total dose (e/Å²) × pixel² × relative intensity``. Written into ``ou
 * ``truth.star``: ``data_micrographs`` (defocus, ice thickness, carbon edge per micrograph)
   and ``data_particles`` (rlnMicrographName, rlnCoordinateX/Y, true angles, vtfMapIndex);
 * ``coordinates/mic_NNNNN.star``: the true centres per micrograph (ManualPick format);
-* ``truth_micrographs/mic_NNNNN.mrc``: the noise-free expected counts.
+* ``truth_micrographs/mic_NNNNN.mrc``: the noise-free expected counts;
+* ``Micrographs/mic_NNNNN.xml`` (EPU style) and ``mic_NNNNN.mrc.mdoc`` (SerialEM style): the
+  acquisition metadata of each micrograph as one exposure of the whole dose
+  (:mod:`vitrify.sim.session`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from vitrify.io.star import write_star
 from vitrify.sim import scene
 from vitrify.sim.geometry import random_euler_deg
 from vitrify.sim.maps import MapOptions, simulate_map
+from vitrify.sim.session import write_session_metadata
 from vitrify.sim.structures import load_structure
 
 MOVIE_FORMATS = ("tiff", "mrc")
@@ -224,5 +228,10 @@ def simulate_micrographs(options: MicrographOptions, out_dir: str | Path, *,
     tables = truth_tables(names, truths)
     write_star(out_dir / "truth.star", tables, float_format="%.8g")
     write_coordinates(out_dir, names, truths)
+    write_session_metadata(out_dir / "Micrographs", [out_dir / n for n in names],
+                           pixel_size_angst=options.pixel_size_angst, voltage_kv=options.voltage_kv,
+                           cs_mm=options.cs_mm, dose_per_frame_e_per_angst2=options.total_dose,
+                           exposure_time_s=options.exposure_time_s,
+                           defocus_angst=float(np.mean([t.defocus[:2].mean() for t in truths])))
     return MicrographDataset(out_dir / "micrographs.star", out_dir / "truth.star",
                              tuple(out_dir / n for n in names), tables)
