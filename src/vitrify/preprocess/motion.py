@@ -151,16 +151,15 @@ def _cut_patches(frames: torch.Tensor, shifts: torch.Tensor, origins: np.ndarray
     """Spectra ``(p, f, ph, pw//2+1)`` of globally aligned patches (integer window + phase shift)."""
     n_frames, h, w = frames.shape
     out = []
+    sx, sy = shifts[:, 0].cpu().numpy().astype(float), shifts[:, 1].cpu().numpy().astype(float)
     for x0, y0 in origins:
-        stack = []
-        for f in range(n_frames):
-            sx, sy = float(shifts[f, 0]), float(shifts[f, 1])
-            ox = int(np.clip(x0 - round(sx), 0, w - pw))
-            oy = int(np.clip(y0 - round(sy), 0, h - ph))
-            patch = frames[f, oy:oy + ph, ox:ox + pw].float()
-            residual = torch.tensor([sx - (x0 - ox), sy - (y0 - oy)], device=frames.device)
-            stack.append(shift_spectra(torch.fft.rfft2(patch - patch.mean()), residual, (ph, pw)))
-        out.append(torch.stack(stack))
+        ox = np.clip(x0 - np.round(sx), 0, w - pw).astype(int)
+        oy = np.clip(y0 - np.round(sy), 0, h - ph).astype(int)
+        stack = torch.stack([frames[f, oy[f]:oy[f] + ph, ox[f]:ox[f] + pw] for f in range(n_frames)]).float()
+        stack = stack - stack.mean(dim=(-2, -1), keepdim=True)
+        residual = torch.as_tensor(np.stack([sx - (x0 - ox), sy - (y0 - oy)], 1), device=frames.device,
+                                   dtype=torch.float32)
+        out.append(shift_spectra(torch.fft.rfft2(stack), residual, (ph, pw)))
     return torch.stack(out)
 
 
@@ -211,18 +210,13 @@ def deformation_field(model: Deformation, frame: int, device=None) -> torch.Tens
     h, w = model.shape
     y = _normalised(torch.arange(h, device=device, dtype=torch.float32), h).view(-1, 1)
     x = _normalised(torch.arange(w, device=device, dtype=torch.float32), w).view(1, -1)
-    t = torch.tensor(frame / max(model.n_frames - 1, 1), device=device, dtype=torch.float32)
-    coeffs = torch.as_tensor(model.coeffs, device=device, dtype=torch.float32)
-    one = torch.ones_like(x * y)
-    spatial = [one, x * one, x * x * one, y * one, y * y * one, x * y]
-    temporal = [1.0, t, t * t, t * t * t]
-    field = torch.zeros(h, w, 2, device=device)
-    k = 0
-    for s in spatial:
-        for tt in temporal:
-            field += (s * tt).unsqueeze(-1) * coeffs[:, k]
-            k += 1
-    return field
+    t = frame / max(model.n_frames - 1, 1)
+    # fold time in first: a[d, s] = Σ_k coeffs[d, 4s + k] t^k for the 6 spatial terms
+    a = (model.coeffs.reshape(2, 6, 4) @ np.array([1.0, t, t * t, t ** 3])).astype(np.float32)
+    a = torch.as_tensor(a, device=device).view(2, 6, 1, 1)
+    # 1, x, x², y, y², xy as row + column + outer-product terms (separable, O(h·w) per axis)
+    field = (a[:, 0] + a[:, 3] * y + a[:, 4] * y * y) + (a[:, 1] * x + a[:, 2] * x * x) + a[:, 5] * (y * x)
+    return field.permute(1, 2, 0).contiguous()
 
 
 def _deform(frame: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
