@@ -123,9 +123,11 @@ def test_start_commands_are_printed_one_per_line(tmp_path):
 def test_project_without_schemes_says_so(tmp_path):
     _session(tmp_path / "session")
     project = _project(tmp_path, "prep")
-    result = _mdcatch(tmp_path, project)
+    result = _mdcatch(tmp_path, project, "--no-init-schemes")
     assert result.exit_code == 0, result.output
     assert "has no Schemes/proc" in result.output
+    assert "vitrify schemer --scheme proc --init proc" in result.output
+    assert not (project / "Schemes" / "proc").exists()
     record = json.loads((project / "acquisition.json").read_text())
     assert all(a["file"].startswith("Schemes/prep/") for a in record["scheme_options_applied"])
 
@@ -273,3 +275,19 @@ def test_user_settings_go_in_and_win_over_derived_values(tmp_path, capsys, monke
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "--set" in err and "SCHEME__JOB__OPTION=VALUE" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_schemes_are_installed_from_vitrify_templates(tmp_path):
+    star = _schemes_package()
+    _session(tmp_path / "session")
+    project = _project(tmp_path, "prep")  # RELION's prep stays; proc comes from vitrify
+    before = (project / "Schemes/prep/scheme.star").read_bytes()
+    result = _mdcatch(tmp_path, project)
+    assert result.exit_code == 0, result.output
+    assert "installed vitrify's proc scheme" in result.output and "has no Schemes" not in result.output
+    assert (project / "Schemes/prep/scheme.star").read_bytes() == before
+    star.read_scheme(project / "Schemes/proc/scheme.star")  # valid
+    for (scheme, job), expected in EXPECTED.items():
+        options = _options(project / "Schemes" / scheme / job / "job.star")
+        assert {k: options[k] for k in expected} == expected, (scheme, job)
+    assert json.loads((project / "acquisition.json").read_text())["schemes_installed"] == ["proc"]

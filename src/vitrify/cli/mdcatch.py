@@ -92,6 +92,12 @@ def _settings(texts: list[str]) -> dict[str, str]:
     return out
 
 
+def record_installed(project: Path) -> list[str]:
+    """The schemes this set-up installed (from acquisition.json)."""
+    record = json.loads((project / "acquisition.json").read_text())
+    return list(record.get("schemes_installed", []))
+
+
 def _set_up_session(values: dict, config, console: Console) -> None:
     """``SESSION_DIR --project DIR``: set the project up and print what was done and how to start."""
     from vitrify.pipeline._scheme_setup import missing_schemes, processing_commands
@@ -105,7 +111,8 @@ def _set_up_session(values: dict, config, console: Console) -> None:
         options=SetupOptions(particle_diameter_angst=values["particle_diameter"], box_px=values["box"],
                              small_box_px=values["small_box"], mask_diameter_angst=values["mask_diameter"]),
         facility=config, gain=values["gain"], movies_pattern=values["movies"], watch=values["watch"],
-        poll_s=values["poll"], timeout_s=values["timeout"], settings=_settings(values["settings"]))
+        poll_s=values["poll"], timeout_s=values["timeout"], settings=_settings(values["settings"]),
+        init_schemes=values["init_schemes"])
     params, setup = prepare_session(
         request, warn=lambda message: console.print(f"[yellow]warning:[/] {escape(message)}"))
     print_params(params, console)
@@ -113,11 +120,13 @@ def _set_up_session(values: dict, config, console: Console) -> None:
     if values["particle_diameter"] is None:
         console.print("give --particle-diameter to derive box, downscaled box and mask sizes")
     console.print(f"wrote {escape(str(project / 'acquisition.json'))}")
+    for name in record_installed(project):
+        console.print(f"installed vitrify's {name} scheme in {escape(str(project / 'Schemes' / name))}")
     absent = missing_schemes(project)
     if absent:
-        console.print(f"the project has no Schemes/{', Schemes/'.join(absent)}: put the scheme "
-                      "directories there (e.g. RELION 4's scripts/Schemes/prep and proc) and run "
-                      "this command again to set their options")
+        console.print(f"the project has no Schemes/{', Schemes/'.join(absent)}: install them "
+                      f"({'; '.join(f'vitrify schemer --scheme {n} --init {n}' for n in absent)}) "
+                      "and run this command again to set their options")
     console.print("start processing with:")
     for line in processing_commands(project):
         typer.echo(line)
@@ -152,6 +161,9 @@ def register(app: typer.Typer) -> None:
         watch: bool = typer.Option(False, "--watch", help="Wait for the first complete metadata file."),
         poll: float = typer.Option(5.0, "--poll", help="Seconds between checks with --watch."),
         timeout: Optional[float] = typer.Option(None, "--timeout", help="Give up after (s) with --watch."),
+        init_schemes: bool = typer.Option(True, "--init-schemes/--no-init-schemes",
+                                          help="Install vitrify's prep/proc schemes where the project "
+                                               "has none (as relion_it copies RELION's)."),
         settings: list[str] = typer.Option([], "--set", help="relion_it key=value for the schemes, e.g. "
                                            "proc__min_nr_parts_3d=10000 or proc__refine3d__sym_name=D2 "
                                            "(repeatable; wins over derived values)."),

@@ -173,6 +173,19 @@ def processing_commands(project_dir: str | Path) -> list[str]:
     return lines
 
 
+def install_missing_schemes(project_dir: str | Path) -> list[str]:
+    """Copy vitrify's prep/proc templates into a project that lacks them (relion_it copies RELION's).
+
+    Returns the names installed; schemes the project has are kept as they are.
+    """
+    from vitrify.pipeline.schemes.templates_data import install_scheme
+
+    missing = missing_schemes(project_dir)
+    for name in missing:
+        install_scheme(project_dir, name)
+    return missing
+
+
 def missing_schemes(project_dir: str | Path) -> list[str]:
     """Names of the prep/proc schemes the project does not have yet."""
     return [name for name in SCHEME_NAMES

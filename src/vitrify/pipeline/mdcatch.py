@@ -5,7 +5,7 @@ The steps of ``vitrify mdcatch SESSION --project DIR``: :func:`find_metadata_fil
 ``*.xml`` beside movies), :func:`read_first_complete` (in watch mode a partial file is skipped
 with a warning and retried), :func:`locate_movies`, :func:`locate_gain`, then
 :func:`setup_project` writes ``acquisition.json``, ``relion_it_options.py`` and the
-options into ``Schemes/prep|proc`` when the project has them.
+options into ``Schemes/prep|proc`` (vitrify's templates are installed where the project has none).
 """
 
 from __future__ import annotations
@@ -28,7 +28,11 @@ from vitrify.io.acquisition import (
 from vitrify.io.atomic import atomic_write
 from vitrify.io.errors import InputError
 from vitrify.io.facility import FacilityConfig, apply_facility
-from vitrify.pipeline._scheme_setup import apply_scheme_options, relion_it_text
+from vitrify.pipeline._scheme_setup import (
+    apply_scheme_options,
+    install_missing_schemes,
+    relion_it_text,
+)
 from vitrify.pipeline.autosetup import (
     ProcessingSetup,
     SetupOptions,
@@ -248,6 +252,7 @@ class SessionRequest:
     poll_s: float = 5.0
     timeout_s: float | None = None
     settings: dict[str, str] = field(default_factory=dict)
+    init_schemes: bool = True
 
 
 def _fill_from_movie(params: AcquisitionParams, movie: Path) -> AcquisitionParams:
@@ -342,9 +347,10 @@ def prepare_session(request: SessionRequest,
     setup = derive_processing(params, request.options)
     setup = ProcessingSetup({**setup.values, **_file_values(request, params, movies)})
     link_session(request.project_dir, request.session_dir)
+    installed = install_missing_schemes(request.project_dir) if request.init_schemes else []
     setup_project(request.project_dir, params, setup,
                   {"session_dir": str(request.session_dir.resolve()),
                    "microscope_name": request.facility.microscope_name(params.microscope_id),
                    "metadata_file": params.source_path, "movies_found": movies.count,
-                   "settings": request.settings}, request.settings)
+                   "settings": request.settings, "schemes_installed": installed}, request.settings)
     return params, setup
