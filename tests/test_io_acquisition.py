@@ -378,3 +378,20 @@ def test_mrc_fei1_extended_header(tmp_path):
     assert p.total_dose_e_per_angst2 == pytest.approx(4 * 1.25)  # 1.25e20 e/m2 per fraction
     assert p.detector == "BM-Falcon" and p.microscope_id == "D3593"
     assert p.sources["voltage_kv"] == ("fei1.mrc", "FEI1 extended header: HT")
+
+
+def test_epu_k3_recognised_by_its_sensor_size(tmp_path):
+    path = _edited_k2(tmp_path, "<a:height>3710</a:height><a:width>3838</a:width>",
+                      "<a:height>4092</a:height><a:width>5760</a:width>")
+    p = read_acquisition(path)
+    assert p.detector == "EF-CCD" and p.detector_model == "Gatan K3"  # 5760 x 4092 sensor
+    assert p.frame_size_px == (5760, 4092)
+
+
+def test_epu_falcon4_recognised_by_its_raw_frame_rate(tmp_path):
+    text = (FIXTURES / FALCON).read_text()
+    assert text.count("<ExposureTime>70.36</ExposureTime>") == 1
+    (tmp_path / FALCON).write_text(text.replace("<ExposureTime>70.36<", "<ExposureTime>5.0<"))
+    p = read_acquisition(tmp_path / FALCON)
+    # 2734 raw frames in 5 s = 547 frames/s: a Falcon 4 (a Falcon 3 reads out ~40 frames/s)
+    assert p.detector_model == "Falcon 4" and p.exposure_time_s == 5.0
