@@ -73,6 +73,7 @@ def test_demo_runs_end_to_end_small(tmp_path):
     assert str(out / "Reconstruct" / "job002" / "reconstruction.mrc") in text
     assert f"agree down to {summary['resolution_05']:.1f} Å (FSC 0.5)" in text
     assert "twice the pixel size" in text and "6.0 Å" in text
+    assert f"0.5 at {summary['resolution_05']:.2f} A" in (out / "Reconstruct" / "job002" / "run.log").read_text()
     if "class2d_data" in summary:
         assert (out / "Class2D" / "job003" / "RELION_JOB_EXIT_SUCCESS").exists()
         table = summary["class_table"]
