@@ -248,3 +248,23 @@ def test_pipeline_lock_excludes_others_and_respects_relion_lock(tmp_path):
     relion_lock.unlink()
     with pipeline_lock(tmp_path, timeout_s=0.2):
         pass
+
+
+def test_aliases_can_be_changed_and_removed_and_numbers_skip_leftover_dirs(tmp_path):
+    project = Project.open(tmp_path)
+    (tmp_path / "Import" / "job001").mkdir(parents=True)  # left over from an earlier, lost pipeline
+    name = project.add_job("relion.import", _import_options())
+    assert name == "Import/job002/"
+    project.set_alias(name, "first")
+    assert (tmp_path / "Import" / "first").resolve() == (tmp_path / name).resolve()
+    project.set_alias(name, "second")
+    assert not (tmp_path / "Import" / "first").exists()
+    assert project.jobs()[0].alias == "Import/second/"
+    assert project.job_options("Import/second/") == _import_options()
+    other = project.add_job("relion.import", _import_options())
+    with pytest.raises(InputError, match="already used"):
+        project.set_alias(other, "second")
+    project.set_alias(name, None)
+    assert not (tmp_path / "Import" / "second").is_symlink()
+    assert [r.alias for r in project.jobs()] == [None, None]
+    assert "None" in (tmp_path / "default_pipeline.star").read_text()
