@@ -195,6 +195,14 @@ def test_cli_run_job_and_pipeline_graph(tmp_path, monkeypatch):
     for text in (name, failing, "Succeeded", "Failed", f"{name}micrographs.star"):
         assert text in result.output
     assert (tmp_path / "graph.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = CliRunner().invoke(app, ["pipeline", "--json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    graph = json.loads(result.output)
+    assert [(j["name"], j["status"]) for j in graph["jobs"]] == [(name, "Succeeded"), (failing, "Failed")]
+    assert graph["job_edges"] == [{"from": name, "node": f"{name}micrographs.star", "to": failing}]
+    assert {"job": name, "node": f"{name}micrographs.star"} in graph["output_edges"]
 
 
 def test_error_inside_a_job_is_in_run_err_when_the_marker_appears(tmp_path):

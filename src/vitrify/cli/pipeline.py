@@ -71,19 +71,25 @@ def _pipeline_command(app: typer.Typer) -> None:
     def pipeline(
         png: Path = typer.Option(None, "--png", help="Also draw the graph into this file (.png/.svg/.pdf)."),
         project_dir: Path = typer.Option(Path("."), "--project", help="Project directory."),
+        as_json: bool = typer.Option(False, "--json", help="Print the graph as JSON instead."),
     ) -> None:
         """Show the jobs of the project, their status and input/output edges."""
         from rich.console import Console
 
-        from vitrify.pipeline.graph import draw_pipeline
+        from vitrify.pipeline.graph import draw_pipeline, graph_dict
         from vitrify.pipeline.project import Project
 
         project = Project.open(project_dir)
         project.jobs()  # brings Running jobs up to date
         state = project.pipeline()
-        console = Console()
-        for part in _tables(state):
-            console.print(part)
+        if as_json:
+            import json
+
+            typer.echo(json.dumps(graph_dict(state), indent=1))
+        else:
+            console = Console()
+            for part in _tables(state):
+                console.print(part)
         if png is not None:
             typer.echo(f"wrote {draw_pipeline(state, png)}")
 

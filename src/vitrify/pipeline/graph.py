@@ -63,6 +63,20 @@ def layers(state: PipelineState) -> dict[str, int]:
     return depth
 
 
+def graph_dict(state: PipelineState) -> dict:
+    """The pipeline as plain data (for JSON): jobs with status and layer, nodes, edges."""
+    depth = layers(state)
+    return {
+        "job_counter": state.job_counter,
+        "jobs": [{"name": p.name, "alias": p.alias, "type": p.type_label, "status": p.status,
+                  "layer": depth[p.name]} for p in state.processes.values()],
+        "nodes": [{"name": n, "type": t} for n, t in state.nodes.items()],
+        "input_edges": [{"node": n, "job": p} for n, p in state.input_edges],
+        "output_edges": [{"job": p, "node": n} for p, n in state.output_edges],
+        "job_edges": [{"from": e.source, "node": e.node, "to": e.target} for e in job_edges(state)],
+    }
+
+
 def draw_pipeline(state: PipelineState, path: str | Path) -> Path:
     """Write a picture (PNG/SVG/PDF by suffix) of the jobs, coloured by status, with their edges."""
     import matplotlib
