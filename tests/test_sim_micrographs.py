@@ -222,3 +222,11 @@ def test_dose_per_frame_and_metadata_match_the_options(tmp_path):
             assert params.exposure_time_s == pytest.approx(2.5)
             mean_defocus = (truth["rlnDefocusU"] + truth["rlnDefocusV"]).mean() / 2
             assert params.applied_defocus_um == pytest.approx(-mean_defocus / 1e4, rel=1e-3)
+
+
+@pytest.mark.parametrize("voltage_kv,sigma", [(100, 9.24e-4), (200, 7.29e-4), (300, 6.53e-4)])
+def test_interaction_constant_matches_kirkland_table(voltage_kv, sigma):
+    # sigma_e in rad / (V A), as tabulated in Kirkland, Advanced Computing in Electron Microscopy
+    from vitrify.sim.scene import interaction_constant
+
+    assert interaction_constant(voltage_kv) == pytest.approx(sigma, rel=2e-3)
