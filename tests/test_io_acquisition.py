@@ -395,3 +395,21 @@ def test_epu_falcon4_recognised_by_its_raw_frame_rate(tmp_path):
     p = read_acquisition(tmp_path / FALCON)
     # 2734 raw frames in 5 s = 547 frames/s: a Falcon 4 (a Falcon 3 reads out ~40 frames/s)
     assert p.detector_model == "Falcon 4" and p.exposure_time_s == 5.0
+
+
+def test_mdoc_with_windows_line_ends_and_code_page_text_reads(tmp_path):
+    text = (FIXTURES / "frames.mdoc").read_text()
+    (tmp_path / "crlf.mdoc").write_bytes(text.replace("\n", "\r\n").encode())
+    assert asdict_plain(read_acquisition(tmp_path / "crlf.mdoc")) == \
+        asdict_plain(read_acquisition(FIXTURES / "frames.mdoc"))
+    # a note typed on the SerialEM PC (Windows code page, not UTF-8)
+    (tmp_path / "note.mdoc").write_bytes((text + "NavigatorLabel = grid 2 \xb5m\n").encode("latin-1"))
+    assert read_acquisition(tmp_path / "note.mdoc").pixel_size_angst == pytest.approx(0.50226)
+
+
+def test_mdoc_cut_short_with_nul_padding_names_the_line(tmp_path):
+    lines = (FIXTURES / "frames.mdoc").read_text().splitlines()
+    bad = tmp_path / "crashed.mdoc"
+    bad.write_bytes(("\n".join(lines[:24]) + "\nNumSubFrames = 4" + "\x00" * 40).encode())
+    with pytest.raises(InputError, match=r"crashed\.mdoc: line 25: unreadable line"):
+        read_acquisition(bad)

@@ -28,6 +28,8 @@ _SECTION = re.compile(r"^\[\s*(\w+)\s*=\s*(.*?)\s*\]$")
 _KEY_VALUE = re.compile(r"^([A-Za-z][\w.\[\]-]*)\s*=\s*(.*)$")
 _DATE = re.compile(r"\d{1,2}-[A-Za-z]{3}-\d{2,4}")
 _D_NUMBER = re.compile(r"\bD(\d{3,5})\b")
+#: Control characters (NUL padding of a crashed write, binary garbage); tabs are whitespace.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass
@@ -63,7 +65,10 @@ def parse_mdoc(path: str | Path) -> Mdoc:
         raw = path.read_bytes()
     except OSError as err:
         raise InputError(f"cannot read: {err}", path=path) from err
-    text = raw.decode("utf-8", errors="replace")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:  # SerialEM on Windows writes notes in the system code page
+        text = raw.decode("latin-1")
     mdoc = Mdoc(path)
     target = mdoc.header
     for number, line in enumerate(text.splitlines(), start=1):
@@ -76,7 +81,7 @@ def parse_mdoc(path: str | Path) -> Mdoc:
         elif section:
             mdoc.sections.append(MdocSection(section.group(1), section.group(2), number))
             target = mdoc.sections[-1].values
-        elif (pair := _KEY_VALUE.match(line)) and "\ufffd" not in line:
+        elif (pair := _KEY_VALUE.match(line)) and not _CONTROL.search(line):
             key, value = pair.group(1), pair.group(2).strip()
             if key == "T":
                 mdoc.titles.append(value)
