@@ -117,6 +117,10 @@ def test_read_star_row_and_types(tmp_path):
     s.strings["spec"] = "tab.star,items,rlnName"
     _run(tmp_path, s, "string=read_star", "sres", "spec", "n")
     assert s.strings["sres"] == "n2"
+    _run(tmp_path, s, "string=read_star", "sres", "spec", "1")        # literal row index
+    assert s.strings["sres"] == "n1"
+    _run(tmp_path, s, "string=read_star", "sres", "spec", "words")    # not a number: row 0
+    assert s.strings["sres"] == "n0"
     s.strings["spec"] = "tab.star,items,rlnNoSuchLabel"
     with pytest.raises(InputError, match="rlnNoSuchLabel"):
         _run(tmp_path, s, "float=read_star", "out", "spec")

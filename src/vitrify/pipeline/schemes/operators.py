@@ -123,9 +123,17 @@ def _star_column(ctx, op) -> list[str]:
     return read_table_column(path, table, label)
 
 
+def _row_index(ctx, name: str) -> int:
+    """Row of ``*=read_star``: a float variable or a literal (RELION: variables only), else 0."""
+    if name in ctx.scheme.floats:
+        return round(ctx.scheme.floats[name])
+    literal = parse_literal(name)
+    return 0 if literal is None else round(literal)
+
+
 def _read_star(ctx, op):
     values = _star_column(ctx, op)
-    index = round(ctx.scheme.floats[op.input2]) if op.input2 in ctx.scheme.floats else 0
+    index = _row_index(ctx, op.input2)
     if not 0 <= index < len(values):
         raise InputError(f"operator {op.name}: row {index} does not exist "
                          f"({len(values)} rows)", path=_star_spec(ctx, op)[0])
@@ -352,10 +360,10 @@ SIGNATURES: dict[str, Signature] = {
     "bool=or": ("bool", "bool", "bool"), "bool=not": ("bool", "bool", None),
     **{f"bool={k}": ("bool", "number", "number") for k in _CMP},
     "bool=file_exists": ("bool", "string", None),
-    "bool=read_star": ("bool", "string", "float?"), "float=read_star": ("float", "string", "float?"),
-    "string=read_star": ("string", "string", "float?"),
+    "bool=read_star": ("bool", "string", None), "float=read_star": ("float", "string", None),
+    "string=read_star": ("string", "string", None),
     "float=set": ("float", "number", None), **{f"float={k}": ("float", "number", "number") for k in _ARITH},
-    "float=round": ("float", "number", None), "float=count_images": ("float", "string", "string?"),
+    "float=round": ("float", "number", None), "float=count_images": ("float", "string", None),
     "float=count_words": ("float", "string", None),
     **{f"float=star_table_{k}": ("float", "string", None)
        for k in ("max", "min", "avg", "max_idx", "min_idx")},
