@@ -246,3 +246,21 @@ def test_cli_run_job_from_a_template_makes_a_new_job(tmp_path, monkeypatch):
     assert "Import/job001/: Succeeded" in result.output
     assert _micrograph_names(tmp_path / "Import" / "job001" / "micrographs.star") == ["Raw/a.mrc"]
     assert [r.status for r in Project.open(tmp_path).jobs()] == ["Succeeded"]
+
+
+def test_mpi_ranks_other_than_zero_do_nothing(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from vitrify.cli.main import build_app
+
+    project = Project.open(tmp_path)
+    name = _import_job(project, ["a.mrc"])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "2")
+    result = CliRunner().invoke(build_app(), ["run-job", "--job", f"{name}job.star"])
+    assert result.exit_code == 0 and "rank 2" in result.output
+    assert project.job_status(name) == "Scheduled"
+    assert not (tmp_path / name / "micrographs.star").exists()
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")
+    result = CliRunner().invoke(build_app(), ["run-job", "--job", f"{name}job.star"])
+    assert result.exit_code == 0 and project.job_status(name) == "Succeeded"

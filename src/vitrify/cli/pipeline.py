@@ -22,7 +22,12 @@ def _run_job_command(app: typer.Typer) -> None:
         from vitrify.pipeline.project import Project
 
         from vitrify.io.errors import InputError
+        from vitrify.pipeline.pipeliner import secondary_rank
 
+        rank = secondary_rank()
+        if rank:
+            typer.echo(f"MPI rank {rank}: vitrify jobs run on rank 0 only; nothing to do here")
+            raise typer.Exit(0)
         project = Project.open(".")
         try:
             name = job_name_of(job, project.root)

@@ -27,6 +27,23 @@ from vitrify.pipeline.project import Project, marker_status
 #: Options fields switched on when a job is continued (only where the job's Options has them).
 CONTINUE_FIELDS: dict[str, object] = {"only_new": True}
 
+#: environment variables that MPI launchers (Open MPI, MPICH/Intel, PMIx, MVAPICH, srun) set to the rank
+RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
+
+
+def secondary_rank() -> int:
+    """The MPI rank of this process when it is not rank 0, else 0.
+
+    vitrify jobs are not MPI programs: a queue template that starts ``mpirun -n XXXmpinodesXXX
+    XXXcommandXXX`` must not run the job N times, so only rank 0 works and the others exit.
+    """
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 0
+
+
 #: final status → exit code of ``vitrify run-job`` (RELION's marker numbering)
 EXIT_CODES: dict[str, int] = {"Succeeded": 0, "Failed": 1, "Aborted": 2}
 
