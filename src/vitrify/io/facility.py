@@ -9,13 +9,18 @@ Krios, Talos and Glacios). Format and example: docs/mdcatch.md.
 from __future__ import annotations
 
 import os
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vitrify.io._acq_params import AcquisitionParams, with_value
 from vitrify.io.errors import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, as the tomli package (a dependency there)
+    import tomli as tomllib
 
 #: Environment variable naming the facility file when no ``--facility`` option is given.
 ENV_VARIABLE = "VITRIFY_FACILITY_CONFIG"
