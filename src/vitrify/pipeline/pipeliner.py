@@ -20,7 +20,7 @@ from vitrify.io.errors import InputError
 from vitrify.jobs.base import ABORT_NOW, EXIT_FAILURE, JobAborted, check_abort, clear_markers, run_job
 from vitrify.jobs.registry import resolve_job
 from vitrify.pipeline import _notes
-from vitrify.pipeline._jobstar import read_job_star
+from vitrify.pipeline._jobstar import JobStar, read_job_star, write_job_star
 from vitrify.pipeline._pipeline_star import normalise_job_name
 from vitrify.pipeline.project import Project, marker_status
 
@@ -88,6 +88,8 @@ def _report(job_dir: Path, err: BaseException) -> None:
 
 def _prepare(job_star: Path, continue_: bool):
     job = read_job_star(job_star)
+    if continue_ and not job.is_continue:  # job.star says how the job last ran, as in RELION
+        write_job_star(job_star, JobStar(job.type_label, job.options, True))
     module = resolve_job(job.type_label, job.options)
     options = module.options_from_job_star(dict(job.options))
     return module, (continued(options) if continue_ or job.is_continue else options)
