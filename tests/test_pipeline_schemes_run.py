@@ -71,6 +71,10 @@ def test_loop_with_fork_runs_to_completion(tmp_path):
     assert options["fn_mic"] == "Import/job001/micrographs.star"  # translated job path
     assert read_job_star(tmp_path / "Import/job001/job.star").options["angpix"] == "1.5"
     assert (tmp_path / "Select/job003/micrographs.star").exists()
+    status = control.scheme_status(tmp_path, "loop")
+    assert status["state"] == "finished" and status["variables"]["iter"] == 2.0
+    assert {j["node"]: (j["job"], j["status"]) for j in status["jobs"]} == {
+        "import": ("Import/job001/", "Succeeded"), "select": ("Select/job003/", "Succeeded")}
     log = (tmp_path / "Schemes/loop/schemer.log").read_text()
     assert "continuing Import/job001/" in log and "+ INC: iter -> 2" in log
 

@@ -136,7 +136,9 @@ def _job_status(project_dir: Path, job_name: str, started: bool, original: str) 
     for marker, status in _JOB_MARKERS.items():
         if (job_dir / marker).exists():
             return status
-    return "Running" if job_dir.is_dir() else "missing"
+    if not job_dir.is_dir():
+        return "missing"
+    return "Running" if (job_dir / "run.pid").exists() or (job_dir / "run.out").exists() else "Scheduled"
 
 
 def _run_state(project_dir: Path, name: str) -> tuple[str, int | None]:
