@@ -179,3 +179,16 @@ def test_job_created_by_a_killed_schemer_is_adopted(tmp_path):
     assert result.status == "Succeeded"
     assert processes(tmp_path) == {orphan: "Succeeded"}
     assert load(tmp_path, "ad").jobs["import"].name == orphan
+
+
+def test_loop_back_to_a_failed_job_with_nothing_independent_stops(tmp_path):
+    make_scheme(tmp_path, "lp", floats={"n": 0.0},
+                operators=[("INC", "float=plus", "n", "n", "1")],
+                jobs={"bad": ("continue", IMPORT[0], {**IMPORT[1], "fn_in_raw": "No/*.mrc"}),
+                      "dep": ("new", *select_from("Schemes/lp/bad/micrographs.star"))},
+                edges=[("bad", "dep"), ("dep", "INC"), ("INC", "bad")])
+    result = run_scheme(tmp_path, "lp", FAST)
+    assert result.status == "Failed" and result.current_node == "bad"
+    assert "no work independent of it" in result.message
+    assert load(tmp_path, "lp").floats["n"] == 1.0               # the operators in between ran
+    assert list(processes(tmp_path)) == ["Import/job001/"]       # not retried, dep never made
