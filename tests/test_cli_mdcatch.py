@@ -12,6 +12,7 @@ import tifffile
 from typer.testing import CliRunner
 
 from vitrify.cli.main import build_app
+from vitrify.io.errors import InputError
 
 FIXTURES = Path("/work/shared/fixtures/acquisition")
 if not FIXTURES.is_dir():
@@ -260,8 +261,10 @@ def test_facility_file_sets_site_values_without_code_edits(tmp_path):
     (tmp_path / "site.toml").write_text(SITE)
     mrcfile.new(session / "atlas_0001.mrc", np.zeros((16, 24), np.int8)).close()  # not a movie
     without = _run("mdcatch", str(session), "--project", str(tmp_path / "q"))
-    assert without.exit_code == 0, without.output  # the default patterns take any *.mrc
-    assert json.loads((tmp_path / "q" / "acquisition.json").read_text())["movies_found"] == 3
+    assert without.exit_code == 0, without.output  # the default *.mrc, the largest family of it
+    defaults = json.loads((tmp_path / "q" / "acquisition.json").read_text())
+    assert defaults["scheme_options"]["prep__importmovies__fn_in_raw"] == "Movies/stack_*.mrc"
+    assert defaults["movies_found"] == 2
     result = _run("mdcatch", str(session), "--project", str(tmp_path / "p"),
                   "--facility", str(tmp_path / "site.toml"))
     assert result.exit_code == 0, result.output
@@ -284,3 +287,19 @@ def test_facility_file_sets_site_values_without_code_edits(tmp_path):
     assert options["prep__importmovies__angpix"] == "0.50226"
     assert float(options["prep__motioncorr__dose_per_frame"]) == pytest.approx(0.75)
     assert options["prep__motioncorr__group_for_ps"] == "5"  # round(4 / 0.75)
+
+
+def test_facility_movie_patterns_pick_the_raw_movies(tmp_path):
+    from vitrify.io.acquisition import read_acquisition
+    from vitrify.pipeline.mdcatch import locate_movies
+
+    shutil.copy(FIXTURES / "frames.mdoc", tmp_path / "frames.mdoc")  # its SubFramePath is absent
+    for name in ("a_0001_raw.mrc", "a_0002_raw.mrc", "a_0001_aligned.mrc"):
+        (tmp_path / name).write_bytes(b"")
+    params = read_acquisition(tmp_path / "frames.mdoc")
+    site = locate_movies(params, tmp_path, ("*_raw.mrc",))
+    assert (site.pattern, site.count, site.example.name) == ("a_*_raw.mrc", 2, "a_0001_raw.mrc")
+    generic = locate_movies(params, tmp_path, ("*.mrc",))
+    assert (generic.pattern, generic.count) == ("a_*.mrc", 3)  # why a site names its own pattern
+    with pytest.raises(InputError, match="no movie found"):
+        locate_movies(params, tmp_path, ("*.eer",))

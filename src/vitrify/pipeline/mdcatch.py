@@ -150,12 +150,20 @@ def _letters(name: str) -> str:
 
 
 def _movie_by_pattern(meta: Path, session: Path, patterns: tuple[str, ...]) -> tuple[Path, str] | None:
-    """First movie matching the facility's movie patterns, beside the metadata file or anywhere."""
+    """The largest family of files matching the first facility movie pattern that matches any.
+
+    Files are grouped by folder and leading letters (``stack_`` of ``stack_0001.mrc``), so an
+    ``atlas_0001.mrc`` beside the movies does not become one; the name pattern returned is the
+    facility's, narrowed to those letters when it starts with ``*``.
+    """
     for pattern in patterns:
         found = sorted(meta.parent.glob(pattern)) or sorted(session.rglob(pattern))
-        found = [p for p in found if p.is_file()]
-        if found:
-            return found[0], pattern
+        families: dict[tuple[Path, str], list[Path]] = {}
+        for path in (p for p in found if p.is_file()):
+            families.setdefault((path.parent, _letters(path.name)), []).append(path)
+        if families:
+            (_, letters), members = max(families.items(), key=lambda item: len(item[1]))
+            return members[0], (letters + pattern if pattern.startswith("*") else pattern)
     return None
 
 
