@@ -43,6 +43,9 @@ def test_mdcatch_recovers_a_simulated_session(tmp_path, movie_format):
     # every value the processing needs says which file and field it came from
     for name in ("pixel_size_angst", "voltage_kv", "cs_mm", "n_frames", "dose_per_frame_e_per_angst2"):
         assert acq["sources"][name]["file"].startswith("mov_00001"), name
+    given = {k for k, v in acq.items() if v is not None and k not in ("sources", "missing", "source_path")}
+    assert given == set(acq["sources"])  # every value has its (file, field), nothing else has one
+    assert all(entry["source"] for entry in record["processing"].values())
 
     # the movies: the pattern (relative to the project, through its Movies link) finds exactly
     # the simulator's movies and not its gain reference
