@@ -153,3 +153,32 @@ def test_init_copies_the_template_into_the_project(tmp_path):
     assert status["current_node"] == "WAIT" and status["variables"]["wait_sec"] == 5.0
     assert [j["node"] for j in status["jobs"]] == ["ctffind", "importmovies", "motioncorr"]
     assert all(j["status"] == "not started" for j in status["jobs"])
+
+
+def test_relion_schemer_forms_of_the_edits(tmp_path):
+    _counter(tmp_path)
+    project = ["--project", str(tmp_path)]
+    out = _invoke("schemer", "--scheme", "ops", "--set_var", "limit", "--value", "7",
+                  "--original_value", "6", *project)
+    assert out.exit_code == 0, out.output
+    scheme = load(tmp_path, "ops")
+    assert scheme.floats["limit"] == 7.0 and scheme.floats_reset["limit"] == 6.0
+    out = _invoke("schemer", "--scheme", "ops", "--set_var", "flag=x.txt", "--also_reset", *project)
+    assert out.exit_code == 0 and load(tmp_path, "ops").strings_reset["flag"] == "x.txt"
+    out = _invoke("schemer", "--scheme", "ops", "--set_job_mode", "nojob", "--value", "new", *project)
+    assert out.exit_code == 1 and "no job 'nojob'" in str(out.exception)
+    out = _invoke("schemer", "--scheme", "ops", "--set_has_started", "nojob", *project)
+    assert out.exit_code == 1 and "needs --value" in str(out.exception)
+
+
+def test_set_job_mode_and_has_started(tmp_path):
+    from _schemes_util import IMPORT
+
+    make_scheme(tmp_path, "j", jobs={"imp": ("continue", *IMPORT)}, edges=[("imp", "undefined")])
+    project = ["--project", str(tmp_path)]
+    assert _invoke("schemer", "--scheme", "j", "--set_job_mode", "imp", "--value", "new", *project).exit_code == 0
+    assert _invoke("schemer", "--scheme", "j", "--set_has_started", "imp", "--value", "True", *project).exit_code == 0
+    job = load(tmp_path, "j").jobs["imp"]
+    assert job.mode == "new" and job.has_started is True
+    out = _invoke("schemer", "--scheme", "j", "--set_job_mode", "imp", "--value", "later", *project)
+    assert out.exit_code == 1 and "new or continue" in str(out.exception)

@@ -1,36 +1,92 @@
 """``vitrify schemer``: run and control RELION-4 Schemes (``Schemes/NAME/scheme.star``).
 
 Run from the project directory. Actions in one call are applied in this order:
-``--init``, ``--reset``, ``--set_var``, ``--set_job_option``, ``--set_current_node``,
-``--abort``, ``--run``, ``--status``. Exit code of ``--run``: 0 finished, 1 failed, 2 aborted.
+``--init``, ``--reset``, ``--set_var``, ``--set_job_option``, ``--set_job_mode``,
+``--set_has_started``, ``--set_current_node``, ``--abort``, ``--run``, ``--status``.
+Exit code of ``--run``: 0 finished, 1 failed, 2 aborted.
+
+Both forms work: ``--set_var NAME=VALUE`` (repeatable) and relion_schemer's
+``--set_var NAME --value VALUE [--original_value RESET]``; likewise ``--set_job_mode JOB
+--value new`` and ``--set_has_started JOB --value False``.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
 
+from vitrify.io.errors import InputError
+
 EXIT_CODES = {"Succeeded": 0, "Failed": 1, "Aborted": 2}
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
-def _edits(project: Path, scheme: str, set_var: list[str], set_original: bool,
-           set_job_option: list[str], set_current_node: str | None) -> None:
+@dataclass(frozen=True)
+class Edits:
+    """The edit options of one ``vitrify schemer`` call."""
+
+    set_var: tuple[str, ...] = ()
+    value: str | None = None
+    original_value: str | None = None
+    also_reset: bool = False
+    set_job_option: tuple[str, ...] = ()
+    set_job_mode: str | None = None
+    set_has_started: str | None = None
+    set_current_node: str | None = None
+
+
+def _variables(edits: Edits) -> tuple[dict[str, str], dict[str, str]]:
+    """``({name: value}, {name: reset value})`` from either form of ``--set_var``."""
+    from vitrify.pipeline.schemes.control import parse_assignment
+
+    if edits.value is not None and len(edits.set_var) == 1 and "=" not in edits.set_var[0]:
+        name = edits.set_var[0]
+        resets = {} if edits.original_value is None else {name: edits.original_value}
+        return {name: edits.value}, resets
+    values = dict(parse_assignment(text) for text in edits.set_var)
+    resets = {} if edits.original_value is None else {k: edits.original_value for k in values}
+    return values, resets
+
+
+def _job_fields(project: Path, scheme: str, edits: Edits) -> None:
     from vitrify.pipeline.schemes import control
 
-    if set_var:
-        values = dict(control.parse_assignment(text) for text in set_var)
-        control.set_variables(project, scheme, values, also_reset=set_original)
+    for job, field, convert in ((edits.set_job_mode, "mode", str),
+                                (edits.set_has_started, "has_started", _as_bool)):
+        if job is None:
+            continue
+        if edits.value is None:
+            raise InputError(f"--set_{field if field != 'mode' else 'job_mode'} needs --value",
+                             field="--value", expected="new | continue, or True | False")
+        control.set_job_fields(project, scheme, job, **{field: convert(edits.value)})
+        typer.echo(f"{job}: {field} = {edits.value}")
+
+
+def _as_bool(text: str) -> bool:
+    if text.strip().lower() not in _BOOL_WORDS:
+        raise InputError(f"not a boolean: {text!r}", field="--value", expected="True | False | 1 | 0")
+    return _BOOL_WORDS[text.strip().lower()]
+
+
+def _apply_edits(project: Path, scheme: str, edits: Edits) -> None:
+    from vitrify.pipeline.schemes import control
+
+    if edits.set_var:
+        values, resets = _variables(edits)
+        control.set_variables(project, scheme, values, also_reset=edits.also_reset, reset_values=resets)
         typer.echo(f"set {', '.join(f'{k}={v}' for k, v in values.items())}")
-    for text in set_job_option:
+    for text in edits.set_job_option:
         job_option, value = control.parse_assignment(text)
         job, option = control.parse_assignment(job_option, ":")
         path = control.set_job_option(project, scheme, job, option, value)
         typer.echo(f"set {option}={value} in {path}")
-    if set_current_node is not None:
-        control.set_current_node(project, scheme, set_current_node)
-        typer.echo(f"current node: {set_current_node}")
+    _job_fields(project, scheme, edits)
+    if edits.set_current_node is not None:
+        control.set_current_node(project, scheme, edits.set_current_node)
+        typer.echo(f"current node: {edits.set_current_node}")
 
 
 def _run(project: Path, scheme: str, poll: float, stop_on_failure: bool) -> None:
@@ -40,6 +96,19 @@ def _run(project: Path, scheme: str, poll: float, stop_on_failure: bool) -> None
     typer.echo(f"scheme {scheme}: {result.status} at node {result.current_node}: {result.message}")
     if result.status != "Succeeded":
         raise typer.Exit(EXIT_CODES.get(result.status, 1))
+
+
+def _actions(project: Path, scheme: str, init: str | None, reset: bool, edits: Edits) -> None:
+    from vitrify.pipeline.schemes import control
+
+    if init:
+        from vitrify.pipeline.schemes.templates_data import install_scheme
+
+        typer.echo(f"installed {install_scheme(project, init, scheme)}")
+    if reset:
+        control.reset_scheme(project, scheme)
+        typer.echo(f"scheme {scheme} reset")
+    _apply_edits(project, scheme, edits)
 
 
 def register(app: typer.Typer) -> None:
@@ -54,11 +123,19 @@ def register(app: typer.Typer) -> None:
                                                           "current node to the start."),
         status: bool = typer.Option(False, "--status", help="Show the scheme's state."),
         as_json: bool = typer.Option(False, "--json", help="With --status: print JSON."),
-        set_var: list[str] = typer.Option([], "--set_var", "--set-var", help="NAME=VALUE (repeatable)."),
-        set_original: bool = typer.Option(False, "--original_value", "--original-value",
-                                          help="With --set_var: also set the reset values."),
+        set_var: list[str] = typer.Option([], "--set_var", "--set-var",
+                                          help="NAME=VALUE (repeatable), or NAME with --value."),
+        value: str = typer.Option(None, "--value", help="Value for --set_var NAME, --set_job_mode, "
+                                                         "--set_has_started (relion_schemer form)."),
+        original_value: str = typer.Option(None, "--original_value", "--original-value",
+                                           help="With --set_var: the reset value."),
+        also_reset: bool = typer.Option(False, "--also_reset", "--also-reset",
+                                        help="With --set_var: reset values = the new values."),
         set_job_option: list[str] = typer.Option([], "--set_job_option", "--set-job-option",
                                                  help="JOB:OPTION=VALUE in the job's template (repeatable)."),
+        set_job_mode: str = typer.Option(None, "--set_job_mode", help="JOB (with --value new|continue)."),
+        set_has_started: str = typer.Option(None, "--set_has_started",
+                                            help="JOB (with --value True|False)."),
         set_current_node: str = typer.Option(None, "--set_current_node", "--set-current-node",
                                              help="Node to (re)start from."),
         init: str = typer.Option(None, "--init", help="Copy vitrify's template scheme (prep | proc) "
@@ -73,14 +150,9 @@ def register(app: typer.Typer) -> None:
         """Run or control a RELION-4 scheme (relion_schemer)."""
         from vitrify.pipeline.schemes import control
 
-        if init:
-            from vitrify.pipeline.schemes.templates_data import install_scheme
-
-            typer.echo(f"installed {install_scheme(project, init, scheme)}")
-        if reset:
-            control.reset_scheme(project, scheme)
-            typer.echo(f"scheme {scheme} reset")
-        _edits(project, scheme, set_var, set_original, set_job_option, set_current_node)
+        edits = Edits(tuple(set_var), value, original_value, also_reset, tuple(set_job_option),
+                      set_job_mode, set_has_started, set_current_node)
+        _actions(project, scheme, init, reset, edits)
         if abort:
             for path in control.abort_scheme(project, scheme):
                 typer.echo(f"touched {path}")

@@ -59,8 +59,10 @@ def parse_assignment(text: str, separator: str = "=") -> tuple[str, str]:
 
 
 def set_variables(project_dir: str | Path, name: str, values: dict[str, str],
-                  also_reset: bool = False) -> Scheme:
-    """Set variables (and their reset values with ``also_reset``), converting to their type."""
+                  also_reset: bool = False, reset_values: dict[str, str] | None = None) -> Scheme:
+    """Set variables, converting to their type; reset values too with ``also_reset`` (same
+    value) or from ``reset_values`` (RELION's ``--original_value``)."""
+    reset_values = reset_values or {}
     path = scheme_dir(project_dir, name) / "scheme.star"
 
     def change(scheme: Scheme) -> None:
@@ -69,7 +71,8 @@ def set_variables(project_dir: str | Path, name: str, values: dict[str, str],
                 raise InputError(f"no variable {variable!r} in scheme {name}", path=path,
                                  expected=", ".join(sorted([*scheme.floats, *scheme.bools, *scheme.strings])))
             try:
-                scheme.set_variable(variable, value, value if also_reset else None)
+                scheme.set_variable(variable, value,
+                                    reset_values.get(variable, value if also_reset else None))
             except ValueError as err:
                 raise InputError(f"variable {variable}: {err}", path=path,
                                  expected=f"a {scheme.variable_kind(variable)} value") from None
