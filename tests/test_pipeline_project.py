@@ -95,6 +95,9 @@ def test_import_job_runs_and_records_output_nodes(tmp_path):
     assert state.output_edges == [(name, "Import/job001/micrographs.star")]
     assert state.nodes["Import/job001/micrographs.star"] == "MicrographsData.star.relion"
     assert (tmp_path / ".Nodes" / "MicrographsData" / "Import" / "job001" / "micrographs.star").exists()
+    assert project.job_outputs(name) == ["Import/job001/micrographs.star"]
+    ctf = project.add_job("relion.ctffind", {"input_star_mics": project.job_outputs(name)[0]})
+    assert project.job_inputs(ctf) == ["Import/job001/micrographs.star"] and project.job_outputs(ctf) == []
     mini = read_pipeline(tmp_path / name / "job_pipeline.star")
     assert list(mini.processes) == [name] and mini.output_edges == state.output_edges
     assert read_job_star(tmp_path / name / "job.star").is_continue is False

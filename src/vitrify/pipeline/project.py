@@ -223,6 +223,18 @@ class Project:
         proc = read_locked(self.root).process(name, self.root / PIPELINE_FILE)
         return dict(read_job_star(self.root / proc.name / "job.star").options)
 
+    def job_inputs(self, name: str) -> list[str]:
+        """Input node paths of a job (project-relative), in the order recorded."""
+        state = read_locked(self.root)
+        proc = state.process(name, self.root / PIPELINE_FILE)
+        return [node for node, target in state.input_edges if target == proc.name]
+
+    def job_outputs(self, name: str) -> list[str]:
+        """Output node paths recorded for a job (after it succeeded)."""
+        state = read_locked(self.root)
+        proc = state.process(name, self.root / PIPELINE_FILE)
+        return [node for source, node in state.output_edges if source == proc.name]
+
     def jobs(self) -> list[JobRecord]:
         """Every job in pipeline order, with up-to-date status."""
         records = []
