@@ -303,3 +303,19 @@ def test_facility_movie_patterns_pick_the_raw_movies(tmp_path):
     assert (generic.pattern, generic.count) == ("a_*.mrc", 3)  # why a site names its own pattern
     with pytest.raises(InputError, match="no movie found"):
         locate_movies(params, tmp_path, ("*.eer",))
+
+
+def test_gain_look_up_rules_per_camera(tmp_path):
+    from vitrify.io.acquisition import read_acquisition, with_value
+    from vitrify.io.facility import CameraConfig, FacilityConfig
+    from vitrify.pipeline.mdcatch import locate_gain
+
+    params = read_acquisition(FIXTURES / K2)  # EPU names no gain file
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "K2-20200323.gain").write_bytes(b"")
+    (tmp_path / "norm_gain.mrc").write_bytes(b"")
+    site = FacilityConfig(cameras={"Gatan K2": CameraConfig(gain_patterns=("*.gain",))})
+    assert locate_gain(params, tmp_path, site).name == "K2-20200323.gain"
+    assert locate_gain(params, tmp_path, FacilityConfig()).name == "norm_gain.mrc"  # defaults
+    named = with_value(params, "gain_reference", "X:\\Data\\K2-20200323.gain", ("t.mdoc", "GainReference"))
+    assert locate_gain(named, tmp_path, FacilityConfig()).name == "K2-20200323.gain"  # named wins
