@@ -67,6 +67,10 @@ def test_bad_requests_are_input_errors(tmp_path):
         project.add_job("relion.import", _import_options(), alias="raw")
     with pytest.raises(InputError, match="bad alias"):
         project.add_job("relion.import", _import_options(), alias="job007")
+    with pytest.raises(InputError, match="other_args: a job option value cannot contain line breaks"):
+        project.add_job("relion.import", {"other_args": "a\nb"})
+    with pytest.raises(InputError, match="bad job option name 'fn in'"):
+        project.add_job("relion.import", {"fn in": "x"})
     with pytest.raises(InputError, match="no job Class2D/job009/"):
         project.job_status("Class2D/job009")
     assert project.job_status(name.rstrip("/")) == "Scheduled"

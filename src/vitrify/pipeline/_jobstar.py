@@ -72,10 +72,22 @@ def read_job_star(path: str | Path) -> JobStar:
     return JobStar(_type_label(general, path), _options(blocks, path), is_continue)
 
 
+def check_options(options: dict[str, str], path: str | Path | None = None) -> None:
+    """InputError for an option name or value that a STAR file cannot hold."""
+    for key, value in options.items():
+        if not key or any(c.isspace() for c in key) or key.startswith(("_", "#", "data_", "loop_")):
+            raise InputError(f"bad job option name {key!r}", path=path, field="data_joboptions_values",
+                             expected="a name without spaces, such as input_star_mics")
+        if "\n" in value or "\r" in value:
+            raise InputError("a job option value cannot contain line breaks", path=path, field=key,
+                             expected="a single line of text")
+
+
 def write_job_star(path: str | Path, job: JobStar) -> None:
-    """Write ``job`` atomically in RELION-4 layout."""
+    """Write ``job`` atomically in RELION-4 layout (InputError for unwritable options)."""
     from vitrify.io.star import write_star
 
+    check_options(job.options, path)
     names = sorted(job.options)
     table = pd.DataFrame({"rlnJobOptionVariable": names,
                           "rlnJobOptionValue": [str(job.options[n]) for n in names]}, dtype=object)

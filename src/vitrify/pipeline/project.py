@@ -26,7 +26,7 @@ from vitrify.io.errors import InputError
 from vitrify.jobs.base import ABORT_NOW, EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, clear_markers
 from vitrify.jobs.registry import job_directory
 from vitrify.pipeline import _aliases, _launch, _notes
-from vitrify.pipeline._jobstar import JobStar, read_job_star, write_job_star
+from vitrify.pipeline._jobstar import JobStar, check_options, read_job_star, write_job_star
 from vitrify.pipeline._lock import PIPELINE_FILE, edit_pipeline, read_locked
 from vitrify.pipeline._nodes import input_nodes, output_nodes, touch_node_markers
 from vitrify.pipeline._pipeline_star import PipelineState, Process, normalise_job_name
@@ -80,6 +80,7 @@ class Project:
         """Create the next ``JobType/jobNNN/`` with job.star and note.txt; record it as Scheduled."""
         directory = job_directory(type_label)
         options = {str(k): str(v) for k, v in options.items()}
+        check_options(options)
         with edit_pipeline(self.root) as state:
             number = state.job_counter
             while (self.root / f"{directory}/job{number:03d}").exists():
