@@ -120,12 +120,19 @@ def test_progress_bars_quiet_and_the_job_log(tmp_path):
     assert quiet.returncode == 0, quiet.stderr
     assert "projecting" not in quiet.stdout + quiet.stderr
     assert quiet.stdout.strip().startswith("wrote 12 images")
-    plain = _vitrify(*args, "--out", str(tmp_path / "plain"), env=env | {"FORCE_COLOR": ""})
-    assert "projecting" not in plain.stdout and plain.stdout.count("\n") == 1  # no bar in a pipe
     log = (tmp_path / "quiet" / "run.log").read_text()
     assert "simulate particles on cpu" in log and "finished" in log
     junk = (read_star(tmp_path / "quiet" / "truth.star")["particles"]["vtfJunkKind"] != "none").sum()
     assert f"wrote 12 images ({junk} junk) to particles.star + particles.mrcs" in log
+
+
+def test_no_bar_off_a_terminal(capsys, monkeypatch):
+    from vitrify import _progress
+
+    monkeypatch.setitem(_progress._state, "quiet", False)  # bars on, as without --quiet
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    assert list(_progress.track(range(3), "counting")) == [0, 1, 2]
+    assert capsys.readouterr().out == ""  # captured output is not a terminal: no bar, no blank lines
 
 
 def test_seed_fixes_the_data_set(tmp_path):
