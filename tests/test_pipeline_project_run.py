@@ -262,5 +262,7 @@ def test_mpi_ranks_other_than_zero_do_nothing(tmp_path, monkeypatch):
     assert project.job_status(name) == "Scheduled"
     assert not (tmp_path / name / "micrographs.star").exists()
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")
+    (tmp_path / name / "RELION_JOB_ABORT_NOW").touch()  # stale request from an earlier, finished run
+    project.record_status(name, "Aborted")
     result = CliRunner().invoke(build_app(), ["run-job", "--job", f"{name}job.star"])
     assert result.exit_code == 0 and project.job_status(name) == "Succeeded"

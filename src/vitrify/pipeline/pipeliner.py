@@ -107,9 +107,10 @@ def execute_job(job_star: str | Path, *, continue_: bool = False, root: str | Pa
                          path=project.root, expected=f"the current directory to be {project.root}")
     name = job_name_of(Path(job_star), project.root)
     job_dir = project.root / name
-    aborted_early = (job_dir / ABORT_NOW).exists()
-    if project.job_status(name) != "Running":
+    if project.job_status(name) != "Running":  # run directly, not launched by Project.run_job:
+        clear_markers(job_dir)                    # markers of an earlier run are stale
         project.record_status(name, "Running")
+    aborted_early = (job_dir / ABORT_NOW).exists()
     try:
         module, options = _prepare(job_dir / "job.star", continue_)
     except Exception as err:  # noqa: BLE001 - every failure ends with a marker and a message
