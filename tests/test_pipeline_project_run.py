@@ -203,6 +203,9 @@ def test_cli_run_job_and_pipeline_graph(tmp_path, monkeypatch):
     assert [(j["name"], j["status"]) for j in graph["jobs"]] == [(name, "Succeeded"), (failing, "Failed")]
     assert graph["job_edges"] == [{"from": name, "node": f"{name}micrographs.star", "to": failing}]
     assert {"job": name, "node": f"{name}micrographs.star"} in graph["output_edges"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pipeline", "--project", str(tmp_path / "not_a_project")])
+    assert exit_info.value.code == 1 and not (tmp_path / "not_a_project").exists()
 
 
 def test_error_inside_a_job_is_in_run_err_when_the_marker_appears(tmp_path):

@@ -84,6 +84,11 @@ def _pipeline_command(app: typer.Typer) -> None:
         from vitrify.pipeline.graph import draw_pipeline, graph_dict
         from vitrify.pipeline.project import Project
 
+        from vitrify.io.errors import InputError
+
+        if not (project_dir / "default_pipeline.star").is_file():
+            raise InputError("no default_pipeline.star here", path=project_dir,
+                             expected="a project directory (run from it or pass --project)")
         project = Project.open(project_dir)
         project.jobs()  # brings Running jobs up to date
         state = project.pipeline()
