@@ -291,3 +291,14 @@ def test_missing_schemes_are_installed_from_vitrify_templates(tmp_path):
         options = _options(project / "Schemes" / scheme / job / "job.star")
         assert {k: options[k] for k in expected} == expected, (scheme, job)
     assert json.loads((project / "acquisition.json").read_text())["schemes_installed"] == ["proc"]
+
+
+def test_a_failing_variable_leaves_the_job_templates_untouched(tmp_path):
+    _schemes_package()
+    from vitrify.pipeline._scheme_setup import apply_scheme_options
+
+    project = _project(tmp_path, "prep")
+    with pytest.raises(InputError, match="no variable 'no_such'"):
+        apply_scheme_options(project, {"prep__motioncorr__dose_per_frame": "1", "prep__no_such": "1"})
+    assert _options(project / "Schemes/prep/motioncorr/job.star") == \
+        _options(SCHEMES / "prep/motioncorr/job.star")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import shlex
 import shutil
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,23 +55,23 @@ def _variable_reference(value: str) -> str | None:
     return None
 
 
-def _set_job_options(project_dir: Path, scheme: str, job: str,
-                     options: dict[str, tuple[str, str]]) -> tuple[list[AppliedOption], dict]:
-    """Set ``{option: (key, value)}`` in one job template; options routed to ``$$var`` are returned.
+def _plan_job_options(project_dir: Path, scheme: str, job: str, options: dict[str, tuple[str, str]]
+                      ) -> tuple[list[AppliedOption], dict[str, tuple[str, str]], Callable[[], None]]:
+    """Plan ``{option: (key, value)}`` for one job template without writing anything yet.
 
-    Returns the options written and ``{variable: (key, value)}`` for the ones to set as variables.
+    Returns the options to write, ``{variable: (key, value)}`` for options the template routes
+    through ``$$variable``, and the function that writes the template.
     """
     from vitrify.pipeline._star import read_blocks, write_blocks
 
     path = project_dir / "Schemes" / scheme / job / "job.star"
     relative = path.relative_to(project_dir).as_posix()
     if not path.is_file():
-        return [], {}
+        return [], {}, lambda: None
     blocks = read_blocks(path)
     table = blocks.get("joboptions_values")
     if table is None or "rlnJobOptionVariable" not in getattr(table, "columns", ()):
         raise InputError("no joboptions_values table", path=path, expected="a RELION job.star")
-    table = table.copy()
     names = list(table["rlnJobOptionVariable"].astype(str))
     values = list(table["rlnJobOptionValue"].astype(str))
     applied, variables = [], {}
@@ -86,11 +87,13 @@ def _set_job_options(project_dir: Path, scheme: str, job: str,
         else:
             values[names.index(option)] = value
         applied.append(AppliedOption(key, relative, option, value))
-    if applied:
-        blocks["joboptions_values"] = pd.DataFrame({"rlnJobOptionVariable": names,
-                                                 "rlnJobOptionValue": values}, dtype=object)
-        write_blocks(path, blocks)
-    return applied, variables
+
+    def write() -> None:
+        if applied:
+            blocks["joboptions_values"] = pd.DataFrame({"rlnJobOptionVariable": names,
+                                                     "rlnJobOptionValue": values}, dtype=object)
+            write_blocks(path, blocks)
+    return applied, variables, write
 
 
 def _set_variables(project_dir: Path, scheme: str,
@@ -146,16 +149,23 @@ def apply_scheme_options(project_dir: str | Path, options: dict[str, str]) -> li
 
 def _apply_to_scheme(project_dir: Path, scheme: str,
                      jobs: dict[str, list[tuple[str, str, str]]]) -> list[AppliedOption]:
-    """Options of one scheme: ``{job: [(key, option, value)]}``, job ``""`` for variables."""
+    """Options of one scheme: ``{job: [(key, option, value)]}``, job ``""`` for variables.
+
+    Variables are set first, so that a variable that fails leaves the job templates untouched.
+    """
     applied: list[AppliedOption] = []
     variables = {name: (key, value) for key, name, value in jobs.pop("", [])}
+    writes = []
     for job, items in jobs.items():
-        written, routed = _set_job_options(
+        planned, routed, write = _plan_job_options(
             project_dir, scheme, job, {name: (key, value) for key, name, value in items})
-        applied += written
+        applied += planned
         variables.update(routed)
+        writes.append(write)
     if variables:
         applied += _set_variables(project_dir, scheme, variables)
+    for write in writes:
+        write()
     return applied
 
 
