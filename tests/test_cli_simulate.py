@@ -161,3 +161,18 @@ def test_bad_micrograph_input_is_one_line_and_exit_1(tmp_path, capsys, kind, arg
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_float16_stack_is_mode_12_and_matches_the_float32_one(tmp_path):
+    from vitrify.io.mrc import read_mrc_header
+
+    stacks = {}
+    for name, extra in (("f32", []), ("f16", ["--float16"])):
+        result = CliRunner().invoke(build_app(), [
+            "--quiet", "simulate", "particles", "--n", "6", "--box", "32", "--pixel-size", "3",
+            "--snr", "0.5", "--seed", "2", "--out", str(tmp_path / name), *extra])
+        assert result.exit_code == 0, result.output
+        stacks[name] = read_mrc(tmp_path / name / "particles.mrcs", dtype=None)[0]
+    assert read_mrc_header(tmp_path / "f16" / "particles.mrcs")["mode"] == 12
+    assert stacks["f16"].dtype == "float16"
+    assert abs(stacks["f16"].astype("float32") - stacks["f32"]).max() < 2e-3 * abs(stacks["f32"]).max()
