@@ -230,3 +230,32 @@ def test_interaction_constant_matches_kirkland_table(voltage_kv, sigma):
     from vitrify.sim.scene import interaction_constant
 
     assert interaction_constant(voltage_kv) == pytest.approx(sigma, rel=2e-3)
+
+
+def _pair_distances(rows) -> np.ndarray:
+    xy = rows[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()
+    gaps = np.hypot(*(xy[:, None, :] - xy[None, :, :]).transpose(2, 0, 1))
+    return gaps[np.triu_indices(len(xy), 1)]
+
+
+@pytest.mark.parametrize("min_distance_angst", [0.0, 30.0])
+def test_crowding_follows_the_minimum_distance(tmp_path, min_distance_angst):
+    from vitrify.sim.micrographs import build_specimen
+
+    options = MicrographOptions(n_micrographs=1, size_px=(192, 192), pixel_size_angst=2.0,
+                                particles_per_micrograph=80, min_distance_angst=min_distance_angst,
+                                carbon_fraction=0.0, seed=11)
+    diameter_px = 2 * build_specimen(options, torch.device("cpu")).radius_px
+    gaps = _pair_distances(simulate_micrographs(options, tmp_path).truth["particles"])
+    if min_distance_angst == 0:  # default: one particle diameter, particles never overlap
+        assert gaps.min() >= diameter_px
+    else:  # crowded: neighbours closer than a diameter, never closer than asked
+        assert gaps.min() >= min_distance_angst / 2.0 and (gaps < diameter_px).sum() >= 3
+        assert min_distance_angst / 2.0 < 0.7 * diameter_px
+
+
+def test_negative_minimum_distance_is_an_input_error():
+    from vitrify.io.errors import InputError
+
+    with pytest.raises(InputError, match="--min-distance"):
+        MicrographOptions(min_distance_angst=-1.0)

@@ -86,7 +86,8 @@ def _micrographs_commands(sim: typer.Typer) -> None:
             particles: int = typer.Option(30, "--particles", help="Particles per micrograph (at most)."),
             min_distance: float = typer.Option(0.0, "--min-distance",
                                                help="Minimum distance between centres (Å; "
-                                                    "default one particle diameter)."),
+                                                    "default one particle diameter; less crowds "
+                                                    "them, neighbours touching or overlapping)."),
             frames: int = typer.Option(8, "--frames", help="Frames per movie."),
             dose_per_frame: float = typer.Option(5.0, "--dose-per-frame", help="e/Å² per frame."),
             drift: float = typer.Option(6.0, "--drift", help="Global drift path length (px)."),

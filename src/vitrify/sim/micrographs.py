@@ -75,6 +75,7 @@ class MicrographOptions:
               "--frames": self.n_frames >= 1, "--dose-per-frame": self.dose_per_frame > 0,
               "--defocus-min/max": 0 < self.defocus_min_angst <= self.defocus_max_angst,
               "--carbon": 0 <= self.carbon_fraction <= 1, "--ice-thickness": self.ice_thickness_nm >= 0,
+              "--min-distance": self.min_distance_angst >= 0,
               "--format": self.movie_format in MOVIE_FORMATS}
         bad = [name for name, good in ok.items() if not good]
         if bad:
@@ -117,7 +118,10 @@ def draw_scene(options: MicrographOptions, specimen: Specimen, rng: np.random.Ge
     has_carbon = rng.uniform() < options.carbon_fraction
     carbon = np.array([rng.uniform(0, 2 * np.pi), rng.uniform(0.25, 0.4) * min(nx, ny), float(has_carbon)])
     allowed = scene.carbon_side((ny, nx), carbon) < -specimen.radius_px
-    min_distance = max(options.min_distance_angst / options.pixel_size_angst, 2 * specimen.radius_px)
+    # crowding: centres at least --min-distance apart (default one particle diameter; less lets
+    # neighbours touch or overlap, as on a crowded grid)
+    min_distance = (options.min_distance_angst / options.pixel_size_angst if options.min_distance_angst > 0
+                    else 2 * specimen.radius_px)
     margin = specimen.projectors[0].box_px // 2 + 1
     coords = scene.place_particles((ny, nx), options.particles_per_micrograph, min_distance, margin,
                                    allowed, rng)
