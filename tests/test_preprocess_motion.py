@@ -126,3 +126,28 @@ def test_accumulated_motion_splits_early_and_late():
     trajectory = np.array([[0, 0], [1, 0], [2, 0], [3, 0], [4, 0], [5, 0]], dtype=float)
     total, early, late = accumulated_motion(trajectory, 2.0)
     assert (total, early, late) == (10.0, 6.0, 4.0)
+
+
+def test_deformation_fitted_to_pure_noise_is_shrunk_away():
+    from vitrify.preprocess.motion import PatchShifts
+
+    rng = np.random.default_rng(3)
+    centres = np.array([(x, y) for y in (170.0, 500.0, 830.0) for x in (170.0, 500.0, 830.0)])
+    noise = rng.normal(0, 0.5, (9, 16, 2))
+    noise -= noise.mean(axis=1, keepdims=True)
+    model = fit_deformation(PatchShifts(centres, noise), (1000, 1000))
+    rms = float(torch.stack([deformation_field(model, f)[::50, ::50] for f in range(16)]).pow(2).sum(-1).mean().sqrt())
+    assert rms < 0.05
+
+    t = np.linspace(0, 1, 16)[None, :, None]
+    signal = 1.5 * t * np.stack([(centres[:, 1] - 500) / 330, -(centres[:, 0] - 500) / 330], -1)[:, None, :]
+    signal = signal - signal.mean(axis=1, keepdims=True)
+    kept = fit_deformation(PatchShifts(centres, signal + 0.5 * noise), (1000, 1000))
+    exact = fit_deformation(PatchShifts(centres, signal), (1000, 1000))
+
+    def fields(model):
+        return torch.stack([deformation_field(model, f)[::50, ::50] for f in range(16)])
+
+    truth = fields(exact)
+    error = float((fields(kept) - truth).pow(2).sum(-1).mean().sqrt())
+    assert error < 0.5 * float(truth.pow(2).sum(-1).mean().sqrt())

@@ -192,7 +192,17 @@ def _normalised(coord_px: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def fit_deformation(patches: PatchShifts, shape: tuple[int, int]) -> Deformation:
-    """Least-squares fit of the smooth model to patch trajectories (ridge-regularised)."""
+    """Least-squares fit of the smooth model to patch trajectories, shrunk towards zero by noise.
+
+    Patch shifts of weak patches are noisy, and a 48-coefficient model fitted to noise
+    makes the sum worse than global alignment alone. The noise variance σ² is estimated
+    from each patch's jitter around its own cubic trajectory; the fitted coefficients are
+    then scaled by a positive-part James-Stein factor ``max(0, 1 - 2k·σ² / SS)``, with
+    ``SS`` the sum of squares the model explains and ``k`` its number of free parameters
+    (the time-constant terms are excluded: trajectories have mean zero; noise alone
+    explains ``k·σ²`` on average, the factor 2 is a margin). A model that explains no more
+    than twice what noise would is switched off (all coefficients zero).
+    """
     p, n_frames, _ = patches.shifts_px.shape
     h, w = shape
     x = _normalised(torch.tensor(patches.centres_px[:, 0], dtype=torch.float64), w).view(-1, 1)
@@ -202,7 +212,22 @@ def fit_deformation(patches: PatchShifts, shape: tuple[int, int]) -> Deformation
     target = torch.tensor(patches.shifts_px, dtype=torch.float64).reshape(p * n_frames, 2)
     gram = design.T @ design + 1e-6 * torch.eye(design.shape[1], dtype=torch.float64)
     coeffs = torch.linalg.solve(gram, design.T @ target).T
-    return Deformation(coeffs.numpy(), (h, w), n_frames)
+    explained = float(((design @ coeffs.T) ** 2).sum())
+    free = 2 * 6 * 3
+    factor = max(0.0, 1.0 - 2 * free * _trajectory_noise_variance(patches.shifts_px) / max(explained, 1e-12))
+    return Deformation(coeffs.numpy() * factor, (h, w), n_frames)
+
+
+def _trajectory_noise_variance(shifts_px: np.ndarray) -> float:
+    """Per-coordinate noise variance of ``(p, f, 2)`` trajectories around per-patch cubics in time."""
+    p, n_frames, _ = shifts_px.shape
+    if n_frames <= 5:
+        return 0.0
+    t = np.linspace(0, 1, n_frames)
+    basis = np.stack([np.ones_like(t), t, t * t, t ** 3], axis=1)
+    values = shifts_px.transpose(1, 0, 2).reshape(n_frames, -1)
+    fitted = basis @ np.linalg.lstsq(basis, values, rcond=None)[0]
+    return float(((values - fitted) ** 2).sum() / (values.shape[1] * (n_frames - 4)))
 
 
 def deformation_field(model: Deformation, frame: int, device=None) -> torch.Tensor:
