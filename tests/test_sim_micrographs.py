@@ -83,11 +83,13 @@ def test_movie_frames_aligned_with_the_true_drift_give_back_the_micrograph(tmp_p
     assert aligned.sum() == pytest.approx(expected.sum(), rel=0.02)
 
 
-def test_counts_are_poisson_and_gain_is_the_inverse_sensitivity(tmp_path):
+@pytest.mark.parametrize("movie_format", ["mrc", "tiff"])
+def test_counts_are_poisson_and_gain_is_the_inverse_sensitivity(tmp_path, movie_format):
+    # TIFF rows are stored flipped (RELION's convention): the gain must still line up with the frames
     options = MicrographOptions(n_micrographs=1, size_px=(128, 128), particles_per_micrograph=0,
                                 carbon_fraction=0.0, ice_gradient_nm=0.0, n_frames=40,
                                 dose_per_frame=4.0, drift_total_px=0.0, local_drift_px=0.0,
-                                gain_sigma=0.1, movie_format="mrc", seed=6)
+                                gain_sigma=0.1, movie_format=movie_format, seed=6)
     data = simulate_movies(options, tmp_path)
     frames = read_movie(data.files[0]).astype(np.float64)
     assert frames.shape == (40, 128, 128) and np.all(frames == np.round(frames))
@@ -100,7 +102,7 @@ def test_counts_are_poisson_and_gain_is_the_inverse_sensitivity(tmp_path):
     assert (tmp_path / "Movies" / f"{data.files[0].stem}.xml").exists()
     movies = read_star(tmp_path / "movies.star")
     assert list(movies) == ["optics", "movies"]
-    assert movies["movies"]["rlnMicrographMovieName"].iloc[0] == "Movies/mov_00001.mrc"
+    assert movies["movies"]["rlnMicrographMovieName"].iloc[0] == f"Movies/mov_00001.{movie_format}"
 
 
 def test_thon_rings_of_the_micrograph_sit_at_the_true_defocus(tmp_path):
