@@ -192,3 +192,18 @@ def test_loop_back_to_a_failed_job_with_nothing_independent_stops(tmp_path):
     assert "no work independent of it" in result.message
     assert load(tmp_path, "lp").floats["n"] == 1.0               # the operators in between ran
     assert list(processes(tmp_path)) == ["Import/job001/"]       # not retried, dep never made
+
+
+def test_continue_job_recorded_but_not_launched_is_run_on_restart(tmp_path):
+    raw_micrographs(tmp_path, "a.mrc")
+    make_scheme(tmp_path, "cl", jobs={"import": ("continue", *IMPORT)}, edges=[("import", "undefined")])
+    assert run_scheme(tmp_path, "cl", FAST).status == "Succeeded"
+    # a later visit chose to continue Import/job001/ and was killed before launching it:
+    # the job's earlier success must not be taken for this visit's
+    write_state(tmp_path / "Schemes/cl", ResumeState("import", "Import/job001/", continue_=True,
+                                                  launched_at_ns=time.time_ns()))
+    raw_micrographs(tmp_path, "b.mrc")
+    assert run_scheme(tmp_path, "cl", FAST).status == "Succeeded"
+    assert _runs(tmp_path, "Import/job001/") == 2 and list(processes(tmp_path)) == ["Import/job001/"]
+    names = (tmp_path / "Import/job001/micrographs.star").read_text()
+    assert "Raw/b.mrc" in names

@@ -27,12 +27,15 @@ class ResumeState:
 
     ``known_jobs`` lists the project's jobs just before creation, so a job created by a
     schemer killed before it could record the name is recognised (adopted) on restart.
+    ``launched_at_ns`` (``time.time_ns()`` just before the launch; 0: not launched) tells this
+    visit's exit marker from one left by an earlier run of a ``continue`` job.
     """
 
     node: str = ""
     job: str = ""
     continue_: bool = False
     known_jobs: tuple[str, ...] = field(default_factory=tuple)
+    launched_at_ns: int = 0
 
 
 def read_state(scheme_dir: Path) -> ResumeState:
@@ -40,7 +43,8 @@ def read_state(scheme_dir: Path) -> ResumeState:
     try:
         data = json.loads((scheme_dir / STATE_FILE).read_text())
         return ResumeState(str(data.get("node", "")), str(data.get("job", "")),
-                           bool(data.get("continue_", False)), tuple(data.get("known_jobs", ())))
+                           bool(data.get("continue_", False)), tuple(data.get("known_jobs", ())),
+                           int(data.get("launched_at_ns", 0)))
     except (OSError, ValueError, AttributeError):
         return ResumeState()
 
@@ -65,6 +69,14 @@ class SchemeLog:
             handle.write(line + "\n")
         if self.echo:
             print(line, flush=True)
+
+
+def marker_time_ns(job_dir: Path, status: str) -> int | None:
+    """Modification time of the job's exit marker for ``status`` (None if it has none)."""
+    try:
+        return (job_dir / EXIT_MARKERS[status]).stat().st_mtime_ns
+    except (OSError, KeyError):
+        return None
 
 
 def clear_exit_markers(scheme_dir: Path) -> None:

@@ -244,6 +244,7 @@ class _Runner:
 
     def launch(self, node: str, job: str, continue_: bool) -> str:
         self.log(f"job {node}: {'continuing' if continue_ else 'running'} {job}")
+        self.set_state(ResumeState(node, job, continue_, launched_at_ns=time.time_ns()))
         self.project.run_job(job, continue_=continue_)
         return self.done(node, job, self.follow(job))
 
@@ -266,14 +267,15 @@ class _Runner:
             status = self.project.job_status(job)
         except InputError:
             return None
-        if status == "Succeeded":
-            self.log(f"job {node}: {job} had already finished")
-            return self.done(node, job, status)
         if status == "Running":
             self.log(f"job {node}: following {job}, still running")
             return self.done(node, job, self.follow(job))
-        if status == "Scheduled":
-            return self.launch(node, job, self.state.continue_)
+        ended_ns = _state.marker_time_ns(self.root / job, status)
+        if not self.state.launched_at_ns or ended_ns is None or ended_ns < self.state.launched_at_ns:
+            return self.launch(node, job, self.state.continue_)   # not run in this visit yet
+        if status == "Succeeded":
+            self.log(f"job {node}: {job} had already finished")
+            return self.done(node, job, status)
         return None
 
     def adopt(self, node: str, template: JobTemplate) -> str:
