@@ -190,3 +190,15 @@ def test_template_installed_under_another_name(tmp_path):
     assert scheme.strings["ctffind_mics"] == "Schemes/prep/ctffind/micrographs_ctf.star"
     with pytest.raises(InputError, match="no scheme template"):
         install_scheme(tmp_path, "refine")
+
+
+def test_referenced_jobs_through_paths_and_variables(tmp_path):
+    from vitrify.pipeline.schemes.templates import JobTemplate, referenced_jobs
+
+    scheme = read_scheme(FIXTURES / "proc" / "scheme.star")
+    template = JobTemplate(tmp_path / "job.star", "relion.refine3d",
+                           {"fn_img": "Schemes/proc/select_parts/particles.star", "fn_ref": "$$myref"})
+    assert referenced_jobs(template, scheme) == {"select_parts"}
+    scheme.jobs["inimodel3d"].name, scheme.jobs["inimodel3d"].has_started = "InitialModel/job009/", True
+    scheme.strings["myref"] = "InitialModel/job009/initial_model.mrc"    # set by string=set
+    assert referenced_jobs(template, scheme) == {"select_parts", "inimodel3d"}

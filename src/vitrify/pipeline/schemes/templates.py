@@ -79,10 +79,16 @@ def prepare_options(template: JobTemplate, scheme: Scheme, project_dir: str | Pa
 
 
 def referenced_jobs(template: JobTemplate, scheme: Scheme) -> set[str]:
-    """The scheme's own jobs whose outputs this template reads (``Schemes/<name>/<job>/``)."""
+    """The scheme's own jobs whose outputs this template reads: ``Schemes/<name>/<job>/`` or the
+    job's pipeline directory (a string variable set from a translated path holds that)."""
     own = scheme.name if scheme.name.endswith("/") else scheme.name + "/"
-    values = substituted_options(template, scheme).values()
-    return {job for job in scheme.jobs for value in values if f"{own}{job}/" in value}
+    values = list(substituted_options(template, scheme).values())
+    found = set()
+    for name, job in scheme.jobs.items():
+        marks = [f"{own}{name}/"] + ([job.name] if job.has_started and job.name != name else [])
+        if any(mark in value for mark in marks for value in values):
+            found.add(name)
+    return found
 
 
 def set_template_option(path: str | Path, option: str, value: str) -> None:
