@@ -49,6 +49,7 @@ def test_operator_only_loop_runs_from_the_cli(tmp_path):
     assert (tmp_path / "Schemes/ops/RELION_JOB_EXIT_SUCCESS").exists()
     log = (tmp_path / "Schemes/ops/schemer.log").read_text()
     assert log.count("+ INC: count ->") == 3 and "stopped by STOP" in log
+    assert log.count("CHECK -> INC") == 2 and log.count("CHECK -> TOUCH") == 1
     assert not lock_dir(tmp_path, "ops").exists()
     assert not (tmp_path / "default_pipeline.star").exists()   # no jobs: no pipeline needed
 

@@ -176,6 +176,7 @@ class _Runner:
     def advance(self, node: str) -> None:
         self.scheme.current_node = self.scheme.next_node(node)
         self.save()
+        self.log(f"  {node} -> {self.scheme.current_node}")
 
     def end_of_graph(self) -> RunResult:
         if self.failed:
