@@ -269,3 +269,23 @@ def test_mpi_ranks_other_than_zero_do_nothing(tmp_path, monkeypatch):
     project.record_status(name, "Aborted")
     result = CliRunner().invoke(build_app(), ["run-job", "--job", f"{name}job.star"])
     assert result.exit_code == 0 and project.job_status(name) == "Succeeded"
+
+
+def test_abort_arriving_while_the_job_process_starts_is_not_lost(tmp_path, monkeypatch):
+    from vitrify.pipeline import pipeliner
+
+    project = Project.open(tmp_path)
+    name = _import_job(project, ["a.mrc"])
+    project.record_status(name, "Running")  # as Project.run_job leaves it for the job process
+    original = pipeliner._prepare
+
+    def prepare_then_abort(job_star, continue_):
+        prepared = original(job_star, continue_)
+        project.abort_job(name)  # the request lands before run_job clears the markers
+        return prepared
+
+    monkeypatch.setattr(pipeliner, "_prepare", prepare_then_abort)
+    monkeypatch.chdir(tmp_path)
+    assert pipeliner.execute_job(f"{name}job.star") == "Aborted"
+    assert (tmp_path / name / "RELION_JOB_EXIT_ABORTED").exists()
+    assert not (tmp_path / name / "micrographs.star").exists()

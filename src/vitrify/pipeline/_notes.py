@@ -10,6 +10,15 @@ from pathlib import Path
 from vitrify.pipeline._pipeline_star import PipelineState, write_pipeline
 
 PID_FILE = "run.pid"
+#: A copy of an abort request that ``run_job``'s marker clean-up at job start does not delete, so
+#: an abort that arrives while the job process is still starting is not lost.
+ABORT_REQUEST = ".abort_requested"
+
+
+def clear_run_files(job_dir: Path) -> None:
+    """Before a (re)run: remove the pid file and an old abort request."""
+    for name in (PID_FILE, ABORT_REQUEST):
+        (job_dir / name).unlink(missing_ok=True)
 
 
 def _now() -> str:

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 from vitrify.io.errors import InputError
-from vitrify.jobs.base import ABORT_NOW, EXIT_FAILURE, JobAborted, check_abort, clear_markers, run_job
+from vitrify.jobs.base import EXIT_FAILURE, JobAborted, check_abort, clear_markers, run_job
 from vitrify.jobs.registry import resolve_job
 from vitrify.pipeline import _notes
 from vitrify.pipeline._jobstar import JobStar, read_job_star, write_job_star
@@ -109,8 +109,8 @@ def execute_job(job_star: str | Path, *, continue_: bool = False, root: str | Pa
     job_dir = project.root / name
     if project.job_status(name) != "Running":  # run directly, not launched by Project.run_job:
         clear_markers(job_dir)                    # markers of an earlier run are stale
+        _notes.clear_run_files(job_dir)
         project.record_status(name, "Running")
-    aborted_early = (job_dir / ABORT_NOW).exists()
     try:
         module, options = _prepare(job_dir / "job.star", continue_)
     except Exception as err:  # noqa: BLE001 - every failure ends with a marker and a message
@@ -120,7 +120,7 @@ def execute_job(job_star: str | Path, *, continue_: bool = False, root: str | Pa
         return project.job_status(name)
 
     def run(opts: object, directory: Path) -> object:
-        if aborted_early:
+        if (job_dir / _notes.ABORT_REQUEST).exists():  # asked before run_job cleared ABORT_NOW
             raise JobAborted(f"abort requested in {directory}")
         check_abort(directory)
         try:

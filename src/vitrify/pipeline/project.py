@@ -148,7 +148,7 @@ class Project:
                 raise InputError(f"job {proc.name} is still running", path=job_dir,
                                  expected="it to finish or be aborted first")
             clear_markers(job_dir)
-            (job_dir / _notes.PID_FILE).unlink(missing_ok=True)
+            _notes.clear_run_files(job_dir)
             job = read_job_star(job_dir / "job.star")
             if job.is_continue != continue_:
                 write_job_star(job_dir / "job.star", JobStar(job.type_label, job.options, continue_))
@@ -167,6 +167,7 @@ class Project:
     def abort_job(self, name: str) -> None:
         """Ask a running job to stop (touches RELION_JOB_ABORT_NOW in its directory)."""
         proc = read_locked(self.root).process(name, self.root / PIPELINE_FILE)
+        (self.root / proc.name / _notes.ABORT_REQUEST).touch()
         (self.root / proc.name / ABORT_NOW).touch()
 
     # ---- status ----------------------------------------------------------------------------
