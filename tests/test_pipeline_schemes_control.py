@@ -183,3 +183,35 @@ def test_set_job_mode_and_has_started(tmp_path):
     assert job.mode == "new" and job.has_started is True
     out = _invoke("schemer", "--scheme", "j", "--set_job_mode", "imp", "--value", "later", *project)
     assert out.exit_code == 1 and "new or continue" in str(out.exception)
+
+
+def test_build_a_scheme_with_add_and_run_it(tmp_path):
+    from _schemes_util import IMPORT, write_template
+
+    p = ["--scheme", "b", "--project", str(tmp_path)]
+    steps = [["--add", "variable", "--name", "n", "--value", "0"],
+             ["--add", "variable", "--name", "limit", "--value", "2"],
+             ["--add", "variable", "--name", "more", "--value", "false"],
+             ["--add", "operator", "--name", "INC", "--type", "float=plus", "--i", "n", "--i2", "1", "--o", "n"],
+             ["--add", "operator", "--name", "CHECK", "--type", "bool=lt", "--i", "n", "--i2", "limit",
+              "--o", "more"],
+             ["--add", "operator", "--name", "STOP", "--type", "exit"],
+             ["--add", "edge", "--i", "INC", "--o", "CHECK"],
+             ["--add", "fork", "--i", "CHECK", "--bool", "more", "--o", "INC", "--o2", "STOP"]]
+    for step in steps:
+        out = _invoke("schemer", *p, *step)
+        assert out.exit_code == 0, (step, out.output, out.exception)
+    scheme = load(tmp_path, "b")
+    assert scheme.bools == {"more": False} and scheme.current_node == "INC"
+    bad = _invoke("schemer", *p, "--add", "operator", "--name", "X", "--type", "float=plus", "--i", "nope",
+                  "--o", "n")
+    assert bad.exit_code == 1 and "'nope' is not a float variable" in str(bad.exception)
+    bad = _invoke("schemer", *p, "--add", "edge", "--i", "STOP", "--o", "NOWHERE")
+    assert bad.exit_code == 1 and "NOWHERE" in str(bad.exception)
+    assert load(tmp_path, "b") == scheme                           # refused additions not written
+    write_template(tmp_path / "tpl" / "job.star", *IMPORT)
+    out = _invoke("schemer", *p, "--add", "job", "--i", str(tmp_path / "tpl"), "--mode", "new")
+    assert out.exit_code == 0 and load(tmp_path, "b").jobs["tpl"].mode == "new"
+    assert (tmp_path / "Schemes/b/tpl/job.star").exists()
+    assert run_scheme(tmp_path, "b", FAST).status == "Succeeded"
+    assert load(tmp_path, "b").floats["n"] == 2.0

@@ -1,7 +1,7 @@
 """``vitrify schemer``: run and control RELION-4 Schemes (``Schemes/NAME/scheme.star``).
 
 Run from the project directory. Actions in one call are applied in this order:
-``--init``, ``--reset``, ``--set_var``, ``--set_job_option``, ``--set_job_mode``,
+``--add``, ``--init``, ``--reset``, ``--set_var``, ``--set_job_option``, ``--set_job_mode``,
 ``--set_has_started``, ``--set_current_node``, ``--abort``, ``--run``, ``--status``.
 Exit code of ``--run``: 0 finished, 1 failed, 2 aborted.
 
@@ -113,51 +113,70 @@ def _actions(project: Path, scheme: str, init: str | None, reset: bool, edits: E
 
 def register(app: typer.Typer) -> None:
     """Add ``vitrify schemer``."""
+    app.command("schemer")(schemer)
 
-    @app.command("schemer")
-    def schemer(
-        scheme: str = typer.Option(..., "--scheme", help="Scheme name: Schemes/NAME/scheme.star."),
-        run: bool = typer.Option(False, "--run", help="Run the scheme from its current node."),
-        abort: bool = typer.Option(False, "--abort", help="Ask the running scheme (and its job) to stop."),
-        reset: bool = typer.Option(False, "--reset", help="Variables to reset values, jobs unstarted, "
-                                                          "current node to the start."),
-        status: bool = typer.Option(False, "--status", help="Show the scheme's state."),
-        as_json: bool = typer.Option(False, "--json", help="With --status: print JSON."),
-        set_var: list[str] = typer.Option([], "--set_var", "--set-var",
-                                          help="NAME=VALUE (repeatable), or NAME with --value."),
-        value: str = typer.Option(None, "--value", help="Value for --set_var NAME, --set_job_mode, "
-                                                         "--set_has_started (relion_schemer form)."),
-        original_value: str = typer.Option(None, "--original_value", "--original-value",
-                                           help="With --set_var: the reset value."),
-        also_reset: bool = typer.Option(False, "--also_reset", "--also-reset",
-                                        help="With --set_var: reset values = the new values."),
-        set_job_option: list[str] = typer.Option([], "--set_job_option", "--set-job-option",
-                                                 help="JOB:OPTION=VALUE in the job's template (repeatable)."),
-        set_job_mode: str = typer.Option(None, "--set_job_mode", help="JOB (with --value new|continue)."),
-        set_has_started: str = typer.Option(None, "--set_has_started",
-                                            help="JOB (with --value True|False)."),
-        set_current_node: str = typer.Option(None, "--set_current_node", "--set-current-node",
-                                             help="Node to (re)start from."),
-        init: str = typer.Option(None, "--init", help="Copy vitrify's template scheme (prep | proc) "
-                                                       "into Schemes/NAME/."),
-        project: Path = typer.Option(Path("."), "--project", help="Project directory."),
-        poll: float = typer.Option(1.0, "--poll", help="Seconds between job status checks."),
-        stop_on_failure: bool = typer.Option(False, "--stop_on_failure", "--stop-on-failure",
-                                             help="Stop at the first failed job (RELION's way)."),
-        pipeline_control: str = typer.Option(None, "--pipeline_control",
-                                             help="Accepted for relion_schemer compatibility; unused."),
-    ) -> None:
-        """Run or control a RELION-4 scheme (relion_schemer)."""
-        from vitrify.pipeline.schemes import control
 
-        edits = Edits(tuple(set_var), value, original_value, also_reset, tuple(set_job_option),
-                      set_job_mode, set_has_started, set_current_node)
-        _actions(project, scheme, init, reset, edits)
-        if abort:
-            for path in control.abort_scheme(project, scheme):
-                typer.echo(f"touched {path}")
-        if run:
-            _run(project, scheme, poll, stop_on_failure)
-        if status:
-            state = control.scheme_status(project, scheme)
-            typer.echo(json.dumps(state, indent=1) if as_json else control.format_status(state))
+def _add(project: Path, scheme: str, addition_fields: tuple) -> None:
+    from vitrify.pipeline.schemes.build import Addition, add_to_scheme
+
+    typer.echo(f"added {add_to_scheme(project, scheme, Addition(*addition_fields))}")
+
+
+def schemer(
+    scheme: str = typer.Option(..., "--scheme", help="Scheme name: Schemes/NAME/scheme.star."),
+    run: bool = typer.Option(False, "--run", help="Run the scheme from its current node."),
+    abort: bool = typer.Option(False, "--abort", help="Ask the running scheme (and its job) to stop."),
+    reset: bool = typer.Option(False, "--reset", help="Variables to reset values, jobs unstarted, "
+                                                      "current node to the start."),
+    status: bool = typer.Option(False, "--status", help="Show the scheme's state."),
+    as_json: bool = typer.Option(False, "--json", help="With --status: print JSON."),
+    set_var: list[str] = typer.Option([], "--set_var", "--set-var",
+                                      help="NAME=VALUE (repeatable), or NAME with --value."),
+    value: str = typer.Option(None, "--value", help="Value for --set_var NAME, --set_job_mode, "
+                                                     "--set_has_started (relion_schemer form)."),
+    original_value: str = typer.Option(None, "--original_value", "--original-value",
+                                       help="With --set_var: the reset value."),
+    also_reset: bool = typer.Option(False, "--also_reset", "--also-reset",
+                                    help="With --set_var: reset values = the new values."),
+    set_job_option: list[str] = typer.Option([], "--set_job_option", "--set-job-option",
+                                             help="JOB:OPTION=VALUE in the job's template (repeatable)."),
+    set_job_mode: str = typer.Option(None, "--set_job_mode", help="JOB (with --value new|continue)."),
+    set_has_started: str = typer.Option(None, "--set_has_started",
+                                        help="JOB (with --value True|False)."),
+    set_current_node: str = typer.Option(None, "--set_current_node", "--set-current-node",
+                                         help="Node to (re)start from."),
+    init: str = typer.Option(None, "--init", help="Copy vitrify's template scheme (prep | proc) "
+                                                   "into Schemes/NAME/."),
+    project: Path = typer.Option(Path("."), "--project", help="Project directory."),
+    poll: float = typer.Option(1.0, "--poll", help="Seconds between job status checks."),
+    stop_on_failure: bool = typer.Option(False, "--stop_on_failure", "--stop-on-failure",
+                                         help="Stop at the first failed job (RELION's way)."),
+    pipeline_control: str = typer.Option(None, "--pipeline_control",
+                                         help="Accepted for relion_schemer compatibility; unused."),
+    add: str = typer.Option(None, "--add", help="variable | operator | job | edge | fork "
+                                                 "(with --name --value --type --i --i2 --o --o2 --bool --mode)."),
+    name: str = typer.Option("", "--name", help="With --add: variable/operator (job) name."),
+    type_: str = typer.Option("", "--type", help="With --add operator: e.g. float=plus."),
+    i: str = typer.Option("undefined", "--i", help="With --add: input1 / edge start / job dir."),
+    i2: str = typer.Option("undefined", "--i2", help="With --add operator: input2."),
+    o: str = typer.Option("undefined", "--o", help="With --add: output / edge end / fork if true."),
+    o2: str = typer.Option("undefined", "--o2", help="With --add fork: node if false."),
+    bool_: str = typer.Option("undefined", "--bool", help="With --add fork: the bool variable."),
+    mode: str = typer.Option("continue", "--mode", help="With --add job: new | continue."),
+) -> None:
+    """Run or control a RELION-4 scheme (relion_schemer)."""
+    from vitrify.pipeline.schemes import control
+
+    if add:
+        _add(project, scheme, (add, name, value, original_value, type_, i, i2, o, o2, bool_, mode))
+    edits = Edits(tuple(set_var), None if add else value, None if add else original_value,
+                  also_reset, tuple(set_job_option), set_job_mode, set_has_started, set_current_node)
+    _actions(project, scheme, init, reset, edits)
+    if abort:
+        for path in control.abort_scheme(project, scheme):
+            typer.echo(f"touched {path}")
+    if run:
+        _run(project, scheme, poll, stop_on_failure)
+    if status:
+        state = control.scheme_status(project, scheme)
+        typer.echo(json.dumps(state, indent=1) if as_json else control.format_status(state))
