@@ -87,3 +87,10 @@ def test_diagnostic_image_shape_and_range():
     picture = fit_diagnostic_image(image, fit, Optics(1.0), CtfSearch(tile_px=256))
     assert picture.shape == (256, 256)
     assert 0.0 <= picture.min() and picture.max() <= 1.0
+
+
+def test_weak_rings_of_a_stigmatic_micrograph_give_no_spurious_astigmatism():
+    image = _micrograph(1024, 1.0, 15000.0, 15000.0, 0.0, snr=0.01, bfactor=200.0, seed=7)
+    fit = estimate_ctf(image, Optics(1.0), CtfSearch(tile_px=256))
+    assert abs(0.5 * (fit.defocus_u_angst + fit.defocus_v_angst) - 15000.0) < 500
+    assert fit.astigmatism_angst < 150

@@ -9,7 +9,9 @@ Steps (each a function below):
    least squares. The best candidate gives the defocus and the background.
 3. :func:`search_astigmatism` — on the background-subtracted 2D spectrum, a grid over
    mean defocus × astigmatism × angle (× phase shift) scored by the correlation with
-   CTF² in the resolution band, then a Nelder-Mead refinement.
+   CTF² in the resolution band, then a Nelder-Mead refinement;
+   :func:`keep_significant_astigmatism` falls back to a stigmatic fit when the
+   astigmatism does not improve the correlation significantly (weak Thon rings).
 4. :func:`fit_resolution` — the resolution to which the Thon rings fit: correlation in
    windows of two CTF periods (equi-phase), the first window below a threshold.
 
@@ -301,6 +303,36 @@ def search_astigmatism(normalised: torch.Tensor, band: _Band, mean_angst: float,
     return best, -float(result.fun)
 
 
+def keep_significant_astigmatism(normalised: torch.Tensor, band: _Band, params: np.ndarray, score: float,
+                                 optics: Optics, search: CtfSearch, chi2_threshold: float = 13.8,
+                                 ) -> tuple[np.ndarray, float]:
+    """The astigmatic fit if it beats the best stigmatic one significantly, else the stigmatic fit.
+
+    With weak Thon rings the two astigmatism parameters fit noise. The gain in correlation
+    over ``N`` independent spectrum samples is tested as ``N (r_a² - r_0²) / (1 - r_a²)``
+    against χ² with 2 degrees of freedom (13.8: p = 0.001).
+    """
+    from scipy.optimize import minimize_scalar
+
+    fixed = params.copy()
+    fixed[1:3] = 0.0
+
+    def cost(mean: float) -> float:
+        model = torch.as_tensor(np.array([mean, 0.0, 0.0, fixed[3]]), dtype=normalised.dtype,
+                                device=normalised.device).unsqueeze(0)
+        return -float(_scores(normalised, band, model, optics)[0])
+
+    step = search.defocus_step_angst
+    result = minimize_scalar(cost, bounds=(params[0] - step, params[0] + step), method="bounded",
+                             options={"xatol": 1.0})
+    r0 = -float(result.fun)
+    statistic = normalised.numel() * (score ** 2 - r0 ** 2) / max(1.0 - score ** 2, 1e-6)
+    if score > r0 and statistic > chi2_threshold:
+        return params, score
+    fixed[0] = float(result.x)
+    return fixed, r0
+
+
 def fit_resolution(normalised: torch.Tensor, band: _Band, params: np.ndarray, optics: Optics,
                    threshold: float) -> float:
     """Resolution (Å) to which the Thon rings fit.
@@ -352,6 +384,7 @@ def estimate_ctf(micrograph: torch.Tensor, optics: Optics, search: CtfSearch = C
     band = _band(tuple(spectrum.shape), optics, search, spectrum.device)
     normalised = _normalised_band(spectrum, band, trend, optics.pixel_size_angst)
     params, score = search_astigmatism(normalised, band, mean_angst, optics, search)
+    params, score = keep_significant_astigmatism(normalised, band, params, score, optics, search)
     resolution = fit_resolution(normalised, band, params, optics, search.fit_threshold)
     u, v, angle = to_uv_angle(float(params[0]), float(params[1]), float(params[2]))
     return CtfFit(u, v, angle % 180.0, float(params[3]), score, resolution)
