@@ -26,11 +26,39 @@ window: ``data_r = sum w h c x s / sigma2`` and ``weight_r = sum w h c^2 / sigma
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 
 NEG_CLAMP = -87.0
+
+
+@dataclass
+class StageClock:
+    """Optional per-stage wall-clock accounting (benchmarks); a no-op unless ``enabled``.
+
+    ``lap(name, ref)`` charges the time since the previous lap to ``name`` (synchronising
+    the device of ``ref`` first when it is a GPU tensor).
+    """
+
+    enabled: bool = False
+    seconds: dict = field(default_factory=dict)
+    _last: float = 0.0
+
+    def start(self) -> None:
+        """Reset the lap origin."""
+        self._last = time.perf_counter()
+
+    def lap(self, name: str, ref: torch.Tensor | None = None) -> None:
+        """Charge the time since the last lap to ``name``."""
+        if not self.enabled:
+            return
+        if ref is not None and ref.is_cuda:
+            torch.cuda.synchronize(ref.device)
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+        self._last = now
 
 
 @dataclass(frozen=True)
@@ -166,7 +194,9 @@ class EStepSums:
     shell_of: torch.Tensor
     n_particles: int = 0
     n_hypotheses: int = 0
+    n_fine_hypotheses: int = 0
     pending_model_term: torch.Tensor | None = None
+    clock: StageClock = field(default_factory=StageClock)
 
     @classmethod
     def zeros(cls, halves: int, grid: PassGrid, groups: int, shell_of: torch.Tensor,
@@ -292,12 +322,16 @@ def run_block(batch: Batch, grid: PassGrid, sums: EStepSums) -> BlockResult:
     """E-step of one block, accumulating into ``sums`` (coarse pass, then the fine pass if any)."""
     from vitrify.ml.finepass import fine_pass
 
+    clock = sums.clock
+    clock.start()
     y, q = prepare(batch)
     b = y.shape[0]
     c = grid.coarse
     pc = c.n_pixels
     ys = stack_real(y[:, None, :pc] * c.table[None])  # (B, T, 2Pc)
+    clock.lap("pack", ys)
     scores = score_block(ys, q[:, :pc], c.rows, c.power)
+    clock.lap("gemm", scores)
     t, r = scores.shape[1], scores.shape[2]
     offsets = batch.prev_offset_px[:, None, :] + c.shifts_px[None]  # (B, T, 2)
     scores += offset_log_prior(offsets, grid.sigma_offset_px)[:, :, None] + c.log_prior_class[None, None, :]
@@ -313,6 +347,7 @@ def run_block(batch: Batch, grid: PassGrid, sums: EStepSums) -> BlockResult:
                       pmax=pmax, n_significant=n_sig, log_likelihood=log_norm - const,
                       n_fine=torch.zeros(b, dtype=torch.long, device=y.device))
     w = w.reshape(b, t, r)
+    clock.lap("posterior", w)
     fine = (n_sig <= grid.fine_cap) if grid.fine is not None else torch.zeros_like(n_sig, dtype=torch.bool)
     coarse_rows = torch.nonzero(~fine).flatten()
     if coarse_rows.numel():
@@ -320,6 +355,7 @@ def run_block(batch: Batch, grid: PassGrid, sums: EStepSums) -> BlockResult:
         accumulate_dense(sums, grid.coarse_full, w[coarse_rows], y[coarse_rows], q[coarse_rows],
                          offsets[coarse_rows], batch.half[coarse_rows],
                          None if full is None else full[coarse_rows], grid.n_classes)
+        clock.lap("accumulate", y)
     fine_rows = torch.nonzero(fine).flatten()
     if fine_rows.numel():
         sub = fine_pass(y[fine_rows], q[fine_rows], w[fine_rows], batch.prev_offset_px[fine_rows],
@@ -328,6 +364,7 @@ def run_block(batch: Batch, grid: PassGrid, sums: EStepSums) -> BlockResult:
             getattr(res, name)[fine_rows] = getattr(sub, name)
         res.log_likelihood[fine_rows] = sub.log_likelihood - const[fine_rows]
     add_data_term(sums, batch)
+    clock.lap("accumulate", y)
     return res
 
 

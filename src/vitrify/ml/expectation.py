@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vitrify.ml.estep import Batch, EStepSums, Hypotheses, PassGrid, make_frame, run_block
+from vitrify.ml.estep import Batch, EStepSums, Hypotheses, PassGrid, StageClock, make_frame, run_block
 from vitrify.ml.finepass import fine_psi, fine_shifts
 from vitrify.ml.fourier2d import padded_ft
 from vitrify.ml.model import MlModel, ParticleSet
@@ -90,6 +90,7 @@ class EStepSettings:
     oversampling: int = 0
     coarse_radius: int = 0
     fine_cap: int = -1
+    profile: bool = False
 
 
 class TemplateCache:
@@ -167,8 +168,12 @@ def expectation(model: MlModel, particles: ParticleSet, indices: torch.Tensor, s
     p = window.pixels_within(model.current_radius)
     dev = particles.ft.device
     win = window.to(dev)
+    clock = StageClock(enabled=settings.profile)
+    clock.start()
     grid = build_pass_grid(model, sampling, window, settings, cache)
+    clock.lap("templates", grid.coarse.rows)
     sums = EStepSums.zeros(settings.halves, grid, particles.n_groups, win.shell[:p], window.radius + 1)
+    sums.clock = clock
     inv_sigma2 = 1.0 / model.sigma2.to(dev).clamp_min(1e-30)
     bsize = block_size(grid.coarse.table.shape[0], grid.coarse.rows.shape[0], p, settings.budget_bytes)
     indices = indices.to(dev)

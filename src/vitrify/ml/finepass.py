@@ -82,6 +82,7 @@ def fine_pass(y: torch.Tensor, q: torch.Tensor, w: torch.Tensor, prev_offset_px:
     b, t, r = w.shape
     bi, ti, ri = torch.nonzero(w > 0, as_tuple=True)  # sorted by particle
     scores = _fine_scores(y, q, bi, ti, ri, f, grid.budget_bytes)
+    sums.clock.lap("fine_scores", scores)
     dev = y.device
     tf = (4 * ti[:, None] + torch.arange(4, device=dev))  # (M, 4)
     rf = (2 * ri[:, None] + torch.arange(2, device=dev))  # (M, 2)
@@ -95,8 +96,11 @@ def fine_pass(y: torch.Tensor, q: torch.Tensor, w: torch.Tensor, prev_offset_px:
     wf, log_norm, pmax, best = _posterior(scores.reshape(-1), eb, b, grid.fraction)
     keep = torch.nonzero(wf > 0).flatten()
     sums.n_hypotheses += m * 8
+    sums.n_fine_hypotheses += m * 8
+    sums.clock.lap("fine_posterior", wf)
     accumulate_sparse(sums, f, eb[keep], etf[keep], erf[keep], wf[keep], y, q, prev_offset_px, half,
                       grid.n_classes)
+    sums.clock.lap("fine_accumulate", y)
     return BlockResult(best_class=erf[best] // f.n_psi, best_psi_deg=f.psi_deg[erf[best] % f.n_psi],
                        best_offset_px=prev_offset_px + f.shifts_px[etf[best]], pmax=pmax,
                        n_significant=None, log_likelihood=log_norm,
@@ -131,10 +135,12 @@ def accumulate_sparse(sums: EStepSums, f: Frame, eb: torch.Tensor, etf: torch.Te
                       half: torch.Tensor, n_classes: int) -> None:
     """Add fine-frame sums of weighted children ``(particle eb, shift etf, template erf, weight w)``."""
     p = q.shape[1]
-    n_t, n_r = f.table.shape[0], f.rows.shape[0]
+    n_t = f.table.shape[0]
     fs = sums.frames["fine"]
     uniq, inv = torch.unique(eb * n_t + etf, return_inverse=True)
     rows = stack_real(y[uniq // n_t] * f.table[uniq % n_t])  # (U, 2P)
+    touched, tr = torch.unique(erf, return_inverse=True)  # only templates that received weight
+    n_r = touched.shape[0]
     acc_all = torch.zeros(n_r, 2 * p, device=y.device)
     wq_all = torch.zeros(n_r, p, device=y.device)
     eh = half[eb]
@@ -142,17 +148,18 @@ def accumulate_sparse(sums: EStepSums, f: Frame, eb: torch.Tensor, etf: torch.Te
         sel = torch.nonzero(eh == h).flatten()
         if not sel.numel():
             continue
-        wd = torch.sparse_coo_tensor(torch.stack([erf[sel], inv[sel]]), w[sel], (n_r, rows.shape[0]),
+        wd = torch.sparse_coo_tensor(torch.stack([tr[sel], inv[sel]]), w[sel], (n_r, rows.shape[0]),
                                      check_invariants=False)
         acc = torch.sparse.mm(wd.coalesce(), rows)
-        wb = torch.sparse_coo_tensor(torch.stack([erf[sel], eb[sel]]), w[sel], (n_r, q.shape[0]),
+        wb = torch.sparse_coo_tensor(torch.stack([tr[sel], eb[sel]]), w[sel], (n_r, q.shape[0]),
                                      check_invariants=False)
         wq = torch.sparse.mm(wb.coalesce(), q)
-        fs.data[h] += torch.complex(acc[:, :p], acc[:, p:])
-        fs.weight[h] += wq
+        fs.data[h].index_add_(0, touched, torch.complex(acc[:, :p], acc[:, p:]))
+        fs.weight[h].index_add_(0, touched, wq)
         acc_all += acc
         wq_all += wq
-    add_model_terms(sums, f, acc_all, wq_all)
+    add_model_terms(sums, Frame(f.rows[touched], f.power[touched], f.table, f.shifts_px,
+                                f.log_prior_class, f.psi_deg, f.n_psi), acc_all, wq_all)
     sums.class_weight.index_add_(0, erf // f.n_psi, w.double())
     offsets = prev_offset_px[eb] + f.shifts_px[etf]
     sums.offset_sq += (w.double() * (offsets.double() ** 2).sum(-1)).sum()

@@ -17,7 +17,9 @@ by ``n**2``; see :func:`vitrify.ml.fourier2d.padded_ft`).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -52,6 +54,21 @@ class RotationTable:
     def n_psi(self) -> int:
         """Number of in-plane angles R."""
         return int(self.psi_deg.shape[0])
+
+    @cached_property
+    def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse CSR sampling matrix ``(R*P, m*(m//2+1))`` (4 bilinear weights per row) and its transpose.
+
+        Built once per table; one sparse x dense product then samples or inserts all classes.
+        """
+        r, p, _ = self.index.shape
+        m, half = self.grid_shape
+        rows = torch.arange(r * p, device=self.index.device).repeat_interleave(4)
+        coo = torch.sparse_coo_tensor(torch.stack([rows, self.index.reshape(-1)]), self.weight.reshape(-1),
+                                      (r * p, m * half), check_invariants=False).coalesce()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # CSR support is labelled beta
+            return coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
 
 
 def make_rotation_table(psi_deg: torch.Tensor, window: FourierWindow, pad: int = 2,
@@ -96,12 +113,11 @@ def sample_templates(grids: torch.Tensor, table: RotationTable) -> torch.Tensor:
     ``(K, R, P)`` complex64 templates (window pixel order).
     """
     k = grids.shape[0]
-    flat = grids.reshape(k, -1)
     r, p, _ = table.index.shape
-    out = torch.empty(k, r, p, dtype=grids.dtype, device=grids.device)
-    for c in range(k):  # per class keeps the (R, P, 4) gather small
-        vals = flat[c][table.index] * table.weight
-        out[c] = vals.sum(-1)
+    flat = grids.reshape(k, -1)
+    dense = torch.cat([flat.real, flat.imag]).t().contiguous()  # (m*half, 2K)
+    out = torch.sparse.mm(table.matrices[0], dense)  # (R*P, 2K)
+    out = torch.complex(out[:, :k].t(), out[:, k:].t()).reshape(k, r, p).to(grids.dtype)
     return torch.where(table.conj, out.conj(), out)
 
 
@@ -124,14 +140,11 @@ def scatter_to_grids(values: torch.Tensor, weights: torch.Tensor,
     k = values.shape[0]
     m, half = table.grid_shape
     values = torch.where(table.conj, values.conj(), values)
-    offset = (torch.arange(k, device=values.device) * (m * half))[:, None, None, None]
-    idx = (table.index[None] + offset).reshape(-1)  # one scatter for all classes
-    bil = table.weight[None]
-    data_re = values.real.new_zeros(k * m * half).index_add_(0, idx, (values.real[..., None] * bil).reshape(-1))
-    data_im = values.real.new_zeros(k * m * half).index_add_(0, idx, (values.imag[..., None] * bil).reshape(-1))
-    wgrid = weights.new_zeros(k * m * half).index_add_(0, idx, (weights[..., None] * bil).reshape(-1))
-    data = torch.complex(data_re, data_im).reshape(k, m, half)
-    wgrid = wgrid.reshape(k, m, half)
+    dense = torch.cat([values.real.reshape(k, -1), values.imag.reshape(k, -1),
+                       weights.reshape(k, -1).to(values.real.dtype)]).t().contiguous()  # (R*P, 3K)
+    out = torch.sparse.mm(table.matrices[1], dense)  # (m*half, 3K)
+    data = torch.complex(out[:, :k].t(), out[:, k:2 * k].t()).reshape(k, m, half)
+    wgrid = out[:, 2 * k:].t().reshape(k, m, half).to(weights.dtype)
     return symmetrise_column0(data), symmetrise_column0(wgrid)
 
 
