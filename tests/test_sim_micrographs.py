@@ -261,3 +261,13 @@ def test_negative_minimum_distance_is_an_input_error():
 
     with pytest.raises(InputError, match="--min-distance"):
         MicrographOptions(min_distance_angst=-1.0)
+
+
+def test_tiff_and_mrc_movies_of_one_seed_hold_the_same_frames(tmp_path):
+    movies = {}
+    for movie_format in ("tiff", "mrc"):
+        options = MicrographOptions(n_micrographs=1, size_px=(64, 96), particles_per_micrograph=2,
+                                    n_frames=3, movie_format=movie_format, seed=12)
+        movies[movie_format] = read_movie(simulate_movies(options, tmp_path / movie_format).files[0])
+    assert movies["tiff"].shape == (3, 64, 96)
+    np.testing.assert_array_equal(movies["tiff"].astype(np.int64), movies["mrc"].astype(np.int64))
