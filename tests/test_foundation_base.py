@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import subprocess
 import sys
 
@@ -26,6 +29,15 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_write_gives_files_the_umask_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        target = atomic_write(tmp_path / "shared.star", "data_\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # group can read a shared project
 
 
 def _succeed(options, job_dir):
