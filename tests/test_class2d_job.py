@@ -148,3 +148,15 @@ def test_ignore_ctf_until_first_peak_flattens_the_low_frequencies(dataset):
     beyond = win.pixels_within(win.radius) - 50  # high frequencies are untouched
     assert torch.allclose(intact.ctf[:, beyond:], full.ctf[:, beyond:])
     assert torch.allclose(intact.ft, full.ft)
+
+
+def test_data_too_large_for_the_memory_is_refused_before_compute(dataset, tmp_path, monkeypatch):
+    from vitrify.jobs import _class2d_data
+
+    star, _ = dataset
+    # 100 classes x 100,000 particles of 64 px fit a 24 GiB machine with room to spare
+    assert _class2d_data.resident_bytes(100_000, 64) < 0.25 * 24 * 2 ** 30
+    monkeypatch.setattr(_class2d_data, "available_bytes", lambda device: 64 * 2 ** 20)
+    with pytest.raises(InputError, match="resident"):
+        run(_options(star, nr_iter=1, algorithm="em"), tmp_path / "job")
+    assert not (tmp_path / "job" / "run_it000_classes.mrcs").exists()

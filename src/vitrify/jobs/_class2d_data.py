@@ -9,6 +9,7 @@ transformed and packed; only the packed window is kept.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +111,30 @@ def validate_input(path: str | Path, n_classes: int, do_ctf: bool) -> InputParti
     groups = merged["rlnOpticsGroup"].astype(int).to_numpy()
     _, group_index = np.unique(groups, return_inverse=True)
     return InputParticles(star, box, float(pixels[0]), base, group_index.astype(np.int64))
+
+
+def resident_bytes(n_particles: int, box_px: int) -> int:
+    """Bytes the engine keeps per run: packed transforms (complex64) and CTFs (float32) of every
+    particle in the largest window (``~0.39 n^2`` pixels), plus 256 MiB of working arrays."""
+    window_px = int(0.3927 * box_px * box_px)
+    return n_particles * window_px * 12 + 256 * 2 ** 20
+
+
+def available_bytes(device: torch.device) -> int:
+    """Physical memory of the machine (CPU) or of the GPU (CUDA)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def check_memory(inp: InputParticles, device: torch.device) -> None:
+    """Refuse (before any compute) a data set whose resident arrays exceed 90% of the memory."""
+    need = resident_bytes(inp.n_particles, inp.box_px)
+    have = available_bytes(device)
+    if need > 0.9 * have:
+        raise InputError(f"{inp.n_particles} particles of {inp.box_px} px need ~{need / 2 ** 30:.1f} GiB "
+                         f"resident; {device.type} memory is {have / 2 ** 30:.1f} GiB", field="--i",
+                         expected="fewer particles or smaller boxes (downscale at extraction)")
 
 
 def _ctf_chunk(rows: pd.DataFrame, box: int, pixel: float, intact_first_peak: bool) -> torch.Tensor:

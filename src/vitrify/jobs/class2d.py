@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from vitrify.io.errors import InputError
-from vitrify.jobs._class2d_data import InputParticles, load_particles, validate_input
+from vitrify.jobs._class2d_data import InputParticles, check_memory, load_particles, validate_input
 from vitrify.jobs._class2d_output import (data_table, iteration_paths, model_blocks, write_gallery,
                                           write_moments, write_tables)
 from vitrify.jobs.base import check_abort, job_logger
@@ -244,6 +244,7 @@ def run(options: Options, job_dir: str | Path) -> Path:
     if diameter_px > inp.box_px:
         raise InputError(f"particle diameter {options.particle_diameter_angst} Å is {diameter_px:.0f} px",
                          field="--particle-diameter", expected=f"at most the box, {inp.box_px} px")
+    check_memory(inp, device)
     window = make_window(inp.box_px)
     particles = load_particles(inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
     sampling = make_sampling(options.psi_step_deg, options.offset_range_px, options.offset_step_px, device)
