@@ -134,7 +134,8 @@ def _import(app: typer.Typer) -> None:
         cs: float = typer.Option(2.7, "--cs", help="Spherical aberration (mm)."),
         q0: float = typer.Option(0.1, "--q0", help="Amplitude contrast."),
         optics_group: str = typer.Option("opticsGroup1", "--optics-group", help="Optics group name."),
-        mtf: str = typer.Option("", "--mtf", help="Detector MTF STAR file."),
+        mtf: str = typer.Option("", "--mtf", help="Detector MTF STAR file, or a detector curve shipped by "
+                                                  "ttsim3d (e.g. k3_CDS_300kV_FL1, falcon4EC_300kV)."),
         beamtilt_x: float = typer.Option(0.0, "--beamtilt-x", help="Beam tilt X (mrad)."),
         beamtilt_y: float = typer.Option(0.0, "--beamtilt-y", help="Beam tilt Y (mrad)."),
         only_new: bool = typer.Option(False, "--only-new", help="On-the-fly: keep earlier imports, add new files."),

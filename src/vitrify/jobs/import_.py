@@ -1,9 +1,11 @@
 """Job ``import``: movies or micrographs by glob pattern → ``movies.star`` / ``micrographs.star``.
 
 The optics table carries the group name, pixel size, voltage, Cs, amplitude contrast,
-optional MTF file and beam tilt. In on-the-fly mode (``only_new``), files already in
-the output STAR file are kept and only new ones are added; files modified less than
-``stable_seconds`` ago are taken to be still being written and left for the next run.
+optional MTF file (a validated RELION MTF STAR file, or the name of a real detector curve
+shipped by the optional ``ttsim3d`` package, copied into the job; :mod:`._mtf`) and beam
+tilt. In on-the-fly mode (``only_new``), files already in the output STAR file are kept
+and only new ones are added; files modified less than ``stable_seconds`` ago are taken to
+be still being written and left for the next run.
 """
 
 from __future__ import annotations
@@ -64,10 +66,10 @@ def options_from_job_star(values: dict[str, str]) -> Options:
                    beamtilt_y_mrad=number(values, "beamtilt_y", 0.0))
 
 
-def _optics(options: Options) -> pd.DataFrame:
+def _optics(options: Options, mtf_path: str) -> pd.DataFrame:
     optics = {"rlnOpticsGroupName": [options.optics_group_name], "rlnOpticsGroup": [1]}
-    if options.mtf_file:
-        optics["rlnMtfFileName"] = [options.mtf_file]
+    if mtf_path:
+        optics["rlnMtfFileName"] = [mtf_path]
     optics["rlnMicrographOriginalPixelSize"] = [options.pixel_size_angst]
     optics["rlnVoltage"] = [options.voltage_kv]
     optics["rlnSphericalAberration"] = [options.cs_mm]
@@ -99,8 +101,11 @@ def run(options: Options, job_dir: str | Path) -> Path:
     """Import the files; write ``movies.star`` or ``micrographs.star`` in ``job_dir``; return it."""
     from vitrify.io.star import read_star_optics, write_star_optics
 
+    from vitrify.jobs._mtf import resolve_mtf
+
     job_dir = Path(job_dir)
     log = logging.getLogger(f"vitrify.job.{job_dir.resolve()}")
+    mtf_path = resolve_mtf(options.mtf_file, job_dir) if options.mtf_file else ""
     block, label = ("movies", "rlnMicrographMovieName") if options.movies else ("micrographs", "rlnMicrographName")
     output = job_dir / f"{block}.star"
     known: list[str] = []
@@ -114,7 +119,7 @@ def run(options: Options, job_dir: str | Path) -> Path:
         raise InputError("no files match the pattern", field="fn_in_raw",
                          expected=f"files such as {options.pattern} ({', '.join(MOVIE_SUFFIXES if options.movies else MICROGRAPH_SUFFIXES)})")
     table = pd.DataFrame({label: names, "rlnOpticsGroup": [1] * len(names)})
-    write_star_optics(output, _optics(options), table, block)
+    write_star_optics(output, _optics(options, mtf_path), table, block)
     node = "MicrographMoviesData.star.relion" if options.movies else "MicrographsData.star.relion"
     write_output_nodes(job_dir, [(output, node)])
     log.info("imported %d new file(s), %d in total", len(fresh), len(names))
