@@ -135,3 +135,20 @@ def test_options_from_relion_job_stars():
     assert (sel.label, sel.max_value, sel.mode) == ("rlnCtfMaxResolution", 6.0, "values")
     assert select.options_from_job_star(values("proc/select_parts")).mode == "class_ranker"
     assert pd.api.types.is_float(sel.min_value)
+
+
+def test_gain_of_the_wrong_orientation_stops_with_the_setting_that_fits(tmp_path, monkeypatch, capsys):
+    from vitrify.sim.micrographs import MicrographOptions
+    from vitrify.sim.movies import simulate_movies
+
+    monkeypatch.chdir(tmp_path)
+    simulate_movies(MicrographOptions(n_micrographs=2, size_px=(128, 128), n_frames=4, particles_per_micrograph=2,
+                                      carbon_fraction=0.0, seed=3), ".")
+    gain, _ = mrc_io.read_mrc("Movies/gain.mrc")
+    mrc_io.write_mrc("gain_flipped.mrc", np.flipud(gain).copy(), 1.5)
+    args = ["motioncorr", "--i", "movies.star", "--patch-x", "1", "--patch-y", "1"]
+    assert _cli(args + ["--o", "MotionCorr/job002", "--gain", "gain_flipped.mrc"]) == 1
+    assert "gain_rot 0 and gain_flip 1" in " ".join(capsys.readouterr().err.split())
+    assert _cli(args + ["--o", "MotionCorr/job003", "--gain", "gain_flipped.mrc", "--gain-flip", "1"]) in (0, None)
+    assert _cli(args + ["--o", "MotionCorr/job004", "--gain", "Movies/gain.mrc"]) in (0, None)
+    assert len(star_io.read_star_optics("MotionCorr/job004/corrected_micrographs.star", "micrographs").data) == 2

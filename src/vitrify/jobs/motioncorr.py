@@ -2,7 +2,8 @@
 
 Per movie: read frames (``first_frame..last_frame``), drop black frames (with a
 message), multiply by the gain reference (rotated/flipped as asked; a gain of the
-wrong size skips the movie with a message), then
+wrong size skips the movie with a message; a gain whose rotation/flip does not match the
+movies' fixed pattern stops the job naming the setting that fits), then
 :func:`vitrify.preprocess.motion.correct_movie` (defects, global and patch alignment,
 dose weighting, binning). Writes ``<mic>.mrc`` (dose-weighted when weighting),
 ``<mic>_noDW.mrc``, ``<mic>.star`` (shifts), ``<mic>_shifts.png`` (trajectory) and the
@@ -171,6 +172,21 @@ def _common_frame_count(movies: list[str]) -> int | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
+def _check_gain(options: Options, movies: list[str]) -> None:
+    """Stop with a clear message when the gain's rotation/flip does not fit the first readable movie."""
+    from vitrify.io.movies import read_gain, read_movie
+    from vitrify.jobs._gain_check import check_gain_orientation
+
+    for movie in movies:
+        try:
+            frames = read_movie(movie)
+        except (InputError, OSError, ValueError):
+            continue
+        check_gain_orientation(read_gain(options.gain), frames.sum(0, dtype=np.float64), options.gain_rotation,
+                               options.gain_flip, options.gain)
+        return
+
+
 def _context(options: Options, movies: list[str]) -> dict:
     import torch
 
@@ -178,6 +194,8 @@ def _context(options: Options, movies: list[str]) -> dict:
     from vitrify.io.movies import read_gain, read_movie
 
     gain = read_gain(options.gain, options.gain_rotation, options.gain_flip) if options.gain else None
+    if gain is not None:
+        _check_gain(options, movies)
     defects = None
     if options.defect_file:
         defects = torch.as_tensor(read_movie(options.defect_file)[0] != 0)
