@@ -111,3 +111,24 @@ def test_vdam_schedule_follows_relion_defaults():
     assert abs(s.stepsize_at(85) - 0.6) < 1e-9  # sigmoid midpoint at ini + inb/4
     assert abs(s.tau2_fudge_at(0) - 1.0) < 1e-3 and abs(s.tau2_fudge_at(199) - 2.0) < 1e-3
     assert s.replaces_classes(100) and not s.replaces_classes(60) and not s.replaces_classes(160)
+
+
+def test_noise_spectra_are_estimated_per_optics_group():
+    """Two optics groups, the second with 4x the noise variance: sigma2 ratio ~4 in every shell."""
+    imgs, labels, _, _ = make_dataset(40, N_BOX, snr=0.5, classes=(0, 1, 2))
+    g = torch.Generator().manual_seed(11)
+    n = imgs.shape[0]
+    group = (torch.arange(n) % 2).long()
+    imgs = imgs + (group[:, None, None] == 1) * torch.randn(imgs.shape, generator=g) * 3 ** 0.5 / 0.5 ** 0.5
+    win = make_window(N_BOX)
+    ft, ctf = pack_particles(imgs, None, win, 28.0, 3.0)
+    parts = ParticleSet(ft=ft, ctf=ctf, group=group, n_groups=2, offset_px=torch.zeros(n, 2))
+    model = initial_model(parts, win, 3, 28.0, 3.0, 2.0, seed=3, sigma_offset_px=3.0)
+    settings = EngineSettings(algorithm="em", nr_iter=2, particle_diameter_px=28.0)
+    clf = Classifier2D(settings, model, parts, win, make_sampling(15.0, 2.0, 1.0))
+    clf.run()
+    shells = slice(7, clf.model.current_radius + 1)  # above the strong-signal shells
+    ratio = clf.model.sigma2[1, shells] / clf.model.sigma2[0, shells]
+    assert float((ratio - 4.0).abs().max()) < 0.5, ratio
+    assert float((ratio.mean() - 4.0).abs()) < 0.2
+    assert float(clf.model.sigma2[0, shells].mean()) > 0
