@@ -12,8 +12,9 @@ Steps (each a function below):
    CTF² in the resolution band, then a Nelder-Mead refinement;
    :func:`keep_significant_astigmatism` falls back to a stigmatic fit when the
    astigmatism does not improve the correlation significantly (weak Thon rings).
-4. :func:`fit_resolution` — the resolution to which the Thon rings fit: correlation in
-   windows of two CTF periods (equi-phase), the first window below a threshold.
+4. :func:`fit_resolution` — the resolution to which the Thon rings fit: the spectrum is
+   averaged over equal CTF phase (as CTFFIND4 does), then correlated with CTF² in windows of
+   two CTF periods; the first window below a threshold ends the fit.
 
 Everything is torch, batched over candidates; CPU and CUDA follow the input device.
 """
@@ -333,34 +334,51 @@ def keep_significant_astigmatism(normalised: torch.Tensor, band: _Band, params: 
     return fixed, r0
 
 
+def _equiphase_average(values: torch.Tensor, phase: torch.Tensor, s: torch.Tensor, bins_per_pi: int,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean of ``values``, of ``sin² phase`` and the largest ``s`` in bins of ``|phase|`` (π/bins_per_pi wide).
+
+    Averaging the samples of equal CTF phase (CTFFIND4's equi-phase average) follows an
+    astigmatic ring pattern exactly and averages the noise of a whole ring. Returns ``(b,)``
+    arrays of the non-empty bins (≥ 5 samples), in order of increasing phase.
+    """
+    index = torch.floor(phase.abs() / (math.pi / bins_per_pi)).long()
+    index = index - index.min()
+    n_bins = int(index.max()) + 1
+    count = torch.zeros(n_bins, dtype=values.dtype, device=values.device).index_add_(0, index, torch.ones_like(values))
+    mean = torch.zeros_like(count).index_add_(0, index, values) / count.clamp(min=1)
+    model = torch.zeros_like(count).index_add_(0, index, torch.sin(phase) ** 2) / count.clamp(min=1)
+    top = torch.zeros_like(count).scatter_reduce_(0, index, s.to(values.dtype), reduce="amax")
+    keep = count >= 5
+    return mean[keep], model[keep], top[keep]
+
+
 def fit_resolution(normalised: torch.Tensor, band: _Band, params: np.ndarray, optics: Optics,
-                   threshold: float) -> float:
+                   threshold: float, bins_per_pi: int = 8) -> float:
     """Resolution (Å) to which the Thon rings fit.
 
-    Samples are grouped by the fitted phase into windows of two CTF² periods; the
-    correlation between spectrum and CTF² is computed per window, from low to high
-    frequency; the answer is the resolution of the last window before the first
-    one that falls below ``threshold`` (failing windows at the low-frequency end,
+    The band is averaged over equal fitted CTF phase (:func:`_equiphase_average`); the
+    correlation between that profile and CTF² is computed in windows of two CTF² periods,
+    from low to high frequency; the answer is the resolution of the last window before the
+    first one that falls below ``threshold`` (failing windows at the low-frequency end,
     where particles and ice dominate the spectrum, are passed over).
     """
     model = torch.as_tensor(params, dtype=normalised.dtype, device=normalised.device)
     gamma = ctf_phase(band.s2, band.cos2, band.sin2, model[0], model[1], model[2],
                       voltage_kv=optics.voltage_kv, cs_mm=optics.cs_mm,
                       amplitude_contrast=optics.amplitude_contrast, phase_shift_deg=model[3])[0]
-    ctf2 = torch.sin(gamma) ** 2
-    window = torch.floor((gamma.abs() - gamma.abs().min()) / (2 * math.pi)).long()
-    s = band.s2.sqrt()
-    best_s = float(s.min())
+    data, ctf2, top = _equiphase_average(normalised, gamma, band.s2.sqrt(), bins_per_pi)
+    best_s = float(band.s2.min().sqrt())
     passed = False
-    for k in range(int(window.max()) + 1):
-        sel = window == k
-        if int(sel.sum()) < 20:
+    width = 2 * bins_per_pi
+    for start in range(0, len(data) - width // 2, width):
+        a, b = data[start:start + width], ctf2[start:start + width]
+        if len(a) < bins_per_pi:
             continue
-        a = normalised[sel] - normalised[sel].mean()
-        b = ctf2[sel] - ctf2[sel].mean()
+        a, b = a - a.mean(), b - b.mean()
         corr = float((a @ b) / (a.norm() * b.norm()).clamp(min=1e-20))
         if corr >= threshold:
-            best_s = float(s[sel].max())
+            best_s = float(top[start:start + width].max())
             passed = True
         elif passed:
             break
