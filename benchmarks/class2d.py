@@ -7,7 +7,8 @@ SNR 0.05, 20% junk, K = 50, VDAM 200 mini-batches, EM 25 iterations)::
         [--vdam-iter 200] [--em-iter 25] [--threads 2] [--data DIR] [--work DIR]
 
 Each run is its own process (``--child``), so wall time and peak memory are per run.
-Printed per run: wall time, time per 1,000 particle-passes, peak RSS, classes holding
+Printed per run: wall and CPU time (user + system of the run's process: on a shared machine
+the CPU time is the fairer figure), time per 1,000 particle-passes, peak RSS, classes holding
 >= 1% of the particles, the median (over those classes) of the median angular distance
 between members' true viewing directions and the class's mean direction, and the
 fraction of junk particles that end up in junk classes (>= 90% junk members).
@@ -67,8 +68,10 @@ def child(args) -> None:
     for line in (job_dir / "run.log").read_text().splitlines():
         if " INFO iteration " in line:
             passes += int(line.split(" particles")[0].rsplit(" ", 1)[1])
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"run": args.child, "wall_s": wall, "passes": passes, "peak_mb": peak_mb,
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak_mb = usage.ru_maxrss / 1024
+    print(json.dumps({"run": args.child, "wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+                      "passes": passes, "peak_mb": peak_mb, "load": os.getloadavg()[0],
                       "data": str(out), "torch_threads": torch.get_num_threads()}))
 
 
@@ -148,12 +151,13 @@ def main() -> None:
         res.update(quality(res["data"], star.parent / "truth.star"))
         rows.append(res)
         print(json.dumps(res), flush=True)
-    print("\n| run | wall s | s / 1k particle-passes | passes | peak MB | classes >=1% | median spread ° "
-          "(random) | junk in junk classes |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| run | wall s | CPU s | s / 1k particle-passes (wall, CPU) | passes | peak MB | classes >=1% | "
+          "median spread ° (random) | junk in junk classes |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         spread = "n/a" if r["median_spread_deg"] is None else f"{r['median_spread_deg']:.1f}"
-        print(f"| {r['run']} | {r['wall_s']:.0f} | {1000 * r['wall_s'] / max(r['passes'], 1):.2f} | "
+        per = 1000 / max(r["passes"], 1)
+        print(f"| {r['run']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {per * r['wall_s']:.2f}, {per * r['cpu_s']:.2f} | "
               f"{r['passes']} | {r['peak_mb']:.0f} | {r['classes_ge_1pct']} | {spread} "
               f"({r['random_spread_deg']:.1f}) | {r['junk_in_junk_classes']:.2f} |")
 
