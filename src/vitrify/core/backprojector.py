@@ -25,7 +25,7 @@ import torch
 from vitrify.core import _interp
 from vitrify.core.projector import _pixels_in_radius, crop_centered, gridding_kernel, \
     slice_coordinates
-from vitrify.io.errors import InputError
+from vitrify.errors import InputError
 
 __all__ = ["BackProjector"]
 

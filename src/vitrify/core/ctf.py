@@ -24,7 +24,7 @@ import math
 import torch
 
 from vitrify.core.fourier import frequency_grid_2d
-from vitrify.io.errors import InputError
+from vitrify.errors import InputError
 
 __all__ = ["electron_wavelength_angst", "ctf_2d", "ctf_from_frequencies", "ctf_1d"]
 

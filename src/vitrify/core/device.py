@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vitrify.io.errors import InputError
+from vitrify.errors import InputError
 
 _CHOICES = ("auto", "cpu", "cuda")
 

@@ -13,7 +13,7 @@ import torch
 
 from vitrify.core.fourier import (irfft2_centered, irfft3_centered, radius_grid_2d, radius_grid_3d,
                                   rfft2_centered, rfft3_centered)
-from vitrify.io.errors import InputError
+from vitrify.errors import InputError
 
 __all__ = ["lowpass_profile", "lowpass_fourier", "lowpass_filter", "highpass_filter",
            "apply_bfactor", "resolution_to_shell"]

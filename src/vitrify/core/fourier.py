@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from vitrify.io.errors import InputError
+from vitrify.errors import InputError
 
 __all__ = [
     "rfft2_centered",

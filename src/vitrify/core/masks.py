@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from vitrify.io.errors import InputError
+from vitrify.errors import InputError
 
 __all__ = ["distance_from_centre", "soft_circular_mask", "soft_spherical_mask", "apply_soft_mask",
            "raised_cosine"]

@@ -25,7 +25,7 @@ import torch
 from vitrify.core import _interp
 from vitrify.core.euler import rotation_2d
 from vitrify.core.fourier import irfft2_centered
-from vitrify.io.errors import InputError
+from vitrify.errors import InputError
 
 __all__ = [
     "Projector",

@@ -27,7 +27,7 @@ import math
 import torch
 
 from vitrify.core.symmetry import symmetry_matrices
-from vitrify.io.errors import InputError
+from vitrify.errors import InputError
 
 __all__ = ["angular_step_deg", "healpix_n_pixels", "healpix_vectors", "healpix_directions",
            "direction_vectors", "inplane_angles", "translation_grid", "orientation_grid",

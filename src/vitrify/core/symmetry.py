@@ -37,7 +37,7 @@ import re
 
 import torch
 
-from vitrify.io.errors import InputError
+from vitrify.errors import InputError
 
 __all__ = ["parse_symmetry", "symmetry_matrices", "symmetry_order", "axis_rotation",
            "rotate_volume", "symmetrise_volume", "equivalent_orientations",

@@ -1,52 +1,9 @@
-"""The one user-facing error type.
+"""The user-facing error type, re-exported for the file-format layer.
 
-An :class:`InputError` is raised for anything a user can fix (a bad file, a missing
-column, an impossible option). The CLI prints it as one clear line and exits with
-status 1, without a traceback. Programming errors stay ordinary exceptions.
+:class:`InputError` lives in :mod:`vitrify.errors` (below every layer), so that ``core``
+raises it without importing ``io``; ``vitrify.io.errors.InputError`` is the same class.
 """
 
-from __future__ import annotations
+from vitrify.errors import InputError
 
-from os import PathLike
-
-
-class InputError(Exception):
-    """Bad input, reported with where it is and what was expected.
-
-    Parameters
-    ----------
-    message
-        What is wrong, in words a user understands.
-    path
-        The file (or directory) concerned, if any.
-    field
-        Column, block, line, header field or option name concerned, if any.
-    expected
-        What would have been valid, if that helps the user.
-
-    Examples
-    --------
-    >>> str(InputError("not a number", path="p.star", field="rlnVoltage (line 12)", expected="a float"))
-    'p.star: rlnVoltage (line 12): not a number (expected a float)'
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: str | PathLike | None = None,
-        field: str | None = None,
-        expected: str | None = None,
-    ) -> None:
-        self.message = message
-        self.path = None if path is None else str(path)
-        self.field = field
-        self.expected = expected
-        super().__init__(self.__str__())
-
-    def __str__(self) -> str:
-        parts = [p for p in (self.path, self.field) if p]
-        text = ": ".join(parts + [self.message])
-        if self.expected:
-            text += f" (expected {self.expected})"
-        return text
+__all__ = ["InputError"]
