@@ -17,6 +17,7 @@ from pathlib import Path
 
 from vitrify.io.atomic import atomic_write
 from vitrify.io.errors import InputError
+from vitrify.pipeline._notes import pid_alive
 
 LOCK_PREFIX = ".relion_lock_scheme_"
 LOCK_FILE = "lock_scheme"
@@ -25,21 +26,6 @@ LOCK_FILE = "lock_scheme"
 def lock_dir(project_dir: str | Path, scheme: str) -> Path:
     """``<project>/.relion_lock_scheme_<scheme>`` (``scheme`` is the short name, e.g. ``prep``)."""
     return Path(project_dir) / f"{LOCK_PREFIX}{scheme}"
-
-
-def pid_alive(pid: int) -> bool:
-    """True while process ``pid`` exists on this host and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def lock_owner(directory: Path) -> tuple[int, str] | None:
