@@ -284,3 +284,25 @@ def run(options: Options, job_dir: str | Path) -> Path:
     write_output_nodes(job_dir, [(output, "MicrographsCoords.star.relion.autopick")])
     log.info("%d micrographs picked, %d skipped", len(files), len(skips.items))
     return output
+
+
+def job_star_from_options(options: Options) -> dict[str, str]:
+    """RELION AutoPick job.star values for ``options`` (inverse of :func:`options_from_job_star`;
+    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs._jobstar_values`)."""
+    from vitrify.jobs._jobstar_values import number_text as num, with_extras, yes_no
+
+    log, template = options.log, options.template
+    values = {"fn_input_autopick": options.input_star, "do_log": yes_no(options.method == "log"),
+              "do_refs": yes_no(options.method == "template"), "do_topaz": yes_no(options.method == "topaz"),
+              "log_diam_min": num(log.diameter_min_angst), "log_diam_max": num(log.diameter_max_angst),
+              "log_maxres": num(log.lowpass_angst), "log_invert": yes_no(log.invert),
+              "log_adjust_thr": num(log.threshold_adjust), "log_upper_thr": num(log.upper_threshold),
+              "topaz_model": options.topaz_model, "topaz_particle_diameter": num(options.topaz_diameter_angst),
+              "fn_refs_autopick": options.references, "angpix_ref": num(options.reference_pixel_angst),
+              "particle_diameter": "-1"}
+    if template is not None and template.diameter_angst > 0:
+        values.update({"particle_diameter": num(template.diameter_angst),
+                       "psi_sampling_autopick": num(template.psi_step_deg), "lowpass": num(template.lowpass_angst),
+                       "highpass": num(template.highpass_angst), "do_invert_refs": yes_no(template.references_white),
+                       "mindist_autopick": num(template.min_distance_fraction * template.diameter_angst)})
+    return with_extras(options, values, options_from_job_star)

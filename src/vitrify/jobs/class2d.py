@@ -265,3 +265,24 @@ def run(options: Options, job_dir: str | Path) -> Path:
 
 
 __all__ = ["Options", "options_from_job_star", "run"]
+
+
+def job_star_from_options(options: Options) -> dict[str, str]:
+    """RELION Class2D job.star values for ``options`` (inverse of :func:`options_from_job_star`:
+    half the psi and offset steps, as RELION's GUI; settings RELION lacks as ``vitrify_*`` rows,
+    see :mod:`vitrify.jobs._jobstar_values`)."""
+    from vitrify.jobs._jobstar_values import number_text as num, with_extras, yes_no
+
+    grad = options.algorithm == "vdam"
+    values = {"fn_img": options.input_star, "nr_classes": num(options.n_classes),
+              "particle_diameter": num(options.particle_diameter_angst), "do_grad": yes_no(grad),
+              "nr_iter_grad" if grad else "nr_iter": num(options.iterations),
+              "psi_sampling": num(options.psi_step_deg / 2), "offset_range": num(options.offset_range_px),
+              "offset_step": num(options.offset_step_px / 2), "tau_fudge": num(options.tau2_fudge),
+              "do_ctf_correction": yes_no(options.do_ctf), "ctf_intact_first_peak": yes_no(options.ctf_intact_first_peak),
+              "nr_threads": num(max(options.threads, 1)), "use_gpu": yes_no(options.device == "cuda"),
+              "fn_cont": options.continue_from}
+    return with_extras(options, values, options_from_job_star)
+
+
+__all__ += ["job_star_from_options"]

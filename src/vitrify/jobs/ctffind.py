@@ -204,3 +204,19 @@ def run(options: Options, job_dir: str | Path) -> Path:
     write_output_nodes(job_dir, [(output, "MicrographsData.star.relion.ctf")])
     log.info("%d micrographs fitted, %d skipped", len(rows), len(skips.items))
     return output
+
+
+def job_star_from_options(options: Options) -> dict[str, str]:
+    """RELION CtfFind job.star values for ``options`` (inverse of :func:`options_from_job_star`;
+    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs._jobstar_values`)."""
+    from vitrify.jobs._jobstar_values import number_text as num, with_extras, yes_no
+
+    s = options.search
+    values = {"input_star_mics": options.input_star, "box": num(s.tile_px), "resmin": num(s.resolution_min_angst),
+              "resmax": num(s.resolution_max_angst), "dfmin": num(s.defocus_min_angst),
+              "dfmax": num(s.defocus_max_angst), "dfstep": num(s.defocus_step_angst),
+              "dast": num(s.astigmatism_max_angst / 10 if s.astigmatism_max_angst > 3000 else 100.0),
+              "do_phaseshift": yes_no(s.do_phase_shift), "phase_min": num(s.phase_min_deg),
+              "phase_max": num(s.phase_max_deg), "phase_step": num(s.phase_step_deg),
+              "use_noDW": yes_no(options.use_nodw)}
+    return with_extras(options, values, options_from_job_star)

@@ -196,3 +196,22 @@ def run(options: Options, job_dir: str | Path) -> Path:
     log.info("%d particles from %d micrographs, %d micrographs skipped", len(particles), len(tables),
              len(skips.items))
     return output
+
+
+def job_star_from_options(options: Options) -> dict[str, str]:
+    """RELION Extract job.star values for ``options`` (inverse of :func:`options_from_job_star`;
+    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs._jobstar_values`)."""
+    from vitrify.jobs._jobstar_values import number_text as num, with_extras, yes_no
+
+    e = options.extract
+    values = {"star_mics": options.input_star, "coords_suffix": options.coords_star,
+              "extract_size": num(e.box_px), "do_rescale": yes_no(e.rescale_px is not None),
+              "rescale": num(e.rescale_px if e.rescale_px is not None else e.box_px),
+              "do_norm": yes_no(e.normalise), "do_invert": yes_no(e.invert_contrast),
+              "bg_diameter": num(2 * e.bg_radius_px if e.bg_radius_px is not None else -1.0),
+              "white_dust": num(e.white_dust_sigma), "black_dust": num(e.black_dust_sigma),
+              "do_float16": yes_no(options.float16), "do_fom_threshold": yes_no(options.min_fom is not None),
+              "minimum_pick_fom": num(options.min_fom if options.min_fom is not None else -999.0),
+              "do_reextract": yes_no(bool(options.reextract_star)), "fndata_reextract": options.reextract_star,
+              "do_reset_offsets": yes_no(options.reset_offsets)}
+    return with_extras(options, values, options_from_job_star)

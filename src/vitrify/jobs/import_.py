@@ -124,3 +124,16 @@ def run(options: Options, job_dir: str | Path) -> Path:
     write_output_nodes(job_dir, [(output, node)])
     log.info("imported %d new file(s), %d in total", len(fresh), len(names))
     return output
+
+
+def job_star_from_options(options: Options) -> dict[str, str]:
+    """RELION Import job.star values for ``options`` (inverse of :func:`options_from_job_star`;
+    on-the-fly settings as ``vitrify_*`` rows, see :mod:`vitrify.jobs._jobstar_values`)."""
+    from vitrify.jobs._jobstar_values import number_text as num, with_extras, yes_no
+
+    values = {"do_raw": "Yes", "do_other": "No", "fn_in_raw": options.pattern,
+              "is_multiframe": yes_no(options.movies), "angpix": num(options.pixel_size_angst),
+              "kV": num(options.voltage_kv), "Cs": num(options.cs_mm), "Q0": num(options.amplitude_contrast),
+              "optics_group_name": options.optics_group_name, "fn_mtf": options.mtf_file,
+              "beamtilt_x": num(options.beamtilt_x_mrad), "beamtilt_y": num(options.beamtilt_y_mrad)}
+    return with_extras(options, values, options_from_job_star)

@@ -234,3 +234,27 @@ def run(options: Options, job_dir: str | Path) -> Path:
     write_output_nodes(job_dir, [(output, "MicrographsData.star.relion.motioncorr")])
     log.info("%d movies corrected, %d skipped", len(rows), len(skips.items))
     return output
+
+
+#: RELION-4's text of the gain rotation / flip choices, by index
+GAIN_ROTATIONS = ("No rotation (0)", "90 degrees (1)", "180 degrees (2)", "270 degrees (3)")
+GAIN_FLIPS = ("No flipping (0)", "Flip upside down (1)", "Flip left to right (2)")
+
+
+def job_star_from_options(options: Options) -> dict[str, str]:
+    """RELION MotionCorr job.star values for ``options`` (inverse of :func:`options_from_job_star`;
+    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs._jobstar_values`)."""
+    from vitrify.jobs._jobstar_values import number_text as num, with_extras, yes_no
+
+    m = options.motion
+    values = {"do_own_motioncor": "Yes", "input_star_mics": options.input_star, "bfactor": num(m.bfactor_angst2),
+              "patch_x": num(m.patches_x), "patch_y": num(m.patches_y), "group_frames": num(m.group_frames),
+              "dose_per_frame": num(options.dose_per_frame), "pre_exposure": num(options.pre_exposure),
+              "do_dose_weighting": yes_no(options.dose_weighting), "do_save_noDW": yes_no(options.save_nodw),
+              "bin_factor": num(options.binning), "do_float16": yes_no(options.float16),
+              "fn_gain_ref": options.gain, "fn_defect": options.defect_file,
+              "gain_rot": GAIN_ROTATIONS[options.gain_rotation] if 0 <= options.gain_rotation < 4
+              else num(options.gain_rotation),
+              "gain_flip": GAIN_FLIPS[options.gain_flip] if 0 <= options.gain_flip < 3 else num(options.gain_flip),
+              "first_frame_sum": num(options.first_frame), "last_frame_sum": num(options.last_frame)}
+    return with_extras(options, values, options_from_job_star)

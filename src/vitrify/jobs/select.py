@@ -100,3 +100,29 @@ SELECTORS: dict[str, Callable[[Options, Path], Path]] = {
 def run(options: Options, job_dir: str | Path) -> Path:
     """Select rows; write ``job_dir/micrographs.star`` or ``particles.star``; return its path."""
     return SELECTORS[options.mode](options, Path(job_dir))
+
+
+def job_star_from_options(options: Options) -> dict[str, str]:
+    """RELION Select job.star values for ``options`` (inverse of :func:`options_from_job_star`).
+
+    The input goes to ``fn_data`` when it holds particles (by its data block, or by its name
+    while the file does not exist yet), else to ``fn_mic``; class ranking names ``fn_model``.
+    """
+    from vitrify.jobs._jobstar_values import number_text as num, with_extras, yes_no
+
+    ranker = options.mode == "class_ranker"
+    values = {"do_select_values": yes_no(not ranker), "do_class_ranker": yes_no(ranker),
+              "select_label": options.label, "select_minval": num(options.min_value),
+              "select_maxval": num(options.max_value), "fn_mic": "", "fn_data": "", "fn_model": ""}
+    if ranker:
+        values["fn_model"] = options.input_star
+    else:
+        values["fn_data" if _holds_particles(options.input_star) else "fn_mic"] = options.input_star
+    return with_extras(options, values, options_from_job_star)
+
+
+def _holds_particles(path: str) -> bool:
+    try:
+        return _data_block(path) == "particles"
+    except (InputError, OSError, ValueError):
+        return "particles" in Path(path).name

@@ -1,0 +1,145 @@
+"""Job options → job.star values: text helpers and vitrify's own settings (``vitrify_*`` keys).
+
+Each job module's ``job_star_from_options(options)`` writes RELION-4 option names (the
+inverse of its ``options_from_job_star``). Settings RELION's job.star has no name for
+(``device``, diagnostics, thresholds of our own pickers, ...) are kept as extra rows
+``vitrify_<field>`` (``vitrify_search.fit_threshold`` for a nested field): RELION ignores
+option rows it does not know, and :func:`options_from_values` puts them back, so
+``options_from_values(module, module.job_star_from_options(o)) == o``.
+
+>>> yes_no(True), number_text(300.0), number_text(1.5), number_text(-1)
+('Yes', '300', '1.5', '-1')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from vitrify.io.errors import InputError
+
+EXTRA_PREFIX = "vitrify_"
+_NONE = "None"
+_TRUE = ("yes", "true", "1", "y")
+
+
+def yes_no(value: bool) -> str:
+    """RELION's ``Yes`` / ``No``."""
+    return "Yes" if value else "No"
+
+
+def number_text(value: float | int) -> str:
+    """A number as short exact text (``300`` for 300.0, ``1.5``; floats round-trip exactly)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(int(value))
+
+
+def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Field path → value for every non-dataclass value inside a (nested) dataclass."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_leaves(value, f"{prefix}{f.name}."))
+        else:
+            out[prefix + f.name] = value
+    return out
+
+
+def _encode(value: Any) -> str:
+    if value is None:
+        return _NONE
+    if isinstance(value, bool):
+        return yes_no(value)
+    if isinstance(value, (int, float)):
+        return number_text(value)
+    if isinstance(value, str):
+        return value
+    raise TypeError(f"cannot keep {type(value).__name__} in a job.star")
+
+
+def extra_values(options: Any, base: Any) -> dict[str, str]:
+    """``vitrify_<path>`` rows for every field where ``options`` differs from ``base``."""
+    wanted, have = _leaves(options), _leaves(base)
+    extras = {key: _encode(value) for key, value in wanted.items()
+              if key not in have or have[key] != value or type(have[key]) is not type(value)}
+    for key in have.keys() - wanted.keys():  # a nested dataclass that is None in ``options``
+        head = key.split(".")[0]
+        if head in wanted:
+            extras[head] = _NONE
+    return {f"{EXTRA_PREFIX}{key}": text for key, text in sorted(extras.items())}
+
+
+def with_extras(options: Any, values: dict[str, str], from_star: Callable[[dict[str, str]], Any]) -> dict[str, str]:
+    """``values`` (RELION names) plus the ``vitrify_*`` rows ``from_star(values)`` needs to give ``options``."""
+    return {**values, **extra_values(options, from_star(dict(values)))}
+
+
+def _decode(raw: str, hint: Any, key: str) -> Any:
+    raw = str(raw).strip()
+    raw = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
+    args = typing.get_args(hint)
+    if args and (typing.get_origin(hint) in (typing.Union, types.UnionType)):
+        if raw == _NONE and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    decoders: dict[Any, Callable[[str], Any]] = {
+        bool: lambda s: s.lower() in _TRUE, int: lambda s: int(float(s)), float: float, str: lambda s: s}
+    if hint not in decoders:
+        raise InputError(f"option {EXTRA_PREFIX}{key} cannot be set from a job.star", field=EXTRA_PREFIX + key,
+                         expected="a vitrify option of a number, text or Yes/No")
+    try:
+        return decoders[hint](raw)
+    except ValueError:
+        raise InputError(f"not a number: {raw!r}", field=EXTRA_PREFIX + key, expected="a number") from None
+
+
+def _apply(obj: Any, changes: dict[str, str], prefix: str = "") -> Any:
+    """``obj`` (a dataclass, or None with its class given) with ``changes`` (path → text) applied."""
+    hints = typing.get_type_hints(type(obj))
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, str]] = {}
+    for key, raw in changes.items():
+        head, _, rest = key.partition(".")
+        if head not in hints:
+            raise InputError(f"unknown option {EXTRA_PREFIX}{prefix}{key}", field=EXTRA_PREFIX + prefix + key,
+                             expected=f"a field of {type(obj).__name__}")
+        if rest:
+            nested.setdefault(head, {})[rest] = raw
+        else:
+            direct[head] = raw
+    new: dict[str, Any] = {}
+    for head, raw in direct.items():
+        new[head] = _decode(raw, hints[head], prefix + head)
+    for head, sub in nested.items():
+        current = new.get(head, getattr(obj, head))
+        new[head] = _apply(current, sub, f"{prefix}{head}.") if current is not None else \
+            _build(_dataclass_in(hints[head]), sub, f"{prefix}{head}.")
+    return dataclasses.replace(obj, **new) if new else obj
+
+
+def _dataclass_in(hint: Any) -> type | None:
+    for candidate in (hint, *typing.get_args(hint)):
+        if isinstance(candidate, type) and dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
+
+
+def _build(cls: type | None, changes: dict[str, str], prefix: str) -> Any:
+    """A nested options dataclass made from its ``vitrify_*`` rows alone (it was None)."""
+    if cls is None:
+        raise InputError(f"options {EXTRA_PREFIX}{prefix}* do not belong to a settings group",
+                         field=EXTRA_PREFIX + prefix, expected="a nested vitrify setting")
+    hints = typing.get_type_hints(cls)
+    return cls(**{key: _decode(raw, hints[key], prefix + key) for key, raw in changes.items()})
+
+
+def options_from_values(module: Any, values: Mapping[str, str]) -> Any:
+    """The job module's ``Options`` from job.star values: its RELION options plus ``vitrify_*`` rows."""
+    options = module.options_from_job_star(dict(values))
+    extras = {k[len(EXTRA_PREFIX):]: str(v) for k, v in values.items() if k.startswith(EXTRA_PREFIX)}
+    return _apply(options, extras) if extras else options
