@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     @app.command("class2d")
     def class2d(
         i: str = typer.Option("", "--i", help="Input particles.star."),
-        o: Path = typer.Option(..., "--o", help="Output (job) directory."),
+        o: Path = typer.Option(..., "--o", help="Output (job) directory; Class2D/jobNNN: a pipeline job."),
         k: int = typer.Option(50, "--K", help="Number of classes."),
         algorithm: str = typer.Option("vdam", "--algorithm", help="vdam | em."),
         iterations: int = typer.Option(-1, "--iter", help="Iterations (default 200 VDAM, 25 EM)."),
@@ -33,8 +33,8 @@ def register(app: typer.Typer) -> None:
         cont: str = typer.Option("", "--continue", help="Continue from a run_itNNN_optimiser.star."),
     ) -> None:
         """Classify particles into K 2D classes (writes run_itNNN_{classes.mrcs,model,data,optimiser}.star)."""
-        from vitrify.jobs.base import run_job
-        from vitrify.jobs.class2d import Options, run
+        from vitrify.cli._record import run_command_job
+        from vitrify.jobs.class2d import Options
 
         options = Options(input_star=i, n_classes=k, particle_diameter_angst=diameter, algorithm=algorithm,
                           nr_iter=iterations, psi_step_deg=psi_step, offset_range_px=offset_range,
@@ -42,5 +42,5 @@ def register(app: typer.Typer) -> None:
                           ctf_intact_first_peak=first_peak, class_inactivity_threshold=inactivity,
                           grad_write_iter=write_iter, threads=threads, device=device, seed=seed,
                           continue_from=cont)
-        data_star = run_job(run, options, o)
+        data_star = run_command_job("class2d", options, o)
         typer.echo(f"classified particles: {data_star}")

@@ -1,7 +1,9 @@
 """Preprocessing commands: ``vitrify import | motioncorr | ctffind | autopick | extract | select``.
 
 Each command parses its options into the job's ``Options`` and runs the job with
-:func:`vitrify.jobs.base.run_job` in ``--o`` (run.log and exit markers included).
+:func:`vitrify.jobs.base.run_job` in ``--o`` (run.log and exit markers included); an
+``--o JobType/jobNNN`` in the current directory makes it a pipeline job
+(:mod:`vitrify.cli._record`).
 Heavy modules are imported inside the command bodies.
 """
 
@@ -13,12 +15,9 @@ import typer
 
 
 def _run(module_name: str, options: object, out: Path) -> object:
-    import importlib
+    from vitrify.cli._record import run_command_job
 
-    from vitrify.jobs.base import run_job
-
-    module = importlib.import_module(f"vitrify.jobs.{module_name}")
-    return run_job(module.run, options, out)
+    return run_command_job(module_name, options, out)
 
 
 def _ctffind(app: typer.Typer) -> None:

@@ -7,6 +7,7 @@ import os
 import shlex
 from pathlib import Path
 
+from vitrify.pipeline._heartbeat import HEARTBEAT_FILE
 from vitrify.pipeline._pipeline_star import PipelineState, write_pipeline
 
 PID_FILE = "run.pid"
@@ -16,8 +17,8 @@ ABORT_REQUEST = ".abort_requested"
 
 
 def clear_run_files(job_dir: Path) -> None:
-    """Before a (re)run: remove the pid file and an old abort request."""
-    for name in (PID_FILE, ABORT_REQUEST):
+    """Before a (re)run: remove the pid file, the heartbeat and an old abort request."""
+    for name in (PID_FILE, ABORT_REQUEST, HEARTBEAT_FILE):
         (job_dir / name).unlink(missing_ok=True)
 
 

@@ -1,7 +1,8 @@
 """Running one job in this process: what ``vitrify run-job --job <Dir/jobNNN/job.star>`` does.
 
 :func:`execute_job` reads the job.star, finds the job module (:mod:`vitrify.jobs.registry`),
-builds its ``Options`` with ``options_from_job_star`` and runs it through
+builds its ``Options`` with ``options_from_job_star`` (plus vitrify's own ``vitrify_*``
+rows, :mod:`vitrify.jobs._jobstar_values`) and runs it through
 :func:`vitrify.jobs.base.run_job` (exit markers, run.log, abort checks). Whatever happens
 (an unknown or unavailable job type, bad options, a crash) the job ends with an exit
 marker and the pipeline records its final status and, on success, its output nodes.
@@ -15,11 +16,13 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from types import ModuleType
 
 from vitrify.io.errors import InputError
 from vitrify.jobs.base import EXIT_FAILURE, JobAborted, check_abort, clear_markers, run_job
+from vitrify.jobs._jobstar_values import options_from_values
 from vitrify.jobs.registry import resolve_job
-from vitrify.pipeline import _notes
+from vitrify.pipeline import _heartbeat, _notes
 from vitrify.pipeline._jobstar import JobStar, read_job_star, write_job_star
 from vitrify.pipeline._pipeline_star import normalise_job_name
 from vitrify.pipeline.project import Project, marker_status
@@ -91,7 +94,7 @@ def _prepare(job_star: Path, continue_: bool):
     if continue_ and not job.is_continue:  # job.star says how the job last ran, as in RELION
         write_job_star(job_star, JobStar(job.type_label, job.options, True))
     module = resolve_job(job.type_label, job.options)
-    options = module.options_from_job_star(dict(job.options))
+    options = options_from_values(module, job.options)  # RELION options + vitrify_* rows
     return module, (continued(options) if continue_ or job.is_continue else options)
 
 
@@ -101,30 +104,70 @@ def execute_job(job_star: str | Path, *, continue_: bool = False, root: str | Pa
     Returns the final status: "Succeeded"; "Failed" after a user error or a crash (message or
     traceback in run.err, written before RELION_JOB_EXIT_FAILURE); "Aborted" after an abort request.
     """
+    project = _open_here(root)
+    name = job_name_of(Path(job_star), project.root)
+    job_dir = project.root / name
+    _mark_running(project, name)
+    stop_heartbeat = _heartbeat.start(job_dir)
+    try:
+        try:
+            module, options = _prepare(job_dir / "job.star", continue_)
+        except Exception as err:  # noqa: BLE001 - every failure ends with a marker and a message
+            _report(job_dir, err)
+            clear_markers(job_dir)
+            (job_dir / EXIT_FAILURE).touch()
+            return project.job_status(name)
+        return _run_here(project, name, module, options)[0]
+    finally:
+        stop_heartbeat()
+
+
+def execute_options(name: str, module: ModuleType, options: object, *,
+                    root: str | Path = ".") -> tuple[str, object]:
+    """Run ``module.run(options)`` as the project's job ``name`` (already recorded, e.g. by
+    :meth:`Project.register_job`) in this process: status Running while it runs (with a
+    heartbeat), then the final status and, on success, the output nodes.
+
+    Returns (final status, what ``module.run`` returned or None); the error of a failed run is
+    in run.err and on stderr.
+    """
+    project = _open_here(root)
+    name = normalise_job_name(name)
+    _mark_running(project, name)
+    stop_heartbeat = _heartbeat.start(project.root / name)
+    try:
+        return _run_here(project, name, module, options)
+    finally:
+        stop_heartbeat()
+
+
+def _open_here(root: str | Path) -> Project:
     project = Project.open(root)
     if Path.cwd().resolve() != project.root:
         raise InputError("jobs run from the project directory (paths in STAR files are relative to it)",
                          path=project.root, expected=f"the current directory to be {project.root}")
-    name = job_name_of(Path(job_star), project.root)
+    return project
+
+
+def _mark_running(project: Project, name: str) -> None:
     job_dir = project.root / name
     if project.job_status(name) != "Running":  # run directly, not launched by Project.run_job:
         clear_markers(job_dir)                    # markers of an earlier run are stale
         _notes.clear_run_files(job_dir)
         project.record_status(name, "Running")
-    try:
-        module, options = _prepare(job_dir / "job.star", continue_)
-    except Exception as err:  # noqa: BLE001 - every failure ends with a marker and a message
-        _report(job_dir, err)
-        clear_markers(job_dir)
-        (job_dir / EXIT_FAILURE).touch()
-        return project.job_status(name)
+
+
+def _run_here(project: Project, name: str, module: ModuleType, options: object) -> tuple[str, object]:
+    job_dir = project.root / name
+    result: list[object] = [None]
 
     def run(opts: object, directory: Path) -> object:
         if (job_dir / _notes.ABORT_REQUEST).exists():  # asked before run_job cleared ABORT_NOW
             raise JobAborted(f"abort requested in {directory}")
         check_abort(directory)
         try:
-            return module.run(opts, directory)
+            result[0] = module.run(opts, directory)
+            return result[0]
         except JobAborted:
             raise
         except Exception as err:
@@ -138,4 +181,4 @@ def execute_job(job_star: str | Path, *, continue_: bool = False, root: str | Pa
     except Exception:  # noqa: BLE001 - reported above; run_job wrote the failure marker
         if marker_status(job_dir) is None:
             (job_dir / EXIT_FAILURE).touch()
-    return project.job_status(name)
+    return project.job_status(name), result[0]

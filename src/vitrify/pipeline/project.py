@@ -17,6 +17,7 @@ the jobs themselves) can share one project.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pathlib import Path
 from vitrify.io.errors import InputError
 from vitrify.jobs.base import ABORT_NOW, EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, clear_markers
 from vitrify.jobs.registry import job_directory
-from vitrify.pipeline import _aliases, _launch, _notes
+from vitrify.pipeline import _aliases, _heartbeat, _launch, _notes
 from vitrify.pipeline._jobstar import JobStar, check_options, read_job_star, write_job_star
 from vitrify.pipeline._lock import PIPELINE_FILE, edit_pipeline, read_locked
 from vitrify.pipeline._nodes import input_nodes, output_nodes, touch_node_markers
@@ -35,6 +36,7 @@ from vitrify.pipeline._pipeline_star import PipelineState, Process, normalise_jo
 MARKER_STATUS: dict[str, str] = {EXIT_SUCCESS: "Succeeded", EXIT_FAILURE: "Failed", EXIT_ABORTED: "Aborted"}
 FINAL_STATUSES = frozenset(MARKER_STATUS.values())
 POLL_S = 0.2
+_JOB_NAME = re.compile(r"([A-Za-z0-9]+)/job(\d{3,})/")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,46 @@ class Project:
         options = dict(job.options)
         options.update({str(k): str(v) for k, v in (overrides or {}).items()})
         return self.add_job(job.type_label, options, alias=alias)
+
+    def register_job(self, name: str, type_label: str, options: dict[str, str]) -> bool:
+        """Record job ``name`` (``CtfFind/job004/``, as a command's ``--o`` names it) with these options.
+
+        A new process is added (Scheduled) when the pipeline lacks it; an existing one of the same
+        type is continued: its job.star gets the new options and its input edges the new inputs.
+        The job counter stays above NNN. Returns True when the process already existed.
+        """
+        name, directory = normalise_job_name(name), job_directory(type_label)
+        match = _JOB_NAME.fullmatch(name)
+        if match is None or match.group(1) != directory:
+            raise InputError(f"{name} is not a {directory} job directory", path=self.root / name,
+                             field="--o", expected=f"{directory}/jobNNN")
+        options = {str(k): str(v) for k, v in options.items()}
+        check_options(options)
+        with edit_pipeline(self.root) as state:
+            proc = state.processes.get(name)
+            existed = proc is not None
+            if existed:
+                self._check_continuable(proc, type_label)
+            state.processes[name] = proc = proc or Process(name, type_label.strip(), "Scheduled")
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+            write_job_star(self.root / name / "job.star", JobStar(proc.type_label, options))
+            state.input_edges = [(n, p) for n, p in state.input_edges if p != name]
+            for node, node_type in input_nodes(options, state.nodes):
+                state.add_input(node, node_type, name)
+            state.job_counter = max(state.job_counter, int(match.group(2)) + 1)
+            _notes.write_job_pipeline(self.root, state, name)
+        if not (self.root / name / "note.txt").exists():
+            _notes.start_note(self.root, name, type_label.strip())
+        return existed
+
+    def _check_continuable(self, proc: Process, type_label: str) -> None:
+        if job_directory(proc.type_label) != job_directory(type_label):
+            raise InputError(f"{proc.name} is a {proc.type_label} job", path=self.root / proc.name,
+                             field="--o", expected=f"a new {job_directory(type_label)}/jobNNN directory")
+        if proc.status == "Running" and marker_status(self.root / proc.name) is None \
+                and self._known_alive(proc.name):
+            raise InputError(f"job {proc.name} is still running", path=self.root / proc.name,
+                             expected="it to finish or be aborted first")
 
     def set_alias(self, name: str, alias: str | None) -> None:
         """Give a job an alias (RELION's symlink ``JobType/alias`` → the job), or remove it."""
@@ -193,7 +235,10 @@ class Project:
         return status or "Running"
 
     def _known_alive(self, name: str) -> bool:
-        """True only when a local job process of ``name`` is known to be running."""
+        """True only when a job process of ``name`` is known to be running."""
+        beat = _heartbeat.alive(self.root / name, _notes.pid_alive)
+        if beat is not None:
+            return beat
         child = self._children.get(name)
         if child is not None:
             return child.poll() is None
@@ -201,6 +246,10 @@ class Project:
         return pid is not None and _notes.pid_alive(pid)
 
     def _process_alive(self, name: str) -> bool:
+        """False once the job's process is known to be gone (heartbeat, child, run.pid); else True."""
+        beat = _heartbeat.alive(self.root / name, _notes.pid_alive)
+        if beat is not None:
+            return beat
         child = self._children.get(name)
         if child is not None:
             return child.poll() is None
