@@ -1,6 +1,10 @@
 """``vitrify demo``: simulate a small data set from a real structure and process it.
 
-Steps, each in a RELION-style job directory of ``--out`` (with run.log and exit markers):
+``--mode pipeline`` (the default; :mod:`vitrify.cli._demo_pipeline`): movies with EPU/SerialEM
+metadata → ``vitrify mdcatch`` → ``vitrify schemer`` prep and proc → 2D classes, every step
+compared with the truth (:mod:`vitrify.cli._demo_pipeline_report`).
+
+``--mode particles`` (below), each step in a RELION-style job directory of ``--out``:
 
 1. ``Simulate/job001``: particles from a real structure (CFTR or adenylate kinase) with
    CTF and noise, plus the ground truth;
@@ -120,27 +124,77 @@ def run_demo(out: Path, *, structure: str = "cftr", n: int = 1000, box: int = 64
     return summary
 
 
+def _particles_mode(out: Path, options: dict) -> None:
+    from vitrify.cli._demo_report import print_report
+
+    options = {"pixel_size": 3.0, "iterations": 10, **{k: v for k, v in options.items() if v is not None}}
+    summary = run_demo(out, structure=options["structure"], n=options["n"], box=options["box"],
+                       pixel=options["pixel_size"], snr=options["snr"], classes=options["classes"],
+                       iterations=options["iterations"], seed=options["seed"], device=options["device"])
+    print_report(_console, out, summary, options["pixel_size"])
+
+
+def _pipeline_mode(out: Path, options: dict) -> None:
+    from vitrify.cli._demo_pipeline import PipelineDemo, run_pipeline_demo
+    from vitrify.cli._demo_pipeline_report import print_pipeline_report
+    from vitrify.cli._demo_steps import StepFailed
+
+    names = {"structure": "structure", "movies": "movies", "size": "size_px", "pixel_size": "pixel_size_angst",
+             "particles": "particles_per_movie", "frames": "frames", "classes": "classes",
+             "iterations": "iterations", "max_ctf_resolution": "max_ctf_resolution_angst",
+             "threads": "threads", "seed": "seed"}
+    demo = PipelineDemo(**{field: options[key] for key, field in names.items() if options[key] is not None})
+    try:
+        summary = run_pipeline_demo(_console, out, demo, overwrite=options["overwrite"])
+    except StepFailed as err:
+        _console.print(f"[bold red]error:[/] {err}", soft_wrap=True, highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    print_pipeline_report(_console, summary)
+    if "class2d" not in summary:
+        _console.print("[bold red]error:[/] the demo did not reach 2D classes (see above)")
+        raise typer.Exit(1)
+
+
+#: ``--mode`` → what runs.
+_MODES = {"pipeline": _pipeline_mode, "particles": _particles_mode}
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``demo`` command to ``app``."""
 
     @app.command("demo")
     def demo(
-        out: Path = typer.Option(Path("demo_project"), "--out", help="Output (project) directory."),
+        out: Path = typer.Option(Path("demo_project"), "--out", help="Output directory."),
+        mode: str = typer.Option("pipeline", "--mode", help="pipeline: movies -> MDCatch -> Schemes -> "
+                                 "2D classes | particles: simulated particles -> 3D map at true poses + 2D."),
         structure: str = typer.Option("cftr", "--structure", help="adk | cftr | a PDB/mmCIF file."),
-        n: int = typer.Option(1000, "--n", help="Number of particles."),
-        box: int = typer.Option(64, "--box", help="Box size (px)."),
-        pixel_size: float = typer.Option(3.0, "--pixel-size", help="Pixel size (Å)."),
-        snr: float = typer.Option(0.1, "--snr", help="Signal-to-noise ratio (see simulate)."),
+        movies: int | None = typer.Option(None, "--movies", help="pipeline: number of movies (10)."),
+        size: int | None = typer.Option(None, "--size", help="pipeline: movie width = height (px; 1024)."),
+        particles: int | None = typer.Option(None, "--particles", help="pipeline: particles per movie (30)."),
+        frames: int | None = typer.Option(None, "--frames", help="pipeline: frames per movie (8)."),
+        max_ctf_resolution: float | None = typer.Option(
+            None, "--max-ctf-resolution", help="pipeline: keep micrographs whose CTF fit reaches this (Å; 12)."),
+        threads: int | None = typer.Option(None, "--threads", help="pipeline: threads of 2D classification (2)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="pipeline: replace an earlier demo in --out."),
+        n: int = typer.Option(1000, "--n", help="particles: number of particles."),
+        box: int = typer.Option(64, "--box", help="particles: box size (px)."),
+        pixel_size: float | None = typer.Option(None, "--pixel-size",
+                                                help="Pixel size (Å; pipeline 1.5, particles 3)."),
+        snr: float = typer.Option(0.1, "--snr", help="particles: signal-to-noise ratio (see simulate)."),
         classes: int = typer.Option(10, "--classes", help="2D classes."),
-        iterations: int = typer.Option(10, "--iter", help="2D classification iterations."),
+        iterations: int | None = typer.Option(
+            None, "--iter", help="2D iterations (pipeline: 40 VDAM; particles: 10 EM)."),
         seed: int = typer.Option(1, "--seed", help="Random seed."),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+        device: str = typer.Option("auto", "--device", help="particles: auto | cpu | cuda."),
     ) -> None:
-        """Simulate a small data set from a real structure and process it (a few minutes on a CPU)."""
-        from vitrify.cli._demo_report import print_report
+        """Simulate a session from a real structure and process it automatically (minutes on a CPU).
 
+        The default mode (pipeline) runs what a facility runs, movies with their EPU/SerialEM metadata -> vitrify mdcatch -> vitrify schemer (prep, then proc) -> 2D classes, and compares every step with the simulation's truth.
+        """
+        from vitrify.io.errors import InputError
+
+        if mode not in _MODES:
+            raise InputError(f"unknown mode {mode!r}", field="--mode", expected=" | ".join(_MODES))
         start = time.perf_counter()
-        summary = run_demo(out, structure=structure, n=n, box=box, pixel=pixel_size, snr=snr,
-                           classes=classes, iterations=iterations, seed=seed, device=device)
-        print_report(_console, out, summary, pixel_size)
+        _MODES[mode](out, dict(locals()))
         _console.print(f"\n[bold green]demo finished[/] in {time.perf_counter() - start:.0f} s: {out}")

@@ -1,0 +1,111 @@
+"""What the pipeline demo found, in plain words, against the simulation's truth.
+
+Reads the summary of :func:`vitrify.cli._demo_results.collect_results` (also in
+``demo_report.json``) and prints: what ran, how close each step came to the truth, where the
+2D class gallery is, and the commands to look at the project.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+
+def _motion_text(motion: dict) -> str:
+    return (f"[bold]Motion correction.[/] The stage drifted about {motion['median_drift_px']:.1f} px during "
+            f"each exposure. The drift found agrees with the simulated one to {motion['median_rms_px']:.2f} px "
+            f"RMS over the frames (median of {motion['movies']} movies; worst {motion['max_rms_px']:.2f} px). "
+            f"Below 0.5 px the blur left by the drift is negligible at this pixel size.")
+
+
+def _ctf_text(ctf: dict, summary: dict) -> str:
+    low, high = ctf["defocus_range_nm"]
+    text = (f"[bold]CTF estimation.[/] True defocus ranged over {low:.0f}–{high:.0f} nm; the fitted mean "
+            f"defocus is off by {ctf['median_abs_defocus_error_nm']:.0f} nm (median; worst "
+            f"{ctf['max_abs_defocus_error_nm']:.0f} nm) and the astigmatism by "
+            f"{ctf['median_abs_astig_error_nm']:.0f} nm. Errors below ~100 nm do not limit 2D classes at "
+            f"this resolution. The fits reach {ctf['median_max_resolution_angst']:.1f} Å (median).")
+    if "selected_micrographs" in summary:
+        limit = summary.get("settings", {}).get("max_ctf_resolution_angst")
+        rule = f" (CTF fit better than {limit:g} Å)" if limit else ""
+        text += (f" {summary['selected_micrographs']} of {ctf['micrographs']} micrographs passed the "
+                 f"selection{rule}.")
+    return text
+
+
+def _picking_text(picking: dict, summary: dict) -> str:
+    false = picking["picks"] - picking["found"]
+    text = (f"[bold]Particle picking[/] (Laplacian-of-Gaussian, no templates). {picking['picks']} picks; "
+            f"{picking['found']} of the {picking['true_on_picked']} true particles on those micrographs were "
+            f"found (recall {picking['recall']:.0%}), {false} picks are not particles (precision "
+            f"{picking['precision']:.0%}; carbon edges and ice gradients attract false picks). A pick counts "
+            f"as found within {summary['match_tolerance_px']:.0f} px of a true centre.")
+    if "extracted" in summary:
+        text += (f" [bold]Extraction[/] cut {summary['extracted']} particle images, {summary['extracted_real']} "
+                 f"of them real particles (true particles in the whole session: {summary['true_particles']}; "
+                 f"picks whose box crosses the micrograph edge are left out).")
+    return text
+
+
+def _class_text(class2d: dict) -> str:
+    table = class2d["table"]
+    junk = [row for row in table if row["real"] < 0.5]
+    good = [row for row in table if row["real"] >= 0.5]
+    text = ("[bold]2D classes.[/] Each average is the mean of aligned images that show the molecule in a "
+            "similar view; sharp ones with protein-like detail are particles, featureless ones collect "
+            "false picks. ")
+    if junk:
+        text += (f"{len(junk)} class(es) are mostly false picks ({sum(r['particles'] for r in junk)} images): "
+                 f"those you would deselect before 3D work. ")
+    return text + (f"{len(good)} class(es) hold {sum(r['particles'] for r in good)} images, mostly real "
+                   f"particles.")
+
+
+def _class_table(class2d: dict) -> Table:
+    view = Table("class", "images", "real particles", "est. resolution")
+    for row in class2d["table"]:
+        resolution = row.get("resolution_angst")
+        view.add_row(str(row["class"]), str(row["particles"]), f"{row['real']:.0%}",
+                     f"{resolution:.1f} Å" if resolution is not None else "-")
+    return view
+
+
+def _where_text(summary: dict, project: Path) -> list[str]:
+    jobs = summary["jobs"]
+    lines = [f"  session (the microscope's files + truth.star): {project.parent / 'session'}",
+             f"  project: {project} (jobs: {', '.join(jobs[n] for n in jobs)})"]
+    if "class2d" in summary:
+        lines.append(f"  2D class gallery: {summary['class2d']['gallery_png']} "
+                     f"(averages: {summary['class2d']['classes_mrcs']})")
+    lines += [f"  numbers: {project.parent / 'demo_report.json'}, logs: {project.parent / 'logs'}",
+              "", "Look at it:", f"  cd {project}",
+              "  vitrify pipeline --png pipeline.png       # the jobs and how data flowed between them",
+              "  vitrify schemer --scheme prep --status    # what each scheme did (add --json for scripts)",
+              "  vitrify schemer --scheme proc --status",
+              "  cat acquisition.json                      # what MDCatch read and derived, with sources"]
+    return lines
+
+
+def print_pipeline_report(console: Console, summary: dict) -> None:
+    """Print where the results are and what they mean (numbers against the truth)."""
+    project = Path(summary["out"]) / "project"
+    say = functools.partial(console.print, soft_wrap=True, highlight=False)
+    say("\n[bold green]What the automated pipeline found[/] (compared with the simulation's truth)")
+    for key, text in (("motion", _motion_text), ("ctf", _ctf_text), ("picking", _picking_text)):
+        if key in summary:
+            say(text(summary[key]) if key == "motion" else text(summary[key], summary))
+        else:
+            say(f"[yellow]{key}: no result (the job did not run or failed)[/]")
+    if "class2d" in summary:
+        console.print(_class_table(summary["class2d"]))
+        say(_class_text(summary["class2d"]))
+    for job, reason in summary["failed"].items():
+        say(f"[bold red]failed:[/] {escape(job)}: {escape(reason)}")
+    say("\n[bold]Where the results are[/]")
+    for line in _where_text(summary, project):
+        say(escape(line))
+    say(f"\n[dim]wall time {summary['wall_s']:.0f} s, CPU time {summary['cpu_s']:.0f} s (all processes)[/]")

@@ -1,0 +1,188 @@
+"""`vitrify demo` pipeline mode, fast parts: truth comparisons, the stop-after-2D scheme edit,
+progress following, output directory rules and the command line (no simulation here; the whole
+chain runs in tests/test_cli_demo_pipeline.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vitrify.cli import _demo_truth as truth_cmp
+from vitrify.cli._demo_pipeline import MARKER, PipelineDemo, demo_steps, prepare_out
+from vitrify.cli._demo_steps import SchemeWatcher, Step, StepFailed, run_step
+from vitrify.io.errors import InputError
+from vitrify.io.star import write_star
+
+
+def test_match_to_truth_is_one_to_one_and_within_tolerance():
+    truth = np.array([[100.0, 100.0], [300.0, 300.0], [500.0, 100.0]])
+    picks = np.array([[103.0, 98.0],     # truth 0
+                      [101.0, 100.0],    # truth 0 again, closer: it wins, the other is a duplicate
+                      [320.0, 300.0],    # truth 1 at 20 px: outside a 10 px tolerance
+                      [900.0, 900.0]])   # nothing there
+    matched = truth_cmp.match_to_truth(picks, truth, tolerance_px=10.0)
+    assert matched.tolist() == [False, True, False, False]
+    assert truth_cmp.match_to_truth(picks, truth, tolerance_px=25.0).tolist() == [False, True, True, False]
+    assert truth_cmp.match_to_truth(np.zeros((0, 2)), truth, 10.0).shape == (0,)
+
+
+def test_mark_true_particles_per_micrograph_and_binning():
+    truth = pd.DataFrame({"rlnMicrographName": ["Movies/mov_00001.tiff", "Movies/mov_00002.tiff"],
+                          "rlnCoordinateX": [200.0, 200.0], "rlnCoordinateY": [200.0, 400.0]})
+    # coordinates in micrographs binned by 2: (100, 100) is (200, 200) in movie pixels
+    picks = pd.DataFrame({"rlnMicrographName": ["MotionCorr/job002/Movies/mov_00001.mrc",
+                                                "MotionCorr/job002/Movies/mov_00002.mrc",
+                                                "MotionCorr/job002/Movies/mov_00002.mrc"],
+                          "rlnCoordinateX": [100.0, 100.0, 100.0], "rlnCoordinateY": [100.0, 100.0, 200.0]})
+    assert truth_cmp.mark_true_particles(picks, truth, 5.0, scale=2.0).tolist() == [True, False, True]
+
+
+def test_motion_rms_is_the_error_of_the_trajectory_not_its_offset(rng):
+    frames, points = 8, 16
+    drift = np.cumsum(rng.normal(0, 1, (frames, 2)), axis=0)
+    local = rng.normal(0, 0.3, (frames, points, 2))
+    whole = drift + local.mean(axis=1)
+    exact = -whole + np.array([3.0, -2.0])           # another reference frame: same trajectory
+    assert truth_cmp.motion_rms_px(exact, drift, local) == pytest.approx(0.0, abs=1e-9)
+    wrong = exact.copy()
+    wrong[:, 0] += np.where(np.arange(frames) % 2 == 0, 0.5, -0.5)   # ±0.5 px in x, zero mean
+    assert truth_cmp.motion_rms_px(wrong, drift, local) == pytest.approx(0.5)
+
+
+def _write_ctf_files(tmp_path: Path) -> tuple[Path, dict]:
+    fitted = pd.DataFrame({"rlnMicrographName": ["CtfFind/job003/Movies/mov_00001.mrc",
+                                                 "CtfFind/job003/Movies/mov_00002.mrc"],
+                           "rlnDefocusU": [15100.0, 20000.0], "rlnDefocusV": [14900.0, 19000.0],
+                           "rlnCtfMaxResolution": [5.0, 9.0]})
+    path = tmp_path / "micrographs_ctf.star"
+    write_star(path, {"optics": pd.DataFrame({"rlnOpticsGroup": [1]}), "micrographs": fitted})
+    truth = {"micrographs": pd.DataFrame({"rlnMicrographName": ["Movies/mov_00002.tiff", "Movies/mov_00001.tiff"],
+                                          "rlnDefocusU": [20500.0, 15000.0], "rlnDefocusV": [19500.0, 15000.0]})}
+    return path, truth
+
+
+def test_ctf_errors_against_truth(tmp_path):
+    path, truth = _write_ctf_files(tmp_path)
+    table = truth_cmp.ctf_errors(path, truth).set_index("movie")
+    assert table.loc["mov_00001", "defocus_error_nm"] == pytest.approx(0.0)
+    assert table.loc["mov_00002", "defocus_error_nm"] == pytest.approx(-50.0)   # 19500 vs 20000 Å
+    assert table.loc["mov_00001", "astig_error_nm"] == pytest.approx(20.0)      # 200 Å found, none there
+    assert table.loc["mov_00002", "defocus_true_nm"] == pytest.approx(2000.0)
+
+
+def test_class_purity_counts_real_particles_per_class(tmp_path):
+    truth = {"particles": pd.DataFrame({"rlnMicrographName": ["Movies/mov_00001.tiff"] * 3,
+                                        "rlnCoordinateX": [100.0, 300.0, 500.0],
+                                        "rlnCoordinateY": [100.0, 100.0, 100.0]})}
+    data = pd.DataFrame({"rlnMicrographName": ["MotionCorr/job002/Movies/mov_00001.mrc"] * 5,
+                         "rlnCoordinateX": [101.0, 299.0, 502.0, 800.0, 900.0],
+                         "rlnCoordinateY": [100.0, 100.0, 98.0, 800.0, 900.0],
+                         "rlnClassNumber": [1, 1, 1, 2, 1]})
+    data_star = tmp_path / "run_it005_data.star"
+    write_star(data_star, {"optics": pd.DataFrame({"rlnOpticsGroup": [1]}), "particles": data})
+    write_star(tmp_path / "run_it005_model.star",
+               {"model_classes": pd.DataFrame({"rlnReferenceImage": ["1@c.mrcs", "2@c.mrcs"],
+                                               "rlnEstimatedResolution": [12.0, 30.0]})})
+    table = truth_cmp.class_purity(data_star, truth, tolerance_px=10.0)
+    assert table["class"].tolist() == [1, 2]
+    assert table["particles"].tolist() == [4, 1]
+    assert table["real"].tolist() == [pytest.approx(0.75), 0.0]
+    assert table["resolution_angst"].tolist() == [12.0, 30.0]
+
+
+def _run_cli(argv: list[str]) -> None:
+    from vitrify.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code in (0, None)
+
+
+def test_stop_after_2d_edit_routes_class2d_to_exit(tmp_path, monkeypatch):
+    """The demo's own scheme edit, through `vitrify schemer --add`: class2d goes to an exit
+    operator while stop_after_2d is true, to the class ranker otherwise; nothing else moves."""
+    from vitrify.pipeline.schemes.star import read_scheme
+    from vitrify.pipeline.schemes.templates_data import install_scheme
+
+    out = tmp_path / "demo"
+    project = out / "project"
+    install_scheme(project, "proc")
+    before = read_scheme(project / "Schemes/proc/scheme.star")
+    stop = next(step for step in demo_steps(PipelineDemo(), out, 150.0) if step.cwd == project
+                and step.watch is None)
+    monkeypatch.chdir(project)
+    for argv in stop.argvs:
+        _run_cli(list(argv))
+    after = read_scheme(project / "Schemes/proc/scheme.star")
+    assert after.bools["stop_after_2d"] is True
+    assert after.operators["EXIT_after_2d"].type == "exit"
+    assert after.next_node("class2d") == "EXIT_after_2d"
+    after.bools["stop_after_2d"] = False
+    assert after.next_node("class2d") == "select_parts"
+    for node in ("WAIT", "select_mics", "autopick", "extract", "select_parts", "CHECK_do_3d"):
+        assert after.next_node(node) == before.next_node(node)
+
+
+def test_scheme_watcher_reports_finished_jobs(tmp_path):
+    log = tmp_path / "schemer.log"
+    log.write_text("2026-01-01 10:00:00 scheme prep: running from node WAIT\n")
+    watcher = SchemeWatcher(log)               # starts at the end: earlier runs are not reported
+    with log.open("a") as handle:
+        handle.write("2026-01-01 10:00:01 job motioncorr: running MotionCorr/job002/\n")
+    assert watcher.poll() == [] and watcher.current == "motioncorr: running MotionCorr/job002/"
+    with log.open("a") as handle:
+        handle.write("2026-01-01 10:00:09 job motioncorr: MotionCorr/job002/ succeeded\n"
+                     "2026-01-01 10:00:10 job ctffind: CtfFind/job003/ failed\n"
+                     "2026-01-01 10:00:11 job autopi")             # half a line: read next time
+    finished = watcher.poll()
+    assert [ok for ok, _ in finished] == [True, False]
+    assert finished[0][1].startswith("motioncorr: MotionCorr/job002/ succeeded")
+    with log.open("a") as handle:
+        handle.write("ck: running AutoPick/job004/\n")
+    assert watcher.poll() == [] and watcher.current == "autopick: running AutoPick/job004/"
+
+
+def test_failed_command_names_itself_and_its_last_output(tmp_path):
+    from rich.console import Console
+
+    step = Step("status of a scheme that is not there", (("schemer", "--scheme", "nothere", "--status"),),
+                tmp_path)
+    log = tmp_path / "step.log"
+    with pytest.raises(StepFailed, match=r"vitrify schemer --scheme nothere --status' failed \(exit 1\)"):
+        run_step(Console(quiet=True), step, log, poll_s=0.05)
+    assert "nothere" in log.read_text()
+
+
+def test_prepare_out_replaces_only_an_earlier_demo(tmp_path):
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "precious.txt").write_text("x")
+    with pytest.raises(InputError, match="not an earlier vitrify demo"):
+        prepare_out(other, overwrite=True)
+    demo = tmp_path / "demo"
+    prepare_out(demo, overwrite=False)
+    (demo / "project").mkdir()
+    (demo / "project" / "default_pipeline.star").write_text("x")
+    with pytest.raises(InputError, match="--overwrite"):
+        prepare_out(demo, overwrite=False)
+    prepare_out(demo, overwrite=True)
+    assert not (demo / "project").exists() and (demo / MARKER).is_file() and (demo / "logs").is_dir()
+
+
+@pytest.mark.parametrize("field, value", [("movies", 0), ("size_px", 64), ("pixel_size_angst", 0.0),
+                                          ("max_ctf_resolution_angst", 2.0)])
+def test_pipeline_settings_are_validated(field, value):
+    with pytest.raises(InputError):
+        PipelineDemo(**{field: value})
+
+
+def test_cli_rejects_unknown_mode(tmp_path, capsys):
+    from vitrify.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--mode", "movies", "--out", str(tmp_path / "d")])
+    assert exit_.value.code == 1
+    assert "pipeline | particles" in capsys.readouterr().err
