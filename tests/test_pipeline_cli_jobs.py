@@ -214,3 +214,27 @@ def test_heartbeat_from_another_node_goes_stale(project_dir):
     os.utime(beat, (old, old))
     assert project.job_status(name) == "Failed"
     assert not project.pipeline().processes[name].status == "Running"
+
+
+def test_command_is_running_while_it_runs_and_failed_after_kill(project_dir):
+    import signal
+    import subprocess
+    import sys
+
+    os.mkfifo(project_dir / "blocking.star")  # select blocks reading it: the job stays in its run
+    command = [sys.executable, "-m", "vitrify", "select", "--i", "blocking.star", "--o", "Select/job001"]
+    child = subprocess.Popen(command, cwd=project_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        beat = project_dir / "Select/job001" / HEARTBEAT_FILE
+        deadline = time.monotonic() + 120
+        while not beat.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert beat.exists(), "the command never started its job"
+        project = Project.open(project_dir)
+        assert project.job_status("Select/job001/") == "Running"
+        assert project.job_inputs("Select/job001/") == ["blocking.star"]  # recorded before the run
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert Project.open(project_dir).job_status("Select/job001/") == "Failed"
+    assert not (project_dir / "Select/job001" / "RELION_JOB_EXIT_SUCCESS").exists()

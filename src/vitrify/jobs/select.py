@@ -123,6 +123,8 @@ def job_star_from_options(options: Options) -> dict[str, str]:
 
 def _holds_particles(path: str) -> bool:
     try:
-        return _data_block(path) == "particles"
+        if Path(path).is_file():
+            return _data_block(path) == "particles"
     except (InputError, OSError, ValueError):
-        return "particles" in Path(path).name
+        pass
+    return "particles" in Path(path).name
