@@ -14,7 +14,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from vitrify.cli._record import pipeline_job_name
+from vitrify.cli._record import pipeline_job_name, type_label_of
 from vitrify.cli.main import build_app
 from vitrify.pipeline._heartbeat import HEARTBEAT_FILE
 from vitrify.pipeline._jobstar import read_job_star
@@ -61,6 +61,16 @@ def project_dir(tmp_path, monkeypatch):
     (root / "mics.star").write_text(MICROGRAPHS_STAR)
     monkeypatch.chdir(root)
     return root
+
+
+def test_type_labels_are_relion4s():
+    from vitrify.jobs import autopick, select
+
+    assert type_label_of("autopick", autopick.Options("m.star", "log")) == "relion.autopick.log"
+    assert type_label_of("autopick", autopick.Options("m.star", "topaz")) == "relion.autopick.topaz"
+    assert type_label_of("autopick", autopick.Options("m.star", "template", references="r.mrcs")) == \
+        "relion.autopick"  # RELION's ref2d sub-label names its own picker, which vitrify does not run
+    assert type_label_of("select", select.Options("m.star")) == "relion.select.onvalue"
 
 
 def test_job_names_from_out(tmp_path):

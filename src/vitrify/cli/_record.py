@@ -24,9 +24,19 @@ TYPE_LABELS: dict[str, str] = {
     "ctffind": "relion.ctffind.ctffind4", "autopick": "relion.autopick", "extract": "relion.extract",
     "select": "relion.select.onvalue", "class2d": "relion.class2d",
 }
+#: job module → {options.method: RELION-4 sub-label}; a method not listed keeps TYPE_LABELS' label
+METHOD_LABELS: dict[str, dict[str, str]] = {
+    "autopick": {"log": "relion.autopick.log", "topaz": "relion.autopick.topaz"},
+}
 _JOB = re.compile(r"job\d{3,}")
 #: final status → exit code of the command (as ``vitrify run-job``)
 EXIT_CODES: dict[str, int] = {"Succeeded": 0, "Failed": 1, "Aborted": 2}
+
+
+def type_label_of(module_name: str, options: object) -> str:
+    """The job type label a command's job gets (``relion.autopick.log`` for LoG picking)."""
+    by_method = METHOD_LABELS.get(module_name, {})
+    return by_method.get(getattr(options, "method", None), TYPE_LABELS[module_name])
 
 
 def pipeline_job_name(out: Path, type_label: str, cwd: Path | None = None) -> str | None:
@@ -54,7 +64,7 @@ def run_command_job(module_name: str, options: object, out: Path) -> object:
     from vitrify.jobs.base import run_job
 
     module = importlib.import_module(f"vitrify.jobs.{module_name}")
-    type_label = TYPE_LABELS[module_name]
+    type_label = type_label_of(module_name, options)
     name = pipeline_job_name(out, type_label)
     if name is None:
         return run_job(module.run, options, out)
