@@ -75,7 +75,8 @@ def run_command_job(module_name: str, options: object, out: Path) -> object:
     existed = project.register_job(name, type_label, module.job_star_from_options(options))
     typer.echo(f"{name}: {'continuing the job' if existed else 'new job'} in {project.root}")
     status, result = execute_options(name, module, options)
-    if status != "Succeeded":
-        typer.echo(f"{name}: {status}", err=True)
+    if status != "Succeeded":  # a failure's message is already on stderr (one line for user errors)
+        if status == "Aborted":
+            typer.echo(f"{name}: aborted", err=True)
         raise typer.Exit(EXIT_CODES.get(status, 1))
     return result
