@@ -1,0 +1,67 @@
+"""`vitrify demo` end to end on a tiny session: simulate movies → mdcatch → schemer prep and proc →
+2D classes, then the report's numbers checked against the truth files and the job outputs."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from vitrify.cli._demo_pipeline import PipelineDemo, run_pipeline_demo
+from vitrify.cli._demo_pipeline_report import print_pipeline_report
+from vitrify.io.star import read_star
+
+
+def _picks(project: Path, autopick_dir: str) -> int:
+    files = read_star(project / autopick_dir / "autopick.star")["coordinate_files"]
+    return sum(len(next(iter(read_star(project / name).values()))) for name in files["rlnMicrographCoordinates"])
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_to_2d_and_reports_truth(tmp_path):
+    from vitrify.pipeline.project import Project
+    from vitrify.pipeline.schemes import control
+
+    out = tmp_path / "demo"
+    demo = PipelineDemo(movies=2, size_px=768, particles_per_movie=12, frames=4, classes=2, iterations=5)
+    summary = run_pipeline_demo(Console(quiet=True), out, demo)
+    project = out / "project"
+
+    # the schemes ran our jobs through the pipeliner and proc stopped by its own exit after 2D
+    proc = control.scheme_status(project, "proc")
+    assert proc["state"] == "finished" and proc["current_node"] == "EXIT_after_2d"
+    assert {j["node"]: j["has_started"] for j in proc["jobs"]}["select_parts"] is False
+    statuses = {record.name: record.status for record in Project.open(project).jobs()}
+    assert summary["jobs"]["class2d"].startswith("Class2D/") and summary["failed"] == {}
+    assert all(statuses[name] == "Succeeded" for name in summary["jobs"].values())
+    assert len(statuses) == 7                                   # import ... class2d, nothing else
+
+    # the report's numbers against the truth and the job outputs, recomputed here
+    truth = read_star(out / "session" / "truth.star")
+    assert summary["movies"] == 2 == len(truth["micrographs"])
+    assert summary["true_particles"] == len(truth["particles"]) == truth["micrographs"]["vtfParticleCount"].sum()
+    assert summary["picking"]["picks"] == _picks(project, summary["jobs"]["autopick"])
+    assert 0 < summary["picking"]["found"] <= min(summary["picking"]["picks"], summary["true_particles"])
+    extracted = read_star(project / summary["jobs"]["extract"] / "particles.star")["particles"]
+    assert summary["extracted"] == len(extracted) and summary["extracted_real"] <= summary["extracted"]
+    classes = summary["class2d"]["table"]
+    data = read_star(summary["class2d"]["data_star"])["particles"]
+    assert sum(row["particles"] for row in classes) == len(data) == summary["extracted"]
+    assert Path(summary["class2d"]["gallery_png"]).is_file()
+    real = sum(row["particles"] * row["real"] for row in classes)
+    assert np.isclose(real, summary["extracted_real"])
+
+    # physics: the drift and the defocus found are close to the simulated ones
+    assert summary["motion"]["movies"] == 2 and summary["motion"]["median_rms_px"] < 0.5
+    assert summary["motion"]["median_drift_px"] == pytest.approx(6.0, abs=0.5)   # the simulator's 6 px path
+    assert summary["ctf"]["median_abs_defocus_error_nm"] < 100
+
+    assert json.loads((out / "demo_report.json").read_text())["extracted"] == summary["extracted"]
+    text = io.StringIO()
+    print_pipeline_report(Console(file=text, width=300), summary)
+    assert summary["class2d"]["gallery_png"] in text.getvalue()
+    assert "vitrify schemer --scheme proc --status" in text.getvalue()
