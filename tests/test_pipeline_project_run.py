@@ -46,6 +46,18 @@ def test_continue_reruns_in_the_same_directory(tmp_path):
     assert state.output_edges == [(name, f"{name}micrographs.star")]  # recorded once
 
 
+def test_late_report_of_an_earlier_run_does_not_end_a_rerun(tmp_path):
+    project = Project.open(tmp_path)
+    name = _import_job(project, ["a.mrc"])
+    assert project.run_job(name, wait=True) == "Succeeded"
+    project._start(name, continue_=True)  # a rerun begins: markers cleared, status Running
+    # the first run's process, slow under load, reports what it saw before the rerun began
+    assert project.record_status(name, "Succeeded") == "Running"
+    assert read_pipeline(tmp_path / "default_pipeline.star").processes[name].status == "Running"
+    (tmp_path / name / "RELION_JOB_EXIT_SUCCESS").touch()  # the rerun's own marker counts
+    assert project.record_status(name, "Succeeded") == "Succeeded"
+
+
 def test_abort_request_ends_job_aborted(tmp_path):
     project = Project.open(tmp_path)
     name = _import_job(project, ["a.mrc"])

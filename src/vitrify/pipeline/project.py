@@ -257,9 +257,15 @@ class Project:
         return True if pid is None else _notes.pid_alive(pid)
 
     def record_status(self, name: str, status: str) -> str:
-        """Set a job's status in the pipeline; on Succeeded also record its output nodes."""
+        """Set a job's status in the pipeline; on Succeeded also record its output nodes.
+
+        A final status (Succeeded, Failed, Aborted) is only recorded while its exit marker is
+        still there: a process reporting an earlier run late never overwrites a rerun's Running.
+        """
         with edit_pipeline(self.root) as state:
             proc = state.process(name, self.root / PIPELINE_FILE)
+            if status in FINAL_STATUSES and marker_status(self.root / proc.name) != status:
+                return proc.status  # a newer run cleared the marker this status was read from
             proc.status = status
             if status == "Succeeded":
                 nodes = output_nodes(self.root, proc.name, proc.type_label)
