@@ -186,3 +186,12 @@ def test_cli_rejects_unknown_mode(tmp_path, capsys):
         main(["demo", "--mode", "movies", "--out", str(tmp_path / "d")])
     assert exit_.value.code == 1
     assert "pipeline | particles" in capsys.readouterr().err
+
+
+def test_step_counts_its_output_files(tmp_path):
+    step = Step("simulate", (("simulate", "movies"),), tmp_path, count=("Movies/mov_*.tiff", 3, "movies"))
+    assert step.counted() == " · 0/3 movies"
+    (tmp_path / "Movies").mkdir()
+    for name in ("mov_00001.tiff", "mov_00002.tiff", ".mov_00003.tiff.x.tmp.tiff", "gain.mrc"):
+        (tmp_path / "Movies" / name).write_text("")
+    assert step.counted() == " · 2/3 movies"          # temporary files of atomic writes do not count

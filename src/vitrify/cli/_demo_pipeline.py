@@ -101,7 +101,7 @@ def demo_steps(demo: PipelineDemo, out: Path, diameter_angst: float) -> list[Ste
     return [
         Step(f"the microscope: {demo.movies} movies of {demo.structure} ({demo.size_px}² px, "
              f"{demo.frames} frames, {demo.pixel_size_angst:g} Å/px) with EPU XML + SerialEM mdoc and gain",
-             (simulate,), out),
+             (simulate,), out, count=("session/Movies/mov_*.tiff", demo.movies, "movies")),
         Step(f"MDCatch: read the session's metadata, derive the parameters, set up the project "
              f"(particle diameter {diameter_angst:g} Å)",
              (("mdcatch", "session", "--project", "project", "--particle-diameter", f"{diameter_angst:g}",

@@ -73,12 +73,21 @@ class SchemeWatcher:
 @dataclass(frozen=True)
 class Step:
     """Commands (each the arguments after ``vitrify``) run one after the other in ``cwd``;
-    ``watch`` is a ``schemer.log`` to follow while they run."""
+    ``watch`` is a ``schemer.log`` to follow while they run; ``count`` = (glob pattern under
+    ``cwd``, expected number, what they are) shows how many output files exist so far."""
 
     title: str
     argvs: tuple[tuple[str, ...], ...]
     cwd: Path
     watch: Path | None = None
+    count: tuple[str, int, str] | None = None
+
+    def counted(self) -> str:
+        """``" · 3/10 movies"`` (from :attr:`count`), or ``""``."""
+        if self.count is None:
+            return ""
+        pattern, total, what = self.count
+        return f" · {len(list(self.cwd.glob(pattern)))}/{total} {what}"
 
     @property
     def commands(self) -> list[str]:
@@ -111,15 +120,15 @@ def _follow(console: Console, watcher: SchemeWatcher | None) -> None:
         _say(console, f"   {'[green]✓[/]' if ok else '[red]✗[/]'} {escape(line)}")
 
 
-def _wait(console: Console, process: subprocess.Popen, title: str, watcher: SchemeWatcher | None,
+def _wait(console: Console, process: subprocess.Popen, step: Step, watcher: SchemeWatcher | None,
           poll_s: float) -> None:
     start = time.perf_counter()
-    with console.status(escape(title)) as status:
+    with console.status(escape(step.title)) as status:
         while process.poll() is None:
             time.sleep(poll_s)
             _follow(console, watcher)
-            doing = f" · {watcher.current}" if watcher and watcher.current else ""
-            status.update(f"{escape(title)} [dim]{time.perf_counter() - start:.0f} s{escape(doing)}[/]")
+            doing = f" · {watcher.current}" if watcher and watcher.current else step.counted()
+            status.update(f"{escape(step.title)} [dim]{time.perf_counter() - start:.0f} s{escape(doing)}[/]")
     _follow(console, watcher)
 
 
@@ -134,7 +143,7 @@ def run_step(console: Console, step: Step, log: Path, *, poll_s: float = 0.5) ->
         _say(console, f"   [dim]$ {escape(command)}[/]")
         watcher = SchemeWatcher(step.watch) if step.watch is not None else None
         process = _launch(argv, step.cwd, log)
-        _wait(console, process, step.title, watcher, poll_s)
+        _wait(console, process, step, watcher, poll_s)
         if process.returncode != 0:
             raise StepFailed(command, process.returncode, log)
     took = time.perf_counter() - start
