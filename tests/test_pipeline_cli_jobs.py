@@ -69,7 +69,12 @@ def test_type_labels_are_relion4s():
     assert type_label_of("autopick", autopick.Options("m.star", "log")) == "relion.autopick.log"
     assert type_label_of("autopick", autopick.Options("m.star", "topaz")) == "relion.autopick.topaz"
     assert type_label_of("autopick", autopick.Options("m.star", "template", references="r.mrcs")) == \
-        "relion.autopick"  # RELION's ref2d sub-label names its own picker, which vitrify does not run
+        "relion.autopick.ref2d"  # picking with 2D class averages as references
+    from vitrify.jobs.registry import resolve_job
+
+    job = resolve_job("relion.autopick.ref2d", {"do_refs": "Yes", "fn_refs_autopick": "r.mrcs"})
+    assert job.options_from_job_star({"fn_input_autopick": "m.star", "do_refs": "Yes", "do_log": "No",
+                                      "fn_refs_autopick": "r.mrcs"}).method == "template"
     assert type_label_of("select", select.Options("m.star")) == "relion.select.onvalue"
 
 

@@ -26,7 +26,8 @@ TYPE_LABELS: dict[str, str] = {
 }
 #: job module → {options.method: RELION-4 sub-label}; a method not listed keeps TYPE_LABELS' label
 METHOD_LABELS: dict[str, dict[str, str]] = {
-    "autopick": {"log": "relion.autopick.log", "topaz": "relion.autopick.topaz"},
+    "autopick": {"log": "relion.autopick.log", "template": "relion.autopick.ref2d",
+                 "topaz": "relion.autopick.topaz"},
 }
 _JOB = re.compile(r"job\d{3,}")
 #: final status → exit code of the command (as ``vitrify run-job``)

@@ -47,7 +47,7 @@ JOB_DIRECTORIES: dict[str, str] = {
 #: Sub-labels of available types that vitrify cannot run (checked before stripping).
 UNAVAILABLE: frozenset[str] = frozenset({
     "relion.select.class2dauto", "relion.select.interactive", "relion.select.split",
-    "relion.select.removeduplicates", "relion.select.discard", "relion.autopick.ref2d",
+    "relion.select.removeduplicates", "relion.select.discard",
     "relion.autopick.ref3d", "relion.class2d.helical", "relion.import.other",
     "relion.extract.helicalsegments"})
 
