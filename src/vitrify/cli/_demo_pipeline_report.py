@@ -77,11 +77,15 @@ def _class_table(class2d: dict) -> Table:
 def _where_text(summary: dict, project: Path) -> list[str]:
     jobs = summary["jobs"]
     lines = [f"  session (the microscope's files + truth.star): {project.parent / 'session'}",
-             f"  project: {project} (jobs: {', '.join(jobs[n] for n in jobs)})"]
+             f"  project: {project} (jobs: {', '.join(sorted(jobs.values(), key=lambda j: j.rstrip('/')[-3:]))})"]
     if "class2d" in summary:
         lines.append(f"  2D class gallery: {summary['class2d']['gallery_png']} "
                      f"(averages: {summary['class2d']['classes_mrcs']})")
-    lines += [f"  numbers: {project.parent / 'demo_report.json'}, logs: {project.parent / 'logs'}",
+    proc = summary["schemes"]["proc"]
+    lines += [f"  schemes: prep {summary['schemes']['prep']['state']}, proc {proc['state']} at "
+              f"{proc['current_node']} (stop_after_2d; --set_var stop_after_2d=False lets proc go on to "
+              f"class ranking and 3D once vitrify has those jobs)",
+              f"  numbers: {project.parent / 'demo_report.json'}, logs: {project.parent / 'logs'}",
               "", "Look at it:", f"  cd {project}",
               "  vitrify pipeline --png pipeline.png       # the jobs and how data flowed between them",
               "  vitrify schemer --scheme prep --status    # what each scheme did (add --json for scripts)",

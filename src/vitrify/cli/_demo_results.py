@@ -28,6 +28,14 @@ def scheme_jobs(project: Path, scheme: str) -> dict[str, str]:
             if job["has_started"] and job["status"] == "Succeeded"}
 
 
+def scheme_states(project: Path) -> dict[str, dict]:
+    """``{scheme: {"state": ..., "current_node": ...}}`` for prep and proc."""
+    from vitrify.pipeline.schemes import control
+
+    return {name: {key: control.scheme_status(project, name)[key] for key in ("state", "current_node")}
+            for name in ("prep", "proc")}
+
+
 def failed_jobs(project: Path) -> dict[str, str]:
     """``{"JobType/jobNNN/": last line of its run.err}`` for the schemes' failed jobs."""
     from vitrify.pipeline.schemes import control
@@ -91,7 +99,8 @@ def collect_results(project: Path, truth_star: Path, diameter_angst: float) -> d
     """
     truth = read_star(truth_star)
     jobs = {**scheme_jobs(project, "prep"), **scheme_jobs(project, "proc")}
-    summary: dict = {"jobs": jobs, "failed": failed_jobs(project), "movies": len(truth["micrographs"]),
+    summary: dict = {"jobs": jobs, "failed": failed_jobs(project), "schemes": scheme_states(project),
+                     "movies": len(truth["micrographs"]),
                      "true_particles": len(truth["particles"])}
     if "motioncorr" not in jobs:
         return summary
