@@ -125,24 +125,44 @@ def data_table(data: pd.DataFrame, particles: ParticleSet, pixel_size_angst: flo
     return out
 
 
+def gallery_mosaic(refs: torch.Tensor, order: list[int], cols: int) -> np.ndarray:
+    """Tiles of ``refs`` ``(K, n, n)`` in ``order``, each scaled to [0, 1], 1-px gaps -> ``(H, W)``."""
+    n = refs.shape[-1]
+    rows = -(-len(order) // cols)
+    out = np.ones((rows * (n + 1) + 1, cols * (n + 1) + 1), dtype=np.float32)
+    imgs = refs.detach().cpu().float().numpy()
+    for i, c in enumerate(order):
+        img = imgs[c]
+        lo, hi = float(img.min()), float(img.max())
+        r, q = divmod(i, cols)
+        out[1 + r * (n + 1): 1 + r * (n + 1) + n, 1 + q * (n + 1): 1 + q * (n + 1) + n] = (
+            (img - lo) / (hi - lo) if hi > lo else 0.5)
+    return out
+
+
 def write_gallery(path: Path, refs: torch.Tensor, pdf: torch.Tensor) -> None:
-    """PNG grid of the class averages, largest class first, labelled with number and size."""
+    """PNG grid of the class averages, largest class first, labelled with number and size.
+
+    One mosaic image in one axes (50 subplots cost seconds per written iteration).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     order = torch.argsort(pdf.cpu(), descending=True).tolist()
-    k = len(order)
+    k, n = len(order), refs.shape[-1]
     cols = min(10, k)
     rows = -(-k // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, c in zip(axes.flat, order):
-        ax.imshow(refs[c].cpu().numpy(), cmap="gray")
-        ax.set_title(f"{c + 1}: {100 * float(pdf[c]):.1f}%", fontsize=7)
-    fig.tight_layout()
+    fig = plt.figure(figsize=(1.3 * cols, 1.45 * rows))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0 - 0.1 / rows))
+    ax.imshow(gallery_mosaic(refs, order, cols), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    for i, c in enumerate(order):
+        r, q = divmod(i, cols)
+        ax.text(q * (n + 1) + 1 + n / 2, r * (n + 1) + 1.5, f"{c + 1}: {100 * float(pdf[c]):.1f}%",
+                fontsize=7, ha="center", va="top", color="black",
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
