@@ -195,3 +195,28 @@ def test_step_counts_its_output_files(tmp_path):
     for name in ("mov_00001.tiff", "mov_00002.tiff", ".mov_00003.tiff.x.tmp.tiff", "gain.mrc"):
         (tmp_path / "Movies" / name).write_text("")
     assert step.counted() == " · 2/3 movies"          # temporary files of atomic writes do not count
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="Linux subreaper")
+def test_cpu_of_jobs_left_behind_by_a_finished_parent_is_counted(tmp_path):
+    """A schemer may exit before reaping its jobs: their CPU time must still reach the demo's count."""
+    import subprocess
+    import sys
+    import time
+
+    from vitrify.cli._demo_steps import counting_orphans, cpu_seconds, reap_orphans
+
+    done = tmp_path / "done"
+    burn = (f"import time, pathlib\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass\n"
+            f"pathlib.Path({str(done)!r}).write_text('x')")
+    parent = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {burn!r}])"
+    before = cpu_seconds()
+    with counting_orphans():
+        subprocess.run([sys.executable, "-c", parent], check=True)    # exits at once, child orphaned
+        deadline = time.monotonic() + 60
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        reap_orphans()
+    assert done.exists()
+    assert cpu_seconds() - before >= 0.6

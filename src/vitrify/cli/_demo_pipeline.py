@@ -31,7 +31,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from vitrify.cli._demo_steps import Step, cpu_seconds, run_step
+from vitrify.cli._demo_steps import Step, counting_orphans, cpu_seconds, run_step
 from vitrify.io.atomic import atomic_write
 from vitrify.io.errors import InputError
 
@@ -144,8 +144,9 @@ def run_pipeline_demo(console: Console, out: Path, demo: PipelineDemo, *, overwr
     diameter = particle_diameter_angst(demo.structure)
     steps = demo_steps(demo, out, diameter)
     timings = []
-    for number, step in enumerate(steps, 1):
-        timings.append(run_step(console, step, out / "logs" / f"{number:02d}_{step.argvs[0][0]}.log"))
+    with counting_orphans():
+        for number, step in enumerate(steps, 1):
+            timings.append(run_step(console, step, out / "logs" / f"{number:02d}_{step.argvs[0][0]}.log"))
     summary = collect_results(out / "project", out / "session" / "truth.star", diameter)
     summary.update(settings=asdict(demo), particle_diameter_angst=diameter, out=str(out),
                    commands=[{"cwd": str(s.cwd), "command": c} for s in steps for c in s.commands],
