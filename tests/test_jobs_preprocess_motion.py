@@ -68,7 +68,12 @@ def test_import_motioncorr_select(movies):
     corrected = star_io.read_star_optics("MotionCorr/job002/corrected_micrographs.star", "micrographs")
     names = list(corrected.data["rlnMicrographName"])
     assert names == [f"MotionCorr/job002/Movies/{n}.mrc" for n in ("black", "good0", "good1")]
-    assert "short.tiff" in open("MotionCorr/job002/skipped.txt").read()
+    skipped = open("MotionCorr/job002/skipped.txt").read()
+    assert skipped.startswith("Movies/short.tiff\t") and "6 frames where most movies have 8" in skipped
+    # the black frame (4) is dropped with a message; the other frames keep their numbers
+    frames = star_io.read_star("MotionCorr/job002/Movies/black.star")["global_shift"]["rlnMicrographFrameNumber"]
+    assert list(frames) == [1, 2, 3, 5, 6, 7, 8]
+    assert "black.tiff: dropped 1 empty/black frame(s): [4]" in open("MotionCorr/job002/run.log").read()
     assert float(corrected.optics["rlnMicrographPixelSize"][0]) == 2.0
     image, pixel = mrc_io.read_mrc(names[1])
     assert image.shape == (H // 2, W // 2) and pixel == pytest.approx(2.0)
@@ -152,3 +157,20 @@ def test_gain_of_the_wrong_orientation_stops_with_the_setting_that_fits(tmp_path
     assert _cli(args + ["--o", "MotionCorr/job003", "--gain", "gain_flipped.mrc", "--gain-flip", "1"]) in (0, None)
     assert _cli(args + ["--o", "MotionCorr/job004", "--gain", "Movies/gain.mrc"]) in (0, None)
     assert len(star_io.read_star_optics("MotionCorr/job004/corrected_micrographs.star", "micrographs").data) == 2
+
+
+def test_motioncorr_continue_keeps_finished_movies_and_adds_new_ones(movies):
+    gain, _ = mrc_io.read_mrc("Movies/gain.mrc")
+    _cli(["import", "--i", "Movies/good*.tiff", "--o", "Import/job001", "--angpix", "1.0"])
+    args = ["motioncorr", "--i", "Import/job001/movies.star", "--o", "MotionCorr/job002", "--gain",
+            "Movies/gain.mrc", "--patch-x", "1", "--patch-y", "1"]
+    assert _cli(args) in (0, None)
+    done = {name: os.stat(f"MotionCorr/job002/Movies/{name}").st_mtime_ns for name in ("good0.mrc", "good0.star")}
+    drift = torch.stack([torch.linspace(0, -4, FRAMES), torch.linspace(0, 2, FRAMES)], dim=1)
+    movies_io.write_movie("Movies/good2.tiff", _movie(9, drift, gain))
+    _cli(["import", "--i", "Movies/good*.tiff", "--o", "Import/job001", "--angpix", "1.0", "--only-new"])
+    assert _cli(args) in (0, None)
+    names = star_io.read_star_optics("MotionCorr/job002/corrected_micrographs.star", "micrographs").data
+    assert [n.split("/")[-1] for n in names["rlnMicrographName"]] == ["good0.mrc", "good1.mrc", "good2.mrc"]
+    assert {name: os.stat(f"MotionCorr/job002/Movies/{name}").st_mtime_ns for name in done} == done
+    assert names["rlnAccumMotionTotal"].to_numpy() == pytest.approx([np.hypot(6, 3)] * 2 + [np.hypot(4, 2)], rel=0.15)

@@ -22,14 +22,14 @@ Everything is torch, batched over candidates; CPU and CUDA follow the input devi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from vitrify.io.errors import InputError
-from vitrify.preprocess._ctf_model import (ctf_phase, from_uv_angle, rfft_frequency_grid,
-                                           to_uv_angle)
+from vitrify.preprocess._ctf_model import (ctf_phase, electron_wavelength_angst, from_uv_angle,
+                                           rfft_frequency_grid, to_uv_angle)
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ class _Band:
     s2: torch.Tensor
     cos2: torch.Tensor
     sin2: torch.Tensor
+    weight: torch.Tensor | None = None  # expected ring amplitude / noise sigma (see _weighted)
 
 
 def tile_amplitude_spectrum(micrograph: torch.Tensor, tile_px: int) -> torch.Tensor:
@@ -174,9 +175,23 @@ def _trend(s: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     return (powers @ coeffs).exp().to(s.dtype)
 
 
+def _profile_design(s: torch.Tensor, profile: torch.Tensor, search: CtfSearch, s_max: float, degrees: tuple[int, int],
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Band frequencies ``sb``, trend-normalised profile, log-trend and the Chebyshev bases (background, envelope)."""
+    keep = (s >= 1.0 / search.resolution_min_angst) & (s <= s_max)
+    if int(keep.sum()) < sum(degrees) + 4:
+        raise InputError("too few spectrum samples in the resolution band",
+                         field="resmin/resmax/box", expected="a larger FFT box or a wider band")
+    sb, pb = s[keep].double(), profile[keep].double()
+    trend = _detrend_log(sb, pb)
+    pb = pb / _trend(sb, trend).double()
+    x = 2 * (sb - sb[0]) / (sb[-1] - sb[0]) - 1
+    return sb, pb, trend, _chebyshev(x, degrees[0]), _chebyshev(x, degrees[1])
+
+
 def fit_radial_profile(s: torch.Tensor, profile: torch.Tensor, optics: Optics, search: CtfSearch,
                        degree_background: int = 6, degree_envelope: int = 3,
-                       ) -> tuple[float, torch.Tensor]:
+                       ) -> tuple[float, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """1D search of the mean defocus on a rotational average.
 
     For each candidate defocus ``d`` the normalised profile ``p(s)`` is fitted as
@@ -190,24 +205,17 @@ def fit_radial_profile(s: torch.Tensor, profile: torch.Tensor, optics: Optics, s
 
     Returns
     -------
-    (float, torch.Tensor)
-        Best mean defocus (Å) and the log-trend coefficients used to normalise.
+    (float, torch.Tensor, (torch.Tensor, torch.Tensor))
+        Best mean defocus (Å), the log-trend coefficients used to normalise, and the ring
+        envelope ``E ≥ 0`` of the best candidate as ``(s (b,), E (b,))`` over the band.
     """
     s_max = min(1.0 / search.resolution_max_angst, 0.5 / optics.pixel_size_angst)
-    keep = (s >= 1.0 / search.resolution_min_angst) & (s <= s_max)
-    if int(keep.sum()) < degree_background + degree_envelope + 4:
-        raise InputError("too few spectrum samples in the resolution band",
-                         field="resmin/resmax/box", expected="a larger FFT box or a wider band")
-    sb, pb = s[keep].double(), profile[keep].double()
-    trend = _detrend_log(sb, pb)
-    pb = pb / _trend(sb, trend).double()
-    x = 2 * (sb - sb[0]) / (sb[-1] - sb[0]) - 1
-    basis_b, basis_e = _chebyshev(x, degree_background), _chebyshev(x, degree_envelope)
+    sb, pb, trend, basis_b, basis_e = _profile_design(s, profile, search, s_max,
+                                                      (degree_background, degree_envelope))
     defoci = torch.arange(search.defocus_min_angst, search.defocus_max_angst + 0.5 * search.defocus_step_angst,
                           search.defocus_step_angst / 4, dtype=torch.float64, device=s.device)
-    phases = _phase_grid(search)
-    best = (math.inf, float(defoci[0]))
-    for phase in phases:
+    best = (math.inf, float(defoci[0]), None)
+    for phase in _phase_grid(search):
         gamma = ctf_phase(sb * sb, torch.ones_like(sb), torch.zeros_like(sb), defoci, 0.0, 0.0,
                           voltage_kv=optics.voltage_kv, cs_mm=optics.cs_mm,
                           amplitude_contrast=optics.amplitude_contrast, phase_shift_deg=phase)
@@ -219,8 +227,9 @@ def fit_radial_profile(s: torch.Tensor, profile: torch.Tensor, optics: Optics, s
         residual = ((design @ solution - target) ** 2).sum(dim=(1, 2))
         k = int(torch.argmin(residual))
         if float(residual[k]) < best[0]:
-            best = (float(residual[k]), float(defoci[k]))
-    return best[1], trend
+            envelope = (basis_e @ solution[k, degree_background + 1:, 0]).clamp(min=0)
+            best = (float(residual[k]), float(defoci[k]), envelope)
+    return best[1], trend, (sb, best[2])
 
 
 def _phase_grid(search: CtfSearch) -> list[float]:
@@ -229,33 +238,81 @@ def _phase_grid(search: CtfSearch) -> list[float]:
     return list(np.arange(search.phase_min_deg, search.phase_max_deg + 1e-6, search.phase_step_deg))
 
 
-def _normalised_band(spectrum: torch.Tensor, band: _Band, trend: torch.Tensor,
-                     pixel_size_angst: float) -> torch.Tensor:
-    """Band samples of the spectrum divided by the trend, minus a smooth background.
+def _ring_half_window_px(radius_px: torch.Tensor, n: int, optics: Optics, mean_defocus_angst: float,
+                         ) -> torch.Tensor:
+    """Half-width (px) of a window of two CTF² periods at each radius of an ``n`` box, capped at r/2.
 
-    The background at each radius is the rotational average of the normalised
-    spectrum smoothed over ±3 radii, leaving zero-mean Thon rings. Returns ``(p,)``.
+    ``|dγ/ds| = 2π|λ·Δf·s − Cs·λ³·s³|``; one period of ``sin²γ`` spans ``π / |dγ/ds|``.
     """
-    values = spectrum.flatten()[band.index].double()
-    s = band.s2.double().sqrt()
-    values = values / _trend(s, trend).double()
+    s = (radius_px / (n * optics.pixel_size_angst)).clamp(min=1e-6)
+    lam = electron_wavelength_angst(optics.voltage_kv)
+    slope = (lam * mean_defocus_angst * s - optics.cs_mm * 1e7 * lam ** 3 * s ** 3).abs()
+    half = n * optics.pixel_size_angst / (2 * slope.clamp(min=1e-12))
+    return half.clamp(min=1.5).minimum(0.5 * radius_px + 1.5)
+
+
+def _normalised_band(spectrum: torch.Tensor, band: _Band, trend: torch.Tensor, optics: Optics,
+                     mean_defocus_angst: float) -> torch.Tensor:
+    """Band samples of the spectrum divided by the trend, minus the local ring-free background.
+
+    The background at radius ``r`` is the rotational average of the normalised spectrum over
+    a window of two CTF² periods around ``r`` (periods from the 1D mean defocus): ``sin²``
+    averages to ½ over whole periods whatever its phase, so the rings leave the background
+    and stay in the data (a fixed narrow window keeps the wide low-resolution rings in the
+    background and subtracts them). Returns ``(p,)`` zero-mean Thon rings plus noise.
+    """
     n = spectrum.shape[0]
-    radius = torch.round(s * n * pixel_size_angst).long()
-    sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, radius, values)
-    counts = torch.zeros_like(sums).index_add_(0, radius, torch.ones_like(values))
-    kernel = torch.ones(1, 1, 7, dtype=values.dtype, device=values.device)
-    smooth = torch.nn.functional.conv1d(sums.view(1, 1, -1), kernel, padding=3).flatten()
-    norm = torch.nn.functional.conv1d(counts.view(1, 1, -1), kernel, padding=3).flatten()
-    background = smooth / norm.clamp(min=1)
-    return (values - background[radius]).float()
+    pix = optics.pixel_size_angst
+    s2, _, _ = rfft_frequency_grid(n, pix, device=spectrum.device)
+    s = s2.flatten().double().sqrt()
+    values = spectrum.flatten().double() / _trend(s.clamp(min=0.5 * float(band.s2.min().sqrt())), trend).double()
+    radius = torch.round(s * n * pix).long()
+    keep = radius <= n // 2
+    sums = torch.zeros(n // 2 + 1, dtype=values.dtype, device=values.device).index_add_(0, radius[keep], values[keep])
+    counts = torch.zeros_like(sums).index_add_(0, radius[keep], torch.ones_like(values[keep]))
+    zero = torch.zeros(1, dtype=values.dtype, device=values.device)
+    sums, counts = torch.cat([zero, sums.cumsum(0)]), torch.cat([zero, counts.cumsum(0)])
+    r = torch.arange(n // 2 + 1, dtype=values.dtype, device=values.device)
+    half = _ring_half_window_px(r, n, optics, mean_defocus_angst)
+    lo = (r - half).round().long().clamp(0, n // 2)
+    hi = (r + half).round().long().clamp(0, n // 2)
+    background = (sums[hi + 1] - sums[lo]) / (counts[hi + 1] - counts[lo]).clamp(min=1)
+    return (values[band.index] - background[radius[band.index]]).float()
+
+
+def _weighted(normalised: torch.Tensor, band: _Band, envelope: tuple[torch.Tensor, torch.Tensor],
+              pixel_size_angst: float, n: int) -> tuple[torch.Tensor, _Band]:
+    """Whitened band and per-sample model weights (matched filter).
+
+    Each sample is divided by the noise σ of its radius (spread of the normalised spectrum
+    around the ring), and the model ``sin²γ`` is scaled by ``E(s)/σ`` with the 1D fit's
+    ring envelope ``E``: radii without rings (high resolution, noise only) weigh little.
+    Returns the whitened ``(p,)`` band and the band with ``weight`` set.
+    """
+    radius = torch.round(band.s2.double().sqrt() * n * pixel_size_angst).long()
+    values = normalised.double()
+    count = torch.zeros(n // 2 + 1, dtype=values.dtype, device=values.device).index_add_(
+        0, radius, torch.ones_like(values)).clamp(min=1)
+    mean = torch.zeros_like(count).index_add_(0, radius, values) / count
+    var = torch.zeros_like(count).index_add_(0, radius, values ** 2) / count - mean ** 2
+    sigma = var.clamp(min=1e-20).sqrt()[radius]
+    s_env, env = envelope
+    ring = torch.zeros_like(count)
+    if env is not None and float(env.max()) > 0:
+        ring[torch.round(s_env * n * pixel_size_angst).long()] = env.clamp(min=0.05 * float(env.max()))
+    else:
+        ring += 1.0
+    weight = ring[radius] / sigma
+    return (values / sigma).to(normalised.dtype), replace(band, weight=weight.to(normalised.dtype))
 
 
 def _scores(normalised: torch.Tensor, band: _Band, models: torch.Tensor, optics: Optics,
             chunk: int = 256) -> torch.Tensor:
     """Pearson correlation of the band with CTF² for each model.
 
-    ``models`` is ``(m, 4)``: mean defocus, astig_x, astig_y (Å), phase shift (°).
-    Returns ``(m,)``.
+    ``models`` is ``(m, 4)``: mean defocus, astig_x, astig_y (Å), phase shift (°). With
+    ``band.weight`` the model is ``(sin²γ − ½)·weight`` (``normalised`` then whitened, see
+    :func:`_weighted`). Returns ``(m,)``.
     """
     target = normalised - normalised.mean()
     target = target / target.norm().clamp(min=1e-20)
@@ -265,6 +322,8 @@ def _scores(normalised: torch.Tensor, band: _Band, models: torch.Tensor, optics:
                           voltage_kv=optics.voltage_kv, cs_mm=optics.cs_mm,
                           amplitude_contrast=optics.amplitude_contrast, phase_shift_deg=block[:, 3])
         ctf2 = torch.sin(gamma) ** 2
+        if band.weight is not None:
+            ctf2 = (ctf2 - 0.5) * band.weight
         ctf2 = ctf2 - ctf2.mean(dim=1, keepdim=True)
         out.append((ctf2 @ target) / ctf2.norm(dim=1).clamp(min=1e-20))
     return torch.cat(out)
@@ -398,11 +457,12 @@ def estimate_ctf(micrograph: torch.Tensor, optics: Optics, search: CtfSearch = C
                          expected="an image with signal")
     spectrum = tile_amplitude_spectrum(micrograph, search.tile_px)
     s, profile = radial_profile(spectrum, optics.pixel_size_angst)
-    mean_angst, trend = fit_radial_profile(s, profile, optics, search)
+    mean_angst, trend, envelope = fit_radial_profile(s, profile, optics, search)
     band = _band(tuple(spectrum.shape), optics, search, spectrum.device)
-    normalised = _normalised_band(spectrum, band, trend, optics.pixel_size_angst)
-    params, score = search_astigmatism(normalised, band, mean_angst, optics, search)
-    params, score = keep_significant_astigmatism(normalised, band, params, score, optics, search)
+    normalised = _normalised_band(spectrum, band, trend, optics, mean_angst)
+    whitened, weighted = _weighted(normalised, band, envelope, optics.pixel_size_angst, spectrum.shape[0])
+    params, score = search_astigmatism(whitened, weighted, mean_angst, optics, search)
+    params, score = keep_significant_astigmatism(whitened, weighted, params, score, optics, search)
     resolution = fit_resolution(normalised, band, params, optics, search.fit_threshold)
     u, v, angle = to_uv_angle(float(params[0]), float(params[1]), float(params[2]))
     return CtfFit(u, v, angle % 180.0, float(params[3]), score, resolution)
