@@ -35,6 +35,8 @@ def _ctffind(app: typer.Typer) -> None:
         use_dw: bool = typer.Option(False, "--use-dw", help="Fit the dose-weighted sums."),
         no_png: bool = typer.Option(False, "--no-diagnostics", help="No .ctf/.png diagnostics."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+        use_ctffind: bool = typer.Option(False, "--use-ctffind", help="Run an external CTFFIND4 instead."),
+        ctffind_exe: str = typer.Option("", "--ctffind-exe", help="CTFFIND4 executable (default: on the PATH)."),
     ) -> None:
         """Estimate the CTF of each micrograph → DIR/micrographs_ctf.star."""
         from vitrify.jobs.ctffind import Options
@@ -43,7 +45,8 @@ def _ctffind(app: typer.Typer) -> None:
         search = CtfSearch(tile_px=box, resolution_min_angst=resmin, resolution_max_angst=resmax,
                            defocus_min_angst=dfmin, defocus_max_angst=dfmax, defocus_step_angst=dfstep,
                            do_phase_shift=phase_shift)
-        out = _run("ctffind", Options(i, search, not use_dw, not no_png, device), o)
+        out = _run("ctffind", Options(i, search, not use_dw, not no_png, device, use_ctffind=use_ctffind,
+                                      ctffind_exe=ctffind_exe), o)
         typer.echo(f"wrote {out}")
 
 

@@ -11,7 +11,7 @@ micrograph that cannot be read or fitted is skipped with a message; the job goes
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +42,10 @@ class Options:
         Write the ``.ctf`` MRC and PNG of each fit.
     device
         ``auto | cpu | cuda``.
+    use_ctffind
+        Run an external CTFFIND4 instead of our estimator (:mod:`vitrify.jobs._ctffind_external`).
+    ctffind_exe
+        Its executable (path or name; default: ``ctffind`` or ``ctffind4`` on the PATH).
     """
 
     input_star: str
@@ -49,6 +53,8 @@ class Options:
     use_nodw: bool = True
     write_diagnostics: bool = True
     device: str = "auto"
+    use_ctffind: bool = False
+    ctffind_exe: str = ""
 
     def __post_init__(self) -> None:
         if not self.input_star:
@@ -147,6 +153,12 @@ def _fit_one(row: pd.Series, options: Options, job_dir: Path, device) -> tuple[C
     search = options.search
     if min(image.shape) < search.tile_px:  # small micrographs: the largest even box that fits
         search = _replace_box(search, 2 * (min(image.shape) // 2))
+    if options.use_ctffind:
+        from vitrify.jobs._ctffind_external import run_ctffind
+
+        fit = run_ctffind(options.ctffind_exe, source, out, optics, search)
+        _save_fit(_fit_star(out), fit)
+        return fit, out
     fit = estimate_ctf(image, optics, search)
     out.parent.mkdir(parents=True, exist_ok=True)
     if options.write_diagnostics:
@@ -178,6 +190,11 @@ def run(options: Options, job_dir: str | Path) -> Path:
     job_dir = Path(job_dir)
     log = logging.getLogger(f"vitrify.job.{job_dir.resolve()}")
     device = resolve_device(options.device)
+    if options.use_ctffind:  # stop at once, before any micrograph, when CTFFIND4 is absent
+        from vitrify.jobs._ctffind_external import find_ctffind
+
+        options = replace(options, ctffind_exe=find_ctffind(options.ctffind_exe))
+        log.info("running %s", options.ctffind_exe)
     star = read_star_optics(options.input_star, "micrographs")
     skips = Skips(job_dir)
     rows = []

@@ -6,10 +6,12 @@ Steps (each a function below):
 2. :func:`fit_radial_profile` — on the rotational average, a 1D search over the mean
    defocus where, for each candidate, the profile is modelled *linearly* as
    ``background(s) + envelope(s)·CTF²(s)`` (both smooth Chebyshev series), solved by
-   least squares. The best candidate gives the defocus and the background.
-3. :func:`search_astigmatism` — on the background-subtracted 2D spectrum, a grid over
-   mean defocus × astigmatism × angle (× phase shift) scored by the correlation with
-   CTF² in the resolution band, then a Nelder-Mead refinement;
+   least squares. The best candidate gives the defocus, the trend and the ring envelope ``E``.
+3. :func:`search_astigmatism` — on the 2D spectrum minus a ring-free background (the
+   rotational average over two CTF periods, :func:`_normalised_band`), whitened by the noise
+   σ of each radius with the model weighted by ``E/σ`` (:func:`_weighted`, a matched
+   filter), a grid over mean defocus × astigmatism × angle (× phase shift) scored by the
+   correlation with CTF² in the resolution band, then a Nelder-Mead refinement;
    :func:`keep_significant_astigmatism` falls back to a stigmatic fit when the
    astigmatism does not improve the correlation significantly (weak Thon rings).
 4. :func:`fit_resolution` — the resolution to which the Thon rings fit: the spectrum is
