@@ -265,17 +265,30 @@ def significant_weights(log_w: torch.Tensor, fraction: float, max_significant: i
     zero; of the rest the smallest set holding ``fraction`` of the mass (capped at
     ``max_significant`` if > 0) is kept.
     """
-    top = log_w.max(dim=1, keepdim=True).values
-    rel = log_w - top
-    w = torch.where(rel > NEG_CLAMP, torch.exp(rel.clamp_min(NEG_CLAMP)), torch.zeros_like(rel))
-    total = w.sum(dim=1, dtype=torch.float64)
-    log_norm = top.squeeze(1).double() + torch.log(total)
+    return truncated_posterior(log_w, fraction, max_significant)[:4]
+
+
+def truncated_posterior(log_w: torch.Tensor, fraction: float, max_significant: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`significant_weights` plus the index ``(B,)`` of each particle's best hypothesis.
+
+    Five passes over ``(B, H)`` (max with its index, exp, sum, top-k, threshold): the
+    posterior is as costly as a quarter of the GEMM, so every pass counts.
+    """
+    top, best = log_w.max(dim=1, keepdim=True)
+    # clamped before exp: underflowing exp takes a slow path (10x); clamped values are dropped below
+    w = log_w.sub(top).clamp_min_(NEG_CLAMP).exp_()
+    total = w.sum(dim=1).double()  # pairwise float32 sum: relative error ~1e-7
     cap = w.shape[1] if max_significant <= 0 else min(int(max_significant), w.shape[1])
-    thresh, n_sig = count_significant(w, total, fraction, cap)
-    w = torch.where(w >= thresh, w, torch.zeros_like(w))
-    kept = w.sum(dim=1, keepdim=True)
+    floor = torch.nextafter(w.new_tensor(math.exp(NEG_CLAMP)), w.new_tensor(1.0))  # above exp(-87)
+    if fraction >= 1.0 and cap >= w.shape[1]:  # keep everything (no rounding of the float32 total)
+        thresh, n_sig = floor, (w >= floor).sum(dim=1)
+    else:
+        thresh, n_sig = count_significant(w, total, fraction, cap)
+    w = w.masked_fill_(w < torch.maximum(thresh, floor), 0.0)
+    w = w.div_(w.sum(dim=1, keepdim=True))
     pmax = (1.0 / total).float()  # the max weight is exp(0) = 1
-    return w / kept, log_norm, pmax, n_sig
+    return w, top.squeeze(1).double() + torch.log(total), pmax, n_sig, best.squeeze(1)
 
 
 def count_significant(w: torch.Tensor, total: torch.Tensor, fraction: float, cap: int,
@@ -334,13 +347,13 @@ def run_block(batch: Batch, grid: PassGrid, sums: EStepSums) -> BlockResult:
     clock.lap("gemm", scores)
     t, r = scores.shape[1], scores.shape[2]
     offsets = batch.prev_offset_px[:, None, :] + c.shifts_px[None]  # (B, T, 2)
-    scores += offset_log_prior(offsets, grid.sigma_offset_px)[:, :, None] + c.log_prior_class[None, None, :]
-    w, log_norm, pmax, n_sig = significant_weights(scores.reshape(b, -1), grid.fraction, grid.max_significant)
+    scores.add_(offset_log_prior(offsets, grid.sigma_offset_px)[:, :, None]).add_(c.log_prior_class[None, None, :])
+    w, log_norm, pmax, n_sig, best = truncated_posterior(scores.reshape(b, -1), grid.fraction,
+                                                         grid.max_significant)
     del scores
     sums.n_hypotheses += b * t * r
     const = 0.5 * (batch.x.real.double() ** 2 + batch.x.imag.double() ** 2).mul(
         batch.hw * batch.inv_sigma2).sum(1)
-    best = torch.argmax(w, dim=1)
     best_t, best_r = best // r, best % r
     res = BlockResult(best_class=best_r // c.n_psi, best_psi_deg=c.psi_deg[best_r % c.n_psi],
                       best_offset_px=offsets[torch.arange(b, device=y.device), best_t],
