@@ -34,6 +34,8 @@ def test_tiny_demo_runs_to_2d_and_reports_truth(tmp_path):
     # the schemes ran our jobs through the pipeliner and proc stopped by its own exit after 2D
     proc = control.scheme_status(project, "proc")
     assert proc["state"] == "finished" and proc["current_node"] == "EXIT_after_2d"
+    assert summary["schemes"]["proc"] == {"state": "finished", "current_node": "EXIT_after_2d"}
+    assert summary["schemes"]["prep"]["current_node"] == "EXIT_maxtime"     # one pass, then its time check
     assert {j["node"]: j["has_started"] for j in proc["jobs"]}["select_parts"] is False
     statuses = {record.name: record.status for record in Project.open(project).jobs()}
     assert summary["jobs"]["class2d"].startswith("Class2D/") and summary["failed"] == {}
@@ -61,6 +63,8 @@ def test_tiny_demo_runs_to_2d_and_reports_truth(tmp_path):
     assert summary["ctf"]["median_abs_defocus_error_nm"] < 100
 
     assert json.loads((out / "demo_report.json").read_text())["extracted"] == summary["extracted"]
+    assert [t["step"] for t in summary["steps"]] == ["simulate", "mdcatch", "schemer", "schemer prep", "schemer proc"]
+    assert summary["cpu_s"] >= sum(t["cpu_s"] for t in summary["steps"]) > 0
     text = io.StringIO()
     print_pipeline_report(Console(file=text, width=300), summary)
     assert summary["class2d"]["gallery_png"] in text.getvalue()

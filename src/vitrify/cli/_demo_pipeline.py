@@ -146,10 +146,13 @@ def run_pipeline_demo(console: Console, out: Path, demo: PipelineDemo, *, overwr
     timings = []
     with counting_orphans():
         for number, step in enumerate(steps, 1):
-            timings.append(run_step(console, step, out / "logs" / f"{number:02d}_{step.argvs[0][0]}.log"))
+            cpu = cpu_seconds()
+            wall = run_step(console, step, out / "logs" / f"{number:02d}_{step.argvs[0][0]}.log")
+            timings.append({"step": step.argvs[0][0] + (f" {step.argvs[0][2]}" if step.watch else ""),
+                            "wall_s": wall, "cpu_s": cpu_seconds() - cpu})
     summary = collect_results(out / "project", out / "session" / "truth.star", diameter)
     summary.update(settings=asdict(demo), particle_diameter_angst=diameter, out=str(out),
                    commands=[{"cwd": str(s.cwd), "command": c} for s in steps for c in s.commands],
-                   step_wall_s=timings, wall_s=time.perf_counter() - start, cpu_s=cpu_seconds() - cpu_start)
+                   steps=timings, wall_s=time.perf_counter() - start, cpu_s=cpu_seconds() - cpu_start)
     atomic_write(out / "demo_report.json", json.dumps(summary, indent=1) + "\n")
     return summary

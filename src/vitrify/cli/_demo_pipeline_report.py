@@ -112,4 +112,6 @@ def print_pipeline_report(console: Console, summary: dict) -> None:
     say("\n[bold]Where the results are[/]")
     for line in _where_text(summary, project):
         say(escape(line))
-    say(f"\n[dim]wall time {summary['wall_s']:.0f} s, CPU time {summary['cpu_s']:.0f} s (all processes)[/]")
+    steps = ", ".join(f"{t['step']} {t['wall_s']:.0f}/{t['cpu_s']:.0f}" for t in summary["steps"])
+    say(f"\n[dim]wall time {summary['wall_s']:.0f} s, CPU time {summary['cpu_s']:.0f} s (all processes); "
+        f"per step, wall/CPU s: {steps}[/]")
