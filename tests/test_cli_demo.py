@@ -220,3 +220,13 @@ def test_cpu_of_jobs_left_behind_by_a_finished_parent_is_counted(tmp_path):
         reap_orphans()
     assert done.exists()
     assert cpu_seconds() - before >= 0.6
+
+
+def test_structure_file_is_passed_with_an_absolute_path(tmp_path, monkeypatch):
+    """The simulation runs inside --out: a structure file named relative to the caller must still be found."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.pdb").write_text("")
+    simulate = demo_steps(PipelineDemo(structure="my.pdb"), Path("out"), 150.0)[0].argvs[0]
+    assert simulate[simulate.index("--structure") + 1] == str(tmp_path / "my.pdb")
+    simulate = demo_steps(PipelineDemo(structure="adk"), Path("out"), 150.0)[0].argvs[0]
+    assert simulate[simulate.index("--structure") + 1] == "adk"

@@ -90,7 +90,8 @@ def demo_steps(demo: PipelineDemo, out: Path, diameter_angst: float) -> list[Ste
     """The commands of the demo, in order (run in ``out`` and ``out/project``)."""
     project = out / "project"
     scheme = ("schemer", "--scheme")
-    simulate = ("simulate", "movies", "--structure", demo.structure, "--n", str(demo.movies),
+    structure = str(Path(demo.structure).resolve()) if Path(demo.structure).is_file() else demo.structure
+    simulate = ("simulate", "movies", "--structure", structure, "--n", str(demo.movies),
                 "--size", str(demo.size_px), "--pixel-size", f"{demo.pixel_size_angst:g}",
                 "--particles", str(demo.particles_per_movie), "--frames", str(demo.frames),
                 "--seed", str(demo.seed), "--out", "session")
@@ -117,6 +118,8 @@ def demo_steps(demo: PipelineDemo, out: Path, diameter_angst: float) -> list[Ste
 
 def prepare_out(out: Path, overwrite: bool) -> None:
     """Create ``out``; an existing non-empty one must be an earlier demo and ``overwrite`` set."""
+    if out.exists() and not out.is_dir():
+        raise InputError("is a file", path=out, expected="a directory for the demo")
     if out.exists() and any(out.iterdir()):
         if not (out / MARKER).is_file():
             raise InputError("exists and is not an earlier vitrify demo", path=out,
