@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/preprocess.py [--n 20] [--size 1024] [--frames 16] [--work DIR] [--threads 2]
+        [--reuse-simulation]   # with the --work DIR of an earlier run: skip simulating again
 
 Simulates ``--n`` movies (``vitrify.sim.movies``: CFTR particles, well separated, 1.5 Å/px,
 ``--frames`` frames of 2.5 e/Å², global drift 6 px + local drift 0.5 px, astigmatism up to
@@ -36,6 +37,23 @@ from pathlib import Path
 import numpy as np
 
 
+JOB_DIRS = ("MotionCorr", "CtfFind", "AutoPick", "Extract")
+
+
+def reuse_simulation(args, root: Path, radius: float):
+    """The dataset of an earlier run in ``root/sim`` (same arguments); its job outputs are removed first."""
+    from types import SimpleNamespace
+
+    from vitrify.io.star import read_star
+
+    truth = read_star(root / "sim" / "truth.star")
+    if len(truth["micrographs"]) != args.n:
+        sys.exit(f"{root}/sim holds {len(truth['micrographs'])} movies, not --n {args.n}: simulate again")
+    for name in JOB_DIRS:  # every job runs from scratch (jobs reuse finished outputs)
+        shutil.rmtree(root / "sim" / name, ignore_errors=True)
+    return SimpleNamespace(truth=truth), radius
+
+
 def simulate(args, root: Path):
     """Simulate once into ``root/sim``; return the dataset (truth tables) and the particle radius (Å)."""
     from vitrify.sim.micrographs import MicrographOptions
@@ -43,6 +61,8 @@ def simulate(args, root: Path):
     from vitrify.sim.structures import load_structure
 
     radius = load_structure(args.structure).max_radius_angst()
+    if args.reuse_simulation and (root / "sim" / "truth.star").exists():
+        return reuse_simulation(args, root, radius)
     options = MicrographOptions(structures=(args.structure,), n_micrographs=args.n, size_px=(args.size, args.size),
                                 pixel_size_angst=1.5, particles_per_micrograph=args.particles,
                                 min_distance_angst=2.7 * radius, astigmatism_max_angst=1500.0,
@@ -52,10 +72,15 @@ def simulate(args, root: Path):
 
 
 def timed(run, options, job_dir: str):
-    """Run a job function; return (output path, seconds)."""
-    start = time.perf_counter()
+    """Run a job function; return (output path, (wall seconds, CPU seconds of this process, all threads))."""
+    start, cpu = time.perf_counter(), time.process_time()
     out = run(options, job_dir)
-    return out, time.perf_counter() - start
+    return out, (time.perf_counter() - start, time.process_time() - cpu)
+
+
+def per(seconds: tuple[float, float], n: int, digits: int = 1) -> str:
+    """``wall / CPU`` seconds per item."""
+    return f"{seconds[0] / n:.{digits}f} / {seconds[1] / n:.{digits}f}"
 
 
 def motion_errors(truth: dict, movie: str, metadata: str) -> tuple[float, float]:
@@ -105,7 +130,8 @@ def ctf_errors(truth_mics, ctf_table) -> dict:
                                                         astig) if s > 500]
     return {"mean_nm": float(np.median(mean_err)) / 10, "uv_nm": float(np.median(uv_err)) / 10,
             "angle_deg": float(np.median(angles)) if angles else float("nan"), "n_astig": len(angles),
-            "n": len(merged), "max_res": float(np.median(merged["rlnCtfMaxResolution"]))}
+            "n": len(merged), "max_res": float(np.median(merged["rlnCtfMaxResolution"])),
+            "n_6a": int((merged["rlnCtfMaxResolution"] <= 6.0).sum())}
 
 
 def picking_scores(truth_parts, movie_of_mic: dict, autopick_star: str, tolerance_px: float) -> tuple[float, float, int]:
@@ -174,8 +200,28 @@ def run_jobs(args, root: Path, radius: float) -> dict:
                                                       device=args.device), "AutoPick/job005")
     ext, t_ext = timed(extract.run, extract.Options(str(ctf), str(pick), ExtractOptions(160, 80), float16=True,
                                                     device=args.device), "Extract/job006")
-    return {"mc": mc, "ctf": ctf, "pick": pick, "template": tpl, "extract": ext, "t_mc": t_mc, "t_ctf": t_ctf,
-            "t_pick": t_pick, "t_template": t_tpl, "t_extract": t_ext}
+    out = {"mc": mc, "ctf": ctf, "pick": pick, "template": tpl, "extract": ext, "t_mc": t_mc, "t_ctf": t_ctf,
+           "t_pick": t_pick, "t_template": t_tpl, "t_extract": t_ext}
+    if external_programs()["ctffind"].startswith("on PATH"):  # the same job through CTFFIND4
+        out["ctf_ext"], out["t_ctf_ext"] = timed(ctffind.run, ctffind.Options(str(mc), use_ctffind=True),
+                                                 "CtfFind/job007")
+    return out
+
+
+def ctf_rows(c: dict, seconds_per_mic: float) -> list[str]:
+    """The CTF figures of one estimator, in the order of the table's CTF rows."""
+    return [f"{c['mean_nm']:.1f}", f"{c['uv_nm']:.1f}", f"{c['angle_deg']:.1f}", f"{c['max_res']:.1f}",
+            f"{seconds_per_mic:.1f}"]
+
+
+def ctf_of(out_star: str, truth: dict):
+    """Errors of a micrographs_ctf.star against the truth, and the table (movie names added)."""
+    from vitrify.io.star import read_star_optics
+
+    ctf = read_star_optics(out_star, "micrographs").data
+    ctf["rlnMicrographMovieName"] = [f"Movies/{Path(m).stem}.tiff" for m in ctf["rlnMicrographName"]]
+    true_mics = truth["micrographs"].rename(columns={"rlnMicrographName": "rlnMicrographMovieName"})
+    return ctf_errors(true_mics, ctf), ctf
 
 
 def evaluate(data, radius: float, out: dict) -> list[tuple[str, str, str, str]]:
@@ -187,10 +233,10 @@ def evaluate(data, radius: float, out: dict) -> list[tuple[str, str, str, str]]:
     movies = [f"Movies/{Path(m).stem}.tiff" for m in mics["rlnMicrographName"]]
     errors = np.array([motion_errors(truth, mv, meta) for mv, meta in zip(movies, mics["rlnMicrographMetadata"])])
     n = len(truth["micrographs"])
-    ctf = read_star_optics(out["ctf"], "micrographs").data
-    ctf["rlnMicrographMovieName"] = [f"Movies/{Path(m).stem}.tiff" for m in ctf["rlnMicrographName"]]
-    true_mics = truth["micrographs"].rename(columns={"rlnMicrographName": "rlnMicrographMovieName"})
-    c = ctf_errors(true_mics, ctf)
+    c, ctf = ctf_of(out["ctf"], truth)
+    ctffind = ["not on PATH"] * 5
+    if "ctf_ext" in out:
+        ctffind = ctf_rows(ctf_of(out["ctf_ext"], truth)[0], out["t_ctf_ext"][0] / n)
     movie_of = dict(zip(ctf["rlnMicrographName"], ctf["rlnMicrographMovieName"]))
     tolerance = radius / 1.5 / 2
     p_log = picking_scores(truth["particles"], movie_of, out["pick"], tolerance)
@@ -200,25 +246,27 @@ def evaluate(data, radius: float, out: dict) -> list[tuple[str, str, str, str]]:
     return [
         ("motion: global trajectory RMS error (px)", f"{np.mean(errors[:, 0]):.3f}", "< 0.5", ext["motioncor2"]),
         ("motion: local trajectory RMS error (px)", f"{np.nanmean(errors[:, 1]):.3f}", "< 0.5", ext["motioncor2"]),
-        ("motion: time per movie (s)", f"{out['t_mc'] / n:.1f}", "", ext["motioncor2"]),
-        ("CTF: median mean-defocus error (nm)", f"{c['mean_nm']:.1f}", "< 100", ext["ctffind"]),
-        ("CTF: median max(|dU|,|dV|) error (nm)", f"{c['uv_nm']:.1f}", "", ext["ctffind"]),
+        ("motion: time per movie (s wall / CPU)", per(out["t_mc"], n), "", ext["motioncor2"]),
+        ("CTF: median mean-defocus error (nm)", f"{c['mean_nm']:.1f}", "< 100", ctffind[0]),
+        ("CTF: median max(|dU|,|dV|) error (nm)", f"{c['uv_nm']:.1f}", "", ctffind[1]),
         (f"CTF: median angle error, astig > 500 Å (n={c['n_astig']}) (deg)", f"{c['angle_deg']:.1f}", "< 10",
-         ext["ctffind"]),
-        ("CTF: median rlnCtfMaxResolution (Å)", f"{c['max_res']:.1f}", "", ext["ctffind"]),
-        ("CTF: time per micrograph (s)", f"{out['t_ctf'] / n:.1f}", "", ext["ctffind"]),
+         ctffind[2]),
+        ("CTF: median rlnCtfMaxResolution (Å)", f"{c['max_res']:.1f}", "", ctffind[3]),
+        (f"CTF: micrographs with rlnCtfMaxResolution <= 6 Å (of {c['n']})", f"{c['n_6a']}", "", "-"),
+        ("CTF: time per micrograph (s wall / CPU)", per(out["t_ctf"], n), "", ctffind[4]),
         (f"LoG picking: precision / recall ({p_log[2]} picks)", f"{p_log[0]:.3f} / {p_log[1]:.3f}", ">= 0.85",
          "-"),
-        ("LoG picking: time per micrograph (s)", f"{out['t_pick'] / n:.2f}", "", "-"),
+        ("LoG picking: time per micrograph (s wall / CPU)", per(out["t_pick"], n, 2), "", "-"),
         (f"template picking: precision / recall ({p_tpl[2]} picks)", f"{p_tpl[0]:.3f} / {p_tpl[1]:.3f}",
          ">= 0.85", "-"),
-        ("template picking: time per micrograph (s)", f"{out['t_template'] / n:.2f}", "", "-"),
-        (f"extraction: particles/s ({n_particles} particles)", f"{n_particles / out['t_extract']:.0f}", "", "-"),
+        ("template picking: time per micrograph (s wall / CPU)", per(out["t_template"], n, 2), "", "-"),
+        (f"extraction: particles per s wall / CPU ({n_particles} particles)",
+         f"{n_particles / out['t_extract'][0]:.0f} / {n_particles / out['t_extract'][1]:.0f}", "", "-"),
     ]
 
 
 def external_programs() -> dict[str, str]:
-    """CTFFIND4 / MotionCor2 on the PATH (figures beside ours need a wrapper; absent here)."""
+    """CTFFIND4 / MotionCor2 on the PATH (CTFFIND4 is run through ``ctffind --use-ctffind``; MotionCor2 is not)."""
     found = {"ctffind": shutil.which("ctffind") or shutil.which("ctffind4"),
              "motioncor2": shutil.which("MotionCor2") or shutil.which("motioncor2")}
     return {k: (f"on PATH ({v}), not run" if v else "not on PATH") for k, v in found.items()}
@@ -236,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", default="", help="work directory (default: a new temporary one)")
+    parser.add_argument("--reuse-simulation", action="store_true",
+                        help="reuse the movies simulated in --work by an earlier run with the same arguments")
     args = parser.parse_args(argv)
     import tempfile
 
@@ -248,7 +298,13 @@ def main(argv: list[str] | None = None) -> None:
     data, radius = simulate(args, root)
     print(f"simulated {args.n} movies of {args.size}² x {args.frames} frames in "
           f"{time.perf_counter() - start:.0f} s ({root})", file=sys.stderr)
+    load_before = os.getloadavg()
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
     rows = evaluate(data, radius, run_jobs(args, root, radius))
+    cpu, wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs, torch threads "
+          f"{args.threads}; load average (1 min) {load_before[0]:.1f} before the jobs, {os.getloadavg()[0]:.1f} "
+          f"after; jobs + evaluation {wall:.0f} s wall, {cpu:.0f} s CPU of this process")
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}} | {'vitrify':>15} | {'target':>8} | external")
     print(f"{'-' * width}-|-{'-' * 15}-|-{'-' * 8}-|---------")
