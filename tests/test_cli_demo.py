@@ -230,3 +230,16 @@ def test_structure_file_is_passed_with_an_absolute_path(tmp_path, monkeypatch):
     assert simulate[simulate.index("--structure") + 1] == str(tmp_path / "my.pdb")
     simulate = demo_steps(PipelineDemo(structure="adk"), Path("out"), 150.0)[0].argvs[0]
     assert simulate[simulate.index("--structure") + 1] == "adk"
+
+
+def test_particles_mode_is_the_old_demo(tmp_path, capsys):
+    from vitrify.cli.main import main
+
+    out = tmp_path / "old"
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--mode", "particles", "--structure", "adk", "--n", "40", "--box", "32", "--snr", "1.0",
+              "--classes", "2", "--iter", "2", "--out", str(out), "--device", "cpu"])
+    assert exit_.value.code in (0, None)
+    assert (out / "Reconstruct" / "job002" / "reconstruction.mrc").is_file()
+    assert (out / "Class2D" / "job003" / "RELION_JOB_EXIT_SUCCESS").is_file()
+    assert "FSC" in capsys.readouterr().err
