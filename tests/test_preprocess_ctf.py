@@ -94,3 +94,10 @@ def test_weak_rings_of_a_stigmatic_micrograph_give_no_spurious_astigmatism():
     fit = estimate_ctf(image, Optics(1.0), CtfSearch(tile_px=256))
     assert abs(0.5 * (fit.defocus_u_angst + fit.defocus_v_angst) - 15000.0) < 500
     assert fit.astigmatism_angst < 150
+
+
+def test_fit_resolution_is_measured_beyond_the_fitting_band():
+    """As CTFFIND4 reports it: rings that fit to ~3 Å give a fit resolution finer than resmax (5 Å)."""
+    image = _micrograph(1024, 1.0, 15000.0, 15000.0, 0.0, bfactor=10.0)
+    fit = estimate_ctf(image, Optics(1.0), CtfSearch(tile_px=256, resolution_max_angst=5.0))
+    assert fit.max_resolution_angst < 4.0

@@ -465,7 +465,12 @@ def estimate_ctf(micrograph: torch.Tensor, optics: Optics, search: CtfSearch = C
     whitened, weighted = _weighted(normalised, band, envelope, optics.pixel_size_angst, spectrum.shape[0])
     params, score = search_astigmatism(whitened, weighted, mean_angst, optics, search)
     params, score = keep_significant_astigmatism(whitened, weighted, params, score, optics, search)
-    resolution = fit_resolution(normalised, band, params, optics, search.fit_threshold)
+    # like CTFFIND4, the fit resolution is looked for up to Nyquist, not only inside the fitting band
+    nyquist = replace(search, resolution_max_angst=2.0 * optics.pixel_size_angst,
+                      resolution_min_angst=max(search.resolution_min_angst, 2.5 * optics.pixel_size_angst))
+    full = _band(tuple(spectrum.shape), optics, nyquist, spectrum.device)
+    resolution = fit_resolution(_normalised_band(spectrum, full, trend, optics, mean_angst), full, params, optics,
+                                search.fit_threshold)
     u, v, angle = to_uv_angle(float(params[0]), float(params[1]), float(params[2]))
     return CtfFit(u, v, angle % 180.0, float(params[3]), score, resolution)
 
