@@ -44,6 +44,10 @@ def test_vdam_job_writes_relion_outputs_and_continues(dataset, tmp_path):
     model = read_star(tmp_path / "run_it012_model.star")
     assert abs(model["model_classes"]["rlnClassDistribution"].sum() - 1) < 1e-4
     assert (model["model_optics_group_1"]["rlnSigma2Noise"] > 0).all()
+    # expected accuracies (snr 3, 32 px): fractions of the 7.5 degree fine step and of a pixel
+    acc = model["model_classes"]
+    assert ((acc["rlnAccuracyRotations"] > 0.05) & (acc["rlnAccuracyRotations"] < 10)).all()
+    assert ((acc["rlnAccuracyTranslationsAngst"] > 0.01) & (acc["rlnAccuracyTranslationsAngst"] < 3)).all()
     refs, pixel = read_mrc(tmp_path / "run_it012_classes.mrcs")
     assert refs.shape == (3, 32, 32) and abs(pixel - 3.0) < 1e-4
     opt = read_star(tmp_path / "run_it010_optimiser.star")["optimiser_general"]

@@ -51,6 +51,29 @@ def _shell_resolution(model: MlModel, shell: int) -> float:
     return shell / (model.box_px * model.pixel_size_angst)
 
 
+def _accuracy(values: torch.Tensor | None, k: int, scale: float) -> np.ndarray:
+    """Per-class accuracies times ``scale``; 999 where not computed or unbounded (empty class)."""
+    if values is None:
+        return np.full(k, NOT_COMPUTED)
+    v = values.detach().cpu().double().numpy() * scale
+    return np.where(np.isfinite(v), v, NOT_COMPUTED)
+
+
+def overall_accuracy(model: MlModel) -> tuple[float, float]:
+    """Class-fraction weighted accuracies (degrees, Å) over classes with a finite value; 999 if none."""
+    out = []
+    for values, scale in ((model.class_accuracy_psi_deg, 1.0), (model.class_accuracy_offset_px,
+                                                                 model.pixel_size_angst)):
+        if values is None:
+            out.append(NOT_COMPUTED)
+            continue
+        v = values.detach().cpu().double()
+        pdf = model.pdf_class.detach().cpu().double()
+        ok = torch.isfinite(v) & (pdf > 0)
+        out.append(float((v[ok] * pdf[ok]).sum() / pdf[ok].sum()) * scale if bool(ok.any()) else NOT_COMPUTED)
+    return out[0], out[1]
+
+
 def model_blocks(model: MlModel, paths: dict[str, Path], rel, grad: bool,
                  group_names: list[str], group_counts: list[int]) -> dict:
     """The blocks of ``model.star``."""
@@ -80,7 +103,8 @@ def model_blocks(model: MlModel, paths: dict[str, Path], rel, grad: bool,
         **({"rlnGradMoment1": [f"{k + 1:06d}@{rel(paths['1moment'])}" for k in range(k_all)],
             "rlnGradMoment2": [f"{k + 1:06d}@{rel(paths['2moment'])}" for k in range(k_all)]} if grad else {}),
         "rlnClassDistribution": model.pdf_class.cpu().numpy(),
-        "rlnAccuracyRotations": NOT_COMPUTED, "rlnAccuracyTranslationsAngst": NOT_COMPUTED,
+        "rlnAccuracyRotations": _accuracy(model.class_accuracy_psi_deg, k_all, 1.0),
+        "rlnAccuracyTranslationsAngst": _accuracy(model.class_accuracy_offset_px, k_all, model.pixel_size_angst),
         "rlnEstimatedResolution": est_res,
         "rlnOverallFourierCompleteness": [float((dvp[k, 1:radius + 1] > 1).mean()) for k in range(k_all)],
         "rlnClassPriorOffsetX": 0.0, "rlnClassPriorOffsetY": 0.0,

@@ -17,9 +17,10 @@ import torch
 
 from vitrify.io.errors import InputError
 from vitrify.jobs._class2d_data import InputParticles, check_memory, load_particles, validate_input
-from vitrify.jobs._class2d_output import (data_table, iteration_paths, model_blocks, write_gallery,
-                                          write_moments, write_tables)
+from vitrify.jobs._class2d_output import (data_table, iteration_paths, model_blocks, overall_accuracy,
+                                          write_gallery, write_moments, write_tables)
 from vitrify.jobs.base import check_abort, job_logger
+from vitrify.ml.accuracy import expected_accuracy
 from vitrify.ml.expectation import make_sampling
 from vitrify.ml.optimiser import Classifier2D, EngineSettings, IterationInfo
 from vitrify.ml.starts import initial_model
@@ -168,6 +169,8 @@ class _Writer:
     def write(self, it: int) -> dict[str, Path]:
         opt, model, clf = self.options, self.clf.model, self.clf
         paths = iteration_paths(self.job_dir, opt.root, it)
+        model.class_accuracy_psi_deg, model.class_accuracy_offset_px = expected_accuracy(
+            model, clf.particles, clf.window, seed=opt.seed + it)
         grad = opt.algorithm == "vdam"
         pix = model.pixel_size_angst
         write_gallery(paths["classes_png"], model.refs, model.pdf_class)
@@ -197,6 +200,7 @@ class _Writer:
         sched = clf.schedule
         grad = o.algorithm == "vdam"
         ini, fin = sched.subsets()
+        acc_rot, acc_trans = overall_accuracy(clf.model)
         return {
             "rlnOutputRootName": _relative(self.job_dir / o.root),
             "rlnModelStarFile": _relative(paths["model"]), "rlnExperimentalDataStarFile": _relative(paths["data"]),
@@ -216,7 +220,8 @@ class _Writer:
             "rlnSgdWriteEverySubset": o.grad_write_iter, "rlnSgdStepsize": sched.stepsize,
             "rlnSgdStepsizeScheme": f"{sched.stepsize_start}-step", "rlnTau2FudgeScheme": "step",
             "rlnTau2FudgeArg": o.tau2_fudge, "rlnMaximumSignificantPoses": clf.settings.max_significant,
-            "rlnDoAutoRefine": 0, "rlnDoAutoSampling": 0, "rlnHasConverged": 0, "rlnDoCorrectNorm": 0,
+            "rlnDoAutoRefine": 0, "rlnDoAutoSampling": 0, "rlnOverallAccuracyRotations": acc_rot,
+            "rlnOverallAccuracyTranslationsAngst": acc_trans, "rlnHasConverged": 0, "rlnDoCorrectNorm": 0,
             "rlnDoCorrectScale": 0, "rlnDoCorrectCtf": int(o.do_ctf),
             "rlnDoIgnoreCtfUntilFirstPeak": int(o.ctf_intact_first_peak), "rlnCtfDataArePhaseFlipped": 0,
             "rlnDoCenterClasses": 0, "rlnRefsAreCtfCorrected": 1, "rlnFixSigmaNoiseEstimates": 0,
