@@ -106,12 +106,22 @@ def test_ctffind_autopick_extract_chain(project):
 
 
 def test_ctffind_skips_a_blank_micrograph_and_goes_on(project):
+    good = mrc_io.read_mrc("Import/job001/Micrographs/mic1.mrc")[0]
     mrc_io.write_mrc("Import/job001/Micrographs/mic1.mrc", np.zeros((N, N), np.float32), PIXEL)
-    assert _cli(["ctffind", "--i", "Import/job001/micrographs.star", "--o", "CtfFind/job002",
-                 "--box", "256"]) in (0, None)
+    args = ["ctffind", "--i", "Import/job001/micrographs.star", "--o", "CtfFind/job002", "--box", "256",
+            "--no-diagnostics"]
+    assert _cli(args) in (0, None)
     ctf = star_io.read_star_optics("CtfFind/job002/micrographs_ctf.star", "micrographs").data
     assert list(ctf["rlnMicrographName"]) == ["Import/job001/Micrographs/mic0.mrc"]
     assert "mic1.mrc" in open("CtfFind/job002/skipped.txt").read()
+    # continuing after the micrograph is fixed: the finished fit is kept, the fixed one is added
+    done = relative_output(__import__("pathlib").Path("CtfFind/job002"), ctf["rlnMicrographName"][0], "_ctf.star")
+    stamp = done.stat().st_mtime_ns
+    mrc_io.write_mrc("Import/job001/Micrographs/mic1.mrc", good, PIXEL)
+    assert _cli(args) in (0, None)
+    ctf = star_io.read_star_optics("CtfFind/job002/micrographs_ctf.star", "micrographs").data
+    assert len(ctf) == 2 and done.stat().st_mtime_ns == stamp
+    assert abs(ctf["rlnDefocusU"][1] - DEFOCI[1][0]) < 500
 
 
 def test_missing_input_is_one_line_error(project, capsys):
