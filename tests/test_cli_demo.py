@@ -202,7 +202,6 @@ def test_cpu_of_jobs_left_behind_by_a_finished_parent_is_counted(tmp_path):
     """A schemer may exit before reaping its jobs: their CPU time must still reach the demo's count."""
     import subprocess
     import sys
-    import time
 
     from vitrify.cli._demo_steps import counting_orphans, cpu_seconds, reap_orphans
 
@@ -213,11 +212,7 @@ def test_cpu_of_jobs_left_behind_by_a_finished_parent_is_counted(tmp_path):
     before = cpu_seconds()
     with counting_orphans():
         subprocess.run([sys.executable, "-c", parent], check=True)    # exits at once, child orphaned
-        deadline = time.monotonic() + 60
-        while not done.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        reap_orphans()
+        reap_orphans(timeout_s=60)                                     # waits for the orphan to end
     assert done.exists()
     assert cpu_seconds() - before >= 0.6
 

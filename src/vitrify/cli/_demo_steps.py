@@ -26,6 +26,7 @@ from rich.markup import escape
 
 _JOB_LINE = re.compile(r"job (\S+): (.*)$")
 _PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+_ORPHAN_WAIT_S = 15.0  # how long a step waits for the job processes it left to exit
 
 
 class StepFailed(Exception):
@@ -117,15 +118,19 @@ def counting_orphans() -> Iterator[None]:
             reap_orphans()
 
 
-def reap_orphans() -> None:
-    """Collect every child process that has ended (call only when no Popen of ours is running)."""
+def reap_orphans(timeout_s: float = 0.0) -> None:
+    """Collect child processes that have ended; wait up to ``timeout_s`` for those still ending
+    (a job exits a moment after its exit marker). Call only when no Popen of ours is running."""
+    deadline = time.monotonic() + timeout_s
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
-            return
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
 
 
 def cpu_seconds() -> float:
@@ -177,7 +182,7 @@ def run_step(console: Console, step: Step, log: Path, *, poll_s: float = 0.5) ->
         watcher = SchemeWatcher(step.watch) if step.watch is not None else None
         process = _launch(argv, step.cwd, log)
         _wait(console, process, step, watcher, poll_s)
-        reap_orphans()
+        reap_orphans(timeout_s=_ORPHAN_WAIT_S)
         if process.returncode != 0:
             raise StepFailed(command, process.returncode, log)
     took = time.perf_counter() - start
