@@ -1,5 +1,6 @@
 # vitrify: the two commands that set everything up on a fresh machine.
-#   make demo  -> virtualenv, install, simulate a small dataset from a real structure, run the main job
+#   make demo  -> virtualenv, install, simulate movies of a real structure and process them automatically
+#                 (mdcatch + schemer prep/proc -> 2D classes), report against the truth
 #   make test  -> virtualenv, install, run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -23,7 +24,7 @@ $(STAMP): $(PY) pyproject.toml
 venv install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/vitrify demo --out $(DEMO_DIR)
+	$(VENV)/bin/vitrify demo --out $(DEMO_DIR) --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

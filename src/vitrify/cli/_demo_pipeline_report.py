@@ -56,8 +56,8 @@ def _class_text(class2d: dict) -> str:
     junk = [row for row in table if row["real"] < 0.5]
     good = [row for row in table if row["real"] >= 0.5]
     text = ("[bold]2D classes.[/] Each average is the mean of aligned images that show the molecule in a "
-            "similar view; sharp ones with protein-like detail are particles, featureless ones collect "
-            "false picks. ")
+            "similar view; sharp ones with protein-like detail are particles, blurred ones or ones showing an "
+            "ice or carbon edge collect false picks (real particles per class are counted from the truth). ")
     if junk:
         text += (f"{len(junk)} class(es) are mostly false picks ({sum(r['particles'] for r in junk)} images): "
                  f"those you would deselect before 3D work. ")
