@@ -189,7 +189,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Simulate a session from a real structure and process it automatically (minutes on a CPU).
 
-        The default mode (pipeline) runs what a facility runs, movies with their EPU/SerialEM metadata -> vitrify mdcatch -> vitrify schemer (prep, then proc) -> 2D classes, and compares every step with the simulation's truth.
+        Default (pipeline): movies + metadata -> mdcatch -> schemer prep, proc -> 2D classes, vs the truth.
         """
         from vitrify.io.errors import InputError
 
