@@ -42,7 +42,7 @@ _PARTS = ("session", "project", "logs", "demo_report.json", MARKER)
 
 @dataclass(frozen=True)
 class PipelineDemo:
-    """What to simulate and how to process it (defaults: about 5 CPU-minutes in all)."""
+    """What to simulate and how to process it (defaults: 5–9 CPU-minutes in all)."""
 
     structure: str = "cftr"
     movies: int = 10
