@@ -394,27 +394,37 @@ def accumulate_dense(sums: EStepSums, frame: Frame, w: torch.Tensor, y: torch.Te
     """Add coarse-frame sums of ``B`` particles with weights ``w`` ``(B, T, R)`` (current window).
 
     ``ys`` ``(B, T, 2P)`` are the shifted particles in the current window if already computed.
+    Only the templates that received weight are summed when they are fewer than half of ``R``
+    (a sharp posterior touches a few; the ``(R, 2P)`` passes would dominate small blocks).
     """
     b, t, r = w.shape
     p = q.shape[1]
     if ys is None:
         ys = stack_real(y[:, None, :] * frame.table[None])
     w_r = w.sum(dim=1)  # (B, R)
-    acc_all = torch.zeros(r, 2 * p, device=y.device)
-    wq_all = torch.zeros(r, p, device=y.device)
+    touched = torch.nonzero(w_r.sum(dim=0) > 0).flatten()
+    if touched.numel() < r // 2:
+        w, w_r = w[:, :, touched], w_r[:, touched]
+        frame = Frame(frame.rows[touched], frame.power[touched], frame.table, frame.shifts_px,
+                      frame.log_prior_class, frame.psi_deg, frame.n_psi)
+    else:
+        touched = torch.arange(r, device=w.device)
+    rt = touched.numel()
+    acc_all = torch.zeros(rt, 2 * p, device=y.device)
+    wq_all = torch.zeros(rt, p, device=y.device)
     fs = sums.frames["coarse"]
     for h in range(fs.data.shape[0]):
         sel = torch.nonzero(half == h).flatten()
         if not sel.numel():
             continue
-        acc = _template_sums(w[sel].reshape(-1, r), ys[sel].reshape(-1, 2 * p))
+        acc = _template_sums(w[sel].reshape(-1, rt), ys[sel].reshape(-1, 2 * p))
         wq = torch.mm(w_r[sel].t(), q[sel])
-        fs.data[h] += torch.complex(acc[:, :p], acc[:, p:])
-        fs.weight[h] += wq
+        fs.data[h].index_add_(0, touched, torch.complex(acc[:, :p], acc[:, p:]))
+        fs.weight[h].index_add_(0, touched, wq)
         acc_all += acc
         wq_all += wq
     add_model_terms(sums, frame, acc_all, wq_all)
-    sums.class_weight += w_r.reshape(b, n_classes, -1).sum(dim=(0, 2)).double()
+    sums.class_weight.index_add_(0, touched // (r // n_classes), w_r.sum(dim=0).double())
     sums.offset_sq += (w.sum(2).double() * (offsets.double() ** 2).sum(-1)).sum()
 
 
