@@ -234,6 +234,24 @@ def stack_real(z: torch.Tensor) -> torch.Tensor:
     return torch.cat([z.real, z.imag], dim=-1).float()
 
 
+def shifted_stack(y: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``stack_real(y[:, None] * table[None])`` without the complex temporary.
+
+    ``y`` ``(B, P)`` complex64, ``table`` ``(T, P)`` complex64 -> ``(B, T, 2P)`` float32, written
+    in place with four real multiply(-add) passes.
+    """
+    b, p = y.shape
+    out = torch.empty(b, table.shape[0], 2 * p, device=y.device, dtype=torch.float32)
+    yr, yi = y.real[:, None, :], y.imag[:, None, :]
+    tr, ti = table.real[None], table.imag[None]
+    re, im = out[..., :p], out[..., p:]
+    torch.mul(yr, tr, out=re)
+    re.addcmul_(yi, ti, value=-1.0)
+    torch.mul(yr, ti, out=im)
+    im.addcmul_(yi, tr)
+    return out
+
+
 def make_frame(templates: torch.Tensor, n_pixels: int, shifts_px: torch.Tensor, kx: torch.Tensor,
                ky: torch.Tensor, n: int, log_prior_class: torch.Tensor, psi_deg: torch.Tensor) -> Frame:
     """A :class:`Frame` from ``(R, P')`` complex templates cut to their first ``n_pixels`` pixels."""
@@ -341,7 +359,7 @@ def run_block(batch: Batch, grid: PassGrid, sums: EStepSums) -> BlockResult:
     b = y.shape[0]
     c = grid.coarse
     pc = c.n_pixels
-    ys = stack_real(y[:, None, :pc] * c.table[None])  # (B, T, 2Pc)
+    ys = shifted_stack(y[:, :pc].contiguous(), c.table)  # (B, T, 2Pc)
     clock.lap("pack", ys)
     scores = score_block(ys, q[:, :pc], c.rows, c.power)
     clock.lap("gemm", scores)
@@ -400,7 +418,7 @@ def accumulate_dense(sums: EStepSums, frame: Frame, w: torch.Tensor, y: torch.Te
     b, t, r = w.shape
     p = q.shape[1]
     if ys is None:
-        ys = stack_real(y[:, None, :] * frame.table[None])
+        ys = shifted_stack(y, frame.table)
     w_r = w.sum(dim=1)  # (B, R)
     touched = torch.nonzero(w_r.sum(dim=0) > 0).flatten()
     if touched.numel() < r // 2:
