@@ -71,6 +71,18 @@ def test_abort_request_ends_job_aborted(tmp_path):
     assert not (tmp_path / name / "RELION_JOB_EXIT_ABORTED").exists()
 
 
+def test_finished_job_processes_are_reaped(tmp_path):
+    project = Project.open(tmp_path)
+    name = _import_job(project, ["a.mrc"])
+    assert project.run_job(name, wait=True) == "Succeeded"
+    pid = int((tmp_path / name / "run.pid").read_text())
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        project.job_status(name)  # a schemer keeps asking; the ended process must not stay a zombie
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists()
+
+
 def test_killed_job_process_is_failed(tmp_path):
     project = Project.open(tmp_path)
     name = _import_job(project, ["a.mrc"])

@@ -215,11 +215,18 @@ class Project:
     # ---- status ----------------------------------------------------------------------------
     def job_status(self, name: str) -> str:
         """Scheduled | Running | Succeeded | Failed | Aborted; updates the pipeline from exit markers."""
+        self._reap_children()
         proc = read_locked(self.root).process(name, self.root / PIPELINE_FILE)
         status = self._observed_status(proc)
         if status != proc.status:
             status = self.record_status(proc.name, status)
         return status
+
+    def _reap_children(self) -> None:
+        """Collect the exit status of job processes that ended (no zombies pile up in a long schemer)."""
+        for name, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[name]
 
     def _observed_status(self, proc: Process) -> str:
         job_dir = self.root / proc.name
