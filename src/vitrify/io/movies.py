@@ -1,7 +1,9 @@
 """Movies (TIFF, MRC) and gain references, with RELION's orientation conventions.
 
 * TIFF movies (one frame per page, any compression tifffile + imagecodecs decode, LZW included)
-  and MRC movies (``.mrc``/``.mrcs``, one frame per section). EER is not decoded here.
+  and MRC movies (``.mrc``/``.mrcs``, one frame per section). Thermo Fisher EER movies
+  (``.eer``) are read as float32 counts, internal frames summed in groups of ``eer_grouping``
+  at ``eer_upsampling`` 1 (4K) or 2 (8K), trailing internal frames dropped (:mod:`._eer`).
 * **TIFF row order**: RELION flips TIFF images along the slow axis (y) when reading and writing,
   for compatibility with MotionCor2 and IMOD. We do the same, so a TIFF movie and an MRC gain
   reference line up exactly as they do in RELION: row 0 of :func:`read_movie`'s frames is the
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from vitrify.io._eer import EER_DEFAULT_GROUPING, EerMovie, read_eer
 from vitrify.io.atomic import atomic_path
 from vitrify.io.errors import InputError
 from vitrify.io.mrc import open_stack, read_mrc, write_mrc_array
@@ -116,9 +119,8 @@ def _read_mrc_movie(path: Path) -> np.ndarray:
     return data[np.newaxis] if data.ndim == 2 else data
 
 
-def _read_eer(path: Path) -> np.ndarray:
-    raise InputError("EER movies are not supported here", path=path,
-                     expected="TIFF or MRC movies (convert EER first, e.g. with relion_convert_to_tiff)")
+def _read_eer(path: Path, grouping: int = EER_DEFAULT_GROUPING, upsampling: int = 1) -> np.ndarray:
+    return read_eer(path, grouping, upsampling)
 
 
 _MOVIE_READERS: dict[str, Callable[[Path], np.ndarray]] = {
@@ -141,16 +143,20 @@ def _reader_for(path: Path) -> Callable[[Path], np.ndarray]:
     return reader
 
 
-def read_movie(path: str | os.PathLike, *, dtype: np.dtype | None = None) -> np.ndarray:
-    """Read all frames of a TIFF or MRC movie.
+def read_movie(path: str | os.PathLike, *, dtype: np.dtype | None = None,
+               eer_grouping: int = EER_DEFAULT_GROUPING, eer_upsampling: int = 1) -> np.ndarray:
+    """Read all frames of a TIFF, MRC or EER movie.
 
     Parameters
     ----------
     path
-        ``.tif``/``.tiff`` (TIFF pages = frames) or ``.mrc``/``.mrcs``.
+        ``.tif``/``.tiff`` (TIFF pages = frames), ``.mrc``/``.mrcs`` or ``.eer``.
     dtype
         Output dtype; ``None`` (default) keeps the stored one (counting movies are usually
-        uint8/uint16, which keeps memory low).
+        uint8/uint16, which keeps memory low; EER frames are float32 counts).
+    eer_grouping, eer_upsampling
+        EER only: RELION's ``--eer_grouping`` (internal frames per frame) and ``--eer_upsampling``
+        (1 = 4K, 2 = 8K).
 
     Returns
     -------
@@ -158,29 +164,33 @@ def read_movie(path: str | os.PathLike, *, dtype: np.dtype | None = None) -> np.
         ``(frames, ny, nx)``; TIFF rows in RELION's order (see the module notes).
     """
     path = Path(path)
-    frames = _reader_for(path)(path)
+    reader = _reader_for(path)
+    frames = _read_eer(path, eer_grouping, eer_upsampling) if reader is _read_eer else reader(path)
     return frames if dtype is None else frames.astype(dtype, copy=False)
 
 
 class MovieFrames:
-    """Frames of a TIFF or MRC movie read one at a time (for movies too large to hold at once).
+    """Frames of a TIFF, MRC or EER movie read one at a time (for movies too large to hold at once).
 
     ``len(movie)``, ``movie.shape`` ``(frames, ny, nx)``, ``movie[i]`` -> frame ``i`` ``(ny, nx)`` in
     the stored dtype and RELION's row order (as :func:`read_movie`). TIFF pages are decoded on
-    demand; MRC movies are memory-mapped. Use as a context manager or call :meth:`close`.
+    demand; MRC movies are memory-mapped; EER frames (groups of ``eer_grouping`` internal frames,
+    float32) are decoded on demand. Use as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, eer_grouping: int = EER_DEFAULT_GROUPING,
+                 eer_upsampling: int = 1) -> None:
         self.path = Path(path)
         reader = _reader_for(self.path)
-        self._tiff = self._stack = None
+        self._tiff = self._stack = self._eer = None
         if reader is _read_tiff:
             self._open_tiff()
         elif reader is _read_mrc_movie:
             self._stack = open_stack(self.path)
             self.shape = self._stack.shape
         else:
-            reader(self.path)
+            self._eer = EerMovie(self.path, eer_grouping, eer_upsampling)
+            self.shape = self._eer.shape
 
     def _open_tiff(self) -> None:
         try:
@@ -208,6 +218,8 @@ class MovieFrames:
             raise InputError(f"frame {index + 1} requested from a movie of {len(self)}", path=self.path)
         if self._stack is not None:
             return np.array(self._stack.data[index])
+        if self._eer is not None:
+            return self._eer[index]
         try:
             with _quiet_tifffile():
                 frame = self._tiff.pages[index].asarray()
@@ -216,10 +228,10 @@ class MovieFrames:
         return np.ascontiguousarray(frame[::-1])
 
     def close(self) -> None:
-        for handle in (self._tiff, self._stack):
+        for handle in (self._tiff, self._stack, self._eer):
             if handle is not None:
                 handle.close()
-        self._tiff = self._stack = None
+        self._tiff = self._stack = self._eer = None
 
     def __enter__(self) -> MovieFrames:
         return self
@@ -228,9 +240,10 @@ class MovieFrames:
         self.close()
 
 
-def open_movie(path: str | os.PathLike) -> MovieFrames:
-    """Open a movie for frame-by-frame reading (see :class:`MovieFrames`)."""
-    return MovieFrames(path)
+def open_movie(path: str | os.PathLike, *, eer_grouping: int = EER_DEFAULT_GROUPING,
+               eer_upsampling: int = 1) -> MovieFrames:
+    """Open a movie for frame-by-frame reading (see :class:`MovieFrames`; ``eer_*`` for EER only)."""
+    return MovieFrames(path, eer_grouping=eer_grouping, eer_upsampling=eer_upsampling)
 
 
 def _write_tiff(path: Path, frames: np.ndarray, compression: str | None, pixel_size_angst: float | None) -> None:

@@ -1,0 +1,147 @@
+"""EER movies: genuine EER-coded TIFF pages written here, decoded through vitrify (tifffile + imagecodecs).
+
+The encoder follows the bit layout of imagecodecs' ``imcd_eer_decode``: a bit stream read least
+significant bit first; each code starts with a run of ``skip_bits`` bits counting event-free pixels
+(raster order); a run of all ones advances that many pixels without an event; any other run is
+followed by ``horz_bits`` + ``vert_bits`` sub-pixel bits and puts one event on the pixel reached, the
+next run starting on the pixel after it. A run that reaches the last pixel ends the frame. Sub-pixel
+fields are stored XOR ``horz_bits``/``vert_bits`` (the decoder undoes it). The decoder wants an even
+byte count and more than one code's bits after the last code's start, hence the zero padding.
+tifffile's writer has no EER encoder, so pages are written as pre-encoded strips under a codec it
+knows (zlib) and the Compression tag is then overwritten with the EER code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from vitrify.errors import InputError
+from vitrify.io._eer import EerMovie
+from vitrify.io.movies import open_movie, read_movie
+
+_METADATA = b'<metadata><item name="sensorPixelSize.width" unit="m">1.0E-10</item></metadata>'
+_SKIP_BITS = {65000: 8, 65001: 7, 65002: 10}  # 65002 reads its sizes from tags 65007-65009
+
+
+def encode_eer_frame(events: np.ndarray, skip_bits: int, sub_yx: np.ndarray | None = None) -> bytes:
+    """EER bit stream of a ``(ny, nx)`` 0/1 event image; ``sub_yx`` ``(2, ny, nx)`` quarter-pixel
+    positions 0..3 (y, x) of each event (default 0)."""
+    flat = np.asarray(events).ravel()
+    assert set(np.unique(flat)) <= {0, 1}
+    sub = np.zeros((2, flat.size), int) if sub_yx is None else np.asarray(sub_yx).reshape(2, -1)
+    skip_max = (1 << skip_bits) - 1
+    stream, n_bits, position = 0, 0, 0
+    for pixel in np.flatnonzero(flat).tolist():
+        run = pixel - position
+        while run >= skip_max:
+            stream, n_bits, run = stream | (skip_max << n_bits), n_bits + skip_bits, run - skip_max
+        code = run | ((int(sub[1, pixel]) ^ 2) << skip_bits) | ((int(sub[0, pixel]) ^ 2) << (skip_bits + 2))
+        stream, n_bits, position = stream | (code << n_bits), n_bits + skip_bits + 4, pixel + 1
+    run = flat.size - position
+    while run > skip_max:
+        stream, n_bits, run = stream | (skip_max << n_bits), n_bits + skip_bits, run - skip_max
+    stream |= run << n_bits
+    n_bytes = (n_bits + 2 * (skip_bits + 4) + 7) // 8
+    return stream.to_bytes(n_bytes + n_bytes % 2, "little")
+
+
+def write_eer(path, frames: np.ndarray, compression: int = 65001, sub_yx=None) -> None:
+    """Write ``(n, ny, nx)`` 0/1 internal frames as an EER file (BigTIFF, metadata tag 65001)."""
+    skip_bits = _SKIP_BITS[compression]
+    extratags = [(65001, 7, len(_METADATA), _METADATA, True)]
+    if compression == 65002:
+        extratags += [(65007, "H", 1, skip_bits, True), (65008, "H", 1, 2, True), (65009, "H", 1, 2, True)]
+    with tifffile.TiffWriter(path, bigtiff=True) as writer:
+        for i, frame in enumerate(frames):
+            strip = encode_eer_frame(frame, skip_bits, None if sub_yx is None else sub_yx[i])
+            writer.write(iter([strip]), shape=frame.shape, dtype=bool, compression="zlib",
+                         photometric="minisblack", metadata=None, extratags=extratags)
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        for page in tif.pages:
+            page.tags[259].overwrite(compression)
+
+
+def _events(rng, n, ny=48, nx=40, rate=0.03) -> np.ndarray:
+    frames = (rng.random((n, ny, nx)) < rate).astype(np.uint8)
+    frames[0, 0, 0] = frames[0, -1, -1] = 1       # events on the first and the last pixel
+    frames[1, 5:30] = 0                           # runs longer than any run field (> 255 pixels)
+    frames[2] = 0                                 # an internal frame without events
+    return frames
+
+
+@pytest.mark.parametrize("compression", [65000, 65001, 65002])
+def test_decoded_counts_equal_the_encoded_events(tmp_path, compression):
+    frames = _events(np.random.default_rng(compression), 6)
+    write_eer(tmp_path / "m.eer", frames, compression)
+    with tifffile.TiffFile(tmp_path / "m.eer") as tif:
+        assert tif.is_eer and tif.pages[0].compression == compression
+    got = read_movie(tmp_path / "m.eer", eer_grouping=1)
+    assert got.dtype == np.float32 and got.shape == frames.shape
+    np.testing.assert_array_equal(got, frames[:, ::-1])    # RELION's TIFF row order (y flipped)
+
+
+def test_grouping_sums_whole_groups_and_drops_the_rest(tmp_path):
+    frames = _events(np.random.default_rng(1), 11, rate=0.2)
+    write_eer(tmp_path / "m.eer", frames)
+    expected = frames[:9].reshape(3, 3, *frames.shape[1:]).sum(1)[:, ::-1]   # frames 10, 11 dropped
+    np.testing.assert_array_equal(read_movie(tmp_path / "m.eer", eer_grouping=3), expected)
+    with open_movie(tmp_path / "m.eer", eer_grouping=3) as movie:
+        assert movie.shape == (3, 48, 40) and len(movie) == 3
+        np.testing.assert_array_equal(movie[1], expected[1])
+        np.testing.assert_array_equal(movie[-1], expected[2])
+    with EerMovie(tmp_path / "m.eer", grouping=4) as movie:
+        assert movie.n_internal_frames == 11 and movie.shape[0] == 2
+        np.testing.assert_array_equal(movie[1], frames[4:8].sum(0)[::-1])
+    assert read_movie(tmp_path / "m.eer", eer_grouping=11).sum() == frames.sum()
+
+
+def test_default_grouping_is_relions_32(tmp_path):
+    frames = _events(np.random.default_rng(2), 70, ny=8, nx=8, rate=0.3)
+    write_eer(tmp_path / "m.eer", frames)
+    got = read_movie(tmp_path / "m.eer")
+    assert got.shape == (2, 8, 8)
+    np.testing.assert_array_equal(got[1], frames[32:64].sum(0)[::-1])
+
+
+def test_upsampling_2_places_events_by_their_sub_pixel_bits(tmp_path):
+    rng = np.random.default_rng(3)
+    frames = _events(rng, 4, ny=16, nx=12, rate=0.3)
+    sub_yx = rng.integers(0, 4, size=(4, 2, 16, 12))
+    write_eer(tmp_path / "m.eer", frames, 65001, sub_yx)
+    expected = np.zeros((4, 32, 24), np.float32)
+    n, y, x = np.nonzero(frames)
+    expected[n, 2 * y + sub_yx[n, 0, y, x] // 2, 2 * x + sub_yx[n, 1, y, x] // 2] = 1
+    got = read_movie(tmp_path / "m.eer", eer_grouping=2, eer_upsampling=2)
+    np.testing.assert_array_equal(got, expected.reshape(2, 2, 32, 24).sum(1)[:, ::-1])
+    # at 1x the sub-pixel bits are ignored
+    np.testing.assert_array_equal(read_movie(tmp_path / "m.eer", eer_grouping=1), frames[:, ::-1])
+
+
+def test_bad_options_are_input_errors(tmp_path):
+    write_eer(tmp_path / "m.eer", _events(np.random.default_rng(4), 4))
+    with pytest.raises(InputError, match="upsampling 3.*1 \\(sensor size"):
+        read_movie(tmp_path / "m.eer", eer_upsampling=3)
+    with pytest.raises(InputError, match="grouping 0"):
+        open_movie(tmp_path / "m.eer", eer_grouping=0)
+    with pytest.raises(InputError, match=r"m\.eer: eer_grouping: 4 internal frames, fewer than the EER grouping 32"):
+        read_movie(tmp_path / "m.eer")
+
+
+def test_truncated_or_corrupt_eer_is_an_input_error(tmp_path):
+    write_eer(tmp_path / "m.eer", _events(np.random.default_rng(5), 6))
+    data = (tmp_path / "m.eer").read_bytes()
+    for cut in (len(data) - 3, len(data) // 2, 100):
+        (tmp_path / "cut.eer").write_bytes(data[:cut])
+        with pytest.raises(InputError, match=r"cut\.eer: truncated"):
+            read_movie(tmp_path / "cut.eer", eer_grouping=1)
+    with tifffile.TiffFile(tmp_path / "m.eer") as tif:
+        offset, count = tif.pages[3].dataoffsets[0], tif.pages[3].databytecounts[0]
+    garbled = bytearray(data)
+    garbled[offset:offset + count] = b"\xff" * count   # runs of all ones past the last pixel
+    (tmp_path / "bad.eer").write_bytes(bytes(garbled))
+    with open_movie(tmp_path / "bad.eer", eer_grouping=2) as movie:
+        movie[0]
+        with pytest.raises(InputError, match=r"bad\.eer: corrupt EER internal frame 4 of 6"):
+            movie[1]
