@@ -172,6 +172,8 @@ def _motioncorr(app: typer.Typer) -> None:
         first_frame: int = typer.Option(1, "--first-frame", help="First frame to sum (1-based)."),
         last_frame: int = typer.Option(-1, "--last-frame", help="Last frame to sum (-1: last)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+        eer_grouping: int = typer.Option(32, "--eer-grouping", help="EER: internal frames summed per frame."),
+        eer_upsampling: int = typer.Option(1, "--eer-upsampling", help="EER: 1 = 4K, 2 = 8K rendering."),
     ) -> None:
         """Correct beam-induced motion → DIR/corrected_micrographs.star."""
         from vitrify.jobs.motioncorr import Options
@@ -180,7 +182,8 @@ def _motioncorr(app: typer.Typer) -> None:
         motion = MotionOptions(bfactor_angst2=bfactor, patches_x=patch_x, patches_y=patch_y,
                                group_frames=group_frames)
         options = Options(i, motion, dose_per_frame, pre_exposure, not no_dose_weighting, True, binning,
-                          float16, gain, gain_rot, gain_flip, defects, first_frame, last_frame, device)
+                          float16, gain, gain_rot, gain_flip, defects, first_frame, last_frame, device,
+                          eer_grouping=eer_grouping, eer_upsampling=eer_upsampling)
         typer.echo(f"wrote {_run('motioncorr', options, o)}")
 
 

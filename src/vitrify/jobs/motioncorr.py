@@ -9,6 +9,9 @@ dose weighting, binning). Writes ``<mic>.mrc`` (dose-weighted when weighting),
 ``<mic>_noDW.mrc``, ``<mic>.star`` (shifts), ``<mic>_shifts.png`` (trajectory) and the
 micrographs table with rlnAccumMotionTotal/Early/Late. A movie whose frame count
 differs from most movies' is skipped and recorded; movies already done are kept.
+EER movies are read as frames of ``eer_grouping`` summed internal frames (trailing ones dropped)
+at ``eer_upsampling`` 1 (4K) or 2 (8K; give the import the halved pixel size), as RELION does;
+``dose_per_frame`` is then the dose per group.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class Options:
     first_frame: int = 1                              # [first_frame_sum], 1-based
     last_frame: int = -1                              # [last_frame_sum], -1 = last
     device: str = "auto"
+    eer_grouping: int = 32                            # [eer_grouping] EER internal frames per frame
+    eer_upsampling: int = 1                           # [eer_upsampling] 1 = 4K, 2 = 8K
 
     def __post_init__(self) -> None:
         if not self.input_star:
@@ -53,6 +58,9 @@ class Options:
             raise InputError(f"binning {self.binning} < 1", field="bin_factor", expected=">= 1")
         if self.first_frame < 1:
             raise InputError("first frame must be >= 1", field="first_frame_sum", expected=">= 1")
+        from vitrify.io._eer import check_eer_options
+
+        check_eer_options(self.eer_grouping, self.eer_upsampling)
 
 
 def options_from_job_star(values: dict[str, str]) -> Options:
@@ -73,7 +81,13 @@ def options_from_job_star(values: dict[str, str]) -> Options:
         gain_flip=gain_option_index(text(values, "gain_flip", "0")),
         defect_file=text(values, "fn_defect"),
         first_frame=int(number(values, "first_frame_sum", 1)),
-        last_frame=int(number(values, "last_frame_sum", -1)))
+        last_frame=int(number(values, "last_frame_sum", -1)),
+        eer_grouping=int(number(values, "eer_grouping", 32)),
+        eer_upsampling=int(number(values, "eer_upsampling", 1)))
+
+
+def _eer_options(options: Options) -> dict[str, int]:
+    return {"eer_grouping": options.eer_grouping, "eer_upsampling": options.eer_upsampling}
 
 
 def _load_frames(movie: str, options: Options, gain: np.ndarray | None, log,
@@ -81,7 +95,7 @@ def _load_frames(movie: str, options: Options, gain: np.ndarray | None, log,
     """Frames ``(f, h, w)`` float32 (gain applied, black frames dropped) and their 1-based numbers."""
     from vitrify.io.movies import read_movie
 
-    frames = read_movie(movie)
+    frames = read_movie(movie, **_eer_options(options))
     if n_frames_expected and frames.shape[0] != n_frames_expected:
         raise InputError(f"{frames.shape[0]} frames where most movies have {n_frames_expected}",
                          path=movie, expected="the same number of frames in every movie")
@@ -157,7 +171,7 @@ def _correct_one(row: pd.Series, options: Options, job_dir: Path, context: dict,
     return entry
 
 
-def _common_frame_count(movies: list[str]) -> int | None:
+def _common_frame_count(movies: list[str], options: Options) -> int | None:
     """The most frequent frame count among the movies (headers only; unreadable ones ignored)."""
     from collections import Counter
 
@@ -166,7 +180,8 @@ def _common_frame_count(movies: list[str]) -> int | None:
     counts = Counter()
     for movie in movies:
         try:
-            counts[int(open_movie(movie).shape[0])] += 1
+            with open_movie(movie, **_eer_options(options)) as frames:
+                counts[int(frames.shape[0])] += 1
         except (InputError, OSError, ValueError):
             continue
     return counts.most_common(1)[0][0] if counts else None
@@ -179,7 +194,7 @@ def _check_gain(options: Options, movies: list[str]) -> None:
 
     for movie in movies:
         try:
-            frames = read_movie(movie)
+            frames = read_movie(movie, **_eer_options(options))
         except (InputError, OSError, ValueError):
             continue
         check_gain_orientation(read_gain(options.gain), frames.sum(0, dtype=np.float64), options.gain_rotation,
@@ -200,7 +215,7 @@ def _context(options: Options, movies: list[str]) -> dict:
     if options.defect_file:
         defects = torch.as_tensor(read_movie(options.defect_file)[0] != 0)
     return {"gain": gain, "defects": defects, "device": resolve_device(options.device),
-            "n_frames": _common_frame_count(movies)}
+            "n_frames": _common_frame_count(movies, options)}
 
 
 def run(options: Options, job_dir: str | Path) -> Path:
@@ -256,5 +271,6 @@ def job_star_from_options(options: Options) -> dict[str, str]:
               "gain_rot": GAIN_ROTATIONS[options.gain_rotation] if 0 <= options.gain_rotation < 4
               else num(options.gain_rotation),
               "gain_flip": GAIN_FLIPS[options.gain_flip] if 0 <= options.gain_flip < 3 else num(options.gain_flip),
-              "first_frame_sum": num(options.first_frame), "last_frame_sum": num(options.last_frame)}
+              "first_frame_sum": num(options.first_frame), "last_frame_sum": num(options.last_frame),
+              "eer_grouping": num(options.eer_grouping), "eer_upsampling": num(options.eer_upsampling)}
     return with_extras(options, values, options_from_job_star)
