@@ -29,13 +29,13 @@ def test_decoded_counts_equal_the_encoded_events(tmp_path, compression):
         assert tif.is_eer and tif.pages[0].compression == compression
     got = read_movie(tmp_path / "m.eer", eer_grouping=1)
     assert got.dtype == np.float32 and got.shape == frames.shape
-    np.testing.assert_array_equal(got, frames[:, ::-1])    # RELION's TIFF row order (y flipped)
+    np.testing.assert_array_equal(got, frames)    # stored row order (RELION does not flip EER)
 
 
 def test_grouping_sums_whole_groups_and_drops_the_rest(tmp_path):
     frames = _events(np.random.default_rng(1), 11, rate=0.2)
     write_eer(tmp_path / "m.eer", frames)
-    expected = frames[:9].reshape(3, 3, *frames.shape[1:]).sum(1)[:, ::-1]   # frames 10, 11 dropped
+    expected = frames[:9].reshape(3, 3, *frames.shape[1:]).sum(1)   # frames 10, 11 dropped
     np.testing.assert_array_equal(read_movie(tmp_path / "m.eer", eer_grouping=3), expected)
     with open_movie(tmp_path / "m.eer", eer_grouping=3) as movie:
         assert movie.shape == (3, 48, 40) and len(movie) == 3
@@ -43,7 +43,7 @@ def test_grouping_sums_whole_groups_and_drops_the_rest(tmp_path):
         np.testing.assert_array_equal(movie[-1], expected[2])
     with EerMovie(tmp_path / "m.eer", grouping=4) as movie:
         assert movie.n_internal_frames == 11 and movie.shape[0] == 2
-        np.testing.assert_array_equal(movie[1], frames[4:8].sum(0)[::-1])
+        np.testing.assert_array_equal(movie[1], frames[4:8].sum(0))
     assert read_movie(tmp_path / "m.eer", eer_grouping=11).sum() == frames.sum()
 
 
@@ -52,7 +52,7 @@ def test_default_grouping_is_relions_32(tmp_path):
     write_eer(tmp_path / "m.eer", frames)
     got = read_movie(tmp_path / "m.eer")
     assert got.shape == (2, 8, 8)
-    np.testing.assert_array_equal(got[1], frames[32:64].sum(0)[::-1])
+    np.testing.assert_array_equal(got[1], frames[32:64].sum(0))
 
 
 def test_upsampling_2_places_events_by_their_sub_pixel_bits(tmp_path):
@@ -64,9 +64,9 @@ def test_upsampling_2_places_events_by_their_sub_pixel_bits(tmp_path):
     n, y, x = np.nonzero(frames)
     expected[n, 2 * y + sub_yx[n, 0, y, x] // 2, 2 * x + sub_yx[n, 1, y, x] // 2] = 1
     got = read_movie(tmp_path / "m.eer", eer_grouping=2, eer_upsampling=2)
-    np.testing.assert_array_equal(got, expected.reshape(2, 2, 32, 24).sum(1)[:, ::-1])
+    np.testing.assert_array_equal(got, expected.reshape(2, 2, 32, 24).sum(1))
     # at 1x the sub-pixel bits are ignored
-    np.testing.assert_array_equal(read_movie(tmp_path / "m.eer", eer_grouping=1), frames[:, ::-1])
+    np.testing.assert_array_equal(read_movie(tmp_path / "m.eer", eer_grouping=1), frames)
 
 
 def test_bad_options_are_input_errors(tmp_path):
@@ -95,3 +95,29 @@ def test_truncated_or_corrupt_eer_is_an_input_error(tmp_path):
         movie[0]
         with pytest.raises(InputError, match=r"bad\.eer: corrupt EER internal frame 4 of 6"):
             movie[1]
+
+
+def test_eer_gain_follows_relions_rules(tmp_path):
+    from vitrify.io._eer import read_eer_gain
+    from vitrify.io.mrc import write_mrc
+    from vitrify.io.movies import transform_gain
+
+    raw = np.random.default_rng(6).uniform(0.5, 2.0, (6, 8)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "falcon.gain", raw)     # multiplicative, used in stored row order
+    np.testing.assert_array_equal(read_eer_gain(tmp_path / "falcon.gain", (6, 8)), raw)
+    upsampled = read_eer_gain(tmp_path / "falcon.gain", (12, 16))      # 4K gain for 8K frames
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        np.testing.assert_array_equal(upsampled[dy::2, dx::2], raw)
+    np.testing.assert_allclose(read_eer_gain(tmp_path / "falcon.gain", (3, 4)),
+                               raw[0::2, 0::2] + raw[1::2, 0::2] + raw[0::2, 1::2] + raw[1::2, 1::2], rtol=1e-6)
+    np.testing.assert_array_equal(read_eer_gain(tmp_path / "falcon.gain", (8, 6), rotation=1),
+                                  transform_gain(raw, 1))
+    inverse = raw.copy()
+    inverse[2, 3] = 0                                   # other formats hold the inverse; 0 is a defect
+    write_mrc(tmp_path / "inverse.mrc", inverse, 1.0)
+    got = read_eer_gain(tmp_path / "inverse.mrc", (6, 8))
+    assert got[2, 3] == 0
+    keep = inverse != 0
+    np.testing.assert_allclose(got[keep], inverse.mean() / inverse[keep], rtol=1e-5)
+    with pytest.raises(InputError, match=r"falcon\.gain: fn_gain_ref: gain reference is 8x6, EER frames are 10x10"):
+        read_eer_gain(tmp_path / "falcon.gain", (10, 10))

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import tifffile
 from _eer_encode import write_eer
 
 from vitrify.errors import InputError
@@ -55,7 +56,7 @@ def test_import_and_motioncorr_of_eer_movies(tmp_path, monkeypatch):
     events = {}
     for name in ("a", "b"):
         events[name] = (rng.random((35, ny, nx)) < 0.3 * specimen).astype(np.uint8)   # 35 = 8 x 4 + 3
-        write_eer(f"Movies/{name}.eer", events[name])
+        write_eer(f"Movies/{name}.eer", events[name], sub_yx=rng.integers(0, 4, (35, 2, ny, nx)))
     assert _cli(["import", "--i", "Movies/*.eer", "--o", "Import/job001", "--angpix", "0.8"]) in (0, None)
     imported = read_star_optics("Import/job001/movies.star", "movies").data
     assert list(imported["rlnMicrographMovieName"]) == ["Movies/a.eer", "Movies/b.eer"]
@@ -70,3 +71,14 @@ def test_import_and_motioncorr_of_eer_movies(tmp_path, monkeypatch):
     assert image.shape == (ny, nx)
     # the sum keeps every counted electron of the 8 groups (alignment shifts move, not create, counts)
     assert float(image.sum(dtype=np.float64)) == pytest.approx(float(events["a"][:32].sum()), rel=1e-3)
+
+    # 8K rendering with a 4K Falcon .gain (multiplicative, stored row order, upsampled 2 x 2)
+    gain = (np.where(xx < nx // 2, 1.1, 0.95) * np.where(yy < 8, 1.05, 1.0)).astype(np.float32)
+    tifffile.imwrite("Movies/falcon.gain", gain)
+    assert _cli(["motioncorr", "--i", "Import/job001/movies.star", "--o", "MotionCorr/job003",
+                 "--patch-x", "1", "--patch-y", "1", "--no-dose-weighting", "--eer-grouping", "4",
+                 "--eer-upsampling", "2", "--gain", "Movies/falcon.gain", "--device", "cpu"]) in (0, None)
+    image, _ = read_mrc("MotionCorr/job003/Movies/a.mrc")
+    assert image.shape == (2 * ny, 2 * nx)
+    weighted = float((events["a"][:32] * gain).sum(dtype=np.float64))
+    assert float(image.sum(dtype=np.float64)) == pytest.approx(weighted, rel=1e-3)

@@ -3,7 +3,8 @@
 * TIFF movies (one frame per page, any compression tifffile + imagecodecs decode, LZW included)
   and MRC movies (``.mrc``/``.mrcs``, one frame per section). Thermo Fisher EER movies
   (``.eer``) are read as float32 counts, internal frames summed in groups of ``eer_grouping``
-  at ``eer_upsampling`` 1 (4K) or 2 (8K), trailing internal frames dropped (:mod:`._eer`).
+  at ``eer_upsampling`` 1 (4K) or 2 (8K), trailing internal frames dropped, rows in stored order
+  as RELION reads EER (no y flip; :mod:`._eer`).
 * **TIFF row order**: RELION flips TIFF images along the slow axis (y) when reading and writing,
   for compatibility with MotionCor2 and IMOD. We do the same, so a TIFF movie and an MRC gain
   reference line up exactly as they do in RELION: row 0 of :func:`read_movie`'s frames is the

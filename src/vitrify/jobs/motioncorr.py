@@ -187,30 +187,41 @@ def _common_frame_count(movies: list[str], options: Options) -> int | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def _check_gain(options: Options, movies: list[str]) -> None:
-    """Stop with a clear message when the gain's rotation/flip does not fit the first readable movie."""
+def _read_gain(path: str, frames: np.ndarray, eer: bool, rotation: int = 0, flip: int = 0) -> np.ndarray:
+    """The gain for movies like ``frames`` ``(f, ny, nx)``; EER movies follow RELION's EER gain rules."""
+    from vitrify.io._eer import read_eer_gain
+    from vitrify.io.movies import read_gain
+
+    return read_eer_gain(path, frames.shape[1:], rotation, flip) if eer else read_gain(path, rotation, flip)
+
+
+def _gain(options: Options, movies: list[str]) -> np.ndarray | None:
+    """The gain (rotated/flipped as asked), after checking that rotation/flip fit the first readable
+    movie (stops with a clear message when they do not); None without a gain."""
     from vitrify.io.movies import read_gain, read_movie
     from vitrify.jobs._gain_check import check_gain_orientation
 
+    if not options.gain:
+        return None
+    eer = bool(movies) and Path(movies[0]).suffix.lower() == ".eer"
     for movie in movies:
         try:
             frames = read_movie(movie, **_eer_options(options))
         except (InputError, OSError, ValueError):
             continue
-        check_gain_orientation(read_gain(options.gain), frames.sum(0, dtype=np.float64), options.gain_rotation,
-                               options.gain_flip, options.gain)
-        return
+        check_gain_orientation(_read_gain(options.gain, frames, eer), frames.sum(0, dtype=np.float64),
+                               options.gain_rotation, options.gain_flip, options.gain)
+        return _read_gain(options.gain, frames, eer, options.gain_rotation, options.gain_flip)
+    return read_gain(options.gain, options.gain_rotation, options.gain_flip)
 
 
 def _context(options: Options, movies: list[str]) -> dict:
     import torch
 
     from vitrify.core.device import resolve_device
-    from vitrify.io.movies import read_gain, read_movie
+    from vitrify.io.movies import read_movie
 
-    gain = read_gain(options.gain, options.gain_rotation, options.gain_flip) if options.gain else None
-    if gain is not None:
-        _check_gain(options, movies)
+    gain = _gain(options, movies)
     defects = None
     if options.defect_file:
         defects = torch.as_tensor(read_movie(options.defect_file)[0] != 0)
