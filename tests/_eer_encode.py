@@ -52,7 +52,8 @@ def write_eer(path, frames: np.ndarray, compression: int = 65001, sub_yx=None) -
         for i, frame in enumerate(frames):
             strip = encode_eer_frame(frame, skip_bits, None if sub_yx is None else sub_yx[i])
             writer.write(iter([strip]), shape=frame.shape, dtype=bool, compression="zlib",
-                         photometric="minisblack", metadata=None, extratags=extratags)
+                         rowsperstrip=frame.shape[0], photometric="minisblack", metadata=None,
+                         extratags=extratags)   # one strip per page, as in EER files
     with tifffile.TiffFile(path, mode="r+b") as tif:
         for page in tif.pages:
             page.tags[259].overwrite(compression)
