@@ -132,3 +132,15 @@ def test_noise_spectra_are_estimated_per_optics_group():
     assert float((ratio - 4.0).abs().max()) < 0.5, ratio
     assert float((ratio.mean() - 4.0).abs()) < 0.2
     assert float(clf.model.sigma2[0, shells].mean()) > 0
+
+
+def test_replacement_source_largest_class_or_relion_gradient_rule():
+    """An ice-like class with a huge gradient but few particles: RELION's rule copies it, 'largest' does not."""
+    from vitrify.ml.vdam import choose_replacement
+
+    pdf = torch.tensor([0.5, 0.3, 0.19, 0.01], dtype=torch.float64)
+    grad_error = torch.tensor([1.0, 1.0, 100.0, 0.0], dtype=torch.float64)
+    assert choose_replacement(grad_error, pdf, 0.1, "gradient") == (3, 2)
+    assert choose_replacement(grad_error, pdf, 0.1, "largest") == (3, 0)
+    assert choose_replacement(grad_error, pdf, 0.0, "largest") is None
+    assert choose_replacement(grad_error, torch.tensor([0.3, 0.3, 0.2, 0.2], dtype=torch.float64), 0.1) is None

@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         ctf: bool = typer.Option(True, "--ctf/--no-ctf", help="CTF correction."),
         first_peak: bool = typer.Option(False, "--ctf-intact-first-peak", help="Ignore CTFs until first peak."),
         inactivity: float = typer.Option(0.1, "--class-inactivity-threshold", help="VDAM class replacement."),
+        replace_from: str = typer.Option("largest", "--replace-from",
+                                         help="VDAM: class copied into an inactive one: largest | gradient (RELION)."),
         write_iter: int = typer.Option(10, "--grad-write-iter", help="VDAM: write every N iterations."),
         threads: int = typer.Option(0, "--threads", help="CPU threads (0: torch default)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
@@ -40,6 +42,7 @@ def register(app: typer.Typer) -> None:
                           nr_iter=iterations, psi_step_deg=psi_step, offset_range_px=offset_range,
                           offset_step_px=offset_step, tau2_fudge=tau2_fudge, oversampling=oversampling, do_ctf=ctf,
                           ctf_intact_first_peak=first_peak, class_inactivity_threshold=inactivity,
+                          replacement_source=replace_from,
                           grad_write_iter=write_iter, threads=threads, device=device, seed=seed,
                           continue_from=cont)
         data_star = run_command_job("class2d", options, o)

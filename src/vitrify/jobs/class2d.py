@@ -24,6 +24,7 @@ from vitrify.ml.accuracy import expected_accuracy
 from vitrify.ml.expectation import make_sampling
 from vitrify.ml.optimiser import Classifier2D, EngineSettings, IterationInfo
 from vitrify.ml.starts import initial_model
+from vitrify.ml.vdam import REPLACEMENT_SOURCES
 from vitrify.ml.window import make_window
 
 ALGORITHMS = ("vdam", "em")
@@ -46,6 +47,7 @@ class Options:
     do_ctf: bool = True
     ctf_intact_first_peak: bool = False
     class_inactivity_threshold: float = 0.1
+    replacement_source: str = "largest"
     grad_write_iter: int = 10
     ini_subset: int = -1
     fin_subset: int = -1
@@ -64,6 +66,9 @@ class Options:
 
         if self.algorithm not in ALGORITHMS:
             bad("--algorithm", f"unknown algorithm {self.algorithm!r}", " | ".join(ALGORITHMS))
+        if self.replacement_source not in REPLACEMENT_SOURCES:
+            bad("--replace-from", f"unknown replacement source {self.replacement_source!r}",
+                " | ".join(REPLACEMENT_SOURCES))
         if not self.continue_from and not self.input_star:
             bad("--i", "no input particles", "a particles.star file")
         if self.n_classes < 1:
@@ -127,6 +132,7 @@ def _settings(options: Options, diameter_px: float, device: torch.device) -> Eng
                           tau2_fudge=options.tau2_fudge, particle_diameter_px=diameter_px,
                           max_significant=options.max_significant,
                           class_inactivity_threshold=options.class_inactivity_threshold,
+                          replacement_source=options.replacement_source,
                           seed=options.seed, budget_bytes=budget * 2 ** 20, oversampling=options.oversampling,
                           ini_subset=options.ini_subset, fin_subset=options.fin_subset)
 

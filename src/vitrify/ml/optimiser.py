@@ -37,6 +37,7 @@ class EngineSettings:
     adaptive_fraction: float = 0.999
     max_significant: int = -1
     class_inactivity_threshold: float = 0.1
+    replacement_source: str = "largest"
     mu: float = 0.9
     minres_map: int = 5
     incr_size: int = 10
@@ -160,7 +161,8 @@ def vdam_iteration(clf: Classifier2D, it: int) -> IterationInfo:
     replaced = None
     if sched.replaces_classes(it):
         err = (preconditioned_gradient(clf.moments).abs() ** 2).mean(dim=(-2, -1)).double()
-        replaced = choose_replacement(err, model.pdf_class.to(err.device), s.class_inactivity_threshold)
+        replaced = choose_replacement(err, model.pdf_class.to(err.device), s.class_inactivity_threshold,
+                                      s.replacement_source)
         if replaced is not None:
             _replace_class(clf, *replaced)
             skip[replaced[0]] = True

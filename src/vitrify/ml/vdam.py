@@ -104,15 +104,30 @@ def gradient_step(refs: torch.Tensor, moments: Moments, steps: torch.Tensor, tau
     return torch.where(skip[:, None, None].to(refs.device), refs, out)
 
 
-def choose_replacement(grad_error: torch.Tensor, pdf_class: torch.Tensor, threshold: float
-                       ) -> tuple[int, int] | None:
+def _gradient_source(grad_error: torch.Tensor, pdf_class: torch.Tensor) -> torch.Tensor:
+    """RELION-4: ``mean |G_k|^2 * pdf_k`` (favours classes with large amplitudes, e.g. ice blobs)."""
+    return grad_error * pdf_class
+
+
+def _largest_source(grad_error: torch.Tensor, pdf_class: torch.Tensor) -> torch.Tensor:
+    """vitrify's default: the most populated class is split (classes with a gradient only)."""
+    return torch.where(grad_error > 0, pdf_class.to(grad_error.dtype), torch.zeros_like(grad_error))
+
+
+REPLACEMENT_SOURCES = {"largest": _largest_source, "gradient": _gradient_source}
+
+
+def choose_replacement(grad_error: torch.Tensor, pdf_class: torch.Tensor, threshold: float,
+                       source: str = "largest") -> tuple[int, int] | None:
     """Inactive-class replacement: ``(a, b)`` = (class to drop, class to copy) or None.
 
-    ``b = argmax(mean |G_k|^2 * pdf_k)``; ``a = argmin pdf`` if ``pdf_a < threshold / n_active``.
+    ``a = argmin pdf`` if ``pdf_a < threshold / n_active``; ``b`` = argmax of the
+    :data:`REPLACEMENT_SOURCES` score: ``"largest"`` (default) the most populated class,
+    ``"gradient"`` RELION-4's ``mean |G_k|^2 * pdf_k``. ``grad_error`` ``(K,)`` is ``mean |G_k|^2``.
     """
     if threshold <= 0:
         return None
-    err = grad_error * pdf_class
+    err = REPLACEMENT_SOURCES[source](grad_error, pdf_class)
     b = int(torch.argmax(err))
     a = int(torch.argmin(pdf_class))
     n_active = int((pdf_class > 0).sum())
