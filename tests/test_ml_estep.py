@@ -88,6 +88,16 @@ def test_significant_weights_keep_the_smallest_set_holding_the_fraction():
     srt = torch.sort(p, 1, descending=True).values
     expected = ((torch.cumsum(srt, 1) < 0.999 * p.sum(1, keepdim=True)).sum(1) + 1)
     assert torch.equal(n_sig, expected) and torch.equal((w > 0).sum(1), expected)
+    # every stage of the growing top-k (32, 256, 2048, ...) and a cap between two stages
+    log_w = torch.cat([torch.randn(2, 5000) * s for s in (0.05, 1.0, 2.0, 4.0, 16.0)])
+    p = torch.exp(log_w - log_w.max(1, keepdim=True).values).double()
+    srt = torch.sort(p, 1, descending=True).values
+    expected = ((torch.cumsum(srt, 1) < 0.999 * p.sum(1, keepdim=True)).sum(1) + 1)
+    assert len(set(expected.tolist())) >= 5 and int(expected.min()) < 32 < 2048 < int(expected.max())
+    _, _, _, n_sig = significant_weights(log_w, 0.999, 0)
+    assert torch.equal(n_sig, expected)
+    _, _, _, n_sig = significant_weights(log_w, 0.999, 300)
+    assert torch.equal(n_sig, expected.clamp(max=300))
 
 
 def test_templates_match_real_space_rotation_and_scatter_is_the_adjoint():

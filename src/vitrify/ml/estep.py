@@ -310,31 +310,27 @@ def truncated_posterior(log_w: torch.Tensor, fraction: float, max_significant: i
 
 
 def count_significant(w: torch.Tensor, total: torch.Tensor, fraction: float, cap: int,
-                      first: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                      first: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight threshold ``(B, 1)`` and number ``(B,)`` of the significant weights of ``w`` ``(B, H)``.
 
-    A top-``first`` pass settles most particles; only those whose ``first`` largest weights
-    hold less than ``fraction`` of the mass are sorted further (up to ``cap``).
+    A top-``first`` pass settles most particles (sharp posteriors need a handful of poses);
+    those whose ``k`` largest weights hold less than ``fraction`` of the mass are sorted
+    further with 8x larger ``k``, up to ``cap`` (top-k costs grow with k: k = 250 is ~2.5x k = 32).
     """
-    k0 = min(first, cap)
-    top = torch.topk(w, k0, dim=1).values
-    csum = torch.cumsum(top.double(), dim=1)
-    need = (csum < fraction * total[:, None]).sum(dim=1) + 1
-    if k0 < cap:
-        broad = torch.nonzero(need > k0).flatten()
-        if broad.numel():
-            full = torch.topk(w[broad], cap, dim=1).values
-            c2 = torch.cumsum(full.double(), dim=1)
-            need_b = (c2 < fraction * total[broad, None]).sum(dim=1) + 1
-            n_sig = need.clamp(max=k0).clone()
-            n_sig[broad] = need_b.clamp(max=cap)
-            thresh = top[:, -1:].clone()
-            thresh[broad] = full.gather(1, (n_sig[broad] - 1)[:, None])
-            small = torch.nonzero(need <= k0).flatten()
-            thresh[small] = top[small].gather(1, (n_sig[small] - 1)[:, None])
-            return thresh, n_sig
-    n_sig = need.clamp(max=k0)
-    return top.gather(1, (n_sig - 1)[:, None]), n_sig
+    k = min(first, cap)
+    top = torch.topk(w, k, dim=1).values
+    need = (torch.cumsum(top.double(), dim=1) < fraction * total[:, None]).sum(dim=1) + 1
+    n_sig = need.clamp(max=k)
+    thresh = top.gather(1, (n_sig - 1)[:, None])
+    rows = torch.nonzero(need > k).flatten()
+    while k < cap and rows.numel():
+        k = 8 * k if 16 * k <= cap else cap  # near the cap: sort to the cap at once
+        top = torch.topk(w[rows], k, dim=1).values
+        need = (torch.cumsum(top.double(), dim=1) < fraction * total[rows, None]).sum(dim=1) + 1
+        n_sig[rows] = need.clamp(max=k)
+        thresh[rows] = top.gather(1, (n_sig[rows] - 1)[:, None])
+        rows = rows[need > k]
+    return thresh, n_sig
 
 
 def offset_log_prior(offsets_px: torch.Tensor, sigma_px: float) -> torch.Tensor:
