@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from vitrify.ml.estep import Batch, EStepSums, run_block, significant_weights
@@ -138,7 +139,8 @@ def test_padded_transform_round_trips():
     assert torch.allclose(images_from_padded(padded_ft(refs, 2), 16), refs, atol=1e-5)
 
 
-def test_fine_pass_log_likelihood_matches_the_float64_fine_grid():
+@pytest.mark.parametrize("budget_bytes", [64 * 2 ** 20, 200_000])  # one chunk; chunks splitting shift runs
+def test_fine_pass_log_likelihood_matches_the_float64_fine_grid(budget_bytes):
     """Oversampling 1 with nothing truncated: LL = logsumexp over the full fine grid - log 8."""
     torch.manual_seed(3)
     n, k, b = 32, 2, 5
@@ -146,7 +148,8 @@ def test_fine_pass_log_likelihood_matches_the_float64_fine_grid():
     p = win.size
     model = _model(torch.randn(k, n, n) * 0.3, [0.4, 0.6])
     samp = make_sampling(30, 2.0, 2.0)
-    settings = EStepSettings(adaptive_fraction=1.0, max_significant=0, oversampling=1, fine_cap=10 ** 6)
+    settings = EStepSettings(adaptive_fraction=1.0, max_significant=0, oversampling=1, fine_cap=10 ** 6,
+                             budget_bytes=budget_bytes)
     grid = build_pass_grid(model, samp, win, settings, TemplateCache())
     x = pack(image_ft(torch.randn(b, n, n)), win) * 3
     ctf = torch.rand(b, p) + 0.2

@@ -103,7 +103,7 @@ class TemplateCache:
         """The table for the first ``n_pixels`` window pixels (built on first use)."""
         key = (n_pixels, pad, tuple(psi_deg.tolist()), str(psi_deg.device))
         if key not in self._tables:
-            if len(self._tables) > 4:
+            if len(self._tables) >= 12:
                 self._tables.clear()
             self._tables[key] = make_rotation_table(psi_deg, window, pad, n_pixels)
         return self._tables[key]

@@ -8,14 +8,15 @@ rule, and only the kept children enter the M-step sums, in the fine template fra
 
 Fine frame layout: psi index ``f = 2 i + j`` (``psi_i + (j - 1/2) step/2``), template
 ``r_f = 2 r + j`` for coarse template ``r = k n_psi + i``; shift index ``4 t + j``.
-Scores are computed per significant coarse pose with a small batched GEMM
-``(4 shifts x 2P) @ (2P x 2 psi)``; sums with sparse x dense products over the unique
+Scores are the sampled products (SDDMM) of the shifted particles and the fine templates
+at the children of the significant coarse poses only; sums with sparse x dense products over the unique
 (particle, fine shift) rows.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -41,23 +42,44 @@ def _fine_scores(y: torch.Tensor, q: torch.Tensor, bi: torch.Tensor, ti: torch.T
                  f: Frame, budget_bytes: int) -> torch.Tensor:
     """Scores ``(M, 4, 2)`` of the children of coarse poses ``(bi, ti, ri)`` (no priors/constant).
 
-    The 4 shifted copies of a particle are built once per unique (particle, coarse shift).
+    Poses arrive sorted by (particle, shift, template), so the poses sharing a (particle,
+    coarse shift) form runs. The 4 shifted copies of a particle are built once per run,
+    and only the needed dot products are computed, by sampled dense x dense products over
+    a CSR pattern: row (run, shift child j) holds the columns ``2 r + i`` of the run's poses.
+    Nothing of size ``M x 2P`` is gathered.
     """
     m, p = bi.shape[0], f.n_pixels
     out = torch.empty(m, 4, 2, device=y.device)
     jt = torch.arange(4, device=y.device)
-    jr = torch.arange(2, device=y.device)
     n_t = f.table.shape[0] // 4
-    chunk = max(1, int(budget_bytes // (64 * p)))
+    chunk = max(1, int(budget_bytes // (16 * p)))
     for s in range(0, m, chunk):
         b, t, r = bi[s:s + chunk], ti[s:s + chunk], ri[s:s + chunk]
-        uniq, inv = torch.unique(b * n_t + t, return_inverse=True)
-        shifted = stack_real(y[uniq // n_t][:, None, :] * f.table[4 * (uniq % n_t)[:, None] + jt])
-        rf = 2 * r[:, None] + jr  # (m, 2)
-        sc = torch.bmm(shifted[inv], f.rows[rf].transpose(1, 2))  # (m, 4, 2)
-        bias = torch.bmm(q[b][:, None, :], f.power[rf].transpose(1, 2))  # (m, 1, 2)
-        out[s:s + chunk] = sc.sub_(0.5 * bias)
+        runs, inv, counts = torch.unique_consecutive(b * n_t + t, return_inverse=True, return_counts=True)
+        shifted = stack_real(y[runs // n_t][:, None, :] * f.table[4 * (runs % n_t)[:, None] + jt])  # (U, 4, 2P)
+        cols = (2 * r[:, None] + torch.arange(2, device=y.device)).reshape(-1)  # (m * 2,) pose order
+        first = torch.cumsum(counts, 0) - counts  # first pose of each run
+        # entry of (pose, j, i) in row-major CSR order: run block of 8 n_u, row j of 2 n_u entries
+        local = torch.arange(b.shape[0], device=y.device) - first[inv]
+        pos = (8 * first[inv] + 2 * local)[:, None, None] + (2 * counts[inv])[:, None, None] * jt[None, :, None] \
+            + torch.arange(2, device=y.device)[None, None, :]  # (m, 4, 2)
+        col_csr = torch.empty(8 * b.shape[0], dtype=torch.long, device=y.device)
+        col_csr[pos.reshape(-1)] = cols.reshape(-1, 1, 2).expand(-1, 4, 2).reshape(-1)
+        dots = _sampled(shifted.reshape(-1, 2 * p), f.rows, (2 * counts).repeat_interleave(4), col_csr)
+        bias = _sampled(q[runs // n_t], f.power, 2 * counts, cols)  # (m * 2,) pose order
+        out[s:s + chunk] = dots[pos].sub_(0.5 * bias.reshape(-1, 1, 2))
     return out
+
+
+def _sampled(a: torch.Tensor, b: torch.Tensor, row_lengths: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Values ``a[i] . b[j]`` ``(E,)`` at the CSR pattern (``row_lengths`` ``(len(a),)``, ``cols`` ``(E,)``)."""
+    crow = torch.zeros(a.shape[0] + 1, dtype=torch.long, device=a.device)
+    torch.cumsum(row_lengths, 0, out=crow[1:])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sparse CSR support is labelled beta
+        pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros(cols.shape[0], dtype=a.dtype, device=a.device),
+                                          (a.shape[0], b.shape[0]), check_invariants=False)
+        return torch.sparse.sampled_addmm(pattern, a, b.t(), beta=0.0).values()
 
 
 def fine_pass(y: torch.Tensor, q: torch.Tensor, w: torch.Tensor, prev_offset_px: torch.Tensor,

@@ -61,21 +61,22 @@ def sums_to_grids(sums: EStepSums, table_for: Callable[[torch.Tensor], RotationT
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Template-frame sums -> padded grids ``(H, K, m, m//2+1)`` (complex data, real weight).
 
-    Every frame (coarse, fine) is inserted with the adjoint of its own sampling table
-    (``table_for(psi_deg)``) and the grids are added.
+    Every frame (coarse, fine) that holds weight is inserted with the adjoint of its own
+    sampling table (``table_for(psi_deg)``) and the grids are added.
     """
+    frames = list(sums.frames.values())
+    used = [fr for fr in frames if bool((fr.weight != 0).any())] or frames[:1]  # e.g. no coarse sums
     data = weight = None
-    for frame in sums.frames.values():
+    for frame in used:
         h, r, p = frame.data.shape
         n_psi = r // n_classes
         table = table_for(frame.psi_deg)
-        for i in range(h):
+        for i in range(h):  # one product per half-set: wider products run slower (cache)
             d, w = scatter_to_grids(frame.data[i].reshape(n_classes, n_psi, p),
                                     frame.weight[i].reshape(n_classes, n_psi, p), table)
             if data is None:
-                m, half = d.shape[-2:]
-                data = torch.zeros(h, n_classes, m, half, dtype=d.dtype, device=d.device)
-                weight = torch.zeros(h, n_classes, m, half, dtype=w.dtype, device=w.device)
+                data = torch.zeros(h, *d.shape, dtype=d.dtype, device=d.device)
+                weight = torch.zeros(h, *w.shape, dtype=w.dtype, device=w.device)
             data[i] += d
             weight[i] += w
     return data, weight
