@@ -141,7 +141,7 @@ def scatter_to_grids(values: torch.Tensor, weights: torch.Tensor,
     m, half = table.grid_shape
     values = torch.where(table.conj, values.conj(), values)
     dense = torch.cat([values.real.reshape(k, -1), values.imag.reshape(k, -1),
-                       weights.reshape(k, -1).to(values.real.dtype)]).t().contiguous()  # (R*P, 3K)
+                       weights.reshape(k, -1).to(values.real.dtype)]).t()  # (R*P, 3K) view: no transposed copy
     out = torch.sparse.mm(table.matrices[1], dense)  # (m*half, 3K)
     data = torch.complex(out[:, :k].t(), out[:, k:2 * k].t()).reshape(k, m, half)
     wgrid = out[:, 2 * k:].t().reshape(k, m, half).to(weights.dtype)

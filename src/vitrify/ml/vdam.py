@@ -51,18 +51,21 @@ def half_gradients(data: torch.Tensor, weight: torch.Tensor, refs_padded: torch.
 
 def update_moments(moments: Moments, grads: torch.Tensor, inside: torch.Tensor,
                    active: torch.Tensor) -> None:
-    """Adam-like moment update inside the window for the ``active`` ``(K,)`` classes."""
-    for k in torch.nonzero(active).flatten().tolist():
-        for h in range(2):
-            m1 = moments.m1[h, k]
-            g = torch.where(inside, grads[h, k], torch.zeros_like(grads[h, k]))
-            if float(m1.abs().sum()) == 0.0:
-                moments.m1[h, k] = g
-            else:
-                moments.m1[h, k] = torch.where(inside, BETA1 * m1 + (1 - BETA1) * g, m1)
-        g1, g2 = grads[0, k], grads[1, k]
-        rel = (g2 - g1).abs() ** 2 / (((g1 + g2) / 2).abs() ** 2 + EPS)
-        moments.m2[k] = torch.where(inside, BETA2 * moments.m2[k] + (1 - BETA2) * rel, moments.m2[k])
+    """Adam-like moment update inside the window for the ``active`` ``(K,)`` classes.
+
+    ``grads`` ``(2, K, m, m//2+1)`` half-set gradients, ``inside`` ``(m, m//2+1)`` the window.
+    A first moment that is still all zero (new run, replaced class) starts at the gradient.
+    """
+    m1 = moments.m1
+    g = torch.where(inside, grads, torch.zeros_like(grads))
+    fresh = (m1.abs().sum(dim=(-2, -1)) == 0)[..., None, None]  # (2, K, 1, 1)
+    new_m1 = torch.where(fresh, g, torch.where(inside, BETA1 * m1 + (1 - BETA1) * g, m1))
+    g1, g2 = grads[0], grads[1]
+    rel = (g2 - g1).abs() ** 2 / (((g1 + g2) / 2).abs() ** 2 + EPS)
+    new_m2 = torch.where(inside, BETA2 * moments.m2 + (1 - BETA2) * rel, moments.m2)
+    act = active.to(m1.device)[:, None, None]
+    moments.m1 = torch.where(act[None], new_m1, m1)
+    moments.m2 = torch.where(act, new_m2, moments.m2)
 
 
 def preconditioned_gradient(moments: Moments) -> torch.Tensor:
