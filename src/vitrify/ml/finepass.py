@@ -8,9 +8,9 @@ rule, and only the kept children enter the M-step sums, in the fine template fra
 
 Fine frame layout: psi index ``f = 2 i + j`` (``psi_i + (j - 1/2) step/2``), template
 ``r_f = 2 r + j`` for coarse template ``r = k n_psi + i``; shift index ``4 t + j``.
-Scores are the sampled products (SDDMM) of the shifted particles and the fine templates
-at the children of the significant coarse poses only; sums with sparse x dense products over the unique
-(particle, fine shift) rows.
+Scores are sampled dense x dense products (SDDMM) of the shifted particles and the fine
+templates, evaluated at the children of the significant coarse poses only; sums are sparse x
+dense products over the unique (particle, fine shift) rows.
 """
 
 from __future__ import annotations
