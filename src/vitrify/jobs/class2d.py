@@ -239,7 +239,7 @@ class _Writer:
 
 def run(options: Options, job_dir: str | Path) -> Path:
     """Run 2D classification into ``job_dir``; returns the last iteration's data.star."""
-    from vitrify.core.device import resolve_device
+    from vitrify.core.device import resolve_device, tune_host_allocator
     from vitrify.jobs._class2d_continue import resume_state
 
     job_dir = Path(job_dir)
@@ -248,6 +248,7 @@ def run(options: Options, job_dir: str | Path) -> Path:
     if options.threads > 0:
         torch.set_num_threads(options.threads)
     torch.set_flush_denormal(True)
+    tune_host_allocator()
     state = resume_state(options, device) if options.continue_from else None
     options = state.options if state else options
     inp = validate_input(options.input_star, options.n_classes, options.do_ctf)  # before compute

@@ -168,7 +168,8 @@ class BlockResult:
 
 @dataclass
 class FrameSums:
-    """Template-frame sums ``data`` ``(H, R, P)`` complex64 and ``weight`` ``(H, R, P)`` float32."""
+    """Template-frame sums ``data`` ``(H, R, 2P)`` float32 stacked ``[Re | Im]`` (the layout of the
+    GEMM rows, so blocks add without complex conversions) and ``weight`` ``(H, R, P)`` float32."""
 
     data: torch.Tensor
     weight: torch.Tensor
@@ -207,7 +208,7 @@ class EStepSums:
 
         def frame(f: Frame) -> FrameSums:
             r = f.rows.shape[0]
-            return FrameSums(torch.zeros(halves, r, p, device=device, dtype=torch.complex64),
+            return FrameSums(torch.zeros(halves, r, 2 * p, device=device),
                              torch.zeros(halves, r, p, device=device), f.psi_deg)
 
         frames = {"coarse": frame(grid.coarse_full)}
@@ -424,8 +425,6 @@ def accumulate_dense(sums: EStepSums, frame: Frame, w: torch.Tensor, y: torch.Te
     else:
         touched = torch.arange(r, device=w.device)
     rt = touched.numel()
-    acc_all = torch.zeros(rt, 2 * p, device=y.device)
-    wq_all = torch.zeros(rt, p, device=y.device)
     fs = sums.frames["coarse"]
     for h in range(fs.data.shape[0]):
         sel = torch.nonzero(half == h).flatten()
@@ -433,11 +432,9 @@ def accumulate_dense(sums: EStepSums, frame: Frame, w: torch.Tensor, y: torch.Te
             continue
         acc = _template_sums(w[sel].reshape(-1, rt), ys[sel].reshape(-1, 2 * p))
         wq = torch.mm(w_r[sel].t(), q[sel])
-        fs.data[h].index_add_(0, touched, torch.complex(acc[:, :p], acc[:, p:]))
+        fs.data[h].index_add_(0, touched, acc)
         fs.weight[h].index_add_(0, touched, wq)
-        acc_all += acc
-        wq_all += wq
-    add_model_terms(sums, frame, acc_all, wq_all)
+        add_model_terms(sums, frame, acc, wq)
     sums.class_weight.index_add_(0, touched // (r // n_classes), w_r.sum(dim=0).double())
     sums.offset_sq += (w.sum(2).double() * (offsets.double() ** 2).sum(-1)).sum()
 

@@ -156,15 +156,13 @@ def accumulate_sparse(sums: EStepSums, f: Frame, eb: torch.Tensor, etf: torch.Te
                       w: torch.Tensor, y: torch.Tensor, q: torch.Tensor, prev_offset_px: torch.Tensor,
                       half: torch.Tensor, n_classes: int) -> None:
     """Add fine-frame sums of weighted children ``(particle eb, shift etf, template erf, weight w)``."""
-    p = q.shape[1]
     n_t = f.table.shape[0]
     fs = sums.frames["fine"]
     uniq, inv = torch.unique(eb * n_t + etf, return_inverse=True)
     rows = stack_real(y[uniq // n_t] * f.table[uniq % n_t])  # (U, 2P)
     touched, tr = torch.unique(erf, return_inverse=True)  # only templates that received weight
     n_r = touched.shape[0]
-    acc_all = torch.zeros(n_r, 2 * p, device=y.device)
-    wq_all = torch.zeros(n_r, p, device=y.device)
+    frame = Frame(f.rows[touched], f.power[touched], f.table, f.shifts_px, f.log_prior_class, f.psi_deg, f.n_psi)
     eh = half[eb]
     for h in range(fs.data.shape[0]):
         sel = torch.nonzero(eh == h).flatten()
@@ -176,12 +174,9 @@ def accumulate_sparse(sums: EStepSums, f: Frame, eb: torch.Tensor, etf: torch.Te
         wb = torch.sparse_coo_tensor(torch.stack([tr[sel], eb[sel]]), w[sel], (n_r, q.shape[0]),
                                      check_invariants=False)
         wq = torch.sparse.mm(wb.coalesce(), q)
-        fs.data[h].index_add_(0, touched, torch.complex(acc[:, :p], acc[:, p:]))
+        fs.data[h].index_add_(0, touched, acc)
         fs.weight[h].index_add_(0, touched, wq)
-        acc_all += acc
-        wq_all += wq
-    add_model_terms(sums, Frame(f.rows[touched], f.power[touched], f.table, f.shifts_px,
-                                f.log_prior_class, f.psi_deg, f.n_psi), acc_all, wq_all)
+        add_model_terms(sums, frame, acc, wq)
     sums.class_weight.index_add_(0, erf // f.n_psi, w.double())
     offsets = prev_offset_px[eb] + f.shifts_px[etf]
     sums.offset_sq += (w.double() * (offsets.double() ** 2).sum(-1)).sum()

@@ -23,7 +23,7 @@ import torch
 from vitrify.ml.estep import EStepSums
 from vitrify.ml.fourier2d import image_ft
 from vitrify.ml.model import MlModel
-from vitrify.ml.templates import RotationTable, scatter_to_grids
+from vitrify.ml.templates import RotationTable, scatter_stacked_to_grids
 from vitrify.ml.window import FourierWindow, pack, shell_sums
 
 
@@ -68,12 +68,13 @@ def sums_to_grids(sums: EStepSums, table_for: Callable[[torch.Tensor], RotationT
     used = [fr for fr in frames if bool((fr.weight != 0).any())] or frames[:1]  # e.g. no coarse sums
     data = weight = None
     for frame in used:
-        h, r, p = frame.data.shape
+        h, r, p = frame.weight.shape
         n_psi = r // n_classes
         table = table_for(frame.psi_deg)
         for i in range(h):  # one product per half-set: wider products run slower (cache)
-            d, w = scatter_to_grids(frame.data[i].reshape(n_classes, n_psi, p),
-                                    frame.weight[i].reshape(n_classes, n_psi, p), table)
+            stacked = frame.data[i].reshape(n_classes, n_psi, 2 * p)
+            d, w = scatter_stacked_to_grids(stacked[..., :p], stacked[..., p:],
+                                            frame.weight[i].reshape(n_classes, n_psi, p), table)
             if data is None:
                 data = torch.zeros(h, *d.shape, dtype=d.dtype, device=d.device)
                 weight = torch.zeros(h, *w.shape, dtype=w.dtype, device=w.device)

@@ -137,11 +137,19 @@ def scatter_to_grids(values: torch.Tensor, weights: torch.Tensor,
     data ``(K, m, m//2+1)`` complex and weight ``(K, m, m//2+1)`` real grids, Hermitian
     consistent on the ``kx = 0`` column.
     """
-    k = values.shape[0]
+    return scatter_stacked_to_grids(values.real, values.imag, weights, table)
+
+
+def scatter_stacked_to_grids(real: torch.Tensor, imag: torch.Tensor, weights: torch.Tensor,
+                             table: RotationTable) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`scatter_to_grids` of data given as real and imaginary parts, each ``(K, R, P)``.
+
+    Views of a stacked ``[Re | Im]`` array are accepted as they are (no complex copy).
+    """
+    k = real.shape[0]
     m, half = table.grid_shape
-    values = torch.where(table.conj, values.conj(), values)
-    dense = torch.cat([values.real.reshape(k, -1), values.imag.reshape(k, -1),
-                       weights.reshape(k, -1).to(values.real.dtype)]).t()  # (R*P, 3K) view: no transposed copy
+    dense = torch.cat([real.reshape(k, -1), torch.where(table.conj, -imag, imag).reshape(k, -1),
+                       weights.reshape(k, -1).to(real.dtype)]).t()  # (R*P, 3K) view: no transposed copy
     out = torch.sparse.mm(table.matrices[1], dense)  # (m*half, 3K)
     data = torch.complex(out[:, :k].t(), out[:, k:2 * k].t()).reshape(k, m, half)
     wgrid = out[:, 2 * k:].t().reshape(k, m, half).to(weights.dtype)
