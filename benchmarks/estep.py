@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from vitrify.core.ctf import ctf_2d
+from vitrify.core.device import tune_host_allocator
 from vitrify.ml.estep import EStepSums
 from vitrify.ml.expectation import (EStepSettings, TemplateCache, build_pass_grid, coarse_radius, expectation,
                                     make_sampling)
@@ -287,6 +288,7 @@ def main() -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
+    tune_host_allocator()  # as the jobs do
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}, copy {copy_gbps():.1f} GB/s")
     rows = []
