@@ -41,7 +41,7 @@ def tune_host_allocator(keep_bytes: int = 2 ** 30) -> bool:
 
     An E-step block allocates and frees tens of MB of temporaries; with glibc's defaults
     each allocation above the mmap threshold is a fresh mapping whose first touch page-faults
-    every page (zero-filled by the kernel), which costs ~12% of a 2D classification on CPU.
+    every page (zero-filled by the kernel), ~10% of a 2D classification on CPU.
     Raising the mmap threshold to its maximum (32 MB) and keeping up to ``keep_bytes`` of free
     heap recycles those pages. Returns whether the settings were applied (False off glibc).
     """
