@@ -9,7 +9,6 @@ every ``grad_write_iter`` iterations and the last for VDAM; always iteration 0).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +16,9 @@ import torch
 
 from vitrify.io.errors import InputError
 from vitrify.jobs._class2d_data import InputParticles, check_memory, load_particles, validate_input
+from vitrify.io.star import portable_image_names, portable_name
 from vitrify.jobs._class2d_output import (data_table, iteration_paths, model_blocks, overall_accuracy,
-                                          write_gallery, write_moments, write_tables)
+                                          write_gallery, write_moments, write_state, write_tables)
 from vitrify.jobs.base import check_abort, job_logger
 from vitrify.ml.accuracy import expected_accuracy
 from vitrify.ml.expectation import make_sampling
@@ -137,20 +137,12 @@ def _settings(options: Options, diameter_px: float, device: torch.device) -> Eng
                           ini_subset=options.ini_subset, fin_subset=options.fin_subset)
 
 
-def _relative(path: Path) -> str:
-    """Path relative to the project directory (cwd) when inside it, else absolute."""
-    try:
-        return os.path.relpath(path.resolve(), Path.cwd().resolve()) if path.resolve().is_relative_to(
-            Path.cwd().resolve()) else str(path.resolve())
-    except ValueError:
-        return str(path.resolve())
-
-
 class _Writer:
     """Writes an iteration's files at RELION's cadence."""
 
     def __init__(self, options: Options, job_dir: Path, inp: InputParticles, clf: Classifier2D) -> None:
         self.options, self.job_dir, self.inp, self.clf = options, job_dir, inp, clf
+        self.image_names = portable_image_names(inp.star.data["rlnImageName"], inp.base_dir, job_dir)
         optics = inp.star.optics
         self.group_names = [str(v) for v in optics.get("rlnOpticsGroupName", optics["rlnOpticsGroup"])]
         counts = torch.bincount(clf.particles.group.cpu(), minlength=len(self.group_names))
@@ -185,11 +177,16 @@ class _Writer:
         write_mrc(paths["classes"], model.refs.cpu().numpy(), pix)
         if grad and clf.moments is not None:
             write_moments(paths, clf.moments, pix)
-        star = model_blocks(model, paths, _relative, grad, self.group_names, self.group_counts)
-        data = data_table(self.inp.star.data, clf.particles, pix)
+        write_state(paths["vitrify_state"], it, model, clf.particles, opt)
+        star = model_blocks(model, paths, self._name, grad, self.group_names, self.group_counts)
+        data = data_table(self.inp.star.data, clf.particles, pix, self.image_names)
         write_tables(paths, self.inp.star.optics, data, star, self._optimiser(paths, it),
                      self._sampling())
         return paths
+
+    def _name(self, path: Path) -> str:
+        """How this job's STAR files name ``path`` (project-relative in a project, else absolute)."""
+        return portable_name(path, self.job_dir)
 
     def _sampling(self) -> dict:
         o, pix = self.options, self.clf.model.pixel_size_angst
@@ -208,9 +205,10 @@ class _Writer:
         ini, fin = sched.subsets()
         acc_rot, acc_trans = overall_accuracy(clf.model)
         return {
-            "rlnOutputRootName": _relative(self.job_dir / o.root),
-            "rlnModelStarFile": _relative(paths["model"]), "rlnExperimentalDataStarFile": _relative(paths["data"]),
-            "rlnOrientSamplingStarFile": _relative(paths["sampling"]), "rlnCurrentIteration": it,
+            "rlnOutputRootName": self._name(self.job_dir / o.root),
+            "rlnModelStarFile": self._name(paths["model"]),
+            "rlnExperimentalDataStarFile": self._name(paths["data"]),
+            "rlnOrientSamplingStarFile": self._name(paths["sampling"]), "rlnCurrentIteration": it,
             "rlnNumberOfIterations": o.iterations, "rlnDoSplitRandomHalves": 0,
             "rlnAdaptiveOversampleOrder": o.oversampling, "rlnAdaptiveOversampleFraction": clf.settings.adaptive_fraction,
             "rlnRandomSeed": o.seed, "rlnParticleDiameter": self._diameter_angst(), "rlnWidthMaskEdge": 5,
