@@ -232,7 +232,7 @@ def _pick_one(row: pd.Series, options: Options, job_dir: Path, context: dict, pn
 
     name = str(row["rlnMicrographName"])
     out = relative_output(job_dir, name, "_autopick.star")
-    if out.exists():
+    if out.exists() and (not png or out.with_suffix(".png").exists()):  # the STAR file is written last
         return out
     data, _ = read_mrc(name)
     image = torch.as_tensor(np.asarray(data, dtype=np.float32)).to(context["device"])
@@ -241,10 +241,10 @@ def _pick_one(row: pd.Series, options: Options, job_dir: Path, context: dict, pn
     pixel = float(row["rlnMicrographPixelSize"])
     picks = PICKERS[options.method](image, row, options, context)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_star(out, {"": coordinates_table(picks)})
     if png:
         radius = 0.5 * _diameter_angst(options, context) / pixel
         _write_overlay(out.with_suffix(".png"), np.asarray(data, dtype=np.float32), picks, radius)
+    write_star(out, {"": coordinates_table(picks)})
     return out
 
 

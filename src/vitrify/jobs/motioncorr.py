@@ -148,8 +148,10 @@ def _correct_one(row: pd.Series, options: Options, job_dir: Path, context: dict,
     nodw = out.with_name(out.stem + "_noDW.mrc")
     entry = {"rlnMicrographName": out.as_posix(), "rlnMicrographMetadata": meta.as_posix(),
              "rlnOpticsGroup": int(row["rlnOpticsGroup"])}
-    motion = read_accumulated_motion(meta)
-    if motion is None or not out.exists():
+    png = out.with_name(out.stem + "_shifts.png")
+    images = (out, png, nodw) if options.dose_weighting and options.save_nodw else (out, png)
+    motion = read_accumulated_motion(meta)  # the metadata is written last: its presence means done
+    if motion is None or not all(p.exists() for p in images):
         frames, numbers = _load_frames(movie, options, context["gain"], log, context["n_frames"])
         pixel = float(row["rlnMicrographOriginalPixelSize"])
         dose = options.dose_per_frame if options.dose_weighting else 0.0
@@ -163,8 +165,8 @@ def _correct_one(row: pd.Series, options: Options, job_dir: Path, context: dict,
         info = MovieInfo(movie, options.gain, (len(numbers),) + frames.shape[1:], options.binning, pixel,
                          options.dose_per_frame, options.pre_exposure, float(row["rlnVoltage"]),
                          options.first_frame, numbers)
+        plot_trajectory(png, result, frames.shape[1:])
         write_metadata(meta, info, result, motion)
-        plot_trajectory(out.with_name(out.stem + "_shifts.png"), result, frames.shape[1:])
     entry.update(rlnAccumMotionTotal=motion[0], rlnAccumMotionEarly=motion[1], rlnAccumMotionLate=motion[2])
     if options.dose_weighting and options.save_nodw:
         entry["rlnMicrographNameNoDW"] = nodw.as_posix()
