@@ -153,8 +153,7 @@ def _next_job(root: Path, job: str, number: int) -> str:
 #: job → [(pattern, nth, before/after)]: where the killed runs stop
 KILL_POINTS = {
     "import": [(r"movies\.star$", 1, "before"), (r"movies\.star$", 1, "after")],
-    "motioncorr": [(r"mov_00001_noDW\.mrc$", 1, "after"), (r"mov_00001\.star$", 1, "after"),
-                   (r"mov_00002\.mrc$", 1, "before")],
+    "motioncorr": [(r"mov_00001_shifts\.png$", 1, "after"), (r"mov_00002\.mrc$", 1, "before")],
     "ctffind": [(r"mov_00001\.ctf$", 1, "after"), (r"_ctf\.star$", 1, "after")],
     "autopick": [(r"_autopick\.star$", 1, "after"), (r"_autopick\.star$", 2, "before")],
     "extract": [(r"\.mrcs$", 1, "after"), (r"particles\.star$", 1, "after")],
@@ -186,3 +185,108 @@ def test_simulate_killed_then_rerun_ends_as_uninterrupted(project, tmp_path):
         vitrify([*MOVIE_ARGS, "--out", out.name], tmp_path)
         assert_no_temps(out)
         assert_same_outputs(project / "Sim", out)
+
+
+CLASS2D = ["class2d", "--K", "2", "--iter", "6", "--grad-write-iter", "2", "--particle-diameter", "100",
+           "--psi-step", "15", "--threads", "1", "--device", "cpu", "--seed", "3"]
+
+
+def _last_optimiser(job_dir: Path) -> Path:
+    """The newest complete iteration (its optimiser.star is written last)."""
+    return max(job_dir.glob("run_it*_optimiser.star"), key=lambda p: int(p.name[6:9]))
+
+
+@pytest.fixture(scope="module")
+def particles(tmp_path_factory) -> Path:
+    """Simulated particles whose image names are relative to their STAR file's folder."""
+    root = tmp_path_factory.mktemp("class2d")
+    vitrify(["simulate", "particles", "--n", "40", "--box", "32", "--pixel-size", "4", "--seed", "1",
+             "--device", "cpu", "--out", "sim"], root)
+    assert "@particles.mrcs" in (root / "sim/particles.star").read_text()
+    return root
+
+
+@pytest.mark.slow
+def test_class2d_killed_then_continued_from_elsewhere_ends_as_uninterrupted(particles):
+    root = particles
+    for cwd in ("w0", "w1", "w2", "w3"):
+        (root / cwd).mkdir(exist_ok=True)
+    vitrify([*CLASS2D, "--i", "../sim/particles.star", "--o", "../ref"], root / "w0")
+    for i, (pattern, nth, when) in enumerate([(r"run_it004_data\.star$", 1, "after"),
+                                             (r"_optimiser\.star$", 2, "after")]):
+        out = root / f"killed{i}"
+        vitrify_killed([*CLASS2D, "--i", "../sim/particles.star", "--o", f"../{out.name}"], root / "w1",
+                       pattern, nth, when)
+        assert_not_done(root, out.name)
+        last = _last_optimiser(out)
+        assert last.name == "run_it002_optimiser.star"
+        # continued from another working directory, into the same job directory
+        vitrify(["class2d", "--continue", str(last), "--o", str(out), "--threads", "1", "--device", "cpu"],
+                root / "w2")
+        assert_no_temps(out)
+        assert_same_outputs(root / "ref", out)
+    # a later job reads the data.star from yet another directory
+    vitrify(["class2d", "--i", str(root / "killed0/run_it006_data.star"), "--o", "../second", "--K", "2",
+             "--iter", "1", "--algorithm", "em", "--particle-diameter", "100", "--threads", "1",
+             "--device", "cpu"], root / "w3")
+    assert (root / "second/run_it001_data.star").exists()
+
+
+def test_class2d_names_resolve_from_the_project_or_anywhere(particles, tmp_path):
+    """In a project, names are project-relative (RELION); outside, absolute; both read from elsewhere."""
+    from vitrify.io.star import read_star
+    from vitrify.jobs.class2d import Options, run
+
+    options = dict(n_classes=2, particle_diameter_angst=100.0, algorithm="em", nr_iter=1, psi_step_deg=30.0,
+                   threads=1, device="cpu")
+    proj = tmp_path / "proj"
+    (proj / "Extract/job001").mkdir(parents=True)
+    (proj / "default_pipeline.star").write_text("")
+    for name in ("particles.star", "particles.mrcs"):
+        (proj / "Extract/job001" / name).write_bytes((particles / "sim" / name).read_bytes())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cwd = os.getcwd()
+    try:
+        os.chdir(elsewhere)  # not the project: names must still come out project-relative
+        run(Options(input_star=str(proj / "Extract/job001/particles.star"), **options), proj / "Class2D/job002")
+        run(Options(input_star=str(particles / "sim/particles.star"), **options), tmp_path / "out")
+    finally:
+        os.chdir(cwd)
+    data = read_star(proj / "Class2D/job002/run_it001_data.star")["particles"]
+    assert data["rlnImageName"].iloc[0] == "000001@Extract/job001/particles.mrcs"
+    optimiser = read_star(proj / "Class2D/job002/run_it001_optimiser.star")["optimiser_general"]
+    assert optimiser["rlnModelStarFile"] == "Class2D/job002/run_it001_model.star"
+    outside = read_star(tmp_path / "out/run_it001_data.star")["particles"]["rlnImageName"].iloc[0]
+    assert outside == f"000001@{(particles / 'sim/particles.mrcs').resolve().as_posix()}"
+    # continue each from a third directory
+    for opt in (proj / "Class2D/job002/run_it001_optimiser.star", tmp_path / "out/run_it001_optimiser.star"):
+        os.chdir(tmp_path)
+        try:
+            out = run(Options(continue_from=str(opt), nr_iter=2, threads=1, device="cpu"), opt.parent)
+        finally:
+            os.chdir(cwd)
+        assert out.name == "run_it002_data.star"
+
+
+def test_leftover_temp_files_are_never_taken_for_outputs(tmp_path):
+    """A writer killed before its rename leaves ``.name.XXXXXXXX.tmp.ext``: not a job output, not
+    found by the output globs, and removed when the job runs again."""
+    from vitrify.io.atomic import remove_stale_temps
+    from vitrify.jobs.base import run_job
+    from vitrify.pipeline._nodes import output_nodes
+
+    job = tmp_path / "Class2D/job001"
+    (job / "sub").mkdir(parents=True)
+    (job / "run_it002_data.star").write_text("data_\n")
+    stale = [job / ".run_it009_data.star.a1B2c3D4.tmp.star", job / "sub/.x.mrcs.zz_99xyz.tmp.mrcs"]
+    for path in stale:
+        path.write_text("half")
+    nodes = dict(output_nodes(tmp_path, "Class2D/job001/", "relion.class2d"))
+    assert "Class2D/job001/run_it002_data.star" in nodes and not any(".tmp" in n for n in nodes)
+    assert [p.name for p in remove_stale_temps(job)] == sorted(p.name for p in stale)
+    for path in stale:
+        path.write_text("half")
+    run_job(lambda options, job_dir: None, None, job)
+    assert not any(p.exists() for p in stale) and (job / "RELION_JOB_EXIT_SUCCESS").exists()
+    assert (job / "run_it002_data.star").exists()
