@@ -318,7 +318,7 @@ def _help(spec: Setting) -> str:
     if spec.unit and spec.unit not in text_:
         text_ = f"{text_.rstrip('.')} ({spec.unit})."
     if isinstance(spec.required, str):
-        text_ += f" [required unless {spec.required}]"
+        text_ += f" Required unless {spec.required}."
     return text_
 
 
