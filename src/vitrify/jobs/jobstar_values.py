@@ -81,9 +81,12 @@ def number_text(value: float | int) -> str:
 
 
 def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Field path → value for every non-dataclass value inside a (nested) dataclass."""
+    """Field path → value for every non-dataclass value inside a (nested) dataclass (fields
+    derived in ``__post_init__``, ``init=False``, are left out: they follow the others)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             out.update(_leaves(value, f"{prefix}{f.name}."))
@@ -101,6 +104,8 @@ def _encode(value: Any) -> str:
         return number_text(value)
     if isinstance(value, str):
         return value
+    if isinstance(value, tuple) and all(isinstance(v, (str, int, float)) and "," not in str(v) for v in value):
+        return ",".join(_encode(v) for v in value)
     raise TypeError(f"cannot keep {type(value).__name__} in a job.star")
 
 
@@ -131,6 +136,14 @@ def _decode(raw: str, hint: Any, key: str) -> Any:
         hint = next(a for a in args if a is not type(None))
     decoders: dict[Any, Callable[[str], Any]] = {
         bool: is_yes, int: lambda s: int(float(s)), float: float, str: lambda s: s}
+    if typing.get_origin(hint) is tuple:  # comma-separated: tuple[str, ...], tuple[int, int]
+        items = [item.strip() for item in raw.split(",")] if raw else []
+        kinds = typing.get_args(hint)
+        kinds = [kinds[0]] * len(items) if kinds[-1] is Ellipsis else list(kinds)
+        if len(kinds) != len(items) or any(k not in decoders for k in kinds):
+            raise InputError(f"{raw!r} for option {EXTRA_PREFIX}{key}", field=EXTRA_PREFIX + key,
+                             expected=f"{len(kinds)} comma-separated values")
+        return tuple(_decode(item, kind, key) for item, kind in zip(items, kinds))
     if hint not in decoders:
         raise InputError(f"option {EXTRA_PREFIX}{key} cannot be set from a job.star", field=EXTRA_PREFIX + key,
                          expected="a vitrify option of a number, text or Yes/No")
