@@ -71,8 +71,8 @@ class Setting:
         CLI flag(s) as typer takes them (``--K``, ``--ctf/--no-ctf``); empty: the value comes
         from the flag of ``cli_from`` (another setting's path, one flag for two fields).
     required
-        True: the CLI must give it; a text: needed except in that case (``"--continue"``), so
-        the CLI shows no default and says so.
+        True: the CLI must give it; a text: when it is needed (``"unless --continue"``), so the
+        CLI shows no default and says so.
     star, scale, star_default
         RELION job.star option name (empty: kept as a ``vitrify_*`` row only); field value =
         ``scale`` × job.star number (RELION's GUI halves some steps); value when the row is
@@ -318,7 +318,7 @@ def _help(spec: Setting) -> str:
     if spec.unit and spec.unit not in text_:
         text_ = f"{text_.rstrip('.')} ({spec.unit})."
     if isinstance(spec.required, str):
-        text_ += f" Required unless {spec.required}."
+        text_ += f" Required {spec.required}."
     return text_
 
 

@@ -109,7 +109,8 @@ class Options:
                                           star="topaz_particle_diameter")
     topaz_threshold: float = setting(-3.0, help="Topaz score threshold.", flag="--topaz-threshold")
     references: str = setting("", help="Template picking: class averages (.mrcs or class_averages.star).",
-                              flag="--references", star="fn_refs_autopick", read=_read_references)
+                              flag="--references", required="with --method template", star="fn_refs_autopick",
+                              read=_read_references)
     reference_pixel_angst: float = setting(-1.0, help="Reference pixel size (Å; -1: header).", flag="--ref-angpix",
                                            star="angpix_ref")
     template: TemplatePickOptions | None = group(TEMPLATE)

@@ -56,10 +56,10 @@ def _write_device(device: str, _owner) -> dict[str, str]:
 class Options:
     """Options of a Class2D job (CLI flags and RELION job.star names on the fields)."""
 
-    input_star: str = setting("", help="Input particles.star.", flag="--i", required="--continue", star="fn_img")
+    input_star: str = setting("", help="Input particles.star.", flag="--i", required="unless --continue", star="fn_img")
     n_classes: int = setting(50, help="Number of classes.", flag="--K", star="nr_classes")
     particle_diameter_angst: float = setting(0.0, help="Mask diameter.", unit="Å", flag="--particle-diameter",
-                                             required="--continue", star="particle_diameter")
+                                             required="unless --continue", star="particle_diameter")
     algorithm: str = setting("vdam", help="vdam | em.", flag="--algorithm", read=_read_algorithm,
                              write=_write_algorithm)
     nr_iter: int = setting(-1, help="Iterations (default 200 VDAM, 25 EM).", flag="--iter",

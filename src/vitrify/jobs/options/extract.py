@@ -81,13 +81,13 @@ class Options:
 
     input_star: str = setting(help="micrographs(_ctf).star.", flag="--i", required=True, star="star_mics")
     coords_star: str = setting("", help="autopick.star listing coordinate files.", flag="--coords",
-                               star="coords_suffix")
+                               required="unless --reextract", star="coords_suffix")
     extract: ExtractOptions = group(EXTRACT)
     float16: bool = setting(False, help="Write stacks as MRC mode 12.", flag="--float16", star="do_float16")
     min_fom: float | None = setting(None, help="Drop picks with a lower figure of merit.", flag="--min-fom",
                                     cli_type=float, read=_read_min_fom, write=_write_min_fom)
     reextract_star: str = setting("", help="particles.star with refined origins.", flag="--reextract",
-                                  read=_read_reextract, write=_write_reextract)
+                                  required="unless --coords", read=_read_reextract, write=_write_reextract)
     reset_offsets: bool = setting(False, help="Re-extraction: zero origins.", flag="--reset-offsets",
                                   star="do_reset_offsets")
     device: str = setting("auto", help="auto | cpu | cuda.", flag="--device")
