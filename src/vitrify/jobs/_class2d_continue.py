@@ -162,7 +162,7 @@ def _options_from_state(options, state: dict):
     """The continued run's own options (kept as JSON in the state file), with this command's
     runtime settings."""
     stored = json.loads(str(state["options_json"]))
-    names = {f.name for f in dataclasses.fields(options)} - set(RUNTIME_FIELDS)
+    names = {f.name for f in dataclasses.fields(options) if f.init} - set(RUNTIME_FIELDS)
     return replace(options, **{k: v for k, v in stored.items() if k in names})
 
 
