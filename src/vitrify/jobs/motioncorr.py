@@ -58,7 +58,7 @@ class Options:
             raise InputError(f"binning {self.binning} < 1", field="bin_factor", expected=">= 1")
         if self.first_frame < 1:
             raise InputError("first frame must be >= 1", field="first_frame_sum", expected=">= 1")
-        from vitrify.io._eer import check_eer_options
+        from vitrify.io.movies import check_eer_options
 
         check_eer_options(self.eer_grouping, self.eer_upsampling)
 
@@ -189,8 +189,7 @@ def _common_frame_count(movies: list[str], options: Options) -> int | None:
 
 def _read_gain(path: str, frames: np.ndarray, eer: bool, rotation: int = 0, flip: int = 0) -> np.ndarray:
     """The gain for movies like ``frames`` ``(f, ny, nx)``; EER movies follow RELION's EER gain rules."""
-    from vitrify.io._eer import read_eer_gain
-    from vitrify.io.movies import read_gain
+    from vitrify.io.movies import read_eer_gain, read_gain
 
     return read_eer_gain(path, frames.shape[1:], rotation, flip) if eer else read_gain(path, rotation, flip)
 
