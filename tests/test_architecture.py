@@ -8,6 +8,7 @@ tests/_import_graph.py); each checker is shown to catch a violation on a small t
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -131,6 +132,38 @@ def test_cycle_checker_sees_function_level_imports(tmp_path):
         ["vitrify.io._optics", "vitrify.io.star"],
         ["vitrify.pipeline.operators", "vitrify.pipeline.star", "vitrify.pipeline.validate"],
     ]
+
+
+# ---------------------------------------------------------------- one place for job statuses
+_STATUS_WORDS = {"Scheduled", "Running", "Succeeded", "Failed", "Aborted", "RELION_JOB_EXIT_SUCCESS",
+                 "RELION_JOB_EXIT_FAILURE", "RELION_JOB_EXIT_ABORTED", "RELION_JOB_ABORT_NOW"}
+
+
+def status_literals(package: Path) -> list[str]:
+    """Code strings (docstrings left out) spelling a job status or marker name, as ``file:line``."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        found += [f"{path.relative_to(package)}:{node.lineno}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in _STATUS_WORDS and id(node) not in docstrings]
+    return sorted(found, key=lambda f: (f.rpartition(":")[0], int(f.rpartition(":")[2])))
+
+
+def test_job_statuses_and_marker_names_are_spelled_in_one_place():
+    found = status_literals(PACKAGE)
+    assert [f for f in found if not f.startswith(f"jobs{os.sep}status.py:")] == []
+    assert len(found) == len(_STATUS_WORDS)  # each spelled once, in vitrify.jobs.status
+
+
+def test_status_literal_check_finds_a_bare_status(tmp_path):
+    _tree(tmp_path, {"pkg/runner.py": '''"""Says "Succeeded" in a docstring only."""
+if status == "Failed":
+    marker = "RELION_JOB_EXIT_FAILURE"
+'''})
+    assert status_literals(tmp_path / "pkg") == ["runner.py:2", "runner.py:3"]
 
 
 # ---------------------------------------------------------------- torch
