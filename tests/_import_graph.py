@@ -48,14 +48,30 @@ def _absolute(node: ast.ImportFrom, importer: str, is_package: bool) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): its imports are for type checkers only."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
 def imports_of(path: Path, importer: str, known: set[str]) -> list[Import]:
     """Every import in the module ``importer`` (file ``path``) of a module in ``known``.
+
+    Imports under ``if TYPE_CHECKING:`` are left out: they never run.
 
     ``from pkg import name`` counts as an import of ``pkg.name`` when that is a module, else of ``pkg``.
     Names outside ``known`` (the standard library, third-party packages) are left out.
     """
     found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    never_run = {id(inner) for node in ast.walk(tree) if _is_type_checking(node)
+                 for stmt in node.body for inner in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in never_run:
+            continue
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
