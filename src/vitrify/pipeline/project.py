@@ -10,7 +10,7 @@ the jobs themselves) can share one project.
 >>> import tempfile
 >>> project = Project.open(tempfile.mkdtemp())
 >>> name = project.add_job("relion.select", {"fn_mic": "CtfFind/job002/micrographs_ctf.star"})
->>> name, project.job_status(name)
+>>> name, project.job_status(name).value
 ('Select/job001/', 'Scheduled')
 """
 
