@@ -24,13 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from vitrify.io._star_optics import (
-    OpticsStar,
-    merge_optics,
-    read_star_optics,
-    split_optics,
-    write_star_optics,
-)
+from vitrify.io._star_optics import OpticsStar, merge_optics, optics_blocks, optics_star, split_optics
 from vitrify.io._star_read import STRING_LABELS, parse_star_text
 from vitrify.io._star_write import format_star
 from vitrify.io.atomic import atomic_write
@@ -137,6 +131,47 @@ def write_star(
     if isinstance(blocks, pd.DataFrame):
         blocks = {"": blocks}
     atomic_write(path, format_star(blocks, float_format))
+
+
+def write_star_optics(
+    path: str | os.PathLike,
+    optics: pd.DataFrame,
+    data: pd.DataFrame,
+    data_block: str = "particles",
+    *,
+    float_format: str | None = None,
+) -> None:
+    """Write ``data_optics`` then ``data_<data_block>`` in RELION's column order, atomically."""
+    write_star(path, optics_blocks(optics, data, data_block), float_format=float_format)
+
+
+def read_star_optics(
+    path: str | os.PathLike,
+    data_block: str = "particles",
+    *,
+    legacy_pixel_size_angst: float | None = None,
+) -> OpticsStar:
+    """Read and validate a STAR file with an optics table and a data table.
+
+    Parameters
+    ----------
+    path
+        The STAR file.
+    data_block
+        ``"particles"``, ``"micrographs"`` or ``"movies"`` (any other name is read without
+        required-column checks).
+    legacy_pixel_size_angst
+        Pixel size for pre-3.1 files that carry neither ``rlnDetectorPixelSize`` +
+        ``rlnMagnification`` nor a pixel-size column.
+
+    Raises
+    ------
+    InputError
+        Missing block or required column, a value that is not a number, an optics group of the
+        data table absent from the optics table (each naming file, block, column and line).
+    """
+    path = Path(path)
+    return optics_star(read_star(path), data_block, path, legacy_pixel_size_angst)
 
 
 def resolve_image_name(image_name: str, base_dir: str | os.PathLike = ".") -> tuple[int, Path]:
