@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from vitrify._progress import track
+from vitrify.core.ctf import CtfParams
 from vitrify.core.projector import make_projector
 from vitrify.io.errors import InputError
 from vitrify.io.mrc import write_mrc
@@ -82,6 +83,12 @@ class MicrographOptions:
             raise InputError(f"invalid value for {', '.join(bad)}", field="simulate micrographs",
                              expected="n >= 1, size >= 64 px, pixel > 0, frames >= 1, dose > 0, "
                                       "0 < defocus min <= max, format tiff | mrc")
+
+    def ctf_params(self, defocus: np.ndarray) -> CtfParams:
+        """The CTF of a micrograph of ``(3,)`` defocus (U Å, V Å, angle deg) with these optics."""
+        return CtfParams(pixel_size_angst=self.pixel_size_angst, voltage_kv=self.voltage_kv, cs_mm=self.cs_mm,
+                         amplitude_contrast=self.amplitude_contrast, defocus_u_angst=float(defocus[0]),
+                         defocus_v_angst=float(defocus[1]), defocus_angle_deg=float(defocus[2]))
 
     @property
     def total_dose(self) -> float:
@@ -140,9 +147,7 @@ def render_intensity(options: MicrographOptions, specimen: Specimen, truth: scen
                                     dtype=torch.float32, device=device)
     attenuation = torch.as_tensor(scene.ice_attenuation(shape, truth.ice_nm).copy(),
                                   dtype=torch.float32, device=device)
-    return scene.intensity(phase, attenuation, truth.defocus, pixel_size_angst=options.pixel_size_angst,
-                           voltage_kv=options.voltage_kv, cs_mm=options.cs_mm,
-                           amplitude_contrast=options.amplitude_contrast)
+    return scene.intensity(phase, attenuation, options.ctf_params(truth.defocus))
 
 
 def optics_table(options: MicrographOptions, *, movies: bool = False) -> pd.DataFrame:
