@@ -127,3 +127,35 @@ def test_bad_amplitude_contrast():
     with pytest.raises(InputError):
         ctf_2d(32, CtfParams(pixel_size_angst=1.0, defocus_u_angst=1e4, defocus_v_angst=1e4, voltage_kv=KV,
                              cs_mm=CS, amplitude_contrast=1.5))
+
+
+@pytest.mark.parametrize("bad,field", [(dict(amplitude_contrast=-0.1), "rlnAmplitudeContrast"),
+                                       (dict(voltage_kv=0.0), "rlnVoltage"),
+                                       (dict(pixel_size_angst=-1.0), "pixel size")])
+def test_ctf_params_refuse_unphysical_values(bad, field):
+    with pytest.raises(InputError) as info:
+        CtfParams(**{"pixel_size_angst": 1.0, **bad})
+    assert info.value.field == field
+
+
+def test_ctf_params_from_relion_row_and_table():
+    import pandas as pd
+
+    table = pd.DataFrame({"rlnDefocusU": [12000.0, 20000.0], "rlnDefocusV": [11000.0, 19000.0],
+                          "rlnDefocusAngle": [10.0, 80.0], "rlnVoltage": [200.0, 200.0],
+                          "rlnCtfBfactor": [0.0, 40.0], "rlnMicrographName": ["a.mrc", "b.mrc"]})
+    row = CtfParams.from_relion(table.iloc[1], pixel_size_angst=1.2)
+    assert (row.defocus_u_angst, row.defocus_angle_deg, row.voltage_kv, row.bfactor) == (20000.0, 80.0, 200.0, 40.0)
+    assert (row.cs_mm, row.amplitude_contrast, row.phase_shift_deg, row.scale) == (2.7, 0.1, 0.0, 1.0)  # defaults
+    batch = CtfParams.from_relion(table, pixel_size_angst=1.2,
+                                  convert=lambda column: torch.tensor(column.to_numpy(), dtype=torch.float32))
+    images = ctf_2d(32, batch)
+    assert images.shape == (2, 32, 17)
+    torch.testing.assert_close(images[1], ctf_2d(32, row))
+
+
+def test_ctf_1d_is_the_x_axis_of_the_2d_ctf():
+    params = _ctf(1.0, 14000.0, 22000.0, 30.0)
+    grid = ctf_2d(64, params, dtype=torch.float64)
+    line = ctf_1d(torch.arange(33, dtype=torch.float64) / 64.0, params)
+    torch.testing.assert_close(line, grid[0], rtol=0, atol=1e-12)
