@@ -18,7 +18,7 @@ mean ``total dose (e/Å²) × pixel² × relative intensity``. Written into ``ou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +84,11 @@ class MicrographOptions:
                              expected="n >= 1, size >= 64 px, pixel > 0, frames >= 1, dose > 0, "
                                       "0 < defocus min <= max, format tiff | mrc")
 
-    def ctf_params(self, defocus: np.ndarray) -> CtfParams:
-        """The CTF of a micrograph of ``(3,)`` defocus (U Å, V Å, angle deg) with these optics."""
+    @property
+    def optics(self) -> CtfParams:
+        """The microscope's CTF at the micrograph pixel size (defocus 0: each micrograph sets its own)."""
         return CtfParams(pixel_size_angst=self.pixel_size_angst, voltage_kv=self.voltage_kv, cs_mm=self.cs_mm,
-                         amplitude_contrast=self.amplitude_contrast, defocus_u_angst=float(defocus[0]),
-                         defocus_v_angst=float(defocus[1]), defocus_angle_deg=float(defocus[2]))
+                         amplitude_contrast=self.amplitude_contrast)
 
     @property
     def total_dose(self) -> float:
@@ -147,7 +147,9 @@ def render_intensity(options: MicrographOptions, specimen: Specimen, truth: scen
                                     dtype=torch.float32, device=device)
     attenuation = torch.as_tensor(scene.ice_attenuation(shape, truth.ice_nm).copy(),
                                   dtype=torch.float32, device=device)
-    return scene.intensity(phase, attenuation, options.ctf_params(truth.defocus))
+    u, v, angle = (float(d) for d in truth.defocus)
+    ctf = replace(options.optics, defocus_u_angst=u, defocus_v_angst=v, defocus_angle_deg=angle)
+    return scene.intensity(phase, attenuation, ctf)
 
 
 def optics_table(options: MicrographOptions, *, movies: bool = False) -> pd.DataFrame:
