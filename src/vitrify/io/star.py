@@ -24,22 +24,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from vitrify.io._star_optics import (
-    OpticsStar,
-    merge_optics,
-    read_star_optics,
-    split_optics,
-    write_star_optics,
-)
+from vitrify.io._star_optics import OpticsStar, merge_optics, optics_blocks, optics_star, split_optics
 from vitrify.io._star_read import STRING_LABELS, parse_star_text
 from vitrify.io._star_write import format_star
 from vitrify.io.atomic import atomic_write
 from vitrify.io.errors import InputError
 
 __all__ = [
+    "PROJECT_FILE",
     "STRING_LABELS",
     "OpticsStar",
+    "absolute_image_names",
+    "image_base_dirs",
     "merge_optics",
+    "portable_image_names",
+    "portable_name",
+    "project_root",
     "read_star",
     "read_star_block",
     "read_star_optics",
@@ -133,6 +133,47 @@ def write_star(
     atomic_write(path, format_star(blocks, float_format))
 
 
+def write_star_optics(
+    path: str | os.PathLike,
+    optics: pd.DataFrame,
+    data: pd.DataFrame,
+    data_block: str = "particles",
+    *,
+    float_format: str | None = None,
+) -> None:
+    """Write ``data_optics`` then ``data_<data_block>`` in RELION's column order, atomically."""
+    write_star(path, optics_blocks(optics, data, data_block), float_format=float_format)
+
+
+def read_star_optics(
+    path: str | os.PathLike,
+    data_block: str = "particles",
+    *,
+    legacy_pixel_size_angst: float | None = None,
+) -> OpticsStar:
+    """Read and validate a STAR file with an optics table and a data table.
+
+    Parameters
+    ----------
+    path
+        The STAR file.
+    data_block
+        ``"particles"``, ``"micrographs"`` or ``"movies"`` (any other name is read without
+        required-column checks).
+    legacy_pixel_size_angst
+        Pixel size for pre-3.1 files that carry neither ``rlnDetectorPixelSize`` +
+        ``rlnMagnification`` nor a pixel-size column.
+
+    Raises
+    ------
+    InputError
+        Missing block or required column, a value that is not a number, an optics group of the
+        data table absent from the optics table (each naming file, block, column and line).
+    """
+    path = Path(path)
+    return optics_star(read_star(path), data_block, path, legacy_pixel_size_angst)
+
+
 def resolve_image_name(image_name: str, base_dir: str | os.PathLike = ".") -> tuple[int, Path]:
     """Split a RELION image reference ``"NNNNNN@path"`` into (0-based index, path).
 
@@ -152,3 +193,72 @@ def resolve_image_name(image_name: str, base_dir: str | os.PathLike = ".") -> tu
     if not file_path.is_absolute():
         file_path = Path(base_dir) / file_path
     return int(index_text) - 1, file_path
+
+
+#: The file that marks a RELION project directory.
+PROJECT_FILE = "default_pipeline.star"
+
+
+def project_root(path: str | os.PathLike) -> Path | None:
+    """The RELION project holding ``path``: the nearest folder at or above it (resolved) with
+    a ``default_pipeline.star``; None outside any project."""
+    target = Path(path).resolve()
+    for folder in (target, *target.parents):
+        if (folder / PROJECT_FILE).is_file():
+            return folder
+    return None
+
+
+def portable_name(path: str | os.PathLike, written_in: str | os.PathLike) -> str:
+    """How a STAR file in folder ``written_in`` names ``path`` so that later jobs can read it.
+
+    Inside a RELION project (``written_in`` is in one) the name is relative to the project
+    directory, as RELION writes it, when ``path`` is in the project too; elsewhere it is absolute
+    (a name relative to some working directory would not resolve from any other).
+    """
+    target = Path(path).resolve()
+    root = project_root(written_in)
+    if root is not None and target.is_relative_to(root):
+        return target.relative_to(root).as_posix()
+    return target.as_posix()
+
+
+def image_base_dirs(star_path: str | os.PathLike) -> list[Path]:
+    """Folders a relative file name read from ``star_path`` may be relative to, in the order tried:
+    the current directory (RELION's project directory), the project holding the file, the file's own
+    folder (a STAR file written next to its stacks)."""
+    star_path = Path(star_path)
+    bases = [Path.cwd().resolve(), project_root(star_path.parent), star_path.parent.resolve()]
+    return list(dict.fromkeys(base for base in bases if base is not None))
+
+
+def portable_image_names(names: pd.Series, base_dir: str | os.PathLike,
+                         written_in: str | os.PathLike) -> pd.Series:
+    """``rlnImageName`` values (``N@stack``, relative to ``base_dir``) renamed with
+    :func:`portable_name` for a STAR file written in ``written_in``; the ``N@`` part is kept."""
+    text = names.astype(str).str.strip()
+    split = text.str.partition("@")
+    has_index = split[1] == "@"
+    files = split[2].where(has_index, text)
+    renamed = {f: portable_name(f if Path(f).is_absolute() else Path(base_dir) / f, written_in)
+               for f in files.unique()}
+    new_files = files.map(renamed)
+    return (split[0] + "@" + new_files).where(has_index, new_files)
+
+
+def absolute_image_names(names: pd.Series, star_path: str | os.PathLike) -> pd.Series:
+    """``rlnImageName`` values read from ``star_path`` as ``N@/absolute/stack``: each file is found
+    in the first of :func:`image_base_dirs` that holds it (the first of them when none does), so
+    the names of two STAR files that refer to the same image compare equal."""
+    bases = image_base_dirs(star_path)
+    text = names.astype(str).str.strip()
+    split = text.str.partition("@")
+    has_index = split[1] == "@"
+    files = split[2].where(has_index, text)
+
+    def locate(name: str) -> str:
+        found = [base / name for base in bases if (base / name).exists()]
+        return (found[0] if found else bases[0] / name).resolve().as_posix()
+
+    located = files.map({f: locate(f) for f in files.unique()})
+    return (split[0] + "@" + located).where(has_index, located)
