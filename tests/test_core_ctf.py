@@ -129,9 +129,9 @@ def test_bad_amplitude_contrast():
                              cs_mm=CS, amplitude_contrast=1.5))
 
 
-@pytest.mark.parametrize("bad,field", [(dict(amplitude_contrast=-0.1), "rlnAmplitudeContrast"),
-                                       (dict(voltage_kv=0.0), "rlnVoltage"),
-                                       (dict(pixel_size_angst=-1.0), "pixel size")])
+@pytest.mark.parametrize("bad,field", [({"amplitude_contrast": -0.1}, "rlnAmplitudeContrast"),
+                                       ({"voltage_kv": 0.0}, "rlnVoltage"),
+                                       ({"pixel_size_angst": -1.0}, "pixel size")])
 def test_ctf_params_refuse_unphysical_values(bad, field):
     with pytest.raises(InputError) as info:
         CtfParams(**{"pixel_size_angst": 1.0, **bad})

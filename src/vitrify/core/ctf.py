@@ -25,18 +25,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 from vitrify.core.fourier import frequency_grid_2d
 from vitrify.errors import InputError
 
-__all__ = ["CtfParams", "RELION_LABELS", "electron_wavelength_angst", "ctf_2d", "ctf_from_frequencies",
-           "ctf_1d"]
+__all__ = ["RELION_LABELS", "CtfParams", "ctf_1d", "ctf_2d", "ctf_from_frequencies", "electron_wavelength_angst"]
 
 #: a CTF parameter: one value, or a tensor ``(...)`` of one value per image (broadcast together)
-Value = Union[float, torch.Tensor]
+Value = float | torch.Tensor
 
 #: :class:`CtfParams` field -> RELION STAR label
 RELION_LABELS: dict[str, str] = {
@@ -116,7 +115,7 @@ class CtfParams:
 
     @classmethod
     def from_relion(cls, values: Mapping[str, Any], *, pixel_size_angst: float,
-                    convert: Callable[[Any], Value] = float) -> "CtfParams":
+                    convert: Callable[[Any], Value] = float) -> CtfParams:
         """The CTF of a STAR row (or of a table's columns) by RELION label.
 
         ``values`` is anything with ``label in values`` and ``values[label]``: a pandas row
@@ -132,8 +131,9 @@ def _param(x, device, dtype) -> torch.Tensor:
     return t[..., None, None]
 
 
-_TENSOR_ORDER = ("defocus_u_angst", "defocus_v_angst", "defocus_angle_deg", "voltage_kv", "cs_mm",
-                 "amplitude_contrast", "phase_shift_deg", "bfactor", "scale")
+_SHORT_NAMES = {"du": "defocus_u_angst", "dv": "defocus_v_angst", "ang": "defocus_angle_deg", "kv": "voltage_kv",
+                "cs": "cs_mm", "q": "amplitude_contrast", "ph": "phase_shift_deg", "b": "bfactor", "sc": "scale"}
+_TENSOR_ORDER = tuple(_SHORT_NAMES.values())  # the first tensor among these fixes device and dtype
 
 
 def _device_dtype(ctf: CtfParams, device, dtype):
@@ -164,9 +164,7 @@ def ctf_from_frequencies(freq_y_inv_angst: torch.Tensor, freq_x_inv_angst: torch
         ``(..., *grid)`` with grid dims 2D: ``(..., h, w)``.
     """
     dev, dt = freq_x_inv_angst.device, freq_x_inv_angst.dtype
-    p = {k: _param(getattr(ctf, name), dev, dt) for k, name in dict(
-        du="defocus_u_angst", dv="defocus_v_angst", ang="defocus_angle_deg", kv="voltage_kv", cs="cs_mm",
-        q="amplitude_contrast", ph="phase_shift_deg", b="bfactor", sc="scale").items()}
+    p = {k: _param(getattr(ctf, name), dev, dt) for k, name in _SHORT_NAMES.items()}
     lam = electron_wavelength_angst(p["kv"])
     u2 = freq_x_inv_angst ** 2 + freq_y_inv_angst ** 2
     theta = torch.atan2(freq_y_inv_angst, freq_x_inv_angst)
