@@ -31,6 +31,7 @@ from vitrify.io._star_optics import (
     split_optics,
     write_star_optics,
 )
+from vitrify.io._star_optics import require_columns, require_numbers, require_plausible
 from vitrify.io._star_read import STRING_LABELS, parse_star_text
 from vitrify.io._star_write import format_star
 from vitrify.io.atomic import atomic_write
@@ -39,6 +40,7 @@ from vitrify.io.errors import InputError
 __all__ = [
     "STRING_LABELS",
     "OpticsStar",
+    "check_table",
     "merge_optics",
     "read_star",
     "read_star_block",
@@ -107,6 +109,20 @@ def read_star_block(path: str | os.PathLike, block: str, **kwargs) -> pd.DataFra
         present = ", ".join(f"data_{name}" for name in blocks) or "none"
         raise InputError(f"no block data_{block} (blocks present: {present})", path=path)
     return blocks[block]
+
+
+def check_table(
+    frame: pd.DataFrame, path: str | os.PathLike, block: str = "", required: Iterable[str] = ()
+) -> None:
+    """Validate a loop read by :func:`read_star` as :func:`read_star_optics` validates its tables.
+
+    Raises :class:`InputError` naming the file, block, column and line of the first problem: a
+    ``required`` column missing, text in a numeric column, a NaN/infinite or implausible value.
+    """
+    path = Path(path)
+    require_columns(frame, tuple(required), block, path)
+    require_numbers(frame, block, path)
+    require_plausible(frame, block, path)
 
 
 def write_star(

@@ -227,17 +227,15 @@ def _write_overlay(path: Path, image: np.ndarray, picks: Picks, radius_px: float
 def _pick_one(row: pd.Series, options: Options, job_dir: Path, context: dict, png: bool) -> Path:
     import torch
 
-    from vitrify.io.mrc import read_mrc
     from vitrify.io.star import write_star
+    from vitrify.jobs._preprocess_io import read_micrograph
 
     name = str(row["rlnMicrographName"])
     out = relative_output(job_dir, name, "_autopick.star")
     if out.exists():
         return out
-    data, _ = read_mrc(name)
+    data, _ = read_micrograph(name)
     image = torch.as_tensor(np.asarray(data, dtype=np.float32)).to(context["device"])
-    if float(image.std()) == 0.0:
-        raise InputError("micrograph is blank", path=name, expected="an image with signal")
     pixel = float(row["rlnMicrographPixelSize"])
     picks = PICKERS[options.method](image, row, options, context)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -277,6 +275,7 @@ def run(options: Options, job_dir: str | Path) -> Path:
             continue
         mics.append(str(row["rlnMicrographName"]))
         files.append(out.as_posix())
+    skips.raise_if_all_skipped(len(star.merged), "micrographs")
     output = job_dir / "autopick.star"
     write_star(output, {"coordinate_files": pd.DataFrame({"rlnMicrographName": mics,
                                                           "rlnMicrographCoordinates": files})})
