@@ -699,13 +699,33 @@ def job_star_garbage(tmp, good):
     return ["run-job", "--job", str(tmp / "job.star")]
 
 
+# ---------------------------------------------------------------- jobs of a project (pipeline mode)
+
+@case("p.star", "rlnDefocusU")
+def pipeline_select_nan_defocus(tmp, good):
+    path = bf.particles_star(tmp / "p.star", good, rows=bf.particle_rows(good, rlnDefocusU="nan"))
+    return ["select", "--i", str(path), "--o", "Select/job001", "--label", "rlnDefocusU"]
+
+
+@case("nan.mrcs", "image 1")
+def pipeline_class2d_nan_image(tmp, good):
+    images = _good_images(good)
+    images[0, 0, 0] = np.nan
+    argv = _stack_star(tmp, good, bf.write_mrc(tmp / "nan.mrcs", images, 4.0))
+    return [a if a != "out" else "Class2D/job002" for a in argv]
+
+
+@case("zero.mrc", "constant")
+def pipeline_ctffind_zero_micrograph(tmp, good):
+    mic = bf.write_mrc(tmp / "zero.mrc", np.zeros((256, 256)))
+    return [a if a != "out" else "CtfFind/job003" for a in _ctffind(bf.micrographs_star(tmp / "m.star", [mic]))]
+
+
 # ---------------------------------------------------------------- the test
 
-def _complete_outputs(out_dir: Path) -> list[str]:
-    """Files of ``out_dir`` that would tell a pipeline the job finished."""
-    if not out_dir.is_dir():
-        return []
-    names = [p.name for p in out_dir.rglob("*")]
+def _complete_outputs(work: Path) -> list[str]:
+    """Files of the output directories (``out``, ``Type/jobNNN``) that would say the job finished."""
+    names = [p.name for d in [work / "out", *work.glob("*/job[0-9][0-9][0-9]")] for p in d.rglob("*")]
     return [n for n in names if n in FINAL_OUTPUTS or (n.startswith("run_it") and n.endswith("_data.star"))]
 
 
@@ -724,8 +744,74 @@ def test_bad_input_is_one_clear_line(build, expected, good, tmp_path, monkeypatc
     assert lines[0].startswith("error: "), lines
     for text in (*expected, *more):
         assert text in lines[0], (text, lines[0])
-    assert _complete_outputs(work / "out") == []
+    assert _complete_outputs(work) == []
 
 
 def test_corpus_is_large():
     assert len(CASES) >= 60
+
+
+# ---------------------------------------------------------------- the same inputs, uncorrupted, pass
+
+def test_good_inputs_pass(good, tmp_path, monkeypatch, capsys):
+    """The corpus' base files are fine: each reader and job accepts them (so each case fails for its flaw)."""
+    monkeypatch.chdir(tmp_path)
+    for path in (good.epu_xml, good.mdoc, good.movie, good.gain):
+        assert run_cli(["mdcatch", "--read", str(path)], capsys)[0] == 0, path
+    particles = bf.particles_star(tmp_path / "p.star", good)
+    mics = bf.micrographs_star(tmp_path / "m.star", [good.micrograph])
+    for argv, output in (
+        (["select", "--i", str(particles), "--o", "sel", "--label", "rlnDefocusU", "--max", "1e9"],
+         "sel/particles.star"),
+        ([*CLASS2D[:2], "c2d", *CLASS2D[3:], "--i", str(particles)], "c2d/run_it001_data.star"),
+        (_ctffind(mics)[:4] + ["ctf"] + _ctffind(mics)[5:], "ctf/micrographs_ctf.star"),
+        (["motioncorr", "--i", str(bf.movies_star(tmp_path / "movies.star", [good.movie])), "--o", "mc",
+          "--patch-x", "1", "--patch-y", "1", "--device", "cpu", "--gain", str(good.gain)],
+         "mc/corrected_micrographs.star"),
+    ):
+        code, out, err = run_cli(argv, capsys)
+        assert code == 0 and (tmp_path / output).is_file(), (argv, out, err)
+
+
+def test_windows_line_ends_are_read_like_unix_ones(good, tmp_path, monkeypatch, capsys):
+    """A STAR file edited on Windows (CRLF) reads exactly as the original, as RELION reads it."""
+    from vitrify.io.star import read_star, read_star_optics
+
+    monkeypatch.chdir(tmp_path)
+    unix = bf.particles_star(tmp_path / "unix.star", good)
+    windows = tmp_path / "windows.star"
+    windows.write_bytes(unix.read_bytes().replace(b"\n", b"\r\n"))
+    assert b"\r\n" in windows.read_bytes()
+    a, b = read_star(unix), read_star(windows)
+    assert list(a) == list(b)
+    for name in a:
+        assert a[name].equals(b[name])
+    assert read_star_optics(windows).merged.equals(read_star_optics(unix).merged)
+    outputs = []
+    for star in (unix, windows):
+        code, out, err = run_cli(["select", "--i", str(star), "--o", f"sel_{star.stem}", "--label",
+                                  "rlnDefocusU", "--max", "1e9"], capsys)
+        assert code == 0, err
+        outputs.append((tmp_path / f"sel_{star.stem}" / "particles.star").read_text())
+    assert outputs[0] == outputs[1]
+
+
+def test_closed_pipe_ends_quietly(tmp_path):
+    """``vitrify ... | head``: the reader goes away; no traceback, no 'exit 1' (141, like Unix tools)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")]))
+    for argv in (["--help"], ["mdcatch", "--help"]):
+        proc = subprocess.Popen([sys.executable, "-m", "vitrify", *argv], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+        proc.stdout.close()  # before the command writes anything
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+        assert proc.wait(timeout=120) == 141, err
+        assert err == "", err
+    done = subprocess.run([sys.executable, "-m", "vitrify", "--version"], capture_output=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith(b"vitrify ")

@@ -32,6 +32,7 @@ from vitrify.io._star_optics import (
     write_star_optics,
 )
 from vitrify.io._star_optics import require_columns, require_numbers, require_plausible
+from vitrify.io._ranges import star_range
 from vitrify.io._star_read import STRING_LABELS, parse_star_text
 from vitrify.io._star_write import format_star
 from vitrify.io.atomic import atomic_write
@@ -40,6 +41,7 @@ from vitrify.io.errors import InputError
 __all__ = [
     "STRING_LABELS",
     "OpticsStar",
+    "check_plausible",
     "check_table",
     "merge_optics",
     "read_star",
@@ -123,6 +125,24 @@ def check_table(
     require_columns(frame, tuple(required), block, path)
     require_numbers(frame, block, path)
     require_plausible(frame, block, path)
+
+
+def check_plausible(label: str, value: float, *, field: str | None = None) -> None:
+    """InputError when ``value`` is not finite or not plausible for RELION label ``label``.
+
+    The ranges are those checked when STAR files are read (voltage 60..400 kV, Cs 0..10 mm,
+    amplitude contrast 0..1, pixel sizes 0.1..50 Å, |defocus| <= 200000 Å, ...); ``field`` names
+    the option that gave the value (default: the label).
+
+    >>> check_plausible("rlnVoltage", 3000.0, field="kV")
+    Traceback (most recent call last):
+    ...
+    vitrify.errors.InputError: kV: 3000 kV is outside the plausible range (expected a voltage in 60..400 kV)
+    """
+    rule = star_range(label)
+    problem = rule.problem(float(value))
+    if problem is not None:
+        raise InputError(problem, field=field or label, expected=rule.expected())
 
 
 def write_star(
