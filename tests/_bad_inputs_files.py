@@ -6,7 +6,7 @@ text or raw MRC/TIFF bytes, so each case shows exactly what is wrong with its in
 
 from __future__ import annotations
 
-import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +29,6 @@ class Good:
     gain: Path                # (128, 128) MRC
     epu_xml: Path
     mdoc: Path
-
-
-def optics_line(values: dict[str, str]) -> str:
-    """One row of ``values`` (already text)."""
-    return " ".join(values.values())
 
 
 def star_text(blocks: dict[str, tuple[dict[str, str], list[dict[str, str]] | None]]) -> str:
@@ -119,8 +114,9 @@ def line_of(path: Path, token: str) -> str:
 
 
 def write_mrc(path: Path, data: np.ndarray, pixel_size_angst: float = 2.0) -> Path:
-    """A valid MRC file of ``data`` (float32)."""
-    with mrcfile.new(path, overwrite=True) as mrc:
+    """A valid MRC file of ``data`` (float32; NaN/inf pixels written without mrcfile's warnings)."""
+    with warnings.catch_warnings(), mrcfile.new(path, overwrite=True) as mrc:
+        warnings.simplefilter("ignore")
         mrc.set_data(np.asarray(data, dtype=np.float32))
         mrc.voxel_size = pixel_size_angst
         if path.suffix == ".mrcs":
@@ -163,11 +159,3 @@ def cut_text(source: Path, target: Path, marker: str) -> Path:
     target.write_text(text[:k])
     return target
 
-
-def gz_bytes(text: str) -> bytes:
-    import gzip
-
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb") as handle:
-        handle.write(text.encode())
-    return buffer.getvalue()

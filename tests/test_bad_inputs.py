@@ -111,7 +111,7 @@ def mrc_movie_cut_mid_frame(tmp, good):
     return ["mdcatch", "--read", str(bf.cut(tmp / "full.mrc", tmp / "cut.mrc", 0.6))]
 
 
-@case("mode.mrc", "mode")
+@case("mode.mrc", "unknown mode 7")
 def mrc_unknown_mode(tmp, good):
     path = bf.patch_int32(bf.write_mrc(tmp / "mode.mrc", np.zeros((2, 16, 16))), bf.MRC_MODE, 7)
     return ["mdcatch", "--read", str(path)]
@@ -324,9 +324,17 @@ def star_missing_voltage_column(tmp, good):
     return _class2d(bf.particles_star(tmp / "p.star", good, optics=bf.particle_optics(rlnVoltage=None)))
 
 
-@case("p.star", "data_particles")
-def star_empty_loop(tmp, good):
+@case("p.star", "data_particles", "loop_ without labels")
+def star_loop_without_labels(tmp, good):
     path = bf.particles_star(tmp / "p.star", good, rows=[])
+    return _class2d(path)
+
+
+@case("p.star", "data_particles", "no particles")
+def star_empty_loop(tmp, good):
+    path = bf.particles_star(tmp / "p.star", good)
+    text = path.read_text()
+    path.write_text(text[:text.index("\n", text.index("_rlnDefocusAngle")) + 1] + "\n")
     return _class2d(path)
 
 
@@ -555,6 +563,11 @@ def extract_coordinates_missing_column(tmp, good):
 @case("c.star", "rlnCoordinateX", "a number")
 def extract_coordinates_not_numbers(tmp, good):
     return _extract(tmp, good, "data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\nx 100\n120 80\n\n")
+
+
+@case("mic_00001.mrc", "no particles")
+def extract_coordinates_empty_loop(tmp, good):
+    return _extract(tmp, good, "data_\n\nloop_\n_rlnCoordinateX #1\n_rlnCoordinateY #2\n\n")
 
 
 @case("nan.mrc", "NaN")

@@ -48,7 +48,8 @@ def check_header(path: Path) -> int:
             break
     else:
         signature = "" if raw[208:212] == b"MAP " else "no 'MAP ' signature at byte 208, "
-        _corrupt(path, f"header: {signature}unknown mode {int(header['mode'])}", "mode 0, 1, 2, 6, 12 or 101")
+        mode = int(np.frombuffer(raw, dtype=HEADER_DTYPE)[0]["mode"])  # as written (little-endian)
+        _corrupt(path, f"header: {signature}unknown mode {mode}", "mode 0, 1, 2, 6, 12 or 101")
     _check_sizes(path, header, mode)
     return mode
 
