@@ -11,11 +11,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import _bad_inputs_files as bf
 import numpy as np
 import pytest
-
-import _bad_inputs_files as bf
 from _bad_inputs_files import Good
+
 from vitrify.cli.main import main
 
 #: Files whose presence in the output directory says "this job finished".
@@ -40,8 +40,9 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def good(tmp_path_factory) -> Good:
     """A tiny valid data set made by the simulator (particles, a micrograph, a movie with metadata)."""
-    import mrcfile
     import os
+
+    import mrcfile
 
     root = tmp_path_factory.mktemp("good")
     here = os.getcwd()

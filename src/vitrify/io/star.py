@@ -24,15 +24,17 @@ from pathlib import Path
 
 import pandas as pd
 
+from vitrify.io._ranges import star_range
 from vitrify.io._star_optics import (
     OpticsStar,
     merge_optics,
     read_star_optics,
+    require_columns,
+    require_numbers,
+    require_plausible,
     split_optics,
     write_star_optics,
 )
-from vitrify.io._star_optics import require_columns, require_numbers, require_plausible
-from vitrify.io._ranges import star_range
 from vitrify.io._star_read import STRING_LABELS, parse_star_text
 from vitrify.io._star_write import format_star
 from vitrify.io.atomic import atomic_write
