@@ -10,7 +10,7 @@ import pytest
 
 from vitrify.io.errors import InputError
 from vitrify.jobs import autopick, class2d, ctffind, extract, import_, motioncorr, select
-from vitrify.jobs._jobstar_values import EXTRA_PREFIX, options_from_values
+from vitrify.jobs.jobstar_values import EXTRA_PREFIX, options_from_values
 from vitrify.pipeline._jobstar import JobStar, read_job_star, write_job_star
 from vitrify.preprocess.ctf_fit import CtfSearch
 from vitrify.preprocess.extraction import ExtractOptions

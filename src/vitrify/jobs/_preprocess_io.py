@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from vitrify.io.errors import InputError
+from vitrify.jobs.jobstar_values import is_yes
 
 _JOB_DIR = re.compile(r"^job\d+$")
 
@@ -26,7 +27,7 @@ def flag(values: Mapping[str, str], key: str, default: bool) -> bool:
     raw = str(values.get(key, "")).strip().strip('"')
     if not raw or raw.startswith("$$"):
         return default
-    return raw.lower() in ("yes", "true", "1", "y")
+    return is_yes(raw)
 
 
 def number(values: Mapping[str, str], key: str, default: float) -> float:

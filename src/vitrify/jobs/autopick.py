@@ -287,8 +287,8 @@ def run(options: Options, job_dir: str | Path) -> Path:
 
 def job_star_from_options(options: Options) -> dict[str, str]:
     """RELION AutoPick job.star values for ``options`` (inverse of :func:`options_from_job_star`;
-    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs._jobstar_values`)."""
-    from vitrify.jobs._jobstar_values import number_text as num, with_extras, yes_no
+    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs.jobstar_values`)."""
+    from vitrify.jobs.jobstar_values import number_text as num, with_extras, yes_no
 
     log, template = options.log, options.template
     values = {"fn_input_autopick": options.input_star, "do_log": yes_no(options.method == "log"),

@@ -282,8 +282,8 @@ __all__ = ["Options", "options_from_job_star", "run"]
 def job_star_from_options(options: Options) -> dict[str, str]:
     """RELION Class2D job.star values for ``options`` (inverse of :func:`options_from_job_star`:
     half the psi and offset steps, as RELION's GUI; settings RELION lacks as ``vitrify_*`` rows,
-    see :mod:`vitrify.jobs._jobstar_values`)."""
-    from vitrify.jobs._jobstar_values import number_text as num, with_extras, yes_no
+    see :mod:`vitrify.jobs.jobstar_values`)."""
+    from vitrify.jobs.jobstar_values import number_text as num, with_extras, yes_no
 
     grad = options.algorithm == "vdam"
     values = {"fn_img": options.input_star, "nr_classes": num(options.n_classes),

@@ -226,8 +226,8 @@ def run(options: Options, job_dir: str | Path) -> Path:
 
 def job_star_from_options(options: Options) -> dict[str, str]:
     """RELION CtfFind job.star values for ``options`` (inverse of :func:`options_from_job_star`;
-    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs._jobstar_values`)."""
-    from vitrify.jobs._jobstar_values import number_text as num, with_extras, yes_no
+    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs.jobstar_values`)."""
+    from vitrify.jobs.jobstar_values import number_text as num, with_extras, yes_no
 
     s = options.search
     values = {"input_star_mics": options.input_star, "box": num(s.tile_px), "resmin": num(s.resolution_min_angst),

@@ -206,8 +206,8 @@ def run(options: Options, job_dir: str | Path) -> Path:
 
 def job_star_from_options(options: Options) -> dict[str, str]:
     """RELION Extract job.star values for ``options`` (inverse of :func:`options_from_job_star`;
-    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs._jobstar_values`)."""
-    from vitrify.jobs._jobstar_values import number_text as num, with_extras, yes_no
+    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs.jobstar_values`)."""
+    from vitrify.jobs.jobstar_values import number_text as num, with_extras, yes_no
 
     e = options.extract
     values = {"star_mics": options.input_star, "coords_suffix": options.coords_star,

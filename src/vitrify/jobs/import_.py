@@ -130,8 +130,8 @@ def run(options: Options, job_dir: str | Path) -> Path:
 
 def job_star_from_options(options: Options) -> dict[str, str]:
     """RELION Import job.star values for ``options`` (inverse of :func:`options_from_job_star`;
-    on-the-fly settings as ``vitrify_*`` rows, see :mod:`vitrify.jobs._jobstar_values`)."""
-    from vitrify.jobs._jobstar_values import number_text as num, with_extras, yes_no
+    on-the-fly settings as ``vitrify_*`` rows, see :mod:`vitrify.jobs.jobstar_values`)."""
+    from vitrify.jobs.jobstar_values import number_text as num, with_extras, yes_no
 
     values = {"do_raw": "Yes", "do_other": "No", "fn_in_raw": options.pattern,
               "is_multiframe": yes_no(options.movies), "angpix": num(options.pixel_size_angst),

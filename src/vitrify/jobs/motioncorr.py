@@ -270,8 +270,8 @@ GAIN_FLIPS = ("No flipping (0)", "Flip upside down (1)", "Flip left to right (2)
 
 def job_star_from_options(options: Options) -> dict[str, str]:
     """RELION MotionCorr job.star values for ``options`` (inverse of :func:`options_from_job_star`;
-    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs._jobstar_values`)."""
-    from vitrify.jobs._jobstar_values import number_text as num, with_extras, yes_no
+    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs.jobstar_values`)."""
+    from vitrify.jobs.jobstar_values import number_text as num, with_extras, yes_no
 
     m = options.motion
     values = {"do_own_motioncor": "Yes", "input_star_mics": options.input_star, "bfactor": num(m.bfactor_angst2),

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from types import ModuleType
 
 from vitrify.io.errors import InputError
+from vitrify.jobs.jobstar_values import is_yes
 
 #: RELION (and vitrify) job type label → module under ``vitrify.jobs``.
 JOB_MODULES: dict[str, str] = {
@@ -51,11 +52,11 @@ UNAVAILABLE: frozenset[str] = frozenset({
     "relion.autopick.ref3d", "relion.class2d.helical", "relion.import.other",
     "relion.extract.helicalsegments"})
 
-#: job type → (option, value that needs a missing feature, what that feature is)
-UNAVAILABLE_OPTIONS: dict[str, tuple[tuple[str, str, str], ...]] = {
-    "relion.import": (("do_other", "yes", "import of other node types (coordinates, particles, maps)"),),
-    "relion.select": (("do_class_ranker", "yes", "automatic 2D class selection (class ranker)"),),
-    "relion.autopick": (("do_ref3d", "yes", "3D-reference picking"),),
+#: job type → (Yes/No option whose Yes needs a missing feature, what that feature is)
+UNAVAILABLE_OPTIONS: dict[str, tuple[tuple[str, str], ...]] = {
+    "relion.import": (("do_other", "import of other node types (coordinates, particles, maps)"),),
+    "relion.select": (("do_class_ranker", "automatic 2D class selection (class ranker)"),),
+    "relion.autopick": (("do_ref3d", "3D-reference picking"),),
 }
 
 
@@ -94,8 +95,8 @@ def resolve_job(type_label: str, options: Mapping[str, str] | None = None) -> Mo
         raise InputError(f"job type {type_label.strip()} is not available in vitrify yet",
                          field="rlnJobTypeLabel",
                          expected=", ".join(sorted(JOB_MODULES)))
-    for option, value, feature in UNAVAILABLE_OPTIONS.get(base_label(type_label), ()):
-        if str((options or {}).get(option, "")).strip().strip('"').lower() == value:
-            raise InputError(f"job type {type_label.strip()} with {option} = {value}: {feature} "
+    for option, feature in UNAVAILABLE_OPTIONS.get(base_label(type_label), ()):
+        if is_yes((options or {}).get(option, "")):
+            raise InputError(f"job type {type_label.strip()} with {option} = yes: {feature} "
                              "is not available in vitrify yet", field=option)
     return importlib.import_module(f"vitrify.jobs.{JOB_MODULES[base_label(type_label)]}")

@@ -108,7 +108,7 @@ def job_star_from_options(options: Options) -> dict[str, str]:
     The input goes to ``fn_data`` when it holds particles (by its data block, or by its name
     while the file does not exist yet), else to ``fn_mic``; class ranking names ``fn_model``.
     """
-    from vitrify.jobs._jobstar_values import number_text as num, with_extras, yes_no
+    from vitrify.jobs.jobstar_values import number_text as num, with_extras, yes_no
 
     ranker = options.mode == "class_ranker"
     values = {"do_select_values": yes_no(not ranker), "do_class_ranker": yes_no(ranker),

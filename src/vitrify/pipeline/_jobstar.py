@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from vitrify.io.errors import InputError
+from vitrify.jobs.jobstar_values import is_yes
 
 #: RELION-3.0 integer job types → RELION-4 labels.
 LEGACY_TYPES: dict[int, str] = {
@@ -23,7 +24,6 @@ LEGACY_TYPES: dict[int, str] = {
     14: "relion.subtract", 15: "relion.postprocess", 16: "relion.localres", 18: "relion.initialmodel",
     19: "relion.multibody", 20: "relion.polish", 21: "relion.ctfrefine", 99: "relion.external",
 }
-_TRUE = ("1", "yes", "true")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def read_job_star(path: str | Path) -> JobStar:
     if not isinstance(general, dict):
         raise InputError("no data_job block", path=path, field="data_job",
                          expected="a RELION job.star (data_job + data_joboptions_values)")
-    is_continue = str(general.get("rlnJobIsContinue", "0")).strip().lower() in _TRUE
+    is_continue = is_yes(general.get("rlnJobIsContinue", "0"))
     return JobStar(_type_label(general, path), _options(blocks, path), is_continue)
 
 

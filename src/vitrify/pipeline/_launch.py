@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 from vitrify.io.errors import InputError
+from vitrify.jobs.jobstar_values import is_yes
 
 _EXTRA = re.compile(r"XXXextra(\d+)XXX")
-_YES = ("yes", "true", "1")
 
 
 def job_command(job_name: str, continue_: bool) -> list[str]:
@@ -30,7 +30,7 @@ def job_command(job_name: str, continue_: bool) -> list[str]:
 
 def wants_queue(options: dict[str, str]) -> bool:
     """True when the job.star asks for queue submission (``do_queue Yes``)."""
-    return str(options.get("do_queue", "No")).strip().lower() in _YES
+    return is_yes(options.get("do_queue", "No"))
 
 
 def launch_local(root: Path, job_name: str, command: list[str]) -> subprocess.Popen:

@@ -2,7 +2,7 @@
 
 :func:`execute_job` reads the job.star, finds the job module (:mod:`vitrify.jobs.registry`),
 builds its ``Options`` with ``options_from_job_star`` (plus vitrify's own ``vitrify_*``
-rows, :mod:`vitrify.jobs._jobstar_values`) and runs it through
+rows, :mod:`vitrify.jobs.jobstar_values`) and runs it through
 :func:`vitrify.jobs.base.run_job` (exit markers, run.log, abort checks). Whatever happens
 (an unknown or unavailable job type, bad options, a crash) the job ends with an exit
 marker and the pipeline records its final status and, on success, its output nodes.
@@ -20,7 +20,7 @@ from types import ModuleType
 
 from vitrify.io.errors import InputError
 from vitrify.jobs.base import EXIT_FAILURE, JobAborted, check_abort, clear_markers, run_job
-from vitrify.jobs._jobstar_values import options_from_values
+from vitrify.jobs.jobstar_values import options_from_values
 from vitrify.jobs.registry import resolve_job
 from vitrify.pipeline import _heartbeat, _notes
 from vitrify.pipeline._jobstar import JobStar, read_job_star, write_job_star

@@ -9,6 +9,8 @@ option rows it does not know, and :func:`options_from_values` puts them back, so
 
 >>> yes_no(True), number_text(300.0), number_text(1.5), number_text(-1)
 ('Yes', '300', '1.5', '-1')
+>>> is_yes("Yes"), is_yes(' "true" '), is_yes("No"), is_yes("")
+(True, True, False, False)
 """
 
 from __future__ import annotations
@@ -24,6 +26,14 @@ from vitrify.io.errors import InputError
 EXTRA_PREFIX = "vitrify_"
 _NONE = "None"
 _TRUE = ("yes", "true", "1", "y")
+
+
+def is_yes(value: object) -> bool:
+    """True for a job.star (or pipeline) yes: ``Yes``, ``true``, ``1``, ``y`` in any case, quoted or not.
+
+    The one yes/no parser of vitrify's job.star values; anything else (``No``, empty) is False.
+    """
+    return str(value).strip().strip('"').strip().lower() in _TRUE
 
 
 def yes_no(value: bool) -> str:
@@ -88,7 +98,7 @@ def _decode(raw: str, hint: Any, key: str) -> Any:
             return None
         hint = next(a for a in args if a is not type(None))
     decoders: dict[Any, Callable[[str], Any]] = {
-        bool: lambda s: s.lower() in _TRUE, int: lambda s: int(float(s)), float: float, str: lambda s: s}
+        bool: is_yes, int: lambda s: int(float(s)), float: float, str: lambda s: s}
     if hint not in decoders:
         raise InputError(f"option {EXTRA_PREFIX}{key} cannot be set from a job.star", field=EXTRA_PREFIX + key,
                          expected="a vitrify option of a number, text or Yes/No")
