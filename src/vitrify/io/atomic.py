@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,29 @@ def atomic_path(destination: str | os.PathLike, suffix: str | None = None) -> It
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+#: names :func:`atomic_path` gives its temporary files: ``.<name>.<8 random characters>.tmp<suffix>``
+TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^/]*)?$")
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writers left in ``folder`` and below; return them.
+
+    Call it only where no writer is at work (a job directory before its job starts).
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / ".a.star.k3j_9xQz.tmp.star").write_text("half"), (d / "a.star").write_text("x")
+    >>> [p.name for p in remove_stale_temps(d)], sorted(p.name for p in d.iterdir())
+    (['.a.star.k3j_9xQz.tmp.star'], ['a.star'])
+    """
+    removed = []
+    for path in sorted(Path(folder).rglob(".*.tmp*")):
+        if TEMP_NAME.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def _umask() -> int:

@@ -41,11 +41,16 @@ from vitrify.io.atomic import atomic_write
 from vitrify.io.errors import InputError
 
 __all__ = [
+    "PROJECT_FILE",
     "STRING_LABELS",
     "OpticsStar",
     "check_plausible",
     "check_table",
+    "image_base_dirs",
     "merge_optics",
+    "portable_image_names",
+    "portable_name",
+    "project_root",
     "read_star",
     "read_star_block",
     "read_star_optics",
@@ -190,3 +195,54 @@ def resolve_image_name(image_name: str, base_dir: str | os.PathLike = ".") -> tu
     if not file_path.is_absolute():
         file_path = Path(base_dir) / file_path
     return int(index_text) - 1, file_path
+
+
+#: The file that marks a RELION project directory.
+PROJECT_FILE = "default_pipeline.star"
+
+
+def project_root(path: str | os.PathLike) -> Path | None:
+    """The RELION project holding ``path``: the nearest folder at or above it (resolved) with
+    a ``default_pipeline.star``; None outside any project."""
+    target = Path(path).resolve()
+    for folder in (target, *target.parents):
+        if (folder / PROJECT_FILE).is_file():
+            return folder
+    return None
+
+
+def portable_name(path: str | os.PathLike, written_in: str | os.PathLike) -> str:
+    """How a STAR file in folder ``written_in`` names ``path`` so that later jobs can read it.
+
+    Inside a RELION project (``written_in`` is in one) the name is relative to the project
+    directory, as RELION writes it, when ``path`` is in the project too; elsewhere it is absolute
+    (a name relative to some working directory would not resolve from any other).
+    """
+    target = Path(path).resolve()
+    root = project_root(written_in)
+    if root is not None and target.is_relative_to(root):
+        return target.relative_to(root).as_posix()
+    return target.as_posix()
+
+
+def image_base_dirs(star_path: str | os.PathLike) -> list[Path]:
+    """Folders a relative file name read from ``star_path`` may be relative to, in the order tried:
+    the current directory (RELION's project directory), the project holding the file, the file's own
+    folder (a STAR file written next to its stacks)."""
+    star_path = Path(star_path)
+    bases = [Path.cwd().resolve(), project_root(star_path.parent), star_path.parent.resolve()]
+    return list(dict.fromkeys(base for base in bases if base is not None))
+
+
+def portable_image_names(names: pd.Series, base_dir: str | os.PathLike,
+                         written_in: str | os.PathLike) -> pd.Series:
+    """``rlnImageName`` values (``N@stack``, relative to ``base_dir``) renamed with
+    :func:`portable_name` for a STAR file written in ``written_in``; the ``N@`` part is kept."""
+    text = names.astype(str).str.strip()
+    split = text.str.partition("@")
+    has_index = split[1] == "@"
+    files = split[2].where(has_index, text)
+    renamed = {f: portable_name(f if Path(f).is_absolute() else Path(base_dir) / f, written_in)
+               for f in files.unique()}
+    new_files = files.map(renamed)
+    return (split[0] + "@" + new_files).where(has_index, new_files)

@@ -21,7 +21,7 @@ from vitrify._progress import track
 from vitrify.core.ctf import ctf_2d
 from vitrify.io.errors import InputError
 from vitrify.io.mrc import check_finite, open_stack, read_images
-from vitrify.io.star import OpticsStar, read_star_optics, resolve_image_name
+from vitrify.io.star import OpticsStar, image_base_dirs, read_star_optics, resolve_image_name
 from vitrify.ml.model import ParticleSet
 from vitrify.ml.starts import pack_particles
 from vitrify.ml.window import FourierWindow
@@ -48,11 +48,13 @@ class InputParticles:
 
 
 def _base_dir(star_path: Path, first_name: str) -> Path:
-    """Image names are relative to the project directory (cwd) or, failing that, the STAR file's."""
-    for base in (Path.cwd(), star_path.parent):
+    """Image names are relative to the project directory (the current one, else the project that
+    holds the STAR file) or, failing that, to the STAR file's folder (:func:`image_base_dirs`)."""
+    bases = image_base_dirs(star_path)
+    for base in bases:
         if resolve_image_name(first_name, base)[1].exists():
             return base
-    return Path.cwd()
+    return bases[0]
 
 
 def _check_stacks(names: pd.Series, base_dir: Path, box_px: int, path: Path) -> None:

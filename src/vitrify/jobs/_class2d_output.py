@@ -31,7 +31,7 @@ def iteration_paths(job_dir: Path, root: str, it: int) -> dict[str, Path]:
     """Paths of one iteration's files."""
     stem = job_dir / f"{root}_it{it:03d}"
     names = ("classes.mrcs", "model.star", "data.star", "optimiser.star", "sampling.star",
-             "classes.png", "1moment.mrcs", "2moment.mrcs")
+             "classes.png", "1moment.mrcs", "2moment.mrcs", "vitrify_state.npz")
     return {name.split(".")[0] + ("_png" if name.endswith("png") else ""): Path(f"{stem}_{name}")
             for name in names}
 
@@ -132,9 +132,13 @@ def model_blocks(model: MlModel, paths: dict[str, Path], rel, grad: bool,
     return blocks
 
 
-def data_table(data: pd.DataFrame, particles: ParticleSet, pixel_size_angst: float) -> pd.DataFrame:
-    """Input particle rows plus RELION's refinement columns."""
+def data_table(data: pd.DataFrame, particles: ParticleSet, pixel_size_angst: float,
+               image_names: pd.Series | None = None) -> pd.DataFrame:
+    """Input particle rows plus RELION's refinement columns; ``image_names`` replace rlnImageName
+    (names that resolve from where data.star is read, :func:`vitrify.io.star.portable_image_names`)."""
     out = data.copy()
+    if image_names is not None:
+        out["rlnImageName"] = image_names.to_numpy()
     off = particles.offset_px.cpu().numpy().astype(np.float64) * pixel_size_angst
     psi = particles.psi_deg.cpu().numpy().astype(np.float64)
     out["rlnAnglePsi"] = np.where(psi > 180.0, psi - 360.0, psi)
@@ -198,6 +202,29 @@ def write_moments(paths: dict[str, Path], moments: Moments, pixel_size_angst: fl
     write_mrc(paths["1moment"], complex_to_real(moments.m1.reshape(2 * k, *moments.m1.shape[2:])),
               pixel_size_angst)
     write_mrc(paths["2moment"], complex_to_real(moments.m2.to(torch.complex64)), pixel_size_angst)
+
+
+#: ParticleSet fields kept (exactly) in ``run_itNNN_vitrify_state.npz``
+STATE_PARTICLE_FIELDS = ("offset_px", "class_index", "psi_deg", "pmax", "n_significant", "log_likelihood")
+#: MlModel fields kept there (what model.star holds only as rounded text)
+STATE_MODEL_ARRAYS = ("pdf_class", "sigma2", "tau2", "data_vs_prior")
+STATE_MODEL_SCALARS = ("sigma2_offset_px", "tau2_fudge", "current_radius", "log_likelihood", "ave_pmax")
+
+
+def write_state(path: Path, it: int, model: MlModel, particles: ParticleSet, options: object) -> None:
+    """The exact model and particle state of iteration ``it`` (the RELION files round numbers to
+    6 digits) and the run's ``options`` (a dataclass, as JSON), so that ``--continue`` goes on
+    exactly as the uninterrupted run would."""
+    import dataclasses
+    import json
+
+    arrays = {"options_json": np.asarray(json.dumps(dataclasses.asdict(options), default=str))}
+    arrays.update({f"model_{name}": getattr(model, name).detach().cpu().numpy() for name in STATE_MODEL_ARRAYS})
+    arrays.update({f"model_{name}": np.asarray(getattr(model, name)) for name in STATE_MODEL_SCALARS})
+    arrays.update({f"particles_{name}": getattr(particles, name).detach().cpu().numpy()
+                   for name in STATE_PARTICLE_FIELDS})
+    with atomic_path(path) as tmp:
+        np.savez(tmp, iteration=np.asarray(it), **arrays)
 
 
 def write_tables(paths: dict[str, Path], optics: pd.DataFrame, data: pd.DataFrame, model_star: dict,

@@ -17,34 +17,8 @@ import numpy as np
 import pandas as pd
 
 from vitrify.io.errors import InputError
-from vitrify.jobs.jobstar_values import is_yes
 
 _JOB_DIR = re.compile(r"^job\d+$")
-
-
-def flag(values: Mapping[str, str], key: str, default: bool) -> bool:
-    """A job.star Yes/No value (anything unset or a ``$$`` variable gives ``default``)."""
-    raw = str(values.get(key, "")).strip().strip('"')
-    if not raw or raw.startswith("$$"):
-        return default
-    return is_yes(raw)
-
-
-def number(values: Mapping[str, str], key: str, default: float) -> float:
-    """A numeric job.star value; empty or ``$$`` gives ``default``; junk is an InputError."""
-    raw = str(values.get(key, "")).strip().strip('"')
-    if not raw or raw.startswith("$$"):
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise InputError(f"not a number: {raw!r}", field=key, expected="a number") from None
-
-
-def text(values: Mapping[str, str], key: str, default: str = "") -> str:
-    """A text job.star value with surrounding quotes removed."""
-    raw = str(values.get(key, "")).strip().strip('"')
-    return raw if raw and not raw.startswith("$$") else default
 
 
 def relative_output(job_dir: Path, input_name: str, suffix: str) -> Path:

@@ -15,108 +15,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from vitrify.io.errors import InputError
-from vitrify.jobs._preprocess_io import Skips, flag, number, relative_output, text, write_output_nodes
-from vitrify.preprocess.picking import LogPickOptions, Picks
+from vitrify.jobs._preprocess_io import Skips, relative_output, write_output_nodes
+from vitrify.jobs.options.autopick import METHODS, Options, job_star_from_options, options_from_job_star
+from vitrify.preprocess.picking import Picks
 from vitrify.preprocess.template_pick import TemplatePickOptions
-
-METHODS = ("log", "template", "topaz")
-
-
-@dataclass(frozen=True)
-class Options:
-    """Auto-picking job.
-
-    Attributes
-    ----------
-    input_star
-        micrographs(_ctf).star [fn_input_autopick].
-    method
-        ``log`` or ``topaz``.
-    log
-        LoG settings (diameters, threshold adjustment, low-pass, invert).
-    n_png
-        How many micrographs get a PNG overlay of their picks.
-    topaz_model, topaz_diameter_angst, topaz_threshold
-        Topaz pretrained model name, particle diameter and score threshold (method ``topaz``).
-    references
-        Class averages for ``template``: an ``.mrcs`` stack or a STAR file with
-        rlnReferenceImage (RELION's class_averages.star) [fn_refs_autopick].
-    reference_pixel_angst
-        Pixel size of the references; <= 0 reads it from the file header [angpix_ref].
-    template
-        Template picker settings (diameter, psi step, filters, threshold).
-    """
-
-    input_star: str
-    method: str = "log"
-    log: LogPickOptions = LogPickOptions(150.0, 180.0)
-    n_png: int = 3
-    topaz_model: str = "resnet16_u64"
-    topaz_diameter_angst: float = 100.0
-    topaz_threshold: float = -3.0
-    references: str = ""
-    reference_pixel_angst: float = -1.0
-    template: TemplatePickOptions | None = None
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InputError(f"unknown picking method {self.method!r}", field="method",
-                             expected=" | ".join(METHODS))
-        if not self.input_star:
-            raise InputError("no input micrographs STAR file", field="fn_input_autopick",
-                             expected="a micrographs.star path")
-        if self.method == "template" and not self.references:
-            raise InputError("template picking needs references", field="fn_refs_autopick",
-                             expected="2D class averages (.mrcs or class_averages.star)")
-
-
-def options_from_job_star(values: dict[str, str]) -> Options:
-    """Options from RELION AutoPick job.star values (``fn_input_autopick``, ``do_log``,
-    ``do_refs``/``fn_refs_autopick``/``angpix_ref``/``psi_sampling_autopick``/``lowpass``/
-    ``highpass``/``do_invert_refs``/``mindist_autopick``/``particle_diameter``, ``do_topaz``,
-    ``log_diam_min``, ``log_diam_max``, ``log_invert``, ``log_maxres``, ``log_adjust_thr``,
-    ``log_upper_thr``, ``topaz_model``, ``topaz_particle_diameter``). RELION's
-    ``threshold_autopick`` is on another scale and is not used."""
-    method = "log"
-    if flag(values, "do_refs", False) and not flag(values, "do_log", False):
-        method = "template"
-    elif flag(values, "do_topaz", False) and not flag(values, "do_log", False):
-        method = "topaz"
-    log = LogPickOptions(
-        diameter_min_angst=number(values, "log_diam_min", 150.0),
-        diameter_max_angst=number(values, "log_diam_max", 180.0),
-        lowpass_angst=number(values, "log_maxres", 20.0),
-        invert=flag(values, "log_invert", False),
-        threshold_adjust=number(values, "log_adjust_thr", 0.0),
-        upper_threshold=number(values, "log_upper_thr", 999.0),
-    )
-    return Options(input_star=text(values, "fn_input_autopick"), method=method, log=log,
-                   topaz_model=text(values, "topaz_model", "resnet16_u64"),
-                   topaz_diameter_angst=number(values, "topaz_particle_diameter", 100.0),
-                   references=text(values, "fn_refs_autopick") if method == "template" else "",
-                   reference_pixel_angst=number(values, "angpix_ref", -1.0),
-                   template=_template_from_job_star(values))
-
-
-def _template_from_job_star(values: dict[str, str]) -> TemplatePickOptions | None:
-    """Template settings when ``particle_diameter`` is set; else None (diameter from the references)."""
-    diameter = number(values, "particle_diameter", -1.0)
-    if diameter <= 0:
-        return None
-    mindist = number(values, "mindist_autopick", -1.0)
-    return TemplatePickOptions(diameter_angst=diameter, psi_step_deg=number(values, "psi_sampling_autopick", 10.0),
-                               lowpass_angst=number(values, "lowpass", 20.0),
-                               highpass_angst=number(values, "highpass", -1.0),
-                               references_white=flag(values, "do_invert_refs", True),
-                               min_distance_fraction=mindist / diameter if mindist > 0 else 0.8)
 
 
 def load_references(options: Options) -> tuple["torch.Tensor", float, TemplatePickOptions]:
@@ -232,17 +140,17 @@ def _pick_one(row: pd.Series, options: Options, job_dir: Path, context: dict, pn
 
     name = str(row["rlnMicrographName"])
     out = relative_output(job_dir, name, "_autopick.star")
-    if out.exists():
+    if out.exists() and (not png or out.with_suffix(".png").exists()):  # the STAR file is written last
         return out
     data, _ = read_micrograph(name)
     image = torch.as_tensor(np.asarray(data, dtype=np.float32)).to(context["device"])
     pixel = float(row["rlnMicrographPixelSize"])
     picks = PICKERS[options.method](image, row, options, context)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_star(out, {"": coordinates_table(picks)})
     if png:
         radius = 0.5 * _diameter_angst(options, context) / pixel
         _write_overlay(out.with_suffix(".png"), np.asarray(data, dtype=np.float32), picks, radius)
+    write_star(out, {"": coordinates_table(picks)})
     return out
 
 
@@ -285,23 +193,5 @@ def run(options: Options, job_dir: str | Path) -> Path:
     return output
 
 
-def job_star_from_options(options: Options) -> dict[str, str]:
-    """RELION AutoPick job.star values for ``options`` (inverse of :func:`options_from_job_star`;
-    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs.jobstar_values`)."""
-    from vitrify.jobs.jobstar_values import number_text as num, with_extras, yes_no
-
-    log, template = options.log, options.template
-    values = {"fn_input_autopick": options.input_star, "do_log": yes_no(options.method == "log"),
-              "do_refs": yes_no(options.method == "template"), "do_topaz": yes_no(options.method == "topaz"),
-              "log_diam_min": num(log.diameter_min_angst), "log_diam_max": num(log.diameter_max_angst),
-              "log_maxres": num(log.lowpass_angst), "log_invert": yes_no(log.invert),
-              "log_adjust_thr": num(log.threshold_adjust), "log_upper_thr": num(log.upper_threshold),
-              "topaz_model": options.topaz_model, "topaz_particle_diameter": num(options.topaz_diameter_angst),
-              "fn_refs_autopick": options.references, "angpix_ref": num(options.reference_pixel_angst),
-              "particle_diameter": "-1"}
-    if template is not None and template.diameter_angst > 0:
-        values.update({"particle_diameter": num(template.diameter_angst),
-                       "psi_sampling_autopick": num(template.psi_step_deg), "lowpass": num(template.lowpass_angst),
-                       "highpass": num(template.highpass_angst), "do_invert_refs": yes_no(template.references_white),
-                       "mindist_autopick": num(template.min_distance_fraction * template.diameter_angst)})
-    return with_extras(options, values, options_from_job_star)
+__all__ = ["METHODS", "Options", "PICKERS", "job_star_from_options", "load_references", "options_from_job_star",
+           "run"]

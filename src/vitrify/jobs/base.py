@@ -57,14 +57,19 @@ def job_logger(job_dir: str | Path) -> logging.Logger:
 def run_job(run: Callable[[O, Path], R], options: O, job_dir: str | Path) -> R:
     """Run ``run(options, job_dir)`` with the pipeline's duties around it.
 
-    Creates ``job_dir``, clears old markers, logs start and end, and touches
+    Creates ``job_dir``, clears old markers and the temporary files of writes an earlier (killed)
+    run left unfinished, logs start and end, and touches
     ``RELION_JOB_EXIT_SUCCESS`` on success, ``..._ABORTED`` on :class:`JobAborted` and
     ``..._FAILURE`` on any other exception (which is re-raised for the caller).
     """
+    from vitrify.io.atomic import remove_stale_temps
+
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     clear_markers(job_dir)
     log = job_logger(job_dir)
+    for stale in remove_stale_temps(job_dir):  # a killed earlier run's half-written files
+        log.info("removed %s (left by an interrupted write)", stale)
     log.info("start %s with %r", getattr(run, "__module__", run), options)
     try:
         result = run(options, job_dir)

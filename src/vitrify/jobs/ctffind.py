@@ -11,76 +11,19 @@ micrograph that cannot be read or fitted is skipped with a message; the job goes
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from vitrify.io.errors import InputError
-from vitrify.jobs._preprocess_io import (Skips, flag, number, relative_output, text,
-                                         write_output_nodes)
+from vitrify.jobs._preprocess_io import Skips, relative_output, write_output_nodes
+from vitrify.jobs.options.ctffind import Options, job_star_from_options, options_from_job_star
 from vitrify.preprocess.ctf_fit import CtfFit, CtfSearch, Optics
 
 CTF_COLUMNS = ("rlnCtfImage", "rlnDefocusU", "rlnDefocusV", "rlnCtfAstigmatism", "rlnDefocusAngle",
                "rlnCtfFigureOfMerit", "rlnCtfMaxResolution")
-
-
-@dataclass(frozen=True)
-class Options:
-    """CTF estimation job.
-
-    Attributes
-    ----------
-    input_star
-        micrographs.star (motion-corrected or imported, with data_optics) [input_star_mics].
-    search
-        What to search (FFT box, resolution and defocus ranges, phase shift).
-    use_nodw
-        Fit the non-dose-weighted sums when the STAR file lists them [use_noDW].
-    write_diagnostics
-        Write the ``.ctf`` MRC and PNG of each fit.
-    device
-        ``auto | cpu | cuda``.
-    use_ctffind
-        Run an external CTFFIND4 instead of our estimator (:mod:`vitrify.jobs._ctffind_external`).
-    ctffind_exe
-        Its executable (path or name; default: ``ctffind`` or ``ctffind4`` on the PATH).
-    """
-
-    input_star: str
-    search: CtfSearch = field(default_factory=CtfSearch)
-    use_nodw: bool = True
-    write_diagnostics: bool = True
-    device: str = "auto"
-    use_ctffind: bool = False
-    ctffind_exe: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.input_star:
-            raise InputError("no input micrographs STAR file", field="input_star_mics",
-                             expected="a micrographs.star path")
-
-
-def options_from_job_star(values: dict[str, str]) -> Options:
-    """Options from RELION CtfFind job.star values (``box``, ``resmin``, ``resmax``, ``dfmin``,
-    ``dfmax``, ``dfstep``, ``dast``, ``do_phaseshift``, ``phase_min/max/step``, ``use_noDW``,
-    ``input_star_mics``)."""
-    search = CtfSearch(
-        tile_px=int(number(values, "box", 512)),
-        resolution_min_angst=number(values, "resmin", 30.0),
-        resolution_max_angst=number(values, "resmax", 5.0),
-        defocus_min_angst=number(values, "dfmin", 5000.0),
-        defocus_max_angst=number(values, "dfmax", 50000.0),
-        defocus_step_angst=number(values, "dfstep", 500.0),
-        astigmatism_max_angst=max(3000.0, 10 * number(values, "dast", 100.0)),
-        do_phase_shift=flag(values, "do_phaseshift", False),
-        phase_min_deg=number(values, "phase_min", 0.0),
-        phase_max_deg=number(values, "phase_max", 180.0),
-        phase_step_deg=number(values, "phase_step", 10.0),
-    )
-    return Options(input_star=text(values, "input_star_mics"), search=search,
-                   use_nodw=flag(values, "use_noDW", True))
 
 
 def _fit_star(out: Path) -> Path:
@@ -224,17 +167,4 @@ def run(options: Options, job_dir: str | Path) -> Path:
     return output
 
 
-def job_star_from_options(options: Options) -> dict[str, str]:
-    """RELION CtfFind job.star values for ``options`` (inverse of :func:`options_from_job_star`;
-    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs.jobstar_values`)."""
-    from vitrify.jobs.jobstar_values import number_text as num, with_extras, yes_no
-
-    s = options.search
-    values = {"input_star_mics": options.input_star, "box": num(s.tile_px), "resmin": num(s.resolution_min_angst),
-              "resmax": num(s.resolution_max_angst), "dfmin": num(s.defocus_min_angst),
-              "dfmax": num(s.defocus_max_angst), "dfstep": num(s.defocus_step_angst),
-              "dast": num(s.astigmatism_max_angst / 10 if s.astigmatism_max_angst > 3000 else 100.0),
-              "do_phaseshift": yes_no(s.do_phase_shift), "phase_min": num(s.phase_min_deg),
-              "phase_max": num(s.phase_max_deg), "phase_step": num(s.phase_step_deg),
-              "use_noDW": yes_no(options.use_nodw)}
-    return with_extras(options, values, options_from_job_star)
+__all__ = ["CTF_COLUMNS", "Options", "job_star_from_options", "options_from_job_star", "run"]

@@ -13,80 +13,19 @@ Micrographs without particles are recorded and skipped; the job goes on.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from vitrify.io.errors import InputError
-from vitrify.jobs._preprocess_io import Skips, flag, number, relative_output, text, write_output_nodes
-from vitrify.preprocess.extraction import ExtractOptions
+from vitrify.jobs._preprocess_io import Skips, relative_output, write_output_nodes
+from vitrify.jobs.options.extract import Options, job_star_from_options, options_from_job_star
 
 #: micrograph columns copied to every particle
 MIC_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnCtfBfactor", "rlnCtfScalefactor",
                "rlnPhaseShift", "rlnCtfMaxResolution", "rlnCtfFigureOfMerit")
 PICK_COLUMNS = ("rlnClassNumber", "rlnAutopickFigureOfMerit", "rlnAnglePsi")
-
-
-@dataclass(frozen=True)
-class Options:
-    """Extraction job.
-
-    Attributes
-    ----------
-    input_star
-        micrographs(_ctf).star [star_mics].
-    coords_star
-        autopick.star listing coordinate files [coords_suffix]; or empty with ``reextract_star``.
-    reextract_star
-        particles STAR file whose (refined) coordinates are re-extracted [fndata_reextract].
-    extract
-        Box, rescale, normalisation, inversion, dust removal.
-    float16
-        Write stacks as MRC mode 12 [do_float16].
-    min_fom
-        Drop picks with rlnAutopickFigureOfMerit below this (None = keep all) [minimum_pick_fom].
-    reset_offsets
-        Re-extraction: set origins to zero instead of keeping the sub-pixel remainder.
-    """
-
-    input_star: str
-    coords_star: str = ""
-    extract: ExtractOptions = field(default_factory=lambda: ExtractOptions(box_px=128))
-    float16: bool = False
-    min_fom: float | None = None
-    reextract_star: str = ""
-    reset_offsets: bool = False
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if not self.input_star:
-            raise InputError("no input micrographs STAR file", field="star_mics",
-                             expected="a micrographs.star path")
-        if not self.coords_star and not self.reextract_star:
-            raise InputError("no coordinates given", field="coords_suffix",
-                             expected="an autopick.star (or a particles.star to re-extract)")
-
-
-def options_from_job_star(values: dict[str, str]) -> Options:
-    """Options from RELION Extract job.star values (``star_mics``, ``coords_suffix``,
-    ``extract_size``, ``do_rescale``/``rescale``, ``do_norm``, ``do_invert``, ``bg_diameter``,
-    ``white_dust``, ``black_dust``, ``do_float16``, ``do_fom_threshold``/``minimum_pick_fom``,
-    ``do_reextract``/``fndata_reextract``, ``do_reset_offsets``)."""
-    box = int(number(values, "extract_size", 128))
-    rescale = int(number(values, "rescale", box)) if flag(values, "do_rescale", False) else None
-    bg = number(values, "bg_diameter", -1.0)
-    extract = ExtractOptions(box_px=box, rescale_px=rescale, normalise=flag(values, "do_norm", True),
-                             invert_contrast=flag(values, "do_invert", True),
-                             bg_radius_px=bg / 2 if bg > 0 else None,
-                             white_dust_sigma=number(values, "white_dust", -1.0),
-                             black_dust_sigma=number(values, "black_dust", -1.0))
-    reextract = text(values, "fndata_reextract") if flag(values, "do_reextract", False) else ""
-    min_fom = number(values, "minimum_pick_fom", -999.0) if flag(values, "do_fom_threshold", False) else None
-    return Options(input_star=text(values, "star_mics"), coords_star=text(values, "coords_suffix"),
-                   extract=extract, float16=flag(values, "do_float16", False), min_fom=min_fom,
-                   reextract_star=reextract, reset_offsets=flag(values, "do_reset_offsets", False))
 
 
 def _coordinates_from_autopick(path: str) -> dict[str, pd.DataFrame]:
@@ -204,20 +143,4 @@ def run(options: Options, job_dir: str | Path) -> Path:
     return output
 
 
-def job_star_from_options(options: Options) -> dict[str, str]:
-    """RELION Extract job.star values for ``options`` (inverse of :func:`options_from_job_star`;
-    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs.jobstar_values`)."""
-    from vitrify.jobs.jobstar_values import number_text as num, with_extras, yes_no
-
-    e = options.extract
-    values = {"star_mics": options.input_star, "coords_suffix": options.coords_star,
-              "extract_size": num(e.box_px), "do_rescale": yes_no(e.rescale_px is not None),
-              "rescale": num(e.rescale_px if e.rescale_px is not None else e.box_px),
-              "do_norm": yes_no(e.normalise), "do_invert": yes_no(e.invert_contrast),
-              "bg_diameter": num(2 * e.bg_radius_px if e.bg_radius_px is not None else -1.0),
-              "white_dust": num(e.white_dust_sigma), "black_dust": num(e.black_dust_sigma),
-              "do_float16": yes_no(options.float16), "do_fom_threshold": yes_no(options.min_fom is not None),
-              "minimum_pick_fom": num(options.min_fom if options.min_fom is not None else -999.0),
-              "do_reextract": yes_no(bool(options.reextract_star)), "fndata_reextract": options.reextract_star,
-              "do_reset_offsets": yes_no(options.reset_offsets)}
-    return with_extras(options, values, options_from_job_star)
+__all__ = ["MIC_COLUMNS", "Options", "PICK_COLUMNS", "job_star_from_options", "options_from_job_star", "run"]

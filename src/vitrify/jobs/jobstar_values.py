@@ -16,6 +16,7 @@ option rows it does not know, and :func:`options_from_values` puts them back, so
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -36,6 +37,37 @@ def is_yes(value: object) -> bool:
     return str(value).strip().strip('"').strip().lower() in _TRUE
 
 
+def text(values: Mapping[str, str], key: str, default: str = "") -> str:
+    """A text job.star value with surrounding quotes removed; unset or a ``$$`` variable gives ``default``."""
+    raw = str(values.get(key, "")).strip().strip('"')
+    return raw if raw and not raw.startswith("$$") else default
+
+
+def flag(values: Mapping[str, str], key: str, default: bool) -> bool:
+    """A job.star Yes/No value (:func:`is_yes`); unset or a ``$$`` variable gives ``default``."""
+    raw = text(values, key)
+    return is_yes(raw) if raw else default
+
+
+def number(values: Mapping[str, str], key: str, default: float) -> float:
+    """A numeric job.star value; unset or ``$$`` gives ``default``; junk is an InputError naming ``key``."""
+    raw = text(values, key)
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise InputError(f"not a number: {raw!r}", field=key, expected="a number") from None
+
+
+def whole_number(values: Mapping[str, str], key: str, default: int) -> int:
+    """An integer job.star value (``5`` or ``5.0``); a fraction or junk is an InputError naming ``key``."""
+    value = number(values, key, default)
+    if value != int(value):
+        raise InputError(f"not a whole number: {value!r}", field=key, expected="an integer")
+    return int(value)
+
+
 def yes_no(value: bool) -> str:
     """RELION's ``Yes`` / ``No``."""
     return "Yes" if value else "No"
@@ -49,9 +81,12 @@ def number_text(value: float | int) -> str:
 
 
 def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Field path → value for every non-dataclass value inside a (nested) dataclass."""
+    """Field path → value for every non-dataclass value inside a (nested) dataclass (fields
+    derived in ``__post_init__``, ``init=False``, are left out: they follow the others)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             out.update(_leaves(value, f"{prefix}{f.name}."))
@@ -69,6 +104,8 @@ def _encode(value: Any) -> str:
         return number_text(value)
     if isinstance(value, str):
         return value
+    if isinstance(value, tuple) and all(isinstance(v, (str, int, float)) and "," not in str(v) for v in value):
+        return ",".join(_encode(v) for v in value)
     raise TypeError(f"cannot keep {type(value).__name__} in a job.star")
 
 
@@ -99,6 +136,14 @@ def _decode(raw: str, hint: Any, key: str) -> Any:
         hint = next(a for a in args if a is not type(None))
     decoders: dict[Any, Callable[[str], Any]] = {
         bool: is_yes, int: lambda s: int(float(s)), float: float, str: lambda s: s}
+    if typing.get_origin(hint) is tuple:  # comma-separated: tuple[str, ...], tuple[int, int]
+        items = [item.strip() for item in raw.split(",")] if raw else []
+        kinds = typing.get_args(hint)
+        kinds = [kinds[0]] * len(items) if kinds[-1] is Ellipsis else list(kinds)
+        if len(kinds) != len(items) or any(k not in decoders for k in kinds):
+            raise InputError(f"{raw!r} for option {EXTRA_PREFIX}{key}", field=EXTRA_PREFIX + key,
+                             expected=f"{len(kinds)} comma-separated values")
+        return tuple(_decode(item, kind, key) for item, kind in zip(items, kinds))
     if hint not in decoders:
         raise InputError(f"option {EXTRA_PREFIX}{key} cannot be set from a job.star", field=EXTRA_PREFIX + key,
                          expected="a vitrify option of a number, text or Yes/No")
@@ -108,9 +153,21 @@ def _decode(raw: str, hint: Any, key: str) -> Any:
         raise InputError(f"not a number: {raw!r}", field=EXTRA_PREFIX + key, expected="a number") from None
 
 
+def _type_hints(cls: type) -> dict[str, Any]:
+    """Field types of ``cls``; settings classes named by a field's metadata (``module:Class``,
+    imported only under TYPE_CHECKING in torch-free ``Options`` modules) are imported here."""
+    local: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        path = getattr(f.metadata.get("vitrify"), "cls", "")
+        if path:
+            module, name = path.split(":")
+            local[name] = getattr(importlib.import_module(module), name)
+    return typing.get_type_hints(cls, localns=local)
+
+
 def _apply(obj: Any, changes: dict[str, str], prefix: str = "") -> Any:
     """``obj`` (a dataclass, or None with its class given) with ``changes`` (path → text) applied."""
-    hints = typing.get_type_hints(type(obj))
+    hints = _type_hints(type(obj))
     direct: dict[str, Any] = {}
     nested: dict[str, dict[str, str]] = {}
     for key, raw in changes.items():
@@ -144,7 +201,7 @@ def _build(cls: type | None, changes: dict[str, str], prefix: str) -> Any:
     if cls is None:
         raise InputError(f"options {EXTRA_PREFIX}{prefix}* do not belong to a settings group",
                          field=EXTRA_PREFIX + prefix, expected="a nested vitrify setting")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     return cls(**{key: _decode(raw, hints[key], prefix + key) for key, raw in changes.items()})
 
 

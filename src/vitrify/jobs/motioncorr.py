@@ -17,73 +17,20 @@ at ``eer_upsampling`` 1 (4K) or 2 (8K; give the import the halved pixel size), a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from vitrify.io.errors import InputError
-from vitrify.jobs._preprocess_io import Skips, flag, number, relative_output, text, write_output_nodes
-from vitrify.preprocess.motion import MotionOptions
-
-
-@dataclass(frozen=True)
-class Options:
-    """Motion-correction job (RELION job.star names in brackets)."""
-
-    input_star: str                                   # [input_star_mics] movies.star
-    motion: MotionOptions = field(default_factory=MotionOptions)
-    dose_per_frame: float = 1.0                       # [dose_per_frame] e/Å²
-    pre_exposure: float = 0.0                         # [pre_exposure] e/Å²
-    dose_weighting: bool = True                       # [do_dose_weighting]
-    save_nodw: bool = True                            # [do_save_noDW]
-    binning: float = 1.0                              # [bin_factor]
-    float16: bool = False                             # [do_float16]
-    gain: str = ""                                    # [fn_gain_ref]
-    gain_rotation: int = 0                            # [gain_rot]
-    gain_flip: int = 0                                # [gain_flip]
-    defect_file: str = ""                             # [fn_defect] (MRC/TIFF mask, nonzero = bad)
-    first_frame: int = 1                              # [first_frame_sum], 1-based
-    last_frame: int = -1                              # [last_frame_sum], -1 = last
-    device: str = "auto"
-    eer_grouping: int = 32                            # [eer_grouping] EER internal frames per frame
-    eer_upsampling: int = 1                           # [eer_upsampling] 1 = 4K, 2 = 8K
-
-    def __post_init__(self) -> None:
-        if not self.input_star:
-            raise InputError("no input movies STAR file", field="input_star_mics",
-                             expected="a movies.star path")
-        if self.binning < 1:
-            raise InputError(f"binning {self.binning} < 1", field="bin_factor", expected=">= 1")
-        if self.first_frame < 1:
-            raise InputError("first frame must be >= 1", field="first_frame_sum", expected=">= 1")
-        from vitrify.io._eer import check_eer_options
-
-        check_eer_options(self.eer_grouping, self.eer_upsampling)
-
-
-def options_from_job_star(values: dict[str, str]) -> Options:
-    """Options from RELION MotionCorr job.star values."""
-    from vitrify.io.movies import gain_option_index
-
-    motion = MotionOptions(bfactor_angst2=number(values, "bfactor", 150.0),
-                           patches_x=int(number(values, "patch_x", 5)),
-                           patches_y=int(number(values, "patch_y", 5)),
-                           group_frames=int(number(values, "group_frames", 1)))
-    return Options(
-        input_star=text(values, "input_star_mics"), motion=motion,
-        dose_per_frame=number(values, "dose_per_frame", 1.0), pre_exposure=number(values, "pre_exposure", 0.0),
-        dose_weighting=flag(values, "do_dose_weighting", True), save_nodw=flag(values, "do_save_noDW", True),
-        binning=number(values, "bin_factor", 1.0), float16=flag(values, "do_float16", False),
-        gain=text(values, "fn_gain_ref"),
-        gain_rotation=gain_option_index(text(values, "gain_rot", "0")),
-        gain_flip=gain_option_index(text(values, "gain_flip", "0")),
-        defect_file=text(values, "fn_defect"),
-        first_frame=int(number(values, "first_frame_sum", 1)),
-        last_frame=int(number(values, "last_frame_sum", -1)),
-        eer_grouping=int(number(values, "eer_grouping", 32)),
-        eer_upsampling=int(number(values, "eer_upsampling", 1)))
+from vitrify.jobs._preprocess_io import Skips, relative_output, write_output_nodes
+from vitrify.jobs.options.motioncorr import (
+    GAIN_FLIPS,
+    GAIN_ROTATIONS,
+    Options,
+    job_star_from_options,
+    options_from_job_star,
+)
 
 
 def _eer_options(options: Options) -> dict[str, int]:
@@ -138,8 +85,7 @@ def _write_images(out: Path, result, options: Options, pixel_size_angst: float) 
 def _correct_one(row: pd.Series, options: Options, job_dir: Path, context: dict, log) -> dict:
     import torch
 
-    from vitrify.jobs._motion_output import (MovieInfo, plot_trajectory, read_accumulated_motion,
-                                             write_metadata)
+    from vitrify.jobs._motion_output import MovieInfo, plot_trajectory, read_accumulated_motion, write_metadata
     from vitrify.preprocess.motion import accumulated_motion, correct_movie
 
     movie = str(row["rlnMicrographMovieName"])
@@ -148,8 +94,10 @@ def _correct_one(row: pd.Series, options: Options, job_dir: Path, context: dict,
     nodw = out.with_name(out.stem + "_noDW.mrc")
     entry = {"rlnMicrographName": out.as_posix(), "rlnMicrographMetadata": meta.as_posix(),
              "rlnOpticsGroup": int(row["rlnOpticsGroup"])}
-    motion = read_accumulated_motion(meta)
-    if motion is None or not out.exists():
+    png = out.with_name(out.stem + "_shifts.png")
+    images = (out, png, nodw) if options.dose_weighting and options.save_nodw else (out, png)
+    motion = read_accumulated_motion(meta)  # the metadata is written last: its presence means done
+    if motion is None or not all(p.exists() for p in images):
         frames, numbers = _load_frames(movie, options, context["gain"], log, context["n_frames"])
         pixel = float(row["rlnMicrographOriginalPixelSize"])
         dose = options.dose_per_frame if options.dose_weighting else 0.0
@@ -163,8 +111,8 @@ def _correct_one(row: pd.Series, options: Options, job_dir: Path, context: dict,
         info = MovieInfo(movie, options.gain, (len(numbers),) + frames.shape[1:], options.binning, pixel,
                          options.dose_per_frame, options.pre_exposure, float(row["rlnVoltage"]),
                          options.first_frame, numbers)
+        plot_trajectory(png, result, frames.shape[1:])
         write_metadata(meta, info, result, motion)
-        plot_trajectory(out.with_name(out.stem + "_shifts.png"), result, frames.shape[1:])
     entry.update(rlnAccumMotionTotal=motion[0], rlnAccumMotionEarly=motion[1], rlnAccumMotionLate=motion[2])
     if options.dose_weighting and options.save_nodw:
         entry["rlnMicrographNameNoDW"] = nodw.as_posix()
@@ -264,25 +212,6 @@ def run(options: Options, job_dir: str | Path) -> Path:
 
 
 #: RELION-4's text of the gain rotation / flip choices, by index
-GAIN_ROTATIONS = ("No rotation (0)", "90 degrees (1)", "180 degrees (2)", "270 degrees (3)")
-GAIN_FLIPS = ("No flipping (0)", "Flip upside down (1)", "Flip left to right (2)")
 
 
-def job_star_from_options(options: Options) -> dict[str, str]:
-    """RELION MotionCorr job.star values for ``options`` (inverse of :func:`options_from_job_star`;
-    settings RELION lacks as ``vitrify_*`` rows, see :mod:`vitrify.jobs.jobstar_values`)."""
-    from vitrify.jobs.jobstar_values import number_text as num, with_extras, yes_no
-
-    m = options.motion
-    values = {"do_own_motioncor": "Yes", "input_star_mics": options.input_star, "bfactor": num(m.bfactor_angst2),
-              "patch_x": num(m.patches_x), "patch_y": num(m.patches_y), "group_frames": num(m.group_frames),
-              "dose_per_frame": num(options.dose_per_frame), "pre_exposure": num(options.pre_exposure),
-              "do_dose_weighting": yes_no(options.dose_weighting), "do_save_noDW": yes_no(options.save_nodw),
-              "bin_factor": num(options.binning), "do_float16": yes_no(options.float16),
-              "fn_gain_ref": options.gain, "fn_defect": options.defect_file,
-              "gain_rot": GAIN_ROTATIONS[options.gain_rotation] if 0 <= options.gain_rotation < 4
-              else num(options.gain_rotation),
-              "gain_flip": GAIN_FLIPS[options.gain_flip] if 0 <= options.gain_flip < 3 else num(options.gain_flip),
-              "first_frame_sum": num(options.first_frame), "last_frame_sum": num(options.last_frame),
-              "eer_grouping": num(options.eer_grouping), "eer_upsampling": num(options.eer_upsampling)}
-    return with_extras(options, values, options_from_job_star)
+__all__ = ["GAIN_FLIPS", "GAIN_ROTATIONS", "Options", "job_star_from_options", "options_from_job_star", "run"]

@@ -27,6 +27,8 @@ from typing import Any
 
 from vitrify.io.acquisition import AcquisitionParams
 from vitrify.io.errors import InputError
+from vitrify.jobs.jobstar_values import yes_no
+from vitrify.jobs.options.motioncorr import GAIN_FLIPS, GAIN_ROTATIONS
 
 #: Processing needs these acquisition fields (give them on the command line if the files lack them).
 REQUIRED = ("pixel_size_angst", "voltage_kv", "cs_mm", "dose_per_frame_e_per_angst2")
@@ -233,10 +235,6 @@ OPTION_KEYS: dict[str, tuple[str, ...]] = {
                             "proc__refine3d__particle_diameter"),
 }
 
-GAIN_ROTATIONS = ("No rotation (0)", "90 degrees (1)", "180 degrees (2)", "270 degrees (3)")
-GAIN_FLIPS = ("No flipping (0)", "Flip upside down (1)", "Flip left to right (2)")
-
-
 def format_option(name: str, value: Any) -> str:
     """A value as relion_it writes it: Yes/No for booleans, RELION's gain labels, %g numbers."""
     if name == "gain_rotation":
@@ -244,7 +242,7 @@ def format_option(name: str, value: Any) -> str:
     if name == "gain_flip":
         return GAIN_FLIPS[int(value)]
     if isinstance(value, bool):
-        return "Yes" if value else "No"
+        return yes_no(value)
     if isinstance(value, float):
         return f"{value:.6g}"
     return "" if value is None else str(value)
