@@ -98,7 +98,7 @@ def test_truncated_or_corrupt_eer_is_an_input_error(tmp_path):
 
 
 def test_eer_gain_follows_relions_rules(tmp_path):
-    from vitrify.io._eer import read_eer_gain
+    from vitrify.io.movies import read_eer_gain
     from vitrify.io.mrc import write_mrc
     from vitrify.io.movies import transform_gain
 

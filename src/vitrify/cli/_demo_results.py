@@ -15,6 +15,7 @@ import numpy as np
 from vitrify.cli import _demo_truth as truth_cmp
 from vitrify.io.errors import InputError
 from vitrify.io.star import read_star
+from vitrify.jobs.status import JobStatus
 
 _ITERATION = re.compile(r"run_it(\d+)_data\.star$")
 
@@ -25,7 +26,7 @@ def scheme_jobs(project: Path, scheme: str) -> dict[str, str]:
 
     status = control.scheme_status(project, scheme)
     return {job["node"]: job["job"] for job in status["jobs"]
-            if job["has_started"] and job["status"] == "Succeeded"}
+            if job["has_started"] and job["status"] == JobStatus.SUCCEEDED}
 
 
 def scheme_states(project: Path) -> dict[str, dict]:
@@ -43,7 +44,7 @@ def failed_jobs(project: Path) -> dict[str, str]:
     failed = {}
     for scheme in ("prep", "proc"):
         for job in control.scheme_status(project, scheme)["jobs"]:
-            if job["has_started"] and job["status"] == "Failed":
+            if job["has_started"] and job["status"] == JobStatus.FAILED:
                 err = project / job["job"] / "run.err"
                 lines = [x for x in err.read_text(errors="replace").splitlines() if x.strip()] \
                     if err.is_file() else []

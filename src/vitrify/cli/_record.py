@@ -18,6 +18,8 @@ from pathlib import Path
 
 import typer
 
+from vitrify.jobs.status import EXIT_CODES, JobStatus
+
 #: job module → job type label written to job.star and the pipeline (RELION-4's labels)
 TYPE_LABELS: dict[str, str] = {
     "import_": "relion.import.movies", "motioncorr": "relion.motioncorr.own",
@@ -30,8 +32,6 @@ METHOD_LABELS: dict[str, dict[str, str]] = {
                  "topaz": "relion.autopick.topaz"},
 }
 _JOB = re.compile(r"job\d{3,}")
-#: final status → exit code of the command (as ``vitrify run-job``)
-EXIT_CODES: dict[str, int] = {"Succeeded": 0, "Failed": 1, "Aborted": 2}
 
 
 def type_label_of(module_name: str, options: object) -> str:
@@ -76,8 +76,8 @@ def run_command_job(module_name: str, options: object, out: Path) -> object:
     existed = project.register_job(name, type_label, module.job_star_from_options(options))
     typer.echo(f"{name}: {'continuing the job' if existed else 'new job'} in {project.root}")
     status, result = execute_options(name, module, options)
-    if status != "Succeeded":  # a failure's message is already on stderr (one line for user errors)
-        if status == "Aborted":
+    if status != JobStatus.SUCCEEDED:  # a failure's message is already on stderr (one line for user errors)
+        if status == JobStatus.ABORTED:
             typer.echo(f"{name}: aborted", err=True)
         raise typer.Exit(EXIT_CODES.get(status, 1))
     return result

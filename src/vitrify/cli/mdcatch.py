@@ -100,9 +100,8 @@ def record_installed(project: Path) -> list[str]:
 
 def _set_up_session(values: dict, config, console: Console) -> None:
     """``SESSION_DIR --project DIR``: set the project up and print what was done and how to start."""
-    from vitrify.pipeline._scheme_setup import missing_schemes, processing_commands
     from vitrify.pipeline.autosetup import SetupOptions
-    from vitrify.pipeline.mdcatch import SessionRequest, prepare_session
+    from vitrify.pipeline.mdcatch import SessionRequest, missing_schemes, prepare_session, processing_commands
 
     project = values["project"]
     request = SessionRequest(

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from vitrify.jobs.status import JobStatus
+
 
 def _run_job_command(app: typer.Typer) -> None:
     @app.command("run-job")
@@ -18,7 +20,8 @@ def _run_job_command(app: typer.Typer) -> None:
         cont: bool = typer.Option(False, "--continue", help="Continue the job in its directory."),
     ) -> None:
         """Run one job here (exit code 0 succeeded, 1 failed, 2 aborted)."""
-        from vitrify.pipeline.pipeliner import EXIT_CODES, execute_job, job_name_of
+        from vitrify.jobs.status import EXIT_CODES
+        from vitrify.pipeline.pipeliner import execute_job, job_name_of
         from vitrify.pipeline.project import Project
 
         from vitrify.io.errors import InputError
@@ -43,8 +46,9 @@ def _run_job_command(app: typer.Typer) -> None:
 
 
 #: status → rich style in the table
-STATUS_STYLES: dict[str, str] = {"Succeeded": "green", "Failed": "red", "Aborted": "yellow",
-                                 "Running": "cyan", "Scheduled": "dim"}
+STATUS_STYLES: dict[JobStatus, str] = {JobStatus.SUCCEEDED: "green", JobStatus.FAILED: "red",
+                                       JobStatus.ABORTED: "yellow", JobStatus.RUNNING: "cyan",
+                                       JobStatus.SCHEDULED: "dim"}
 
 
 def _tables(state) -> tuple:

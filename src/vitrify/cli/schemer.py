@@ -19,8 +19,8 @@ from pathlib import Path
 import typer
 
 from vitrify.io.errors import InputError
+from vitrify.jobs.status import EXIT_CODES, JobStatus
 
-EXIT_CODES = {"Succeeded": 0, "Failed": 1, "Aborted": 2}
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
@@ -94,7 +94,7 @@ def _run(project: Path, scheme: str, poll: float, stop_on_failure: bool) -> None
 
     result = run_scheme(project, scheme, RunSettings(poll_s=poll, stop_on_failure=stop_on_failure))
     typer.echo(f"scheme {scheme}: {result.status} at node {result.current_node}: {result.message}")
-    if result.status != "Succeeded":
+    if result.status != JobStatus.SUCCEEDED:
         raise typer.Exit(EXIT_CODES.get(result.status, 1))
 
 

@@ -14,8 +14,8 @@ list of electron events (with sub-pixel bits). tifffile decodes the pages throug
 * **Values**: float32 electron counts (a pixel holds at most one event per internal frame).
 * **Row order**: the stored one (row 0 = first row of a page). Unlike TIFF movies, RELION does not
   flip EER frames along y; it reads a Falcon ``.gain`` TIFF un-flipped to match (see
-  :func:`read_eer_gain`).
-* **Gain** (:func:`read_eer_gain`, RELION's rules for EER): a ``.gain`` TIFF is multiplicative and
+  :func:`vitrify.io.movies.read_eer_gain`).
+* **Gain** (:func:`vitrify.io.movies.read_eer_gain`, RELION's rules for EER): a ``.gain`` TIFF is multiplicative and
   taken in stored row order; any other gain file (e.g. MRC) holds the inverse and is turned into
   ``mean / gain`` (0 stays 0: a defect). A gain of half the frame size (4K gain, 8K frames) is
   upsampled by pixel replication; one of twice the size is summed over 2 x 2 blocks.
@@ -32,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from vitrify.io._tiff import check_complete, quiet_tifffile
 from vitrify.io.errors import InputError
 
-__all__ = ["EER_DEFAULT_GROUPING", "EER_UPSAMPLINGS", "EerMovie", "check_eer_options", "read_eer", "read_eer_gain"]
+__all__ = ["EER_DEFAULT_GROUPING", "EER_UPSAMPLINGS", "EerMovie", "check_eer_options", "read_eer"]
 
 #: RELION-4's default ``--eer_grouping`` (internal frames summed per output frame).
 EER_DEFAULT_GROUPING = 32
@@ -79,12 +80,10 @@ class EerMovie:
             raise
 
     def _open(self, superres: int) -> None:
-        from vitrify.io.movies import _check_complete, _quiet_tifffile
-
         try:
-            with _quiet_tifffile() as messages:
+            with quiet_tifffile() as messages:
                 self._tiff = tifffile.TiffFile(self.path, superres=superres)
-                _check_complete(self._tiff, messages, self.path)
+                check_complete(self._tiff, messages, self.path)
                 pages = [page for page in self._tiff.pages if int(page.compression) in _EER_COMPRESSIONS]
                 shapes = {page.shape for page in pages}
         except InputError:
@@ -121,10 +120,8 @@ class EerMovie:
 
     def _decode(self, number: int) -> np.ndarray:
         """Internal frame ``number`` (0-based) as stored (0/1 events per pixel)."""
-        from vitrify.io.movies import _quiet_tifffile
-
         try:
-            with _quiet_tifffile():
+            with quiet_tifffile():
                 return self._pages[number].asarray()
         except _ERRORS as exc:
             raise InputError(f"corrupt EER internal frame {number + 1} of {self.n_internal_frames} ({exc})",
@@ -153,41 +150,3 @@ def read_eer(path: str | os.PathLike, grouping: int = EER_DEFAULT_GROUPING, upsa
     """All frames of an EER movie, ``(n_internal // grouping, ny, nx)`` float32 (see the module notes)."""
     with EerMovie(path, grouping, upsampling) as movie:
         return movie.read_all()
-
-
-def _rescale_gain(gain: np.ndarray, frame_shape: tuple[int, int], path: Path) -> np.ndarray:
-    """``gain`` at ``frame_shape``: as is, 2 x 2 pixel replication, or 2 x 2 block sums (RELION)."""
-    shape = tuple(gain.shape)
-    frame_shape = tuple(int(n) for n in frame_shape)
-    if shape == frame_shape:
-        return gain
-    if (2 * shape[0], 2 * shape[1]) == frame_shape:
-        return np.repeat(np.repeat(gain, 2, axis=0), 2, axis=1)
-    if shape == (2 * frame_shape[0], 2 * frame_shape[1]):
-        return gain.reshape(frame_shape[0], 2, frame_shape[1], 2).sum(axis=(1, 3))
-    raise InputError(f"gain reference is {shape[1]}x{shape[0]}, EER frames are {frame_shape[1]}x{frame_shape[0]}",
-                     path=path, field="fn_gain_ref",
-                     expected="a gain of the frame size, or half or twice it (4K/8K)")
-
-
-def read_eer_gain(path: str | os.PathLike, frame_shape: tuple[int, int], rotation: int = 0,
-                  flip: int = 0) -> np.ndarray:
-    """Gain reference for EER frames of ``frame_shape`` ``(ny, nx)``, float32, to multiply the frames.
-
-    RELION's rules for EER (see the module notes): ``.gain`` TIFFs are multiplicative and read in
-    stored row order; other files hold the inverse (``mean / gain`` is returned, 0 kept as 0, a
-    defect); the gain is brought to the frame size (4K <-> 8K). ``rotation``/``flip`` as
-    :func:`vitrify.io.movies.transform_gain`, applied first (they commute with the rest).
-    """
-    from vitrify.io.movies import read_gain, transform_gain
-
-    path = Path(path)
-    multiplicative = path.suffix.lower() == ".gain"
-    gain = read_gain(path)
-    if multiplicative:
-        gain = gain[::-1]          # read_gain flips TIFF rows; EER frames keep the stored order
-    gain = _rescale_gain(transform_gain(gain, rotation, flip), frame_shape, path).astype(np.float32)
-    if not multiplicative:
-        nonzero = gain != 0
-        gain[nonzero] = np.float32(gain.mean(dtype=np.float64)) / gain[nonzero]
-    return np.ascontiguousarray(gain)

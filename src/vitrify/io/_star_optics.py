@@ -9,7 +9,6 @@ they are converted on read (one optics group per distinct acquisition, offsets i
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,53 +152,22 @@ def split_optics(merged: pd.DataFrame, data_block: str = "particles") -> tuple[p
     return order_columns(optics, OPTICS_ORDER), order_columns(data, DATA_ORDER.get(data_block, ()))
 
 
-def write_star_optics(
-    path: str | os.PathLike,
-    optics: pd.DataFrame,
-    data: pd.DataFrame,
-    data_block: str = "particles",
-    *,
-    float_format: str | None = None,
-) -> None:
-    """Write ``data_optics`` then ``data_<data_block>`` in RELION's column order, atomically."""
-    from vitrify.io.star import write_star
-
-    blocks = {
+def optics_blocks(optics: pd.DataFrame, data: pd.DataFrame, data_block: str = "particles") -> dict[str, pd.DataFrame]:
+    """``{"optics": optics, data_block: data}`` in RELION's column order, as ``write_star`` takes them."""
+    return {
         "optics": order_columns(optics, OPTICS_ORDER),
         data_block: order_columns(data, DATA_ORDER.get(data_block, ())),
     }
-    write_star(path, blocks, float_format=float_format)
 
 
-def read_star_optics(
-    path: str | os.PathLike,
-    data_block: str = "particles",
-    *,
-    legacy_pixel_size_angst: float | None = None,
+def optics_star(
+    blocks: dict, data_block: str, path: Path, legacy_pixel_size_angst: float | None = None
 ) -> OpticsStar:
-    """Read and validate a STAR file with an optics table and a data table.
+    """Validate the blocks of a STAR file read from ``path`` into an :class:`OpticsStar`.
 
-    Parameters
-    ----------
-    path
-        The STAR file.
-    data_block
-        ``"particles"``, ``"micrographs"`` or ``"movies"`` (any other name is read without
-        required-column checks).
-    legacy_pixel_size_angst
-        Pixel size for pre-3.1 files that carry neither ``rlnDetectorPixelSize`` +
-        ``rlnMagnification`` nor a pixel-size column.
-
-    Raises
-    ------
-    InputError
-        Missing block or required column, a value that is not a number, an optics group of the
-        data table absent from the optics table (each naming file, block, column and line).
+    The checks and the pre-3.1 conversion of :func:`vitrify.io.star.read_star_optics`, which
+    reads the file and calls this.
     """
-    from vitrify.io.star import read_star
-
-    path = Path(path)
-    blocks = read_star(path)
     legacy = "optics" not in blocks
     if legacy:
         data = _legacy_data_table(blocks, data_block, path)

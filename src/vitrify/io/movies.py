@@ -19,84 +19,34 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import re
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-from vitrify.io._eer import EER_DEFAULT_GROUPING, EerMovie, read_eer
+from vitrify.io._eer import EER_DEFAULT_GROUPING, EerMovie, check_eer_options, read_eer
+from vitrify.io._tiff import check_complete, quiet_tifffile
 from vitrify.io.atomic import atomic_path
 from vitrify.io.errors import InputError
 from vitrify.io.mrc import open_stack, read_mrc, write_mrc_array
 
 __all__ = [
-    "MovieFrames", "gain_option_index", "open_movie", "read_gain", "read_movie", "transform_gain", "write_movie",
+    "EER_DEFAULT_GROUPING", "MovieFrames", "check_eer_options", "gain_option_index", "open_movie", "read_eer_gain",
+    "read_gain", "read_movie", "transform_gain", "write_movie",
 ]
 
 _MRC_MOVIE_DTYPES = (np.int8, np.int16, np.uint16, np.uint8, np.float16, np.float32)
 _TIFF_ERRORS = (tifffile.TiffFileError, ValueError, OSError, EOFError, IndexError, RuntimeError, KeyError)
 
 
-class _TiffErrors(logging.Handler):
-    """Collects the messages tifffile logs at ERROR level (it logs, not raises, a cut page chain)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@contextlib.contextmanager
-def _quiet_tifffile():
-    """Silence tifffile's own logging and warnings while we turn its failures into InputErrors.
-
-    Yields the list of error messages tifffile logged meanwhile (see :func:`_check_complete`).
-    """
-    logger = logging.getLogger("tifffile")
-    level, propagate = logger.level, logger.propagate
-    collector = _TiffErrors()
-    logger.setLevel(logging.ERROR)
-    logger.propagate = False
-    logger.addHandler(collector)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield collector.messages
-    finally:
-        logger.removeHandler(collector)
-        logger.setLevel(level)
-        logger.propagate = propagate
-
-
-def _check_complete(tif: tifffile.TiffFile, messages: list[str], path: Path) -> None:
-    """Raise InputError if the TIFF was cut short: its page chain points past the end of the
-    file (tifffile then silently returns fewer pages) or a page's data lies beyond the end."""
-    n_pages = len(tif.pages)  # walks the whole chain of pages
-    cut = [m for m in messages if "page offset" in m or "first page" in m]
-    if cut:
-        raise InputError(f"truncated or corrupt TIFF file (page chain broken after {n_pages} "
-                         f"frame(s): {cut[0]})", path=path, expected="a complete TIFF movie")
-    size = tif.filehandle.size
-    for page in tif.pages:
-        if any(o + c > size for o, c in zip(page.dataoffsets, page.databytecounts)):
-            raise InputError(f"truncated TIFF file: frame {page.index + 1} of {n_pages} ends beyond "
-                             f"the end of the file ({size} bytes)", path=path,
-                             expected="a complete TIFF movie")
-
-
 def _read_tiff(path: Path) -> np.ndarray:
     """All pages of a TIFF as ``(frames, ny, nx)`` in RELION's row order (flipped along y)."""
     try:
-        with _quiet_tifffile() as messages, tifffile.TiffFile(path) as tif:
-            _check_complete(tif, messages, path)
+        with quiet_tifffile() as messages, tifffile.TiffFile(path) as tif:
+            check_complete(tif, messages, path)
             shapes = {page.shape for page in tif.pages}
             if not shapes:
                 raise InputError("truncated or corrupt TIFF file (no image pages)", path=path)
@@ -195,9 +145,9 @@ class MovieFrames:
 
     def _open_tiff(self) -> None:
         try:
-            with _quiet_tifffile() as messages:
+            with quiet_tifffile() as messages:
                 self._tiff = tifffile.TiffFile(self.path)
-                _check_complete(self._tiff, messages, self.path)
+                check_complete(self._tiff, messages, self.path)
                 pages = self._tiff.pages
                 shapes = {page.shape for page in pages}
         except InputError:
@@ -222,7 +172,7 @@ class MovieFrames:
         if self._eer is not None:
             return self._eer[index]
         try:
-            with _quiet_tifffile():
+            with quiet_tifffile():
                 frame = self._tiff.pages[index].asarray()
         except _TIFF_ERRORS as exc:
             raise InputError(f"truncated or corrupt TIFF frame {index + 1} ({exc})", path=self.path) from None
@@ -353,3 +303,39 @@ def gain_option_index(text: str | int) -> int:
         raise InputError(f"gain option {text!r}", field="gain_rot/gain_flip",
                          expected="text ending in '(N)', e.g. '90 degrees (1)', or a number")
     return int(match.group(1))
+
+
+def _rescale_gain(gain: np.ndarray, frame_shape: tuple[int, int], path: Path) -> np.ndarray:
+    """``gain`` at ``frame_shape``: as is, 2 x 2 pixel replication, or 2 x 2 block sums (RELION)."""
+    shape = tuple(gain.shape)
+    frame_shape = tuple(int(n) for n in frame_shape)
+    if shape == frame_shape:
+        return gain
+    if (2 * shape[0], 2 * shape[1]) == frame_shape:
+        return np.repeat(np.repeat(gain, 2, axis=0), 2, axis=1)
+    if shape == (2 * frame_shape[0], 2 * frame_shape[1]):
+        return gain.reshape(frame_shape[0], 2, frame_shape[1], 2).sum(axis=(1, 3))
+    raise InputError(f"gain reference is {shape[1]}x{shape[0]}, EER frames are {frame_shape[1]}x{frame_shape[0]}",
+                     path=path, field="fn_gain_ref",
+                     expected="a gain of the frame size, or half or twice it (4K/8K)")
+
+
+def read_eer_gain(path: str | os.PathLike, frame_shape: tuple[int, int], rotation: int = 0,
+                  flip: int = 0) -> np.ndarray:
+    """Gain reference for EER frames of ``frame_shape`` ``(ny, nx)``, float32, to multiply the frames.
+
+    RELION's rules for EER (see :mod:`vitrify.io._eer`): ``.gain`` TIFFs are multiplicative and read in
+    stored row order; other files hold the inverse (``mean / gain`` is returned, 0 kept as 0, a
+    defect); the gain is brought to the frame size (4K <-> 8K). ``rotation``/``flip`` as
+    :func:`transform_gain`, applied first (they commute with the rest).
+    """
+    path = Path(path)
+    multiplicative = path.suffix.lower() == ".gain"
+    gain = read_gain(path)
+    if multiplicative:
+        gain = gain[::-1]          # read_gain flips TIFF rows; EER frames keep the stored order
+    gain = _rescale_gain(transform_gain(gain, rotation, flip), frame_shape, path).astype(np.float32)
+    if not multiplicative:
+        nonzero = gain != 0
+        gain[nonzero] = np.float32(gain.mean(dtype=np.float64)) / gain[nonzero]
+    return np.ascontiguousarray(gain)

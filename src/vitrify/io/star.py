@@ -28,12 +28,12 @@ from vitrify.io._ranges import star_range
 from vitrify.io._star_optics import (
     OpticsStar,
     merge_optics,
-    read_star_optics,
+    optics_blocks,
+    optics_star,
     require_columns,
     require_numbers,
     require_plausible,
     split_optics,
-    write_star_optics,
 )
 from vitrify.io._star_read import STRING_LABELS, parse_star_text
 from vitrify.io._star_write import format_star
@@ -44,6 +44,7 @@ __all__ = [
     "PROJECT_FILE",
     "STRING_LABELS",
     "OpticsStar",
+    "absolute_image_names",
     "check_plausible",
     "check_table",
     "image_base_dirs",
@@ -176,6 +177,47 @@ def write_star(
     atomic_write(path, format_star(blocks, float_format))
 
 
+def write_star_optics(
+    path: str | os.PathLike,
+    optics: pd.DataFrame,
+    data: pd.DataFrame,
+    data_block: str = "particles",
+    *,
+    float_format: str | None = None,
+) -> None:
+    """Write ``data_optics`` then ``data_<data_block>`` in RELION's column order, atomically."""
+    write_star(path, optics_blocks(optics, data, data_block), float_format=float_format)
+
+
+def read_star_optics(
+    path: str | os.PathLike,
+    data_block: str = "particles",
+    *,
+    legacy_pixel_size_angst: float | None = None,
+) -> OpticsStar:
+    """Read and validate a STAR file with an optics table and a data table.
+
+    Parameters
+    ----------
+    path
+        The STAR file.
+    data_block
+        ``"particles"``, ``"micrographs"`` or ``"movies"`` (any other name is read without
+        required-column checks).
+    legacy_pixel_size_angst
+        Pixel size for pre-3.1 files that carry neither ``rlnDetectorPixelSize`` +
+        ``rlnMagnification`` nor a pixel-size column.
+
+    Raises
+    ------
+    InputError
+        Missing block or required column, a value that is not a number, an optics group of the
+        data table absent from the optics table (each naming file, block, column and line).
+    """
+    path = Path(path)
+    return optics_star(read_star(path), data_block, path, legacy_pixel_size_angst)
+
+
 def resolve_image_name(image_name: str, base_dir: str | os.PathLike = ".") -> tuple[int, Path]:
     """Split a RELION image reference ``"NNNNNN@path"`` into (0-based index, path).
 
@@ -246,3 +288,21 @@ def portable_image_names(names: pd.Series, base_dir: str | os.PathLike,
                for f in files.unique()}
     new_files = files.map(renamed)
     return (split[0] + "@" + new_files).where(has_index, new_files)
+
+
+def absolute_image_names(names: pd.Series, star_path: str | os.PathLike) -> pd.Series:
+    """``rlnImageName`` values read from ``star_path`` as ``N@/absolute/stack``: each file is found
+    in the first of :func:`image_base_dirs` that holds it (the first of them when none does), so
+    the names of two STAR files that refer to the same image compare equal."""
+    bases = image_base_dirs(star_path)
+    text = names.astype(str).str.strip()
+    split = text.str.partition("@")
+    has_index = split[1] == "@"
+    files = split[2].where(has_index, text)
+
+    def locate(name: str) -> str:
+        found = [base / name for base in bases if (base / name).exists()]
+        return (found[0] if found else bases[0] / name).resolve().as_posix()
+
+    located = files.map({f: locate(f) for f in files.unique()})
+    return (split[0] + "@" + located).where(has_index, located)

@@ -15,11 +15,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from vitrify.io.errors import InputError
+from vitrify.jobs.status import ABORT_NOW, EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS
 
-EXIT_SUCCESS = "RELION_JOB_EXIT_SUCCESS"
-EXIT_FAILURE = "RELION_JOB_EXIT_FAILURE"
-EXIT_ABORTED = "RELION_JOB_EXIT_ABORTED"
-ABORT_NOW = "RELION_JOB_ABORT_NOW"
 MARKERS = (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED, ABORT_NOW)
 
 O = TypeVar("O")

@@ -137,8 +137,7 @@ def _common_frame_count(movies: list[str], options: Options) -> int | None:
 
 def _read_gain(path: str, frames: np.ndarray, eer: bool, rotation: int = 0, flip: int = 0) -> np.ndarray:
     """The gain for movies like ``frames`` ``(f, ny, nx)``; EER movies follow RELION's EER gain rules."""
-    from vitrify.io._eer import read_eer_gain
-    from vitrify.io.movies import read_gain
+    from vitrify.io.movies import read_eer_gain, read_gain
 
     return read_eer_gain(path, frames.shape[1:], rotation, flip) if eer else read_gain(path, rotation, flip)
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from vitrify.io.errors import InputError
+from vitrify.jobs.status import JobStatus
 from vitrify.pipeline._jobstar import LEGACY_TYPES
 
-STATUSES = ("Running", "Scheduled", "Succeeded", "Failed", "Aborted")
-_LEGACY_STATUS = dict(enumerate(STATUSES))
+STATUSES = tuple(JobStatus)
+_LEGACY_STATUS = dict(enumerate(STATUSES))  # RELION 3's integers: JobStatus is in their order
 
 _PROCESS_COLUMNS = ("rlnPipeLineProcessName", "rlnPipeLineProcessAlias", "rlnPipeLineProcessTypeLabel",
                     "rlnPipeLineProcessStatusLabel")
@@ -32,7 +33,7 @@ class Process:
 
     name: str
     type_label: str
-    status: str = "Scheduled"
+    status: JobStatus = JobStatus.SCHEDULED
     alias: str | None = None
 
 
@@ -95,9 +96,9 @@ def _rows(blocks: dict, name: str, columns: tuple[str, ...], path: Path) -> list
     return [tuple(str(v) for v in row) for row in table[list(columns)].itertuples(index=False)]
 
 
-def _status(row_status: str, path: Path) -> str:
+def _status(row_status: str, path: Path) -> JobStatus:
     if row_status in STATUSES:
-        return row_status
+        return JobStatus(row_status)
     try:
         return _LEGACY_STATUS[int(row_status)]
     except (ValueError, KeyError):

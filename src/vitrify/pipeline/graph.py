@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from vitrify.jobs.status import JobStatus
 from vitrify.pipeline._pipeline_star import PipelineState
 
 #: status → face colour of its box in the picture
-STATUS_COLOURS: dict[str, str] = {"Scheduled": "#d9d9d9", "Running": "#9ecae1", "Succeeded": "#a1d99b",
-                                  "Failed": "#fc9272", "Aborted": "#fdd0a2"}
+STATUS_COLOURS: dict[JobStatus, str] = {JobStatus.SCHEDULED: "#d9d9d9", JobStatus.RUNNING: "#9ecae1",
+                                        JobStatus.SUCCEEDED: "#a1d99b", JobStatus.FAILED: "#fc9272",
+                                        JobStatus.ABORTED: "#fdd0a2"}
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,8 @@ from vitrify.pipeline._scheme_setup import (
     install_missing_schemes,
     relion_it_text,
 )
+from vitrify.pipeline._scheme_setup import missing_schemes as missing_schemes  # public here, for the CLI
+from vitrify.pipeline._scheme_setup import processing_commands as processing_commands
 from vitrify.pipeline.autosetup import (
     ProcessingSetup,
     SetupOptions,

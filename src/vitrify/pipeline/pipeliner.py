@@ -19,13 +19,15 @@ from pathlib import Path
 from types import ModuleType
 
 from vitrify.io.errors import InputError
-from vitrify.jobs.base import EXIT_FAILURE, JobAborted, check_abort, clear_markers, run_job
+from vitrify.jobs.base import JobAborted, check_abort, clear_markers, run_job
+from vitrify.jobs.status import EXIT_FAILURE, JobStatus
+from vitrify.jobs.status import exit_marker_status as marker_status
 from vitrify.jobs.jobstar_values import options_from_values
 from vitrify.jobs.registry import resolve_job
 from vitrify.pipeline import _heartbeat, _notes
 from vitrify.pipeline._jobstar import JobStar, read_job_star, write_job_star
 from vitrify.pipeline._pipeline_star import normalise_job_name
-from vitrify.pipeline.project import Project, marker_status
+from vitrify.pipeline.project import Project
 
 #: Options fields switched on when a job is continued (only where the job's Options has them).
 CONTINUE_FIELDS: dict[str, object] = {"only_new": True}
@@ -45,10 +47,6 @@ def secondary_rank() -> int:
         if value.isdigit() and int(value) > 0:
             return int(value)
     return 0
-
-
-#: final status → exit code of ``vitrify run-job`` (RELION's marker numbering)
-EXIT_CODES: dict[str, int] = {"Succeeded": 0, "Failed": 1, "Aborted": 2}
 
 
 def job_name_of(job_star: Path, root: Path) -> str:
@@ -98,7 +96,7 @@ def _prepare(job_star: Path, continue_: bool):
     return module, (continued(options) if continue_ or job.is_continue else options)
 
 
-def execute_job(job_star: str | Path, *, continue_: bool = False, root: str | Path = ".") -> str:
+def execute_job(job_star: str | Path, *, continue_: bool = False, root: str | Path = ".") -> JobStatus:
     """Run the job of ``job_star`` (inside project ``root``, the current directory) here and now.
 
     Returns the final status: "Succeeded"; "Failed" after a user error or a crash (message or
@@ -123,7 +121,7 @@ def execute_job(job_star: str | Path, *, continue_: bool = False, root: str | Pa
 
 
 def execute_options(name: str, module: ModuleType, options: object, *,
-                    root: str | Path = ".") -> tuple[str, object]:
+                    root: str | Path = ".") -> tuple[JobStatus, object]:
     """Run ``module.run(options)`` as the project's job ``name`` (already recorded, e.g. by
     :meth:`Project.register_job`) in this process: status Running while it runs (with a
     heartbeat), then the final status and, on success, the output nodes.
@@ -151,13 +149,13 @@ def _open_here(root: str | Path) -> Project:
 
 def _mark_running(project: Project, name: str) -> None:
     job_dir = project.root / name
-    if project.job_status(name) != "Running":  # run directly, not launched by Project.run_job:
+    if project.job_status(name) != JobStatus.RUNNING:  # run directly, not launched by Project.run_job:
         clear_markers(job_dir)                    # markers of an earlier run are stale
         _notes.clear_run_files(job_dir)
-        project.record_status(name, "Running")
+        project.record_status(name, JobStatus.RUNNING)
 
 
-def _run_here(project: Project, name: str, module: ModuleType, options: object) -> tuple[str, object]:
+def _run_here(project: Project, name: str, module: ModuleType, options: object) -> tuple[JobStatus, object]:
     job_dir = project.root / name
     result: list[object] = [None]
 

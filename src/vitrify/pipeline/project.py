@@ -10,7 +10,7 @@ the jobs themselves) can share one project.
 >>> import tempfile
 >>> project = Project.open(tempfile.mkdtemp())
 >>> name = project.add_job("relion.select", {"fn_mic": "CtfFind/job002/micrographs_ctf.star"})
->>> name, project.job_status(name)
+>>> name, project.job_status(name).value
 ('Select/job001/', 'Scheduled')
 """
 
@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitrify.io.errors import InputError
-from vitrify.jobs.base import ABORT_NOW, EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCCESS, clear_markers
+from vitrify.jobs.base import clear_markers
+from vitrify.jobs.status import ABORT_NOW, EXIT_FAILURE, FINAL_STATUSES, JobStatus
+from vitrify.jobs.status import exit_marker_status as marker_status
 from vitrify.jobs.registry import job_directory
 from vitrify.pipeline import _aliases, _heartbeat, _launch, _notes
 from vitrify.pipeline._jobstar import JobStar, check_options, read_job_star, write_job_star
@@ -32,9 +34,6 @@ from vitrify.pipeline._lock import PIPELINE_FILE, edit_pipeline, read_locked
 from vitrify.pipeline._nodes import input_nodes, output_nodes, touch_node_markers
 from vitrify.pipeline._pipeline_star import PipelineState, Process, normalise_job_name
 
-#: exit marker file → process status
-MARKER_STATUS: dict[str, str] = {EXIT_SUCCESS: "Succeeded", EXIT_FAILURE: "Failed", EXIT_ABORTED: "Aborted"}
-FINAL_STATUSES = frozenset(MARKER_STATUS.values())
 POLL_S = 0.2
 _JOB_NAME = re.compile(r"([A-Za-z0-9]+)/job(\d{3,})/")
 
@@ -46,15 +45,7 @@ class JobRecord:
     name: str
     type_label: str
     alias: str | None
-    status: str
-
-
-def marker_status(job_dir: Path) -> str | None:
-    """Status given by the exit marker in ``job_dir`` (None while there is none)."""
-    for marker, status in MARKER_STATUS.items():
-        if (job_dir / marker).exists():
-            return status
-    return None
+    status: JobStatus
 
 
 class Project:
@@ -91,7 +82,7 @@ class Project:
             alias_name = _aliases.check_alias(self.root, state, directory, alias)
             (self.root / name).mkdir(parents=True)
             write_job_star(self.root / name / "job.star", JobStar(type_label.strip(), options))
-            state.processes[name] = Process(name, type_label.strip(), "Scheduled", alias_name)
+            state.processes[name] = Process(name, type_label.strip(), JobStatus.SCHEDULED, alias_name)
             for node, node_type in input_nodes(options, state.nodes):
                 state.add_input(node, node_type, name)
             state.job_counter = number + 1
@@ -131,7 +122,7 @@ class Project:
             existed = proc is not None
             if existed:
                 self._check_continuable(proc, type_label)
-            state.processes[name] = proc = proc or Process(name, type_label.strip(), "Scheduled")
+            state.processes[name] = proc = proc or Process(name, type_label.strip(), JobStatus.SCHEDULED)
             (self.root / name).mkdir(parents=True, exist_ok=True)
             write_job_star(self.root / name / "job.star", JobStar(proc.type_label, options))
             state.input_edges = [(n, p) for n, p in state.input_edges if p != name]
@@ -147,7 +138,7 @@ class Project:
         if job_directory(proc.type_label) != job_directory(type_label):
             raise InputError(f"{proc.name} is a {proc.type_label} job", path=self.root / proc.name,
                              field="--o", expected=f"a new {job_directory(type_label)}/jobNNN directory")
-        if proc.status == "Running" and marker_status(self.root / proc.name) is None \
+        if proc.status == JobStatus.RUNNING and marker_status(self.root / proc.name) is None \
                 and self._known_alive(proc.name):
             raise InputError(f"job {proc.name} is still running", path=self.root / proc.name,
                              expected="it to finish or be aborted first")
@@ -164,7 +155,7 @@ class Project:
                 _aliases.make_link(self.root, proc.name, new)
 
     # ---- running ---------------------------------------------------------------------------
-    def run_job(self, name: str, *, continue_: bool = False, wait: bool = False) -> str:
+    def run_job(self, name: str, *, continue_: bool = False, wait: bool = False) -> JobStatus:
         """Launch the job (detached, or through its queue template); return its status.
 
         ``wait=True`` blocks until an exit marker appears and returns the final status.
@@ -189,7 +180,7 @@ class Project:
         with edit_pipeline(self.root) as state:
             proc = state.process(name, self.root / PIPELINE_FILE)
             job_dir = self.root / proc.name
-            if proc.status == "Running" and marker_status(job_dir) is None and self._known_alive(proc.name):
+            if proc.status == JobStatus.RUNNING and marker_status(job_dir) is None and self._known_alive(proc.name):
                 raise InputError(f"job {proc.name} is still running", path=job_dir,
                                  expected="it to finish or be aborted first")
             clear_markers(job_dir)
@@ -197,15 +188,15 @@ class Project:
             job = read_job_star(job_dir / "job.star")
             if job.is_continue != continue_:
                 write_job_star(job_dir / "job.star", JobStar(job.type_label, job.options, continue_))
-            proc.status = "Running"
+            proc.status = JobStatus.RUNNING
         return proc.name
 
-    def wait_job(self, name: str, timeout_s: float | None = None) -> str:
+    def wait_job(self, name: str, timeout_s: float | None = None) -> JobStatus:
         """Poll until the job has a final status (or ``timeout_s`` passed); return the status."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             status = self.job_status(name)
-            if status not in ("Running",) or (deadline is not None and time.monotonic() > deadline):
+            if status != JobStatus.RUNNING or (deadline is not None and time.monotonic() > deadline):
                 return status
             time.sleep(POLL_S)
 
@@ -216,7 +207,7 @@ class Project:
         (self.root / proc.name / ABORT_NOW).touch()
 
     # ---- status ----------------------------------------------------------------------------
-    def job_status(self, name: str) -> str:
+    def job_status(self, name: str) -> JobStatus:
         """Scheduled | Running | Succeeded | Failed | Aborted; updates the pipeline from exit markers."""
         self._reap_children()
         proc = read_locked(self.root).process(name, self.root / PIPELINE_FILE)
@@ -231,18 +222,18 @@ class Project:
             if child.poll() is not None:
                 del self._children[name]
 
-    def _observed_status(self, proc: Process) -> str:
+    def _observed_status(self, proc: Process) -> JobStatus:
         job_dir = self.root / proc.name
         status = marker_status(job_dir)
-        if status is not None or proc.status != "Running":
+        if status is not None or proc.status != JobStatus.RUNNING:
             return status or proc.status
         if not self._process_alive(proc.name):
             status = marker_status(job_dir)  # it may have written one just before exiting
             if status is None:
                 _notes.append_text(job_dir / "run.err", "vitrify: the job process ended without an exit marker\n")
                 (job_dir / EXIT_FAILURE).touch()
-                status = "Failed"
-        return status or "Running"
+                status = JobStatus.FAILED
+        return status or JobStatus.RUNNING
 
     def _known_alive(self, name: str) -> bool:
         """True only when a job process of ``name`` is known to be running."""
@@ -266,18 +257,19 @@ class Project:
         pid = _notes.read_pid(self.root, name)
         return True if pid is None else _notes.pid_alive(pid)
 
-    def record_status(self, name: str, status: str) -> str:
+    def record_status(self, name: str, status: JobStatus | str) -> JobStatus:
         """Set a job's status in the pipeline; on Succeeded also record its output nodes.
 
         A final status (Succeeded, Failed, Aborted) is only recorded while its exit marker is
         still there: a process reporting an earlier run late never overwrites a rerun's Running.
         """
+        status = JobStatus(status)
         with edit_pipeline(self.root) as state:
             proc = state.process(name, self.root / PIPELINE_FILE)
             if status in FINAL_STATUSES and marker_status(self.root / proc.name) != status:
                 return proc.status  # a newer run cleared the marker this status was read from
             proc.status = status
-            if status == "Succeeded":
+            if status == JobStatus.SUCCEEDED:
                 nodes = output_nodes(self.root, proc.name, proc.type_label)
                 for node, node_type in nodes:
                     state.add_output(proc.name, node, node_type)
@@ -306,7 +298,7 @@ class Project:
         """Every job in pipeline order, with up-to-date status."""
         records = []
         for proc in list(read_locked(self.root).processes.values()):
-            status = self.job_status(proc.name) if proc.status == "Running" else proc.status
+            status = self.job_status(proc.name) if proc.status == JobStatus.RUNNING else proc.status
             records.append(JobRecord(proc.name, proc.type_label, proc.alias, status))
         return records
 

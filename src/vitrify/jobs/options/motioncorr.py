@@ -84,7 +84,7 @@ class Options:
             raise InputError(f"binning {self.binning} < 1", field="bin_factor", expected=">= 1")
         if self.first_frame < 1:
             raise InputError("first frame must be >= 1", field="first_frame_sum", expected=">= 1")
-        from vitrify.io._eer import check_eer_options
+        from vitrify.io.movies import check_eer_options
 
         check_eer_options(self.eer_grouping, self.eer_upsampling)
 

@@ -13,12 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vitrify.io.atomic import atomic_write
+from vitrify.jobs.status import ABORT_NOW, EXIT_MARKERS, JobStatus
 
 STATE_FILE = "schemer_state.json"
 LOG_FILE = "schemer.log"
-ABORT_NOW = "RELION_JOB_ABORT_NOW"
-EXIT_MARKERS = {"Succeeded": "RELION_JOB_EXIT_SUCCESS", "Failed": "RELION_JOB_EXIT_FAILURE",
-                "Aborted": "RELION_JOB_EXIT_ABORTED"}
 
 
 @dataclass(frozen=True)
@@ -85,12 +83,12 @@ def clear_exit_markers(scheme_dir: Path) -> None:
         (scheme_dir / name).unlink(missing_ok=True)
 
 
-def touch_exit_marker(scheme_dir: Path, status: str) -> None:
+def touch_exit_marker(scheme_dir: Path, status: JobStatus) -> None:
     """Leave ``RELION_JOB_EXIT_<...>`` for the run's final status."""
     atomic_write(scheme_dir / EXIT_MARKERS[status], "")
 
 
-def scheme_exit_status(scheme_dir: Path) -> str | None:
+def scheme_exit_status(scheme_dir: Path) -> JobStatus | None:
     """Final status of the last run from its exit marker, or None."""
     for status, marker in EXIT_MARKERS.items():
         if (scheme_dir / marker).exists():

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vitrify.io.errors import InputError
+from vitrify.jobs.status import JobStatus, exit_marker_status
 from vitrify.pipeline.schemes import _state
 from vitrify.pipeline.schemes.lock import SchemeLock, lock_dir, lock_holder_alive, lock_owner
 from vitrify.pipeline.schemes.model import MODES, UNDEFINED, Scheme
@@ -19,8 +20,6 @@ from vitrify.pipeline.schemes.runner import scheme_dir
 from vitrify.pipeline.schemes.star import read_scheme, write_scheme
 from vitrify.pipeline.schemes.templates import set_template_option, template_path
 
-_JOB_MARKERS = {"RELION_JOB_EXIT_SUCCESS": "Succeeded", "RELION_JOB_EXIT_FAILURE": "Failed",
-                "RELION_JOB_EXIT_ABORTED": "Aborted"}
 
 
 def _scheme_file(project_dir: str | Path, name: str) -> Path:
@@ -136,12 +135,17 @@ def _job_status(project_dir: Path, job_name: str, started: bool, original: str) 
     if not started or job_name == original:
         return "not started"
     job_dir = project_dir / job_name
-    for marker, status in _JOB_MARKERS.items():
-        if (job_dir / marker).exists():
-            return status
+    status = exit_marker_status(job_dir)
+    if status is not None:
+        return status
     if not job_dir.is_dir():
         return "missing"
-    return "Running" if (job_dir / "run.pid").exists() or (job_dir / "run.out").exists() else "Scheduled"
+    running = (job_dir / "run.pid").exists() or (job_dir / "run.out").exists()
+    return JobStatus.RUNNING if running else JobStatus.SCHEDULED
+
+
+#: final status of a scheme run → its state word in ``--status``
+_RUN_STATES = {JobStatus.SUCCEEDED: "finished", JobStatus.FAILED: "failed", JobStatus.ABORTED: "aborted"}
 
 
 def _run_state(project_dir: Path, name: str) -> tuple[str, int | None]:
@@ -150,8 +154,7 @@ def _run_state(project_dir: Path, name: str) -> tuple[str, int | None]:
     if directory.exists() and lock_holder_alive(directory) is not False:
         return "running", owner[0] if owner else None
     final = _state.scheme_exit_status(scheme_dir(project_dir, name))
-    return ({"Succeeded": "finished", "Failed": "failed", "Aborted": "aborted"}.get(final, "idle"),
-            None)
+    return _RUN_STATES.get(final, "idle"), None
 
 
 def scheme_status(project_dir: str | Path, name: str) -> dict:

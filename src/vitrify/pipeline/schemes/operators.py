@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitrify.io.errors import InputError
+from vitrify.pipeline._star import count_table_rows, read_table_column
 from vitrify.pipeline.schemes.model import UNDEFINED, Operator, Scheme, parse_float, parse_literal
 
 #: Argument kinds: float, bool, string variables; "number" = float variable or a literal;
@@ -117,8 +118,6 @@ def _star_spec(ctx, op) -> tuple[Path, str, str]:
 
 
 def _star_column(ctx, op) -> list[str]:
-    from vitrify.pipeline.schemes.star import read_table_column
-
     path, table, label = _star_spec(ctx, op)
     return read_table_column(path, table, label)
 
@@ -173,8 +172,6 @@ def _sort_idx(ctx, op):
 
 
 def _count_images(ctx, op):
-    from vitrify.pipeline.schemes.star import count_table_rows
-
     path = ctx.path(ctx.string(op.input1))
     table = "particles"
     if op.input2 in ctx.scheme.strings and ctx.scheme.strings[op.input2] != UNDEFINED:

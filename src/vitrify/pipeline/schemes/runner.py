@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitrify.io.errors import InputError
+from vitrify.jobs.status import FINAL_STATUSES, JobStatus
 from vitrify.pipeline.schemes import _state
 from vitrify.pipeline.schemes._state import ResumeState, SchemeLog
 from vitrify.pipeline.schemes.lock import SchemeLock
@@ -38,7 +39,8 @@ from vitrify.pipeline.schemes.templates import (
     JobTemplate, prepare_options, read_template, referenced_jobs, template_path,
 )
 
-FINAL_JOB_STATUSES = ("Succeeded", "Failed", "Aborted")
+#: what a job node gives when it is not run because it reads a failed or skipped job's output
+SKIPPED = "Skipped"
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class RunSettings:
 class RunResult:
     """How a run ended: ``status`` Succeeded | Failed | Aborted, where, and why."""
 
-    status: str
+    status: JobStatus
     current_node: str
     message: str
     failed_jobs: tuple[str, ...] = ()
@@ -159,7 +161,7 @@ class _Runner:
         self.log(f"scheme {self.name}: running from node {self.scheme.current_node}")
         while True:
             if self.abort_requested():
-                return self.finish("Aborted", "abort requested")
+                return self.finish(JobStatus.ABORTED, "abort requested")
             node = self.scheme.current_node
             if node == UNDEFINED:
                 return self.end_of_graph()
@@ -169,7 +171,7 @@ class _Runner:
                 result = self.operator_step(node) if node in self.scheme.operators else self.job_step(node)
             except InputError as err:
                 self.log(f"error at node {node}: {err}")
-                return self.finish("Failed", f"node {node}: {err}")
+                return self.finish(JobStatus.FAILED, f"node {node}: {err}")
             if result is not None:
                 return result
 
@@ -180,11 +182,11 @@ class _Runner:
 
     def end_of_graph(self) -> RunResult:
         if self.failed:
-            return self.finish("Failed", "reached the end of the scheme; failed: "
+            return self.finish(JobStatus.FAILED, "reached the end of the scheme; failed: "
                                + ", ".join(f"{k} ({v})" for k, v in self.failed.items()))
-        return self.finish("Succeeded", "reached the end of the scheme")
+        return self.finish(JobStatus.SUCCEEDED, "reached the end of the scheme")
 
-    def finish(self, status: str, message: str) -> RunResult:
+    def finish(self, status: JobStatus, message: str) -> RunResult:
         self.save()
         _state.touch_exit_marker(self.dir, status)
         self.log(f"scheme {self.name}: {status.lower()} at node {self.scheme.current_node}: {message}")
@@ -193,28 +195,28 @@ class _Runner:
     def operator_step(self, node: str) -> RunResult | None:
         operator = self.scheme.operators[node]
         if not execute_operator(self.ctx, operator):
-            return self.finish("Succeeded", f"stopped by {node} ({operator.type})")
+            return self.finish(JobStatus.SUCCEEDED, f"stopped by {node} ({operator.type})")
         self.advance(node)
         return None
 
     def job_step(self, node: str) -> RunResult | None:
         if node in self.failed and not self.progress:
-            return self.finish("Failed", f"job {node} ({self.failed[node]}) failed and no work "
+            return self.finish(JobStatus.FAILED, f"job {node} ({self.failed[node]}) failed and no work "
                                          "independent of it is left")
         status = self.run_job_node(node)
-        if status == "Aborted":
-            return self.finish("Aborted", f"job {node} ({self.scheme.jobs[node].name}) was aborted")
-        if status == "Failed":
+        if status == JobStatus.ABORTED:
+            return self.finish(JobStatus.ABORTED, f"job {node} ({self.scheme.jobs[node].name}) was aborted")
+        if status == JobStatus.FAILED:
             self.failed[node] = self.scheme.jobs[node].name
             self.failures[node] = self.failures.get(node, 0) + 1
             self.progress = False
             reason = self.failure_reason(self.failed[node])
             self.log(f"job {node} ({self.failed[node]}) failed{reason}")
             if self.settings.stop_on_failure or self.failures[node] >= self.settings.max_failures:
-                return self.finish("Failed", f"job {node} ({self.failed[node]}) failed "
+                return self.finish(JobStatus.FAILED, f"job {node} ({self.failed[node]}) failed "
                                              f"{self.failures[node]} time(s){reason}")
         self.advance(node)
-        if status == "Succeeded":
+        if status == JobStatus.SUCCEEDED:
             self.set_state(ResumeState())
         return None
 
@@ -238,7 +240,7 @@ class _Runner:
             self.skipped.add(node)
             self.log(f"job {node}: skipped, it reads the output of failed or skipped "
                      f"{', '.join(sorted(blocked))}")
-            return "Skipped"
+            return SKIPPED
         options = prepare_options(template, self.scheme, self.root)
         job, continue_ = self.choose_job(node, template, options)
         return self.launch(node, job, continue_)
@@ -251,7 +253,7 @@ class _Runner:
 
     def done(self, node: str, job: str, status: str) -> str:
         self.log(f"job {node}: {job} {status.lower()}")
-        if status == "Succeeded":
+        if status == JobStatus.SUCCEEDED:
             self.failed.pop(node, None)
             self.failures.pop(node, None)
             self.progress = True
@@ -268,13 +270,13 @@ class _Runner:
             status = self.project.job_status(job)
         except InputError:
             return None
-        if status == "Running":
+        if status == JobStatus.RUNNING:
             self.log(f"job {node}: following {job}, still running")
             return self.done(node, job, self.follow(job))
         ended_ns = _state.marker_time_ns(self.root / job, status)
         if not self.state.launched_at_ns or ended_ns is None or ended_ns < self.state.launched_at_ns:
             return self.launch(node, job, self.state.continue_)   # not run in this visit yet
-        if status == "Succeeded":
+        if status == JobStatus.SUCCEEDED:
             self.log(f"job {node}: {job} had already finished")
             return self.done(node, job, status)
         return None
@@ -319,12 +321,12 @@ class _Runner:
         abort_deadline = None
         while True:
             status = self.project.job_status(job)
-            if status in FINAL_JOB_STATUSES:
+            if status in FINAL_STATUSES:
                 return status
             if abort_deadline is None and self.abort_requested():
                 self.log(f"abort requested: aborting {job}")
                 self.project.abort_job(job)
                 abort_deadline = time.monotonic() + self.settings.abort_grace_s
             if abort_deadline is not None and time.monotonic() > abort_deadline:
-                return "Aborted"
+                return JobStatus.ABORTED
             time.sleep(self.settings.poll_s)

@@ -2,7 +2,6 @@
 
 Seven tables (general, floats, bools, strings, operators, jobs, edges); empty ones are not
 written; variables, operators and jobs are written sorted by name, edges in their order.
-Also the two STAR look-ups operators need (:func:`read_table_column`, :func:`count_table_rows`).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from vitrify.pipeline._star import read_blocks, row_line, write_blocks
 from vitrify.pipeline.schemes.model import (
     MODES, UNDEFINED, Edge, Operator, Scheme, SchemeJob, parse_float,
 )
+from vitrify.pipeline.schemes.validate import validate_scheme
 
 _VARIABLE_TABLES = {  # kind -> (block, name label, value label, reset label)
     "float": ("scheme_floats", "rlnSchemeFloatVariableName", "rlnSchemeFloatVariableValue",
@@ -73,8 +73,6 @@ def read_scheme(path: str | Path, *, validate: bool = True) -> Scheme:
     if scheme.current_node == UNDEFINED:
         scheme.current_node = scheme.start_node()
     if validate:
-        from vitrify.pipeline.schemes.validate import validate_scheme
-
         validate_scheme(scheme, path)
     return scheme
 
@@ -150,30 +148,3 @@ _DTYPES = {"float": "float64", "bool": "int64", "string": object}
 def write_scheme(path: str | Path, scheme: Scheme) -> None:
     """Write ``scheme`` to ``path`` atomically in RELION's layout."""
     write_blocks(path, scheme_blocks(scheme))
-
-
-def read_table_column(path: Path, table: str, label: str) -> list[str]:
-    """Values (as text) of ``label`` in table ``table`` of a STAR file."""
-    if not Path(path).exists():
-        raise InputError("STAR file not found", path=path)
-    blocks = read_blocks(path)
-    block = blocks.get(table)
-    if block is None:
-        raise InputError(f"no table data_{table}", path=path, expected=", ".join(blocks))
-    label = label.lstrip("_")
-    if isinstance(block, dict):
-        if label not in block:
-            raise InputError(f"no label _{label} in data_{table}", path=path)
-        return [str(block[label])]
-    if label not in block.columns:
-        raise InputError(f"no label _{label} in data_{table}", path=path,
-                         expected=", ".join(block.columns))
-    return [str(v) for v in block[label]]
-
-
-def count_table_rows(path: Path, table: str) -> int:
-    """Number of rows of ``table`` in a STAR file (0 when the table is absent)."""
-    block = read_blocks(path).get(table)
-    if block is None:
-        return 0
-    return 1 if isinstance(block, dict) and block else (0 if isinstance(block, dict) else len(block))

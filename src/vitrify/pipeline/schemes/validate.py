@@ -12,6 +12,7 @@ from pathlib import Path
 
 from vitrify.io.errors import InputError
 from vitrify.pipeline.schemes.model import UNDEFINED, Edge, Operator, Scheme, parse_literal
+from vitrify.pipeline.schemes.operators import SIGNATURES
 
 
 def _where(scheme: Scheme, table: str, key: str, what: str) -> str:
@@ -49,8 +50,6 @@ def _check_argument(scheme: Scheme, op: Operator, slot: str, value: str, kind: s
 
 
 def _check_operator(scheme: Scheme, op: Operator, path: Path) -> None:
-    from vitrify.pipeline.schemes.operators import SIGNATURES
-
     signature = SIGNATURES.get(op.type)
     if signature is None:
         raise InputError(f"operator {op.name} has unknown type {op.type!r}", path=path,
