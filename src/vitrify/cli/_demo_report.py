@@ -16,10 +16,12 @@ def class_table(data_star: Path, truth_star: Path) -> pd.DataFrame:
     """One row per 2D class, largest first: ``class``, ``particles``, ``share`` (fraction of
     all images), ``junk`` (fraction of its images that were simulated junk, from the truth)
     and ``resolution_angst`` (the class's estimated resolution, from the model STAR file)."""
-    from vitrify.io.star import read_star
+    from vitrify.io.star import absolute_image_names, read_star
 
-    data = read_star(data_star)["particles"][["rlnImageName", "rlnClassNumber"]]
-    truth = read_star(truth_star)["particles"][["rlnImageName", "vtfJunkKind"]]
+    data = read_star(data_star)["particles"][["rlnImageName", "rlnClassNumber"]].copy()
+    truth = read_star(truth_star)["particles"][["rlnImageName", "vtfJunkKind"]].copy()
+    for table, path in ((data, data_star), (truth, truth_star)):  # each file names images its own way
+        table["rlnImageName"] = absolute_image_names(table["rlnImageName"], path).to_numpy()
     merged = data.merge(truth, on="rlnImageName", how="left")
     merged["is_junk"] = merged["vtfJunkKind"].fillna("none") != "none"
     table = merged.groupby("rlnClassNumber").agg(particles=("is_junk", "size"), junk=("is_junk", "mean"))

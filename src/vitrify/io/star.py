@@ -34,6 +34,7 @@ __all__ = [
     "PROJECT_FILE",
     "STRING_LABELS",
     "OpticsStar",
+    "absolute_image_names",
     "image_base_dirs",
     "merge_optics",
     "portable_image_names",
@@ -243,3 +244,21 @@ def portable_image_names(names: pd.Series, base_dir: str | os.PathLike,
                for f in files.unique()}
     new_files = files.map(renamed)
     return (split[0] + "@" + new_files).where(has_index, new_files)
+
+
+def absolute_image_names(names: pd.Series, star_path: str | os.PathLike) -> pd.Series:
+    """``rlnImageName`` values read from ``star_path`` as ``N@/absolute/stack``: each file is found
+    in the first of :func:`image_base_dirs` that holds it (the first of them when none does), so
+    the names of two STAR files that refer to the same image compare equal."""
+    bases = image_base_dirs(star_path)
+    text = names.astype(str).str.strip()
+    split = text.str.partition("@")
+    has_index = split[1] == "@"
+    files = split[2].where(has_index, text)
+
+    def locate(name: str) -> str:
+        found = [base / name for base in bases if (base / name).exists()]
+        return (found[0] if found else bases[0] / name).resolve().as_posix()
+
+    located = files.map({f: locate(f) for f in files.unique()})
+    return (split[0] + "@" + located).where(has_index, located)
