@@ -34,7 +34,8 @@ def _micrograph(u, v, angle, seed):
     discs = np.zeros((N, N))
     for x, y in points:
         discs -= np.sqrt(np.clip(radius ** 2 - (xx - x) ** 2 - (yy - y) ** 2, 0, None)) / radius
-    ctf = ctf_core.ctf_2d(N, PIXEL, u, v, angle, 300.0, 2.7, 0.1, bfactor=50.0).numpy()
+    ctf = ctf_core.ctf_2d(N, ctf_core.CtfParams(pixel_size_angst=PIXEL, defocus_u_angst=u, defocus_v_angst=v,
+                                                defocus_angle_deg=angle, bfactor=50.0)).numpy()
     specimen = 2.0 * discs + rng.normal(size=(N, N))
     image = np.fft.irfft2(np.fft.rfft2(specimen) * ctf, s=(N, N)) + 0.7 * rng.normal(size=(N, N))
     return image.astype(np.float32), np.array(points)
