@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,9 @@ from vitrify.jobs._preprocess_io import Skips, relative_output, write_output_nod
 from vitrify.jobs.options.autopick import METHODS, Options, job_star_from_options, options_from_job_star
 from vitrify.preprocess.picking import Picks
 from vitrify.preprocess.template_pick import TemplatePickOptions
+
+if TYPE_CHECKING:
+    import torch
 
 
 def load_references(options: Options) -> tuple["torch.Tensor", float, TemplatePickOptions]:
