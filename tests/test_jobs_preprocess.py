@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import needs_shared, shared_fixtures
 from vitrify.jobs._preprocess_io import relative_output
 
 ctf_core = pytest.importorskip("vitrify.core.ctf")
@@ -130,17 +131,15 @@ def test_missing_input_is_one_line_error(project, capsys):
     assert "nope.star" in capsys.readouterr().err
 
 
+@needs_shared("relion4_schemes")
 def test_options_from_relion_job_star():
     from vitrify.jobs import autopick, ctffind, extract
     from vitrify.io.star import read_star
 
-    root = "/work/shared/fixtures/relion4_schemes"
-    try:
-        values = {kind: dict(zip(*read_star(f"{root}/{kind}/job.star", as_strings=True)
-                                 ["joboptions_values"].to_numpy().T))
-                  for kind in ("prep/ctffind", "proc/autopick", "proc/extract")}
-    except Exception:  # fixtures live outside the repository
-        pytest.skip("RELION scheme fixtures not available")
+    root = shared_fixtures("relion4_schemes")
+    values = {kind: dict(zip(*read_star(f"{root}/{kind}/job.star", as_strings=True)
+                             ["joboptions_values"].to_numpy().T))
+              for kind in ("prep/ctffind", "proc/autopick", "proc/extract")}
     c = ctffind.options_from_job_star(values["prep/ctffind"])
     assert (c.search.tile_px, c.search.resolution_max_angst, c.search.defocus_min_angst) == (512, 5.0, 5000.0)
     a = autopick.options_from_job_star(values["proc/autopick"])
