@@ -65,14 +65,12 @@ def _pick_log(image, row: pd.Series, options: Options, context: dict) -> Picks:
 
 
 def _micrograph_ctf(row: pd.Series):
-    from vitrify.preprocess.template_pick import MicrographCtf
+    from vitrify.core.ctf import CtfParams
 
     needed = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
     if not all(label in row.index and pd.notna(row[label]) for label in needed):
         return None
-    return MicrographCtf(float(row["rlnDefocusU"]), float(row["rlnDefocusV"]), float(row["rlnDefocusAngle"]),
-                         float(row.get("rlnVoltage", 300.0)), float(row.get("rlnSphericalAberration", 2.7)),
-                         float(row.get("rlnAmplitudeContrast", 0.1)), float(row.get("rlnPhaseShift", 0.0) or 0.0))
+    return CtfParams.from_relion(row.dropna(), pixel_size_angst=float(row["rlnMicrographPixelSize"]))
 
 
 def _pick_template(image, row: pd.Series, options: Options, context: dict) -> Picks:
