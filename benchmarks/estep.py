@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vitrify.core.ctf import ctf_2d
+from vitrify.core.ctf import CtfParams, ctf_2d
 from vitrify.core.device import tune_host_allocator
 from vitrify.ml.estep import EStepSums
 from vitrify.ml.expectation import (EStepSettings, TemplateCache, build_pass_grid, coarse_radius, expectation,
@@ -106,7 +106,8 @@ def make_case(w: Workload, seed: int = 0):
     shift = (torch.rand(w.n_particles, 2, generator=g) * 2 - 1) * w.offset_range_px * 0.6
     templates = f.rows[r_true, :p] + 1j * f.rows[r_true, p:]
     defocus = 8000 + torch.rand(w.n_particles, generator=g) * 20000
-    ctf_grid = ctf_2d(n, 3.0, defocus, defocus + 300, torch.zeros(w.n_particles), 300.0, 2.7, 0.1)
+    ctf_grid = ctf_2d(n, CtfParams(pixel_size_angst=3.0, defocus_u_angst=defocus, defocus_v_angst=defocus + 300,
+                                   defocus_angle_deg=torch.zeros(w.n_particles)))
     ctf_full = pack(ctf_grid, win)
     kx, ky = win.kx[:p], win.ky[:p]
     # particle = reference shifted by -shift, so its refined offset is +shift

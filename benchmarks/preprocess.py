@@ -215,11 +215,12 @@ def resolution_at_true_ctf(ctf_table, true_mics) -> np.ndarray:
 
     import torch
 
+    from vitrify.core.ctf import CtfParams
     from vitrify.io.mrc import read_mrc
     from vitrify.preprocess import ctf_fit as cf
     from vitrify.preprocess._ctf_model import from_uv_angle
 
-    optics, search = cf.Optics(1.5), cf.CtfSearch()
+    optics, search = CtfParams(pixel_size_angst=1.5), cf.CtfSearch()
     out = []
     for _, row in ctf_table.merge(true_mics, on="rlnMicrographMovieName", suffixes=("", "_true")).iterrows():
         image = torch.as_tensor(np.asarray(read_mrc(row["rlnMicrographNameNoDW"])[0], dtype=np.float32))

@@ -73,7 +73,7 @@ def write_star_dataset(out_dir, n_per_class: int = 60, n: int = 32, snr: float =
 
     import pandas as pd
 
-    from vitrify.core.ctf import ctf_2d
+    from vitrify.core.ctf import CtfParams, ctf_2d
     from vitrify.core.fourier import irfft2_centered, rfft2_centered
     from vitrify.io.mrc import write_mrc
     from vitrify.io.star import write_star
@@ -87,7 +87,8 @@ def write_star_dataset(out_dir, n_per_class: int = 60, n: int = 32, snr: float =
     count = clean.shape[0]
     defocus = 10000 + torch.rand(count, generator=g) * 15000
     if with_ctf:
-        ctf = ctf_2d(n, pixel_size_angst, defocus, defocus + 200, torch.zeros(count), 300.0, 2.7, 0.1)
+        ctf = ctf_2d(n, CtfParams(pixel_size_angst=pixel_size_angst, defocus_u_angst=defocus,
+                                  defocus_v_angst=defocus + 200, defocus_angle_deg=torch.zeros(count)))
         clean = irfft2_centered(rfft2_centered(clean) * ctf, n)
     noisy = clean + torch.randn(clean.shape, generator=g) * clean.std() / math.sqrt(snr)
     noisy = noisy / noisy.std()

@@ -11,15 +11,13 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
+from conftest import needs_shared, shared_fixtures
 from vitrify.cli.main import build_app
 from vitrify.io.errors import InputError
 
-FIXTURES = Path("/work/shared/fixtures/acquisition")
-if not FIXTURES.is_dir():
-    FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "acquisition"
-SCHEMES = FIXTURES.parent / "relion4_schemes"
+FIXTURES = shared_fixtures("acquisition")
+SCHEMES = shared_fixtures("relion4_schemes")
 K2 = "FoilHole_22011316_Data_19957701_19957703_20200323_100235.xml"
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="acquisition fixtures not found")
 
 
 def _run(*args: str):
@@ -53,6 +51,7 @@ def _simulated_session(directory: Path, n_movies: int = 3) -> list[Path]:
     return movies
 
 
+@needs_shared("acquisition")
 def test_read_json_prints_one_object_with_missing():
     result = _run("mdcatch", "--read", str(FIXTURES / K2), "--json")
     assert result.exit_code == 0, result.output
@@ -63,6 +62,7 @@ def test_read_json_prints_one_object_with_missing():
     assert data["missing"] == ["cs_mm", "gain_reference", "defects_file"]
 
 
+@needs_shared("acquisition")
 def test_read_table_shows_values_and_sources():
     result = _run("mdcatch", "--read", str(FIXTURES / "frames.mdoc"))
     assert result.exit_code == 0, result.output
@@ -70,6 +70,7 @@ def test_read_table_shows_values_and_sources():
     assert "missing" in result.output
 
 
+@needs_shared("acquisition")
 def test_read_corrupt_file_is_one_line_error(tmp_path, capsys, monkeypatch):
     raw = (FIXTURES / K2).read_bytes()
     (tmp_path / "cut.xml").write_bytes(raw[:3000])
@@ -97,6 +98,7 @@ def test_session_from_simulated_movies(tmp_path):
     assert "'proc__extract__do_rescale' : 'True'," in (project / "relion_it_options.py").read_text()
 
 
+@needs_shared("acquisition")
 def test_session_in_epu_layout_with_overrides_and_gain(tmp_path):
     data = tmp_path / "session" / "Images-Disc1" / "GridSquare_7" / "Data"
     data.mkdir(parents=True)
@@ -119,9 +121,8 @@ def test_session_in_epu_layout_with_overrides_and_gain(tmp_path):
     assert float(options["prep__motioncorr__dose_per_frame"]) == pytest.approx(25.179406 / 40, rel=1e-5)
 
 
+@needs_shared("relion4_schemes")
 def test_options_are_written_into_the_projects_scheme_job_files(tmp_path):
-    if not (SCHEMES / "prep" / "motioncorr" / "job.star").is_file():
-        pytest.skip("RELION-4 scheme fixtures not found")
     from vitrify.io.star import read_star
 
     _simulated_session(tmp_path / "session", n_movies=1)
@@ -144,6 +145,7 @@ def test_session_without_metadata_is_an_error(tmp_path, capsys, monkeypatch):
     assert "no metadata file found" in err
 
 
+@needs_shared("acquisition")
 def test_watch_skips_a_partial_file_with_a_warning(tmp_path):
     from vitrify.pipeline.mdcatch import read_first_complete
 
@@ -168,6 +170,7 @@ def test_watch_times_out_cleanly(tmp_path):
         read_first_complete(tmp_path / "s", watch=True, poll_s=0.01, timeout_s=0.05)
 
 
+@needs_shared("acquisition")
 def test_epu_session_dm_reads_like_its_xml(tmp_path):
     shutil.copy(FIXTURES / "EpuSession-K2.xml", tmp_path / "EpuSession.dm")
     result = _run("mdcatch", "--read", str(tmp_path / "EpuSession.dm"), "--json")
@@ -199,6 +202,7 @@ def test_eer_session_groups_raw_frames(tmp_path):
     assert float(record["scheme_options"]["prep__motioncorr__dose_per_frame"]) == pytest.approx(1.0)
 
 
+@needs_shared("acquisition")
 def test_watch_waits_for_the_first_file_to_appear_and_be_complete(tmp_path):
     import threading
     import time
@@ -248,6 +252,7 @@ gain_flip = 2
 """
 
 
+@needs_shared("acquisition")
 def test_facility_file_sets_site_values_without_code_edits(tmp_path):
     import mrcfile
 
@@ -289,6 +294,7 @@ def test_facility_file_sets_site_values_without_code_edits(tmp_path):
     assert options["prep__motioncorr__group_for_ps"] == "5"  # round(4 / 0.75)
 
 
+@needs_shared("acquisition")
 def test_facility_movie_patterns_pick_the_raw_movies(tmp_path):
     from vitrify.io.acquisition import read_acquisition
     from vitrify.pipeline.mdcatch import locate_movies
@@ -305,6 +311,7 @@ def test_facility_movie_patterns_pick_the_raw_movies(tmp_path):
         locate_movies(params, tmp_path, ("*.eer",))
 
 
+@needs_shared("acquisition")
 def test_gain_look_up_rules_per_camera(tmp_path):
     from vitrify.io.acquisition import read_acquisition, with_value
     from vitrify.io.facility import CameraConfig, FacilityConfig

@@ -7,11 +7,11 @@ gain reference are the files the simulator wrote (its movies.star lists the movi
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import needs_shared, shared_fixtures
 from vitrify.cli.main import build_app
 from vitrify.io.star import read_star
 
@@ -64,13 +64,11 @@ def test_mdcatch_recovers_a_simulated_session(tmp_path, movie_format):
     assert options["proc__extract__extract_size"] == "280"  # 1.5 x 150 / 0.83 = 271.1 -> 280
 
 
-SCHEMES = Path("/work/shared/fixtures/relion4_schemes")
-if not SCHEMES.is_dir():
-    SCHEMES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion4_schemes"
+SCHEMES = shared_fixtures("relion4_schemes")
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SCHEMES.is_dir(), reason="RELION-4 scheme fixtures not found")
+@needs_shared("relion4_schemes")
 def test_simulated_session_runs_through_relion4_prep_scheme(tmp_path):
     """simulate → mdcatch (into RELION 4's own prep scheme) → the printed schemer commands."""
     import shutil

@@ -88,3 +88,28 @@ def test_rescale_3d_round_trip_band_limited(device):
     assert up.shape == (24, 24, 24)
     assert float(up.mean()) == pytest.approx(float(v.mean()), abs=1e-5)
     torch.testing.assert_close(rescale_3d(up, 16), v, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("n", [98, 196, 99])
+def test_frequency_grid_is_exact_integers_in_float64(n):
+    """fftfreq's float64 values are off by an ulp for such sizes; ties of |k| / pad then round wrongly."""
+    ky, kx = frequency_grid_2d(n, dtype=torch.float64)
+    expected = torch.fft.fftfreq(n).mul(n).round().to(torch.float64)
+    assert torch.equal(ky[:, 0], expected) and torch.equal(kx[0], torch.arange(n // 2 + 1, dtype=torch.float64))
+
+
+def test_shell_index_oversampling_gives_the_unpadded_shell(device):
+    """On a twice padded grid, frequency j belongs to shell round(|j| / 2) of the image, ties to even."""
+    shells = shell_index_2d(196, oversampling=2, device=device).cpu()
+    assert int(shells[0, 1]) == 0 and int(shells[0, 5]) == 2 and int(shells[0, 7]) == 4  # 0.5, 2.5, 3.5
+    assert int(shells[3, 4]) == 2 and int(shells[0, 98]) == 49  # |(3, 4)| = 5 -> 2.5 -> 2
+    assert torch.equal(shell_index_2d(64, oversampling=1), shell_index_2d(64))
+
+
+def test_shell_sums_mean_divides_by_the_pixel_count(device):
+    shells = shell_index_2d(16, device=device)
+    values = torch.rand(3, 16, 9, device=device, dtype=torch.float64)
+    counts = shell_sums(torch.ones(16, 9, device=device, dtype=torch.float64), shells, 12)
+    means = shell_sums(values, shells, 12, mean=True)
+    torch.testing.assert_close(means, shell_sums(values, shells, 12) / counts)
+    assert float(shell_sums(values, shells, 14, mean=True)[:, 13].abs().max()) == 0.0  # empty shell stays 0

@@ -13,19 +13,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import needs_shared, shared_fixtures
 from vitrify.io.acquisition import asdict_plain, read_acquisition
 from vitrify.io.errors import InputError
 
-FIXTURES = Path("/work/shared/fixtures/acquisition")
-if not FIXTURES.is_dir():  # the fixtures live beside the repository
-    FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "acquisition"
-pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason="acquisition fixtures not found")
+FIXTURES = shared_fixtures("acquisition")
 
 FALCON = "FoilHole_18890345_Data_18881924_18881926_20200320_090200.xml"
 K2 = "FoilHole_22011316_Data_19957701_19957703_20200323_100235.xml"
 FRACTIONS = "FoilHole_5330585_Data_5338216_5338218_20200206_170645_Fractions.xml"
 
 
+@needs_shared("acquisition")
 def test_epu_falcon3_movie_xml():
     p = read_acquisition(FIXTURES / FALCON)
     # <numericValue>1.0684707979491392E-10</numericValue>, SuperResolutionFactor 1
@@ -50,6 +49,7 @@ def test_epu_falcon3_movie_xml():
     assert p.sources["pixel_size_angst"][0] == FALCON
 
 
+@needs_shared("acquisition")
 def test_epu_k2_energy_filter_movie_xml():
     p = read_acquisition(FIXTURES / K2)
     assert p.pixel_size_angst == pytest.approx(1.18367010637499)
@@ -63,6 +63,7 @@ def test_epu_k2_energy_filter_movie_xml():
     assert p.frame_size_px == (3838, 3710)
 
 
+@needs_shared("acquisition")
 def test_epu_fractions_side_car():
     p = read_acquisition(FIXTURES / FRACTIONS)
     assert p.n_frames == 22  # <RecordedNumberOfFractions>22</RecordedNumberOfFractions>
@@ -75,6 +76,7 @@ def test_epu_fractions_side_car():
     assert p.pixel_size_angst is None and "pixel_size_angst" in p.missing
 
 
+@needs_shared("acquisition")
 def test_fractions_side_car_merges_into_movie_xml(tmp_path):
     shutil.copy(FIXTURES / FALCON, tmp_path / "FoilHole_1_Data_2_3_4.xml")
     shutil.copy(FIXTURES / FRACTIONS, tmp_path / "FoilHole_1_Data_2_3_4_Fractions.xml")
@@ -84,6 +86,7 @@ def test_fractions_side_car_merges_into_movie_xml(tmp_path):
     assert p.sources["total_dose_e_per_px"][0] == "FoilHole_1_Data_2_3_4_Fractions.xml"
 
 
+@needs_shared("acquisition")
 def test_epu_session_file():
     p = read_acquisition(FIXTURES / "EpuSession-K2.xml")
     assert p.detector == "EF-CCD" and p.detector_model == "Gatan K2"
@@ -95,6 +98,7 @@ def test_epu_session_file():
     assert {"pixel_size_angst", "voltage_kv", "total_dose_e_per_angst2"} <= set(p.missing)
 
 
+@needs_shared("acquisition")
 def test_serialem_frames_mdoc_without_d_number_in_brackets():
     p = read_acquisition(FIXTURES / "frames.mdoc")
     assert p.pixel_size_angst == pytest.approx(0.50226)  # PixelSpacing = 0.50226
@@ -114,6 +118,7 @@ def test_serialem_frames_mdoc_without_d_number_in_brackets():
     assert p.sources["n_frames"][1].startswith("[FrameSet = 0] NumSubFrames")
 
 
+@needs_shared("acquisition")
 def test_serialem_tilt_series_mdoc():
     p = read_acquisition(FIXTURES / "tilt_series.mdoc")
     assert len(p.tilt_angles_deg) == 41
@@ -126,6 +131,7 @@ def test_serialem_tilt_series_mdoc():
     assert "voltage_kv" in p.missing  # this mdoc has no Voltage line
 
 
+@needs_shared("acquisition")
 def test_truncated_xml_names_file_and_line(tmp_path):
     raw = (FIXTURES / K2).read_bytes()
     bad = tmp_path / "FoilHole_1_Data_2.xml"
@@ -134,6 +140,7 @@ def test_truncated_xml_names_file_and_line(tmp_path):
         read_acquisition(bad)
 
 
+@needs_shared("acquisition")
 def test_mdoc_garbage_line_names_file_and_line(tmp_path):
     lines = (FIXTURES / "frames.mdoc").read_text().splitlines()
     lines.insert(5, "\x00\x01garbage without an equals sign")
@@ -143,6 +150,7 @@ def test_mdoc_garbage_line_names_file_and_line(tmp_path):
         read_acquisition(bad)
 
 
+@needs_shared("acquisition")
 def test_mdoc_malformed_number_names_line(tmp_path):
     text = (FIXTURES / "frames.mdoc").read_text().replace("NumSubFrames = 40", "NumSubFrames = 4x0")
     bad = tmp_path / "bad.mdoc"
@@ -193,6 +201,7 @@ def test_simulated_session_metadata_round_trip(tmp_path, suffix):
             assert xml_values[name] == pytest.approx(mdoc_values[name]), name
 
 
+@needs_shared("acquisition")
 def test_json_has_units_sources_and_missing():
     import json
 
@@ -282,6 +291,7 @@ gain_flip = 2
 """
 
 
+@needs_shared("acquisition")
 def test_facility_config_fills_cs_and_camera(tmp_path):
     from vitrify.io.facility import apply_facility, load_facility_config
 
@@ -310,6 +320,7 @@ def test_facility_config_errors_name_file_and_key(tmp_path):
         load_facility_config(tmp_path / "broken.toml")
 
 
+@needs_shared("acquisition")
 def test_overrides_re_derive_dependent_values():
     from vitrify.io.acquisition import apply_overrides
 
@@ -341,6 +352,7 @@ def _edited_k2(tmp_path: Path, old: str, new: str) -> Path:
     return path
 
 
+@needs_shared("acquisition")
 def test_epu_super_resolution_factor_halves_the_saved_pixel(tmp_path):
     # README: EPU's SpatialScale already includes binning; divide by the SuperResolutionFactor
     path = _edited_k2(tmp_path, 'SuperResolutionFactor</a:Key><a:Value i:type="b:int" '
@@ -355,6 +367,7 @@ def test_epu_super_resolution_factor_halves_the_saved_pixel(tmp_path):
     assert "SuperResolutionFactor" in p.sources["pixel_size_angst"][1]
 
 
+@needs_shared("acquisition")
 def test_epu_phase_plate_used(tmp_path):
     path = _edited_k2(tmp_path, 'PhasePlateUsed</a:Key><a:Value i:type="b:boolean" '
                       'xmlns:b="http://www.w3.org/2001/XMLSchema">false<',
@@ -365,6 +378,7 @@ def test_epu_phase_plate_used(tmp_path):
     assert p.sources["phase_plate"] == (K2, "CustomData/PhasePlateUsed")
 
 
+@needs_shared("acquisition")
 def test_epu_xml_with_a_non_numeric_value_names_the_field(tmp_path):
     path = _edited_k2(tmp_path, "<AccelerationVoltage>300000<", "<AccelerationVoltage>300 kV<")
     with pytest.raises(InputError, match=r"AccelerationVoltage.*not a number"):
@@ -380,6 +394,7 @@ def test_mrc_fei1_extended_header(tmp_path):
     assert p.sources["voltage_kv"] == ("fei1.mrc", "FEI1 extended header: HT")
 
 
+@needs_shared("acquisition")
 def test_epu_k3_recognised_by_its_sensor_size(tmp_path):
     path = _edited_k2(tmp_path, "<a:height>3710</a:height><a:width>3838</a:width>",
                       "<a:height>4092</a:height><a:width>5760</a:width>")
@@ -388,6 +403,7 @@ def test_epu_k3_recognised_by_its_sensor_size(tmp_path):
     assert p.frame_size_px == (5760, 4092)
 
 
+@needs_shared("acquisition")
 def test_epu_falcon4_recognised_by_its_raw_frame_rate(tmp_path):
     text = (FIXTURES / FALCON).read_text()
     assert text.count("<ExposureTime>70.36</ExposureTime>") == 1
@@ -397,6 +413,7 @@ def test_epu_falcon4_recognised_by_its_raw_frame_rate(tmp_path):
     assert p.detector_model == "Falcon 4" and p.exposure_time_s == 5.0
 
 
+@needs_shared("acquisition")
 def test_mdoc_with_windows_line_ends_and_code_page_text_reads(tmp_path):
     text = (FIXTURES / "frames.mdoc").read_text()
     (tmp_path / "crlf.mdoc").write_bytes(text.replace("\n", "\r\n").encode())
@@ -407,6 +424,7 @@ def test_mdoc_with_windows_line_ends_and_code_page_text_reads(tmp_path):
     assert read_acquisition(tmp_path / "note.mdoc").pixel_size_angst == pytest.approx(0.50226)
 
 
+@needs_shared("acquisition")
 def test_mdoc_cut_short_with_nul_padding_names_the_line(tmp_path):
     lines = (FIXTURES / "frames.mdoc").read_text().splitlines()
     bad = tmp_path / "crashed.mdoc"

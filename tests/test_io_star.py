@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import needs_shared, shared_fixtures
 from vitrify.io.errors import InputError
 from vitrify.io.star import (
     merge_optics,
@@ -20,11 +21,9 @@ from vitrify.io.star import (
     write_star_optics,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion4_schemes"
-if not FIXTURES.is_dir():  # a clone elsewhere: the workplace's shared tree
-    FIXTURES = Path("/work/shared/fixtures/relion4_schemes")
+FIXTURES = shared_fixtures("relion4_schemes")
 FIXTURE_FILES = sorted(FIXTURES.rglob("*.star")) if FIXTURES.is_dir() else []
-needs_fixtures = pytest.mark.skipif(not FIXTURE_FILES, reason="shared RELION fixtures not present")
+needs_fixtures = needs_shared("relion4_schemes")
 
 
 def assert_blocks_equal(a: dict, b: dict) -> None:

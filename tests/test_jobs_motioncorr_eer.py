@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
 import tifffile
+from conftest import needs_shared, shared_fixtures
 from _eer_encode import write_eer
 
 from vitrify.errors import InputError
@@ -37,10 +37,9 @@ def test_eer_options_from_and_to_relion_job_star():
         motioncorr.Options("m.star", eer_grouping=0)
 
 
+@needs_shared("relion4_schemes")
 def test_relion_scheme_motioncorr_job_star_sets_the_grouping():
-    root = "/work/shared/fixtures/relion4_schemes/prep/motioncorr/job.star"
-    if not os.path.isfile(root):
-        pytest.skip("RELION scheme fixtures not available")
+    root = shared_fixtures("relion4_schemes") / "prep/motioncorr/job.star"
     table = read_star(root, as_strings=True)["joboptions_values"]
     values = dict(zip(table["rlnJobOptionVariable"], table["rlnJobOptionValue"]))
     assert motioncorr.options_from_job_star(values).eer_grouping == 20

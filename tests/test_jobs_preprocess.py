@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
+from conftest import needs_shared, shared_fixtures
 from vitrify.jobs._preprocess_io import relative_output
 
 ctf_core = pytest.importorskip("vitrify.core.ctf")
@@ -34,7 +33,8 @@ def _micrograph(u, v, angle, seed):
     discs = np.zeros((N, N))
     for x, y in points:
         discs -= np.sqrt(np.clip(radius ** 2 - (xx - x) ** 2 - (yy - y) ** 2, 0, None)) / radius
-    ctf = ctf_core.ctf_2d(N, PIXEL, u, v, angle, 300.0, 2.7, 0.1, bfactor=50.0).numpy()
+    ctf = ctf_core.ctf_2d(N, ctf_core.CtfParams(pixel_size_angst=PIXEL, defocus_u_angst=u, defocus_v_angst=v,
+                                                defocus_angle_deg=angle, bfactor=50.0)).numpy()
     specimen = 2.0 * discs + rng.normal(size=(N, N))
     image = np.fft.irfft2(np.fft.rfft2(specimen) * ctf, s=(N, N)) + 0.7 * rng.normal(size=(N, N))
     return image.astype(np.float32), np.array(points)
@@ -129,17 +129,15 @@ def test_missing_input_is_one_line_error(project, capsys):
     assert "nope.star" in capsys.readouterr().err
 
 
+@needs_shared("relion4_schemes")
 def test_options_from_relion_job_star():
     from vitrify.jobs import autopick, ctffind, extract
     from vitrify.io.star import read_star
 
-    root = "/work/shared/fixtures/relion4_schemes"
-    try:
-        values = {kind: dict(zip(*read_star(f"{root}/{kind}/job.star", as_strings=True)
-                                 ["joboptions_values"].to_numpy().T))
-                  for kind in ("prep/ctffind", "proc/autopick", "proc/extract")}
-    except Exception:  # fixtures live outside the repository
-        pytest.skip("RELION scheme fixtures not available")
+    root = shared_fixtures("relion4_schemes")
+    values = {kind: dict(zip(*read_star(f"{root}/{kind}/job.star", as_strings=True)
+                             ["joboptions_values"].to_numpy().T))
+              for kind in ("prep/ctffind", "proc/autopick", "proc/extract")}
     c = ctffind.options_from_job_star(values["prep/ctffind"])
     assert (c.search.tile_px, c.search.resolution_max_angst, c.search.defocus_min_angst) == (512, 5.0, 5000.0)
     a = autopick.options_from_job_star(values["proc/autopick"])

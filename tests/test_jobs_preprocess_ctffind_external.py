@@ -15,7 +15,8 @@ from vitrify.io.errors import InputError
 from vitrify.io.mrc import write_mrc
 from vitrify.io.star import read_star_optics, write_star_optics
 from vitrify.jobs._ctffind_external import ctffind_stdin, parse_ctffind_output
-from vitrify.preprocess.ctf_fit import CtfSearch, Optics
+from vitrify.core.ctf import CtfParams
+from vitrify.preprocess.ctf_fit import CtfSearch
 
 #: a results file as CTFFIND 4.1.14 writes it (header and column list from its documentation)
 CTFFIND4_TXT = """\
@@ -56,7 +57,8 @@ def test_bad_results_files_name_the_line(tmp_path, body, where):
 
 
 def test_stdin_has_the_six_lines_ctffind_checks():
-    text = ctffind_stdin("a.mrc", "a.ctf", Optics(1.06, 200.0, 2.7, 0.1),
+    optics = CtfParams(pixel_size_angst=1.06, voltage_kv=200.0, cs_mm=2.7, amplitude_contrast=0.1)
+    text = ctffind_stdin("a.mrc", "a.ctf", optics,
                          CtfSearch(do_phase_shift=True, phase_max_deg=180.0, phase_step_deg=10.0))
     lines = text.splitlines()
     assert lines[:2] == ["a.mrc", "a.ctf"]

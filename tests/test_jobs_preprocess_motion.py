@@ -14,6 +14,7 @@ movies_io = pytest.importorskip("vitrify.io.movies")
 star_io = pytest.importorskip("vitrify.io.star")
 mrc_io = pytest.importorskip("vitrify.io.mrc")
 
+from conftest import needs_shared, shared_fixtures  # noqa: E402
 from vitrify.preprocess._frames import shift_spectra  # noqa: E402
 
 H, W, FRAMES = 160, 192, 8
@@ -125,12 +126,11 @@ def test_import_without_matches_is_one_line_error(movies, capsys):
     assert "no files match" in capsys.readouterr().err
 
 
+@needs_shared("relion4_schemes")
 def test_options_from_relion_job_stars():
     from vitrify.jobs import import_, motioncorr, select
 
-    root = "/work/shared/fixtures/relion4_schemes"
-    if not os.path.isdir(root):
-        pytest.skip("RELION scheme fixtures not available")
+    root = shared_fixtures("relion4_schemes")
 
     def values(kind):
         table = star_io.read_star(f"{root}/{kind}/job.star", as_strings=True)["joboptions_values"]

@@ -54,7 +54,8 @@ def test_vdam_separates_three_shapes_and_ends_with_a_full_pass():
 def test_vdam_full_batch_unit_step_equals_the_em_update():
     """Identical pseudo half-sets, first moments, T -> inf: F + G = data / weight = EM (ML)."""
     from vitrify.ml.fourier2d import images_from_padded, padded_ft
-    from vitrify.ml.mstep import map_reconstruct, padded_shells
+    from vitrify.core.fourier import shell_index_2d
+    from vitrify.ml.mstep import map_reconstruct
     from vitrify.ml.vdam import Moments, gradient_step, half_gradients, update_moments
 
     clf, _ = _setup(labels_per_class=30, algorithm="vdam")
@@ -71,7 +72,7 @@ def test_vdam_full_batch_unit_step_equals_the_em_update():
                                             model.current_radius), N_BOX)
     moments = Moments.zeros(3, 2 * N_BOX, data.device)
     grads = half_gradients(data, weight, padded_ft(model.refs, model.pad).to(torch.complex64))
-    inside = padded_shells(2 * N_BOX, model.pad, data.device) <= model.current_radius
+    inside = shell_index_2d(2 * N_BOX, oversampling=model.pad, device=data.device) <= model.current_radius
     update_moments(moments, grads, inside, torch.ones(3, dtype=torch.bool))
     moments.m2.fill_(1.0)  # identical halves: no noise, second moment 1
     moments.m1[1] = moments.m1[0] * 0.999  # tiny half-set difference -> noise > 0, FSC -> 1

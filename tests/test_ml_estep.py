@@ -7,14 +7,15 @@ import math
 import pytest
 import torch
 
-from vitrify.ml.estep import Batch, EStepSums, run_block, significant_weights
+from vitrify.ml.block import run_block
+from vitrify.ml.estep import Batch, EStepSums, significant_weights
 from vitrify.ml.expectation import (EStepSettings, TemplateCache, build_pass_grid, coarse_radius,
                                     make_sampling)
 from vitrify.ml.fourier2d import image_ft, images_from_padded, padded_ft
 from vitrify.ml.model import MlModel
 from vitrify.ml.templates import (make_rotation_table, sample_templates, scatter_to_grids,
                                   symmetrise_column0)
-from vitrify.ml.window import make_window, pack, shell_sums, unpack
+from vitrify.ml.window import make_window, pack, unpack, window_shell_sums
 
 
 def _model(refs, pdf, sigma2=1e-3, radius=10):
@@ -35,7 +36,7 @@ def test_window_is_shell_sorted_prefix_and_round_trips():
     keep = back != 0
     assert torch.equal(back[keep], grid[keep])
     # half weights make the kx=0 column count once per independent component
-    counts = shell_sums(w.half_weight[None].double(), w)[0]
+    counts = window_shell_sums(w.half_weight[None].double(), w)[0]
     ky = torch.fft.fftfreq(24, 1 / 24)[:, None]
     kx = torch.fft.fftfreq(24, 1 / 24)[None, :]
     full = torch.round(torch.sqrt(kx ** 2 + ky ** 2)).long()

@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from conftest import needs_shared, shared_fixtures
 from vitrify.io.acquisition import AcquisitionParams, complete_derived
 from vitrify.io.errors import InputError
 from vitrify.pipeline.autosetup import (
@@ -119,17 +120,12 @@ def test_pipeline_autosetup_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+@needs_shared("acquisition")
 def test_real_falcon3_epu_file_200_angst_particle():
-    from pathlib import Path
-
     from vitrify.io.acquisition import read_acquisition
     from vitrify.io.facility import FacilityConfig, apply_facility
 
-    fixtures = Path("/work/shared/fixtures/acquisition")
-    if not fixtures.is_dir():
-        fixtures = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "acquisition"
-    if not fixtures.is_dir():
-        pytest.skip("acquisition fixtures not found")
+    fixtures = shared_fixtures("acquisition")
     params = apply_facility(read_acquisition(
         fixtures / "FoilHole_18890345_Data_18881924_18881926_20200320_090200.xml"), FacilityConfig())
     setup = derive_processing(params, SetupOptions(particle_diameter_angst=200.0))

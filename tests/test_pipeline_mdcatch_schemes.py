@@ -17,14 +17,12 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
+from conftest import needs_shared, shared_fixtures
 from vitrify.cli.main import build_app
 from vitrify.io.errors import InputError
 from vitrify.io.star import read_star
 
-SCHEMES = Path("/work/shared/fixtures/relion4_schemes")
-if not SCHEMES.is_dir():
-    SCHEMES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion4_schemes"
-pytestmark = pytest.mark.skipif(not SCHEMES.is_dir(), reason="RELION-4 scheme fixtures not found")
+SCHEMES = shared_fixtures("relion4_schemes")
 
 
 def _session(directory: Path) -> None:
@@ -82,6 +80,7 @@ EXPECTED = {  # (scheme, job) -> {option: value}, by hand
 }
 
 
+@needs_shared("relion4_schemes")
 def test_options_go_into_relion4_prep_and_proc_job_templates(tmp_path):
     _session(tmp_path / "session")
     project = _project(tmp_path, "prep", "proc")
@@ -104,6 +103,7 @@ def test_options_go_into_relion4_prep_and_proc_job_templates(tmp_path):
     assert applied[("Schemes/prep/motioncorr/job.star", "dose_per_frame")] == "1"
 
 
+@needs_shared("relion4_schemes")
 def test_start_commands_are_printed_one_per_line(tmp_path):
     _session(tmp_path / "session")
     project = _project(tmp_path, "prep", "proc")
@@ -120,6 +120,7 @@ def test_start_commands_are_printed_one_per_line(tmp_path):
     assert "has no Schemes" not in result.output
 
 
+@needs_shared("relion4_schemes")
 def test_project_without_schemes_says_so(tmp_path):
     _session(tmp_path / "session")
     project = _project(tmp_path, "prep")
@@ -132,6 +133,7 @@ def test_project_without_schemes_says_so(tmp_path):
     assert all(a["file"].startswith("Schemes/prep/") for a in record["scheme_options_applied"])
 
 
+@needs_shared("relion4_schemes")
 def test_running_scheme_is_not_touched(tmp_path, capsys, monkeypatch):
     from vitrify.cli.main import main
 
@@ -171,6 +173,7 @@ def _route_dose_through_variable(project: Path) -> None:
         "do_at_most    50.000000    50.000000\ndose_per_frame 1.550000 1.550000"))
 
 
+@needs_shared("relion4_schemes")
 def test_option_routed_through_a_variable_sets_the_variable(tmp_path):
     star = _schemes_package()
     _session(tmp_path / "session")
@@ -188,6 +191,7 @@ def test_option_routed_through_a_variable_sets_the_variable(tmp_path):
             "name": "dose_per_frame", "value": "1"} in record["scheme_options_applied"]
 
 
+@needs_shared("relion4_schemes")
 def test_scheme_variable_keys_set_value_and_reset_value(tmp_path):
     star = _schemes_package()
     from vitrify.pipeline._scheme_setup import apply_scheme_options
@@ -202,6 +206,7 @@ def test_scheme_variable_keys_set_value_and_reset_value(tmp_path):
     assert not (project / ".relion_lock_scheme_prep").exists()
 
 
+@needs_shared("relion4_schemes")
 def test_value_of_the_wrong_type_for_a_variable_names_it(tmp_path):
     _schemes_package()
     from vitrify.pipeline._scheme_setup import apply_scheme_options
@@ -214,6 +219,7 @@ def test_value_of_the_wrong_type_for_a_variable_names_it(tmp_path):
     assert not (project / ".relion_lock_scheme_prep").exists()
 
 
+@needs_shared("relion4_schemes")
 def test_lock_left_by_a_killed_schemer_does_not_block(tmp_path):
     import socket
     import subprocess
@@ -231,6 +237,7 @@ def test_lock_left_by_a_killed_schemer_does_not_block(tmp_path):
     assert not lock.exists()
 
 
+@needs_shared("relion4_schemes")
 def test_the_schemer_prepares_the_edited_jobs_with_our_values(tmp_path):
     """What the schemer will run: templates re-read, $$variables substituted, paths translated."""
     _schemes_package()
@@ -250,6 +257,7 @@ def test_the_schemer_prepares_the_edited_jobs_with_our_values(tmp_path):
     assert extract["extract_size"] == "280" and extract["rescale"] == "70"
 
 
+@needs_shared("relion4_schemes")
 def test_user_settings_go_in_and_win_over_derived_values(tmp_path, capsys, monkeypatch):
     star = _schemes_package()
     _session(tmp_path / "session")
@@ -277,6 +285,7 @@ def test_user_settings_go_in_and_win_over_derived_values(tmp_path, capsys, monke
     assert "--set" in err and "SCHEME__JOB__OPTION=VALUE" in err and len(err.strip().splitlines()) == 1
 
 
+@needs_shared("relion4_schemes")
 def test_missing_schemes_are_installed_from_vitrify_templates(tmp_path):
     star = _schemes_package()
     _session(tmp_path / "session")
@@ -293,6 +302,7 @@ def test_missing_schemes_are_installed_from_vitrify_templates(tmp_path):
     assert json.loads((project / "acquisition.json").read_text())["schemes_installed"] == ["proc"]
 
 
+@needs_shared("relion4_schemes")
 def test_a_failing_variable_leaves_the_job_templates_untouched(tmp_path):
     _schemes_package()
     from vitrify.pipeline._scheme_setup import apply_scheme_options

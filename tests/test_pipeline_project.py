@@ -11,8 +11,6 @@ from vitrify.pipeline._jobstar import read_job_star
 from vitrify.pipeline._pipeline_star import read_pipeline
 from vitrify.pipeline.project import JobRecord, Project
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion4_schemes"
-
 
 def _raw_files(root: Path, names: list[str]) -> None:
     (root / "Raw").mkdir(exist_ok=True)
@@ -26,7 +24,7 @@ def _import_options(pattern: str = "Raw/*.mrc") -> dict[str, str]:
 
 
 def test_add_job_numbers_jobs_and_writes_relion_files(tmp_path):
-    import starfile
+    from vitrify.io.star import read_star
 
     project = Project.open(tmp_path)
     assert (tmp_path / "default_pipeline.star").exists()
@@ -35,8 +33,8 @@ def test_add_job_numbers_jobs_and_writes_relion_files(tmp_path):
                                                           "box": "512", "other_args": ""}, alias="ctf")
     third = project.add_job("relion.select.onvalue", {"fn_mic": f"{second}micrographs_ctf.star"})
     assert (first, second, third) == ("Import/job001/", "CtfFind/job002/", "Select/job003/")
-    # job.star in RELION-4 form, readable by an independent STAR reader
-    blocks = starfile.read(tmp_path / second / "job.star", always_dict=True)
+    # job.star in RELION-4 form (an independent reader checks it in the next test)
+    blocks = read_star(tmp_path / second / "job.star", as_strings=True)
     assert blocks["job"]["rlnJobTypeLabel"] == "relion.ctffind.ctffind4"
     assert int(blocks["job"]["rlnJobIsContinue"]) == 0
     values = dict(zip(blocks["joboptions_values"]["rlnJobOptionVariable"],
@@ -56,6 +54,20 @@ def test_add_job_numbers_jobs_and_writes_relion_files(tmp_path):
     assert project.jobs()[1] == JobRecord(second, "relion.ctffind.ctffind4", "CtfFind/ctf/", "Scheduled")
     # a reopened project continues the numbering
     assert Project.open(tmp_path).add_job("relion.class2d", {}) == "Class2D/job004/"
+
+
+def test_job_star_is_read_by_the_starfile_package(tmp_path):
+    """An independent STAR reader (optional: not a dependency of vitrify) reads our job.star."""
+    starfile = pytest.importorskip("starfile")
+    options = {"input_star_mics": "Import/job001/micrographs.star", "box": "512", "other_args": ""}
+    name = Project.open(tmp_path).add_job("relion.ctffind.ctffind4", options)
+    blocks = starfile.read(tmp_path / name / "job.star", always_dict=True)
+    assert blocks["job"]["rlnJobTypeLabel"] == "relion.ctffind.ctffind4"
+    assert int(blocks["job"]["rlnJobIsContinue"]) == 0
+    values = dict(zip(blocks["joboptions_values"]["rlnJobOptionVariable"],
+                      blocks["joboptions_values"]["rlnJobOptionValue"].astype(str)))
+    assert set(values) == set(options)  # starfile types the values (512.0, NaN for ''): names only
+    assert values["input_star_mics"] == "Import/job001/micrographs.star"
 
 
 def test_bad_requests_are_input_errors(tmp_path):

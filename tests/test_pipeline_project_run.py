@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_shared, shared_fixtures
 from vitrify.io.errors import InputError
 from vitrify.pipeline._jobstar import read_job_star
 from vitrify.pipeline._pipeline_star import read_pipeline
 from vitrify.pipeline.project import Project
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion4_schemes"
+FIXTURES = shared_fixtures("relion4_schemes")
 
 
 def _import_job(project: Project, names: list[str], **extra: str) -> str:
@@ -179,10 +180,9 @@ def test_concurrent_writers_never_corrupt_the_pipeline(tmp_path):
     assert len(state.input_edges) == 24
 
 
+@needs_shared("relion4_schemes")
 def test_add_job_from_a_scheme_template(tmp_path):
     template = FIXTURES / "prep" / "ctffind" / "job.star"
-    if not template.exists():
-        pytest.skip("RELION-4 scheme fixtures not present")
     project = Project.open(tmp_path)
     name = project.add_job_from_star(template, {"input_star_mics": "MotionCorr/job002/corrected_micrographs.star"})
     assert name == "CtfFind/job001/"

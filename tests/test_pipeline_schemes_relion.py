@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_shared, shared_fixtures
 from _schemes_util import load, processes
 from vitrify.io.star import read_star_optics
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion4_schemes"
-if not FIXTURES.exists():
-    FIXTURES = Path("/work/shared/fixtures/relion4_schemes")
+FIXTURES = shared_fixtures("relion4_schemes")
 
 
 def _vitrify(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -26,6 +25,7 @@ def _vitrify(root: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=400)
 
 
+@needs_shared("relion4_schemes")
 @pytest.mark.slow
 def test_relion_prep_scheme_runs_on_vitrify_jobs(tmp_path):
     sim = _vitrify(tmp_path, "simulate", "movies", "--n", "1", "--size", "256", "--frames", "4",

@@ -207,3 +207,37 @@ def test_continue_job_recorded_but_not_launched_is_run_on_restart(tmp_path):
     assert _runs(tmp_path, "Import/job001/") == 2 and list(processes(tmp_path)) == ["Import/job001/"]
     names = (tmp_path / "Import/job001/micrographs.star").read_text()
     assert "Raw/b.mrc" in names
+
+
+def _watching_scheme(root: Path, name: str = "watch") -> None:
+    """RELION's prep loop: WAIT (1 h) → EXIT_maxtime (48 h) → import → WAIT."""
+    raw_micrographs(root, "a.mrc", "b.mrc")
+    make_scheme(
+        root, name, floats={"wait_sec": 3600.0, "maxtime_hr": 48.0},
+        operators=[("WAIT", "wait", "undefined", "wait_sec"),
+                   ("EXIT_maxtime", "exit_maxtime", "undefined", "maxtime_hr")],
+        jobs={"import": ("continue", *IMPORT)},
+        edges=[("WAIT", "EXIT_maxtime"), ("EXIT_maxtime", "import"), ("import", "WAIT")])
+
+
+def test_once_stops_after_one_pass_back_at_the_wait(tmp_path):
+    _watching_scheme(tmp_path)
+    start = time.monotonic()
+    result = run_scheme(tmp_path, "watch", RunSettings(poll_s=0.1, echo=False, once=True))
+    assert time.monotonic() - start < 60  # never sleeps the hour of wait_sec
+    assert (result.status, result.current_node) == ("Succeeded", "WAIT"), result.message
+    assert "one pass" in result.message
+    assert processes(tmp_path) == {"Import/job001/": "Succeeded"}
+    assert (tmp_path / "Schemes" / "watch" / "RELION_JOB_EXIT_SUCCESS").exists()
+    # a second one-pass run continues the same import job (nothing new to import)
+    assert run_scheme(tmp_path, "watch", RunSettings(poll_s=0.1, echo=False, once=True)).status == "Succeeded"
+    assert list(processes(tmp_path)) == ["Import/job001/"] and _runs(tmp_path, "Import/job001/") == 2
+
+
+def test_once_reports_a_failed_job_of_the_pass(tmp_path):
+    _watching_scheme(tmp_path)
+    (tmp_path / "Raw" / "a.mrc").unlink()
+    (tmp_path / "Raw" / "b.mrc").unlink()  # import finds nothing: the job fails
+    result = run_scheme(tmp_path, "watch", RunSettings(poll_s=0.1, echo=False, once=True))
+    assert (result.status, result.current_node) == ("Failed", "WAIT"), result.message
+    assert "import (Import/job001/)" in result.message

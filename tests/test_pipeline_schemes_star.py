@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
+from conftest import needs_shared, shared_fixtures
 from vitrify.io.errors import InputError
 from vitrify.pipeline._star import read_blocks
 from vitrify.pipeline.schemes.model import SchemeJob
 from vitrify.pipeline.schemes.names import substitute_variables, translate_job_names
 from vitrify.pipeline.schemes.star import read_scheme, write_scheme
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "relion4_schemes"
-if not FIXTURES.exists():
-    FIXTURES = Path("/work/shared/fixtures/relion4_schemes")
+FIXTURES = shared_fixtures("relion4_schemes")
 
 
 def _normalised(blocks):
@@ -35,6 +33,7 @@ def _normalised(blocks):
     return out
 
 
+@needs_shared("relion4_schemes")
 @pytest.mark.parametrize("name", ["prep", "proc"])
 def test_relion_schemes_round_trip(tmp_path, name):
     source = FIXTURES / name / "scheme.star"
@@ -51,6 +50,7 @@ def test_relion_schemes_round_trip(tmp_path, name):
     assert edges == original["scheme_edges"]["rlnSchemeEdgeInputNodeName"].tolist()   # order kept
 
 
+@needs_shared("relion4_schemes")
 def test_proc_scheme_content():
     scheme = read_scheme(FIXTURES / "proc" / "scheme.star")
     assert scheme.name == "Schemes/proc/" and scheme.current_node == "WAIT"
@@ -71,6 +71,7 @@ def _edit(path, old, new):
     path.write_text(path.read_text().replace(old, new, 1))
 
 
+@needs_shared("relion4_schemes")
 @pytest.mark.parametrize("old, new, message, line", [
     ("motioncorr    ctffind            0", "motioncorr    nowhere            0",
      "'nowhere' is neither an operator nor a job", "data_scheme_edges line 64"),
@@ -92,6 +93,7 @@ def test_validation_names_file_and_row(tmp_path, old, new, message, line):
     assert message in str(err.value) and str(path) in str(err.value) and line in str(err.value)
 
 
+@needs_shared("relion4_schemes")
 def test_missing_job_template_is_an_error(tmp_path):
     path = _copy(tmp_path)
     (path.parent / "ctffind" / "job.star").unlink()
@@ -120,6 +122,7 @@ def test_operator_only_scheme_with_empty_jobs_table(tmp_path):
     assert read_scheme(path) == scheme
 
 
+@needs_shared("relion4_schemes")
 def test_reset_and_set_variable():
     scheme = read_scheme(FIXTURES / "proc" / "scheme.star")
     scheme.set_variable("wait_sec", "5", reset_value="7")
@@ -135,6 +138,7 @@ def test_reset_and_set_variable():
     assert scheme.current_node == "WAIT"
 
 
+@needs_shared("relion4_schemes")
 def test_substitution_and_translation(tmp_path):
     scheme = read_scheme(FIXTURES / "proc" / "scheme.star")
     scheme.floats["min_nr_parts_3d"] = 50.0
@@ -159,6 +163,7 @@ def test_substitution_and_translation(tmp_path):
         == "CtfFind/job003/micrographs_ctf.star"
 
 
+@needs_shared("relion4_schemes")
 @pytest.mark.parametrize("kind", ["prep", "proc"])
 def test_shipped_templates_match_relion_graph_and_variables(tmp_path, kind):
     from vitrify.jobs.registry import job_directory
@@ -192,6 +197,7 @@ def test_template_installed_under_another_name(tmp_path):
         install_scheme(tmp_path, "refine")
 
 
+@needs_shared("relion4_schemes")
 def test_referenced_jobs_through_paths_and_variables(tmp_path):
     from vitrify.pipeline.schemes.templates import JobTemplate, referenced_jobs
 

@@ -9,16 +9,18 @@ import torch
 
 from vitrify.io.errors import InputError
 from vitrify.preprocess._ctf_model import ctf_phase, from_uv_angle, rfft_frequency_grid, to_uv_angle
-from vitrify.preprocess.ctf_fit import CtfSearch, Optics, estimate_ctf, fit_diagnostic_image
+from vitrify.preprocess.ctf_fit import CtfSearch, estimate_ctf, fit_diagnostic_image
 
 ctf_core = pytest.importorskip("vitrify.core.ctf")
+OPTICS = ctf_core.CtfParams(pixel_size_angst=1.0)
 
 
 def _micrograph(n, pixel, u, v, angle, *, phase=0.0, bfactor=60.0, snr=0.5, seed=0, device="cpu"):
     """White noise filtered by core's CTF, plus white and low-frequency background noise."""
     g = torch.Generator().manual_seed(seed)
-    ctf = ctf_core.ctf_2d(n, pixel, u, v, angle, 300.0, 2.7, 0.1, phase_shift_deg=phase,
-                          bfactor=bfactor)
+    ctf = ctf_core.ctf_2d(n, ctf_core.CtfParams(
+        pixel_size_angst=pixel, voltage_kv=300.0, cs_mm=2.7, amplitude_contrast=0.1, defocus_u_angst=u,
+        defocus_v_angst=v, defocus_angle_deg=angle, phase_shift_deg=phase, bfactor=bfactor))
     signal = torch.fft.irfft2(torch.fft.rfft2(torch.randn(n, n, generator=g)) * ctf, s=(n, n))
     s2, _, _ = rfft_frequency_grid(n, pixel)
     smooth = torch.fft.irfft2(torch.fft.rfft2(torch.randn(n, n, generator=g)) / (1 + 200 * s2.sqrt()),
@@ -31,10 +33,13 @@ def test_phase_matches_core_ctf():
     n, pixel = 64, 1.3
     s2, cos2, sin2 = rfft_frequency_grid(n, pixel)
     mean, ax, ay = from_uv_angle(21000.0, 18000.0, 37.0)
-    gamma = ctf_phase(s2.flatten(), cos2.flatten(), sin2.flatten(), mean, ax, ay, voltage_kv=200.0,
-                      cs_mm=1.4, amplitude_contrast=0.07, phase_shift_deg=20.0)[0].reshape(s2.shape)
+    params = ctf_core.CtfParams(pixel_size_angst=pixel, voltage_kv=200.0, cs_mm=1.4, amplitude_contrast=0.07,
+                                defocus_u_angst=21000.0, defocus_v_angst=18000.0, defocus_angle_deg=37.0,
+                                phase_shift_deg=20.0)
+    gamma = ctf_phase(s2.flatten(), cos2.flatten(), sin2.flatten(), mean, ax, ay, params,
+                      phase_shift_deg=20.0)[0].reshape(s2.shape)
     ours = -torch.sin(gamma)
-    theirs = ctf_core.ctf_2d(n, pixel, 21000.0, 18000.0, 37.0, 200.0, 1.4, 0.07, phase_shift_deg=20.0)
+    theirs = ctf_core.ctf_2d(n, params)
     assert torch.allclose(ours, theirs, atol=1e-4)
 
 
@@ -47,7 +52,7 @@ def test_uv_angle_round_trip():
                                        (30000.0, 28500.0, 75.0), (22000.0, 22000.0, 0.0)])
 def test_defocus_and_astigmatism_are_recovered(u, v, angle, device):
     image = _micrograph(1024, 1.0, u, v, angle, device=device)
-    fit = estimate_ctf(image, Optics(1.0), CtfSearch(tile_px=256))
+    fit = estimate_ctf(image, OPTICS, CtfSearch(tile_px=256))
     assert abs(fit.defocus_u_angst - u) < 100 and abs(fit.defocus_v_angst - v) < 100
     if u - v > 500:
         assert abs((fit.defocus_angle_deg - angle + 90) % 180 - 90) < 5
@@ -57,41 +62,41 @@ def test_defocus_and_astigmatism_are_recovered(u, v, angle, device):
 def test_phase_shift_is_recovered():
     image = _micrograph(1024, 1.0, 12000.0, 11000.0, 60.0, phase=90.0)
     search = CtfSearch(tile_px=256, do_phase_shift=True, phase_step_deg=20.0)
-    fit = estimate_ctf(image, Optics(1.0), search)
+    fit = estimate_ctf(image, OPTICS, search)
     assert abs(fit.phase_shift_deg - 90.0) < 10
     assert abs(0.5 * (fit.defocus_u_angst + fit.defocus_v_angst) - 11500.0) < 200
 
 
 def test_fit_resolution_follows_the_signal():
     search = CtfSearch(tile_px=256, resolution_max_angst=3.0)
-    sharp = estimate_ctf(_micrograph(1024, 1.0, 15000.0, 15000.0, 0.0, bfactor=10.0), Optics(1.0), search)
-    blurred = estimate_ctf(_micrograph(1024, 1.0, 15000.0, 15000.0, 0.0, bfactor=600.0), Optics(1.0), search)
+    sharp = estimate_ctf(_micrograph(1024, 1.0, 15000.0, 15000.0, 0.0, bfactor=10.0), OPTICS, search)
+    blurred = estimate_ctf(_micrograph(1024, 1.0, 15000.0, 15000.0, 0.0, bfactor=600.0), OPTICS, search)
     assert sharp.max_resolution_angst < 4.5
     assert blurred.max_resolution_angst > sharp.max_resolution_angst + 1.5
 
 
 def test_pure_noise_scores_low():
     noise = torch.randn(1024, 1024, generator=torch.Generator().manual_seed(3))
-    fit = estimate_ctf(noise, Optics(1.0), CtfSearch(tile_px=256))
+    fit = estimate_ctf(noise, OPTICS, CtfSearch(tile_px=256))
     assert fit.figure_of_merit < 0.2
 
 
 def test_blank_micrograph_is_a_clear_error():
     with pytest.raises(InputError, match="empty"):
-        estimate_ctf(torch.zeros(512, 512), Optics(1.0), CtfSearch(tile_px=256))
+        estimate_ctf(torch.zeros(512, 512), OPTICS, CtfSearch(tile_px=256))
 
 
 def test_diagnostic_image_shape_and_range():
     image = _micrograph(512, 1.0, 15000.0, 14000.0, 30.0)
-    fit = estimate_ctf(image, Optics(1.0), CtfSearch(tile_px=256))
-    picture = fit_diagnostic_image(image, fit, Optics(1.0), CtfSearch(tile_px=256))
+    fit = estimate_ctf(image, OPTICS, CtfSearch(tile_px=256))
+    picture = fit_diagnostic_image(image, fit, OPTICS, CtfSearch(tile_px=256))
     assert picture.shape == (256, 256)
     assert 0.0 <= picture.min() and picture.max() <= 1.0
 
 
 def test_weak_rings_of_a_stigmatic_micrograph_give_no_spurious_astigmatism():
     image = _micrograph(1024, 1.0, 15000.0, 15000.0, 0.0, snr=0.01, bfactor=200.0, seed=7)
-    fit = estimate_ctf(image, Optics(1.0), CtfSearch(tile_px=256))
+    fit = estimate_ctf(image, OPTICS, CtfSearch(tile_px=256))
     assert abs(0.5 * (fit.defocus_u_angst + fit.defocus_v_angst) - 15000.0) < 500
     assert fit.astigmatism_angst < 150
 
@@ -99,5 +104,5 @@ def test_weak_rings_of_a_stigmatic_micrograph_give_no_spurious_astigmatism():
 def test_fit_resolution_is_measured_beyond_the_fitting_band():
     """As CTFFIND4 reports it: rings that fit to ~3 Å give a fit resolution finer than resmax (5 Å)."""
     image = _micrograph(1024, 1.0, 15000.0, 15000.0, 0.0, bfactor=10.0)
-    fit = estimate_ctf(image, Optics(1.0), CtfSearch(tile_px=256, resolution_max_angst=5.0))
+    fit = estimate_ctf(image, OPTICS, CtfSearch(tile_px=256, resolution_max_angst=5.0))
     assert fit.max_resolution_angst < 4.0

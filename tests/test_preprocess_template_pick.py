@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from vitrify.core.ctf import CtfParams
 from vitrify.core.euler import euler_to_matrix
 from vitrify.core.projector import project_real
 from vitrify.io.errors import InputError
 from vitrify.preprocess.picking import match_picks
-from vitrify.preprocess.template_pick import (MicrographCtf, TemplatePickOptions, pick_templates,
-                                              resolve_diameter)
+from vitrify.preprocess.template_pick import TemplatePickOptions, pick_templates, resolve_diameter
 
 PIXEL = 1.5
 
@@ -46,13 +46,14 @@ def _micrograph(data, index):
     parts = data.truth["particles"]
     truth = parts[parts["rlnMicrographName"] == name][["rlnCoordinateX", "rlnCoordinateY"]].to_numpy()
     row = data.truth["micrographs"].iloc[index]
-    ctf = MicrographCtf(row["rlnDefocusU"], row["rlnDefocusV"], row["rlnDefocusAngle"])
+    ctf = CtfParams(pixel_size_angst=PIXEL, defocus_u_angst=row["rlnDefocusU"], defocus_v_angst=row["rlnDefocusV"],
+                    defocus_angle_deg=row["rlnDefocusAngle"])
     return torch.as_tensor(image), truth, ctf
 
 
 def test_picks_match_truth_on_simulated_micrographs(simulated, device):
     data, references, radius = simulated
-    found, total_precision = 0, []
+    found = 0
     for index in range(2):
         image, truth, ctf = _micrograph(data, index)
         picks = pick_templates(image.to(device), PIXEL, references.to(device), PIXEL,

@@ -106,7 +106,7 @@ def test_counts_are_poisson_and_gain_is_the_inverse_sensitivity(tmp_path, movie_
 
 
 def test_thon_rings_of_the_micrograph_sit_at_the_true_defocus(tmp_path):
-    from vitrify.core.ctf import ctf_2d
+    from vitrify.core.ctf import CtfParams, ctf_2d
 
     options = MicrographOptions(n_micrographs=1, size_px=(256, 256), pixel_size_angst=2.0,
                                 particles_per_micrograph=40, carbon_fraction=0.0, ice_gradient_nm=0.0,
@@ -120,9 +120,11 @@ def test_thon_rings_of_the_micrograph_sit_at_the_true_defocus(tmp_path):
     band = (radius > 0.08) & (radius < 0.35)
 
     def zeros_over_peaks(scale: float) -> float:
-        ctf = ctf_2d(n, options.pixel_size_angst, mic["rlnDefocusU"] * scale, mic["rlnDefocusV"] * scale,
-                     mic["rlnDefocusAngle"], options.voltage_kv, options.cs_mm,
-                     options.amplitude_contrast).numpy()
+        ctf = ctf_2d(n, CtfParams(pixel_size_angst=options.pixel_size_angst, voltage_kv=options.voltage_kv,
+                                  cs_mm=options.cs_mm, amplitude_contrast=options.amplitude_contrast,
+                                  defocus_u_angst=mic["rlnDefocusU"] * scale,
+                                  defocus_v_angst=mic["rlnDefocusV"] * scale,
+                                  defocus_angle_deg=mic["rlnDefocusAngle"])).numpy()
         return power[band & (np.abs(ctf) < 0.15)].mean() / power[band & (np.abs(ctf) > 0.9)].mean()
 
     assert zeros_over_peaks(1.0) < 0.1  # the truth's CTF zeros are dark rings of the image

@@ -3,7 +3,9 @@
 Run from the project directory. Actions in one call are applied in this order:
 ``--add``, ``--init``, ``--reset``, ``--set_var``, ``--set_job_option``, ``--set_job_mode``,
 ``--set_has_started``, ``--set_current_node``, ``--abort``, ``--run``, ``--status``.
-Exit code of ``--run``: 0 finished, 1 failed, 2 aborted.
+Exit code of ``--run``: 0 finished, 1 failed, 2 aborted. RELION's prep and proc schemes watch for
+new movies until their ``maxtime_hr`` (48 h) has passed; ``--run --once`` stops after one pass
+over the movies there now.
 
 Both forms work: ``--set_var NAME=VALUE`` (repeatable) and relion_schemer's
 ``--set_var NAME --value VALUE [--original_value RESET]``; likewise ``--set_job_mode JOB
@@ -89,10 +91,10 @@ def _apply_edits(project: Path, scheme: str, edits: Edits) -> None:
         typer.echo(f"current node: {edits.set_current_node}")
 
 
-def _run(project: Path, scheme: str, poll: float, stop_on_failure: bool) -> None:
+def _run(project: Path, scheme: str, settings: dict) -> None:
     from vitrify.pipeline.schemes.runner import RunSettings, run_scheme
 
-    result = run_scheme(project, scheme, RunSettings(poll_s=poll, stop_on_failure=stop_on_failure))
+    result = run_scheme(project, scheme, RunSettings(**settings))
     typer.echo(f"scheme {scheme}: {result.status} at node {result.current_node}: {result.message}")
     if result.status != JobStatus.SUCCEEDED:
         raise typer.Exit(EXIT_CODES.get(result.status, 1))
@@ -124,7 +126,11 @@ def _add(project: Path, scheme: str, addition_fields: tuple) -> None:
 
 def schemer(
     scheme: str = typer.Option(..., "--scheme", help="Scheme name: Schemes/NAME/scheme.star."),
-    run: bool = typer.Option(False, "--run", help="Run the scheme from its current node."),
+    run: bool = typer.Option(False, "--run", help="Run the scheme from its current node. prep/proc "
+                                                 "keep watching for new movies until maxtime_hr "
+                                                 "(48 h) unless --once."),
+    once: bool = typer.Option(False, "--once", help="With --run: stop after one pass, when the "
+                                                    "scheme is back at its wait operator."),
     abort: bool = typer.Option(False, "--abort", help="Ask the running scheme (and its job) to stop."),
     reset: bool = typer.Option(False, "--reset", help="Variables to reset values, jobs unstarted, "
                                                       "current node to the start."),
@@ -176,7 +182,7 @@ def schemer(
         for path in control.abort_scheme(project, scheme):
             typer.echo(f"touched {path}")
     if run:
-        _run(project, scheme, poll, stop_on_failure)
+        _run(project, scheme, {"poll_s": poll, "stop_on_failure": stop_on_failure, "once": once})
     if status:
         state = control.scheme_status(project, scheme)
         typer.echo(json.dumps(state, indent=1) if as_json else control.format_status(state))

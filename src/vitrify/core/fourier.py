@@ -87,11 +87,13 @@ def ifft2_centered(images_ft: torch.Tensor) -> torch.Tensor:
 
 
 def _freqs(n: int, device, dtype) -> torch.Tensor:
-    return torch.fft.fftfreq(n, d=1.0 / n, device=device, dtype=dtype)
+    """``fftfreq(n) * n`` as exact integers (``0, 1, ..., -1``; fftfreq's float64 is off by an ulp)."""
+    k = torch.arange(n, device=device)
+    return (torch.remainder(k + n // 2, n) - n // 2).to(dtype)
 
 
 def _rfreqs(n: int, device, dtype) -> torch.Tensor:
-    return torch.fft.rfftfreq(n, d=1.0 / n, device=device, dtype=dtype)
+    return torch.arange(n // 2 + 1, device=device, dtype=dtype)
 
 
 def frequency_grid_2d(n: int, *, rfft: bool = True, device=None,
@@ -125,9 +127,13 @@ def radius_grid_3d(n: int, *, rfft: bool = True, device=None,
     return torch.sqrt(kz * kz + ky * ky + kx * kx)
 
 
-def shell_index_2d(n: int, *, rfft: bool = True, device=None) -> torch.Tensor:
-    """Shell of every pixel, ``round(|k|)`` as int64, ``(n, n//2+1)``; shells ``0 .. ~n/√2``."""
-    return torch.round(radius_grid_2d(n, rfft=rfft, device=device, dtype=torch.float64)).long()
+def shell_index_2d(n: int, *, rfft: bool = True, oversampling: int = 1, device=None) -> torch.Tensor:
+    """Shell of every pixel, ``round(|k| / oversampling)`` as int64, ``(n, n//2+1)`` (or ``(n, n)``).
+
+    ``oversampling = pad`` gives, on the grid of an image zero-padded ``pad`` times, the shell of
+    the unpadded image each pixel belongs to (ties round to even). Shells ``0 .. ~n/√2``.
+    """
+    return torch.round(radius_grid_2d(n, rfft=rfft, device=device, dtype=torch.float64) / oversampling).long()
 
 
 def shell_index_3d(n: int, *, rfft: bool = True, device=None) -> torch.Tensor:
@@ -148,8 +154,8 @@ def hermitian_weights_2d(n: int, *, device=None, dtype: torch.dtype = torch.floa
     return w
 
 
-def shell_sums(values: torch.Tensor, shells: torch.Tensor, n_shells: int) -> torch.Tensor:
-    """Sum ``values`` per shell.
+def shell_sums(values: torch.Tensor, shells: torch.Tensor, n_shells: int, *, mean: bool = False) -> torch.Tensor:
+    """Sum (or average) ``values`` per shell.
 
     Parameters
     ----------
@@ -159,6 +165,8 @@ def shell_sums(values: torch.Tensor, shells: torch.Tensor, n_shells: int) -> tor
         ``grid`` int64 shell indices (e.g. from :func:`shell_index_2d`).
     n_shells
         Shells ``0 .. n_shells-1`` are kept; pixels beyond are dropped.
+    mean
+        Divide each sum by the number of pixels of its shell (empty shells stay 0).
 
     Returns
     -------
@@ -171,7 +179,11 @@ def shell_sums(values: torch.Tensor, shells: torch.Tensor, n_shells: int) -> tor
     keep = flat_shells < n_shells
     idx = flat_shells[keep]
     out = torch.zeros(*lead, n_shells, device=values.device, dtype=values.dtype)
-    return out.index_add_(-1, idx, flat[..., keep])
+    out = out.index_add_(-1, idx, flat[..., keep])
+    if not mean:
+        return out
+    count = torch.zeros(n_shells, device=values.device, dtype=values.dtype)
+    return out / count.index_add_(0, idx, torch.ones_like(idx, dtype=values.dtype)).clamp_min(1)
 
 
 def _check_sizes(n_in: int, n_out: int) -> None:

@@ -217,7 +217,7 @@ class MrcStack:
         if _header_mode(self.path) == 101:
             data, self.pixel_size_angst = read_4bit(self.path)
         else:
-            with _open(self.path, mrcfile.mmap) as mrc:
+            with _open(self.path, mrcfile.mmap):
                 pass  # validates the file; the handle is closed again
             self._mrc = mrcfile.mmap(self.path, mode="r", permissive=True)
             data, self.pixel_size_angst = self._mrc.data, float(self._mrc.voxel_size.x)
@@ -254,6 +254,7 @@ class MrcStack:
         return out
 
     def close(self) -> None:
+        """Close the memory map (also done by ``with``)."""
         if self._mrc is not None:
             self._mrc.close()
             self._mrc = None

@@ -101,7 +101,7 @@ def _model(model_path: Path, device: torch.device) -> MlModel:
                    sigma2_offset_px=(float(gen["rlnSigmaOffsetsAngst"]) / pix) ** 2,
                    tau2_fudge=float(gen["rlnTau2FudgeFactor"]),
                    current_radius=min(n // 2 - 1, int(gen["rlnCurrentImageSize"]) // 2 - 1),
-                   pixel_size_angst=pix, pad=int(round(float(gen["rlnPaddingFactor"]))))
+                   pixel_size_angst=pix, pad=round(float(gen["rlnPaddingFactor"])))
 
 
 def _moments(model_path: Path, model: MlModel, device: torch.device) -> Moments | None:

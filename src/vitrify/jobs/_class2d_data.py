@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from vitrify._progress import track
-from vitrify.core.ctf import ctf_2d
+from vitrify.core.ctf import CtfParams, ctf_2d
 from vitrify.io.errors import InputError
 from vitrify.io.mrc import check_finite, open_stack, read_images
 from vitrify.io.star import OpticsStar, image_base_dirs, read_star_optics, resolve_image_name
@@ -146,14 +146,11 @@ def check_memory(inp: InputParticles, device: torch.device) -> None:
 
 
 def _ctf_chunk(rows: pd.DataFrame, box: int, pixel: float, intact_first_peak: bool) -> torch.Tensor:
-    def col(name, default=0.0):
-        values = np.array(rows[name], dtype=np.float64) if name in rows.columns else np.full(len(rows), default)
-        return torch.as_tensor(values, dtype=torch.float32)
+    def column(values) -> torch.Tensor:
+        return torch.as_tensor(np.array(values, dtype=np.float64), dtype=torch.float32)
 
-    return ctf_2d(box, pixel, col("rlnDefocusU"), col("rlnDefocusV"), col("rlnDefocusAngle"),
-                  col("rlnVoltage"), col("rlnSphericalAberration"), col("rlnAmplitudeContrast"),
-                  col("rlnPhaseShift"), col("rlnCtfBfactor"), col("rlnCtfScalefactor", 1.0),
-                  intact_first_peak=intact_first_peak)
+    params = CtfParams.from_relion(rows, pixel_size_angst=pixel, convert=column)
+    return ctf_2d(box, params, intact_first_peak=intact_first_peak)
 
 
 def _finite_images(names: pd.Series, base_dir: Path) -> torch.Tensor:

@@ -28,9 +28,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from vitrify.core.ctf import CtfParams
 from vitrify.io.atomic import atomic_write
 from vitrify.io.errors import InputError
-from vitrify.preprocess.ctf_fit import CtfFit, CtfSearch, Optics
+from vitrify.preprocess.ctf_fit import CtfFit, CtfSearch
 
 #: names CTFFIND4 is installed under
 EXECUTABLES = ("ctffind", "ctffind4", "ctffind.exe")
@@ -52,7 +53,7 @@ def find_ctffind(executable: str = "") -> str:
                               "(vitrify's own estimator)")
 
 
-def ctffind_stdin(micrograph: str, diagnostic: str, optics: Optics, search: CtfSearch) -> str:
+def ctffind_stdin(micrograph: str, diagnostic: str, optics: CtfParams, search: CtfSearch) -> str:
     """The six ``--old-school-input-ctffind4`` input lines (see the module notes)."""
     phase = "0,0,0,0"
     if search.do_phase_shift:
@@ -106,7 +107,7 @@ def parse_ctffind_output(path: str | Path) -> CtfFit:
                      expected="a line of numbers after the '#' header lines")
 
 
-def run_ctffind(executable: str, micrograph: str, diagnostic: Path, optics: Optics, search: CtfSearch,
+def run_ctffind(executable: str, micrograph: str, diagnostic: Path, optics: CtfParams, search: CtfSearch,
                 ) -> CtfFit:
     """Run CTFFIND4 on one MRC micrograph; its diagnostic MRC goes to ``diagnostic`` (e.g. ``x.ctf``)."""
     diagnostic.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,9 @@ from vitrify.jobs._preprocess_io import Skips, relative_output, write_output_nod
 from vitrify.jobs.options.autopick import METHODS, Options, job_star_from_options, options_from_job_star
 from vitrify.preprocess.picking import Picks
 from vitrify.preprocess.template_pick import TemplatePickOptions
+
+if TYPE_CHECKING:
+    import torch
 
 
 def load_references(options: Options) -> tuple["torch.Tensor", float, TemplatePickOptions]:
@@ -65,14 +69,12 @@ def _pick_log(image, row: pd.Series, options: Options, context: dict) -> Picks:
 
 
 def _micrograph_ctf(row: pd.Series):
-    from vitrify.preprocess.template_pick import MicrographCtf
+    from vitrify.core.ctf import CtfParams
 
     needed = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
     if not all(label in row.index and pd.notna(row[label]) for label in needed):
         return None
-    return MicrographCtf(float(row["rlnDefocusU"]), float(row["rlnDefocusV"]), float(row["rlnDefocusAngle"]),
-                         float(row.get("rlnVoltage", 300.0)), float(row.get("rlnSphericalAberration", 2.7)),
-                         float(row.get("rlnAmplitudeContrast", 0.1)), float(row.get("rlnPhaseShift", 0.0) or 0.0))
+    return CtfParams.from_relion(row.dropna(), pixel_size_angst=float(row["rlnMicrographPixelSize"]))
 
 
 def _pick_template(image, row: pd.Series, options: Options, context: dict) -> Picks:

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vitrify.core.ctf import CtfParams
 from vitrify.io.errors import InputError
 from vitrify.jobs._preprocess_io import Skips, relative_output, write_output_nodes
 from vitrify.jobs.options.ctffind import Options, job_star_from_options, options_from_job_star
-from vitrify.preprocess.ctf_fit import CtfFit, CtfSearch, Optics
+from vitrify.preprocess.ctf_fit import CtfFit, CtfSearch
 
 CTF_COLUMNS = ("rlnCtfImage", "rlnDefocusU", "rlnDefocusV", "rlnCtfAstigmatism", "rlnDefocusAngle",
                "rlnCtfFigureOfMerit", "rlnCtfMaxResolution")
@@ -50,7 +51,7 @@ def _save_fit(path: Path, fit: CtfFit) -> None:
                               "rlnCtfMaxResolution": fit.max_resolution_angst}}, float_format="%.6f")
 
 
-def _write_diagnostics(out: Path, image, fit: CtfFit, optics: Optics, search: CtfSearch) -> None:
+def _write_diagnostics(out: Path, image, fit: CtfFit, optics: CtfParams, search: CtfSearch) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,8 +88,9 @@ def _fit_one(row: pd.Series, options: Options, job_dir: Path, device) -> tuple[C
     cached = _load_fit(_fit_star(out))
     if cached is not None:
         return cached, out
-    optics = Optics(float(row["rlnMicrographPixelSize"]), float(row["rlnVoltage"]),
-                    float(row["rlnSphericalAberration"]), float(row["rlnAmplitudeContrast"]))
+    optics = CtfParams(pixel_size_angst=float(row["rlnMicrographPixelSize"]),
+                       voltage_kv=float(row["rlnVoltage"]), cs_mm=float(row["rlnSphericalAberration"]),
+                       amplitude_contrast=float(row["rlnAmplitudeContrast"]))
     data, _ = read_micrograph(source)
     image = torch.as_tensor(np.asarray(data, dtype=np.float32)).to(device)
     if image.ndim == 3:

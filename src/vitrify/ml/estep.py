@@ -21,6 +21,7 @@ coarse window (a prefix of the current one); particles whose significant set is 
 coarse poses at half the psi and offset steps, current window), the others keep their
 coarse weights. M-step sums are kept per template frame (coarse, fine) in the current
 window: ``data_r = sum w h c x s / sigma2`` and ``weight_r = sum w h c^2 / sigma2``.
+:func:`vitrify.ml.block.run_block` runs both passes on one block of particles.
 """
 
 from __future__ import annotations
@@ -344,56 +345,6 @@ def prepare(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     y = batch.x * (batch.ctf * batch.hw * batch.inv_sigma2)
     y = y * phase_table(batch.prev_offset_px, batch.kx, batch.ky, batch.box_px)
     return y, batch.ctf * batch.ctf * batch.hw * batch.inv_sigma2
-
-
-def run_block(batch: Batch, grid: PassGrid, sums: EStepSums) -> BlockResult:
-    """E-step of one block, accumulating into ``sums`` (coarse pass, then the fine pass if any)."""
-    from vitrify.ml.finepass import fine_pass
-
-    clock = sums.clock
-    clock.start()
-    y, q = prepare(batch)
-    b = y.shape[0]
-    c = grid.coarse
-    pc = c.n_pixels
-    ys = shifted_stack(y[:, :pc].contiguous(), c.table)  # (B, T, 2Pc)
-    clock.lap("pack", ys)
-    scores = score_block(ys, q[:, :pc], c.rows, c.power)
-    clock.lap("gemm", scores)
-    t, r = scores.shape[1], scores.shape[2]
-    offsets = batch.prev_offset_px[:, None, :] + c.shifts_px[None]  # (B, T, 2)
-    scores.add_(offset_log_prior(offsets, grid.sigma_offset_px)[:, :, None]).add_(c.log_prior_class[None, None, :])
-    w, log_norm, pmax, n_sig, best = truncated_posterior(scores.reshape(b, -1), grid.fraction,
-                                                         grid.max_significant)
-    del scores
-    sums.n_hypotheses += b * t * r
-    const = 0.5 * (batch.x.real.double() ** 2 + batch.x.imag.double() ** 2).mul(
-        batch.hw * batch.inv_sigma2).sum(1)
-    best_t, best_r = best // r, best % r
-    res = BlockResult(best_class=best_r // c.n_psi, best_psi_deg=c.psi_deg[best_r % c.n_psi],
-                      best_offset_px=offsets[torch.arange(b, device=y.device), best_t],
-                      pmax=pmax, n_significant=n_sig, log_likelihood=log_norm - const,
-                      n_fine=torch.zeros(b, dtype=torch.long, device=y.device))
-    w = w.reshape(b, t, r)
-    clock.lap("posterior", w)
-    fine = (n_sig <= grid.fine_cap) if grid.fine is not None else torch.zeros_like(n_sig, dtype=torch.bool)
-    coarse_rows = torch.nonzero(~fine).flatten()
-    if coarse_rows.numel():
-        full = ys if pc == y.shape[1] else None
-        accumulate_dense(sums, grid.coarse_full, w[coarse_rows], y[coarse_rows], q[coarse_rows],
-                         offsets[coarse_rows], batch.half[coarse_rows],
-                         None if full is None else full[coarse_rows], grid.n_classes)
-        clock.lap("accumulate", y)
-    fine_rows = torch.nonzero(fine).flatten()
-    if fine_rows.numel():
-        sub = fine_pass(y[fine_rows], q[fine_rows], w[fine_rows], batch.prev_offset_px[fine_rows],
-                        batch.half[fine_rows], grid, sums)
-        for name in ("best_class", "best_psi_deg", "best_offset_px", "pmax", "n_fine"):
-            getattr(res, name)[fine_rows] = getattr(sub, name)
-        res.log_likelihood[fine_rows] = sub.log_likelihood - const[fine_rows]
-    add_data_term(sums, batch)
-    clock.lap("accumulate", y)
-    return res
 
 
 def _template_sums(w: torch.Tensor, rows: torch.Tensor, dense_fraction: float = 0.05) -> torch.Tensor:

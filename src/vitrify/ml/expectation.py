@@ -2,7 +2,7 @@
 
 :func:`expectation` builds the rotated templates of the current references inside the
 current Fourier window (and, with adaptive oversampling, the fine psi grid and the
-coarse window, RELION's ``coarse_size``), then runs :func:`vitrify.ml.estep.run_block`
+coarse window, RELION's ``coarse_size``), then runs :func:`vitrify.ml.block.run_block`
 over blocks of particles of one optics group at a time, the block size chosen so that
 the score arrays stay within a memory budget. It updates the particles' assignments in
 place and returns the M-step sums.
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from vitrify.ml.estep import Batch, EStepSums, Hypotheses, PassGrid, StageClock, make_frame, run_block
+from vitrify.ml.block import run_block
+from vitrify.ml.estep import Batch, EStepSums, Hypotheses, PassGrid, StageClock, make_frame
 from vitrify.ml.finepass import fine_psi, fine_shifts
 from vitrify.ml.fourier2d import padded_ft
 from vitrify.ml.model import MlModel, ParticleSet

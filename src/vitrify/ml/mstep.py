@@ -20,38 +20,20 @@ from collections.abc import Callable
 
 import torch
 
+from vitrify.core.fourier import shell_index_2d, shell_sums
 from vitrify.ml.estep import EStepSums
 from vitrify.ml.fourier2d import image_ft
 from vitrify.ml.model import MlModel
 from vitrify.ml.templates import RotationTable, scatter_stacked_to_grids
-from vitrify.ml.window import FourierWindow, pack, shell_sums
-
-
-def padded_shells(m: int, pad: int, device: torch.device) -> torch.Tensor:
-    """Shell of every point of an ``(m, m//2+1)`` padded grid: ``round(|j| / pad)`` (long)."""
-    ky = torch.fft.fftfreq(m, d=1.0 / m, device=device)[:, None]
-    kx = torch.arange(m // 2 + 1, device=device, dtype=ky.dtype)[None, :]
-    return torch.round(torch.sqrt(kx * kx + ky * ky) / pad).long()
-
-
-def grid_shell_mean(values: torch.Tensor, shells: torch.Tensor, n_shells: int) -> torch.Tensor:
-    """Mean of ``(..., m, m//2+1)`` values per shell -> ``(..., n_shells)`` (shells beyond dropped)."""
-    flat_s = shells.reshape(-1)
-    keep = flat_s < n_shells
-    lead = values.shape[:-2]
-    v = values.reshape(*lead, -1)[..., keep]
-    s = flat_s[keep]
-    tot = torch.zeros(*lead, n_shells, dtype=v.dtype, device=v.device).index_add_(-1, s, v)
-    cnt = torch.zeros(n_shells, dtype=v.dtype, device=v.device).index_add_(0, s, torch.ones_like(s, dtype=v.dtype))
-    return tot / cnt.clamp_min(1)
+from vitrify.ml.window import FourierWindow, pack, window_shell_sums
 
 
 def reference_tau2(refs: torch.Tensor, window: FourierWindow) -> torch.Tensor:
     """Reference power per shell ``|F|^2 / 2``: ``(K, n, n)`` -> ``(K, n//2+1)`` float64 (0 beyond the window)."""
     f = pack(image_ft(refs), window.to(refs.device))
     hw = window.half_weight.to(refs.device).double()
-    power = shell_sums((f.real.double() ** 2 + f.imag.double() ** 2) * hw, window)
-    count = shell_sums(hw[None], window)
+    power = window_shell_sums((f.real.double() ** 2 + f.imag.double() ** 2) * hw, window)
+    count = window_shell_sums(hw[None], window)
     out = torch.zeros(refs.shape[0], refs.shape[-1] // 2 + 1, dtype=torch.float64, device=refs.device)
     out[:, : window.radius + 1] = power / count.clamp_min(1e-30) / 2
     return out
@@ -99,10 +81,10 @@ def map_reconstruct(data: torch.Tensor, weight: torch.Tensor, tau2: torch.Tensor
     ``(K, m, m//2+1)`` complex64, zero beyond shell ``radius``.
     """
     m = data.shape[-2]
-    shells = padded_shells(m, pad, data.device)
+    shells = shell_index_2d(m, oversampling=pad, device=data.device)
     inside = shells <= radius
     w = weight.double()
-    floor = grid_shell_mean(w, shells, radius + 1).clamp_min(1e-30) * 1e-3
+    floor = shell_sums(w, shells, radius + 1, mean=True).clamp_min(1e-30) * 1e-3
     s_clamped = shells.clamp(max=radius)
     w = torch.maximum(w, floor[:, s_clamped])
     t2 = tau2.double()[:, shells.clamp(max=tau2.shape[1] - 1)]
@@ -116,9 +98,9 @@ def data_vs_prior(weight: torch.Tensor, tau2: torch.Tensor, tau2_fudge: float, p
                   n_shells: int) -> torch.Tensor:
     """SSNR per class and shell ``(K, n_shells)`` from padded weight grids ``(K, m, m//2+1)``."""
     m = weight.shape[-2]
-    shells = padded_shells(m, pad, weight.device)
+    shells = shell_index_2d(m, oversampling=pad, device=weight.device)
     t2 = tau2.double()[:, shells.clamp(max=tau2.shape[1] - 1)]
-    return grid_shell_mean(weight.double() * pad * pad * tau2_fudge * t2, shells, n_shells)
+    return shell_sums(weight.double() * pad * pad * tau2_fudge * t2, shells, n_shells, mean=True)
 
 
 def next_radius(dvp: torch.Tensor, box_px: int, incr_shells: int = 10, minres_map: int = 5) -> int:

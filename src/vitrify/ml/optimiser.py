@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vitrify.core.fourier import shell_index_2d
 from vitrify.ml.expectation import EStepSettings, Sampling, TemplateCache, coarse_radius, expectation
 from vitrify.ml.fourier2d import images_from_padded, padded_ft
 from vitrify.ml.model import MlModel, ParticleSet
-from vitrify.ml.mstep import (data_vs_prior, map_reconstruct, next_radius, padded_shells,
+from vitrify.ml.mstep import (data_vs_prior, map_reconstruct, next_radius,
                               reference_tau2, sums_to_grids, update_class_stats, update_sigma2)
 from vitrify.ml.schedules import VdamSchedule
 from vitrify.ml.starts import flatten_solvent
@@ -154,7 +155,7 @@ def vdam_iteration(clf: Classifier2D, it: int) -> IterationInfo:
     f_pad = padded_ft(model.refs, model.pad).to(torch.complex64)
     grads = half_gradients(data, weight, f_pad)
     m = f_pad.shape[-2]
-    inside = padded_shells(m, model.pad, dev) <= model.current_radius
+    inside = shell_index_2d(m, oversampling=model.pad, device=dev) <= model.current_radius
     active = sums.class_weight > 0
     update_moments(clf.moments, grads, inside, active)
     skip = ~active.clone()

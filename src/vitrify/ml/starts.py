@@ -13,39 +13,29 @@ RELION-4 (``shared/spec/vdam.md`` section 4), without a user reference:
 
 from __future__ import annotations
 
-import math
-
 import torch
 
+from vitrify.core.filters import lowpass_fourier
+from vitrify.core.masks import soft_circular_mask
 from vitrify.ml.fourier2d import image_ft, images_from_padded
 from vitrify.ml.model import MlModel, ParticleSet
 from vitrify.ml.templates import make_rotation_table, scatter_to_grids
-from vitrify.ml.window import FourierWindow, pack, shell_sums
-
-
-def soft_circle(n: int, radius_px: float, edge_px: float = 5.0, device=None) -> torch.Tensor:
-    """``(n, n)`` raised-cosine disc centred at ``n//2``: 1 inside ``radius``, 0 beyond ``radius + edge``."""
-    c = torch.arange(n, device=device, dtype=torch.float32) - n // 2
-    r = torch.sqrt(c[:, None] ** 2 + c[None, :] ** 2)
-    t = ((r - radius_px) / max(edge_px, 1e-6)).clamp(0, 1)
-    return 0.5 + 0.5 * torch.cos(math.pi * t)
+from vitrify.ml.window import FourierWindow, pack, window_shell_sums
 
 
 def flatten_solvent(refs: torch.Tensor, radius_px: float, edge_px: float = 5.0) -> torch.Tensor:
     """Multiply references ``(K, n, n)`` by the soft circle (RELION ``--flatten_solvent``)."""
-    return refs * soft_circle(refs.shape[-1], radius_px, edge_px, refs.device)
+    return refs * soft_circular_mask(refs.shape[-1], radius_px, edge_px, device=refs.device)
 
 
 def lowpass(refs: torch.Tensor, shell: int, width: int = 2) -> torch.Tensor:
-    """Raised-cosine low-pass of ``(K, n, n)`` at Fourier shell ``shell`` (``width`` shells)."""
+    """Raised-cosine low-pass of ``(K, n, n)``: 1 up to Fourier shell ``shell``, 0 from ``shell + width``.
+
+    :func:`vitrify.core.filters.lowpass_fourier` with its edge centred on ``shell + width / 2``; the
+    filter is radial, so the images are transformed without centring.
+    """
     n = refs.shape[-1]
-    ky = torch.fft.fftfreq(n, d=1.0 / n, device=refs.device)[:, None]
-    kx = torch.arange(n // 2 + 1, device=refs.device, dtype=ky.dtype)[None, :]
-    r = torch.sqrt(kx * kx + ky * ky)
-    t = ((r - shell) / width).clamp(0, 1)
-    filt = 0.5 + 0.5 * torch.cos(math.pi * t)
-    f = torch.fft.rfft2(refs) * filt
-    return torch.fft.irfft2(f, s=(n, n))
+    return torch.fft.irfft2(lowpass_fourier(torch.fft.rfft2(refs), n, shell + width / 2, width), s=(n, n))
 
 
 def initial_sigma2(particles: ParticleSet, window: FourierWindow, n_per_group: int = 1000
@@ -54,15 +44,15 @@ def initial_sigma2(particles: ParticleSet, window: FourierWindow, n_per_group: i
     n = window.box_px
     out = torch.zeros(particles.n_groups, n // 2 + 1, dtype=torch.float64)
     hw = window.half_weight.to(particles.ft.device).double()
-    count = shell_sums(hw[None], window)[0]
+    count = window_shell_sums(hw[None], window)[0]
     for g in range(particles.n_groups):
         idx = torch.nonzero(particles.group == g).flatten()[:n_per_group]
         if idx.numel() == 0:
             continue
         x = particles.ft[idx].to(torch.complex128)
-        power = shell_sums(((x.real ** 2 + x.imag ** 2) * hw).sum(0), window) / idx.numel()
+        power = window_shell_sums(((x.real ** 2 + x.imag ** 2) * hw).sum(0), window) / idx.numel()
         mean = x.mean(0)
-        mean_power = shell_sums((mean.real ** 2 + mean.imag ** 2) * hw, window)
+        mean_power = window_shell_sums((mean.real ** 2 + mean.imag ** 2) * hw, window)
         s2 = (power - mean_power) / (2 * count.clamp_min(1e-30))
         s2 = s2.cpu()
         for s in range(1, s2.shape[0]):  # non-positive shells take the previous value
@@ -153,7 +143,7 @@ def pack_particles(images: torch.Tensor, ctf_grids: torch.Tensor | None, window:
     ``(B, P)`` complex64 packed transforms of the zero-masked images and ``(B, P)`` float32
     packed CTFs.
     """
-    mask = soft_circle(images.shape[-1], diameter_px / 2.0, edge_px, images.device)
+    mask = soft_circular_mask(images.shape[-1], diameter_px / 2.0, edge_px, device=images.device)
     ft = packed_image_ft(images.float() * mask, window)
     if ctf_grids is None:
         return ft, torch.ones(ft.shape, device=ft.device)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vitrify.core.fourier import shell_index_2d, shell_sums
 from vitrify.ml.fourier2d import images_from_padded, padded_ft
-from vitrify.ml.mstep import grid_shell_mean, padded_shells
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-12
 
@@ -93,11 +93,11 @@ def gradient_step(refs: torch.Tensor, moments: Moments, steps: torch.Tensor, tau
     n = refs.shape[-1]
     f = padded_ft(refs, pad).to(torch.complex64)
     m = f.shape[-2]
-    shells = padded_shells(m, pad, refs.device)
+    shells = shell_index_2d(m, oversampling=pad, device=refs.device)
     inside = shells <= radius
     g = preconditioned_gradient(moments)
-    power = grid_shell_mean(f.abs().double(), shells, radius + 1)
-    noise = grid_shell_mean((moments.m1[0] - moments.m1[1]).abs().double(), shells, radius + 1)
+    power = shell_sums(f.abs().double(), shells, radius + 1, mean=True)
+    noise = shell_sums((moments.m1[0] - moments.m1[1]).abs().double(), shells, radius + 1, mean=True)
     snr = torch.where(noise > 0, 2.0 * tau2_fudge * power / noise.clamp_min(1e-300), torch.zeros_like(noise))
     fsc = (snr / (1.0 + snr)).clamp(0.0, 1.0).float()[:, shells.clamp(max=radius)]
     step = steps.float().to(refs.device)[:, None, None]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vitrify.core.fourier import shell_sums
+
 
 @dataclass(frozen=True)
 class FourierWindow:
@@ -119,7 +121,8 @@ def pack(grid: torch.Tensor, window: FourierWindow) -> torch.Tensor:
 
 
 def unpack(packed: torch.Tensor, window: FourierWindow) -> torch.Tensor:
-    """Scatter packed values ``(..., P')`` (``P' <= P``, a prefix) back to ``(..., n, n//2+1)`` grids (zeros elsewhere)."""
+    """Scatter packed values ``(..., P')`` (``P' <= P``, a prefix) back to ``(..., n, n//2+1)`` grids
+    (zeros elsewhere)."""
     n = window.box_px
     p = packed.shape[-1]
     out = packed.new_zeros(*packed.shape[:-1], n * (n // 2 + 1))
@@ -127,9 +130,10 @@ def unpack(packed: torch.Tensor, window: FourierWindow) -> torch.Tensor:
     return out.reshape(*packed.shape[:-1], n, n // 2 + 1)
 
 
-def shell_sums(values: torch.Tensor, window: FourierWindow) -> torch.Tensor:
-    """Sum packed values ``(..., P')`` per shell: returns ``(..., radius+1)`` (entry 0 is 0)."""
+def window_shell_sums(values: torch.Tensor, window: FourierWindow) -> torch.Tensor:
+    """Sum packed values ``(..., P')`` per shell: returns ``(..., radius+1)`` (entry 0 is 0).
+
+    :func:`vitrify.core.fourier.shell_sums` over the shells of the window's first ``P'`` pixels.
+    """
     p = values.shape[-1]
-    shell = window.shell[:p].to(values.device)
-    out = values.new_zeros(*values.shape[:-1], window.radius + 1)
-    return out.index_add_(-1, shell, values)
+    return shell_sums(values, window.shell[:p].to(values.device), window.radius + 1)

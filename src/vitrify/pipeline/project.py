@@ -16,7 +16,6 @@ the jobs themselves) can share one project.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time

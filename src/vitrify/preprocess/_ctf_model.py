@@ -12,11 +12,7 @@ import math
 
 import torch
 
-
-def electron_wavelength_angst(voltage_kv: float) -> float:
-    """Relativistic electron wavelength (Å) at ``voltage_kv``."""
-    volts = voltage_kv * 1e3
-    return 12.2643247 / math.sqrt(volts * (1.0 + 0.978466e-6 * volts))
+from vitrify.core.ctf import CtfParams, electron_wavelength_angst
 
 
 def ctf_phase(
@@ -26,10 +22,8 @@ def ctf_phase(
     defocus_mean_angst: torch.Tensor,
     astig_x_angst: torch.Tensor,
     astig_y_angst: torch.Tensor,
+    optics: CtfParams,
     *,
-    voltage_kv: float,
-    cs_mm: float,
-    amplitude_contrast: float,
     phase_shift_deg: torch.Tensor | float = 0.0,
 ) -> torch.Tensor:
     """The CTF phase γ at samples, for a batch of defocus models.
@@ -44,6 +38,8 @@ def ctf_phase(
         ``(p,)`` squared spatial frequency (Å⁻²) and ``cos 2θ``, ``sin 2θ`` of each sample.
     defocus_mean_angst, astig_x_angst, astig_y_angst
         ``(b,)`` candidate models (broadcastable to each other).
+    optics
+        Voltage, Cs and amplitude contrast (floats; its defocus and phase shift are not used).
     phase_shift_deg
         Phase-plate shift (degrees), scalar or ``(b,)``.
 
@@ -52,9 +48,10 @@ def ctf_phase(
     torch.Tensor
         ``(b, p)`` phase γ in radians; the CTF is ``-sin γ``.
     """
-    lam = electron_wavelength_angst(voltage_kv)
-    cs_angst = cs_mm * 1e7
-    k3 = math.atan(amplitude_contrast / math.sqrt(1.0 - amplitude_contrast ** 2))
+    lam = electron_wavelength_angst(optics.voltage_kv)
+    cs_angst = optics.cs_mm * 1e7
+    q0 = optics.amplitude_contrast
+    k3 = math.atan(q0 / math.sqrt(1.0 - q0 ** 2))
     mean = torch.as_tensor(defocus_mean_angst, dtype=s2.dtype, device=s2.device).reshape(-1, 1)
     ax = torch.as_tensor(astig_x_angst, dtype=s2.dtype, device=s2.device).reshape(-1, 1)
     ay = torch.as_tensor(astig_y_angst, dtype=s2.dtype, device=s2.device).reshape(-1, 1)

@@ -29,9 +29,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from vitrify.core.ctf import CtfParams, electron_wavelength_angst
 from vitrify.io.errors import InputError
-from vitrify.preprocess._ctf_model import (ctf_phase, electron_wavelength_angst, from_uv_angle,
-                                           rfft_frequency_grid, to_uv_angle)
+from vitrify.preprocess._ctf_model import ctf_phase, from_uv_angle, rfft_frequency_grid, to_uv_angle
 
 
 @dataclass(frozen=True)
@@ -64,16 +64,6 @@ class CtfSearch:
 
 
 @dataclass(frozen=True)
-class Optics:
-    """Microscope optics needed for the CTF."""
-
-    pixel_size_angst: float
-    voltage_kv: float = 300.0
-    cs_mm: float = 2.7
-    amplitude_contrast: float = 0.1
-
-
-@dataclass(frozen=True)
 class CtfFit:
     """The estimated CTF of one micrograph (RELION's micrographs_ctf.star columns)."""
 
@@ -86,6 +76,7 @@ class CtfFit:
 
     @property
     def astigmatism_angst(self) -> float:
+        """``|defocus_u - defocus_v|`` in Å."""
         return abs(self.defocus_u_angst - self.defocus_v_angst)
 
 
@@ -130,7 +121,7 @@ def tile_amplitude_spectrum(micrograph: torch.Tensor, tile_px: int) -> torch.Ten
     return (total / count).sqrt()
 
 
-def _band(spectrum_shape: tuple[int, int], optics: Optics, search: CtfSearch,
+def _band(spectrum_shape: tuple[int, int], optics: CtfParams, search: CtfSearch,
           device: torch.device) -> _Band:
     box = spectrum_shape[0]
     s2, cos2, sin2 = rfft_frequency_grid(box, optics.pixel_size_angst, device=device)
@@ -191,7 +182,7 @@ def _profile_design(s: torch.Tensor, profile: torch.Tensor, search: CtfSearch, s
     return sb, pb, trend, _chebyshev(x, degrees[0]), _chebyshev(x, degrees[1])
 
 
-def fit_radial_profile(s: torch.Tensor, profile: torch.Tensor, optics: Optics, search: CtfSearch,
+def fit_radial_profile(s: torch.Tensor, profile: torch.Tensor, optics: CtfParams, search: CtfSearch,
                        degree_background: int = 6, degree_envelope: int = 3,
                        ) -> tuple[float, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """1D search of the mean defocus on a rotational average.
@@ -218,9 +209,8 @@ def fit_radial_profile(s: torch.Tensor, profile: torch.Tensor, optics: Optics, s
                           search.defocus_step_angst / 4, dtype=torch.float64, device=s.device)
     best = (math.inf, float(defoci[0]), None)
     for phase in _phase_grid(search):
-        gamma = ctf_phase(sb * sb, torch.ones_like(sb), torch.zeros_like(sb), defoci, 0.0, 0.0,
-                          voltage_kv=optics.voltage_kv, cs_mm=optics.cs_mm,
-                          amplitude_contrast=optics.amplitude_contrast, phase_shift_deg=phase)
+        gamma = ctf_phase(sb * sb, torch.ones_like(sb), torch.zeros_like(sb), defoci, 0.0, 0.0, optics,
+                          phase_shift_deg=phase)
         ctf2 = torch.sin(gamma) ** 2  # (d, r)
         design = torch.cat([basis_b.expand(len(defoci), -1, -1),
                             basis_e.unsqueeze(0) * ctf2.unsqueeze(2)], dim=2)
@@ -240,7 +230,7 @@ def _phase_grid(search: CtfSearch) -> list[float]:
     return list(np.arange(search.phase_min_deg, search.phase_max_deg + 1e-6, search.phase_step_deg))
 
 
-def _ring_half_window_px(radius_px: torch.Tensor, n: int, optics: Optics, mean_defocus_angst: float,
+def _ring_half_window_px(radius_px: torch.Tensor, n: int, optics: CtfParams, mean_defocus_angst: float,
                          ) -> torch.Tensor:
     """Half-width (px) of a window of two CTF² periods at each radius of an ``n`` box, capped at r/2.
 
@@ -253,7 +243,7 @@ def _ring_half_window_px(radius_px: torch.Tensor, n: int, optics: Optics, mean_d
     return half.clamp(min=1.5).minimum(0.5 * radius_px + 1.5)
 
 
-def _normalised_band(spectrum: torch.Tensor, band: _Band, trend: torch.Tensor, optics: Optics,
+def _normalised_band(spectrum: torch.Tensor, band: _Band, trend: torch.Tensor, optics: CtfParams,
                      mean_defocus_angst: float) -> torch.Tensor:
     """Band samples of the spectrum divided by the trend, minus the local ring-free background.
 
@@ -308,7 +298,7 @@ def _weighted(normalised: torch.Tensor, band: _Band, envelope: tuple[torch.Tenso
     return (values / sigma).to(normalised.dtype), replace(band, weight=weight.to(normalised.dtype))
 
 
-def _scores(normalised: torch.Tensor, band: _Band, models: torch.Tensor, optics: Optics,
+def _scores(normalised: torch.Tensor, band: _Band, models: torch.Tensor, optics: CtfParams,
             chunk: int = 256) -> torch.Tensor:
     """Pearson correlation of the band with CTF² for each model.
 
@@ -320,9 +310,8 @@ def _scores(normalised: torch.Tensor, band: _Band, models: torch.Tensor, optics:
     target = target / target.norm().clamp(min=1e-20)
     out = []
     for block in models.split(chunk):
-        gamma = ctf_phase(band.s2, band.cos2, band.sin2, block[:, 0], block[:, 1], block[:, 2],
-                          voltage_kv=optics.voltage_kv, cs_mm=optics.cs_mm,
-                          amplitude_contrast=optics.amplitude_contrast, phase_shift_deg=block[:, 3])
+        gamma = ctf_phase(band.s2, band.cos2, band.sin2, block[:, 0], block[:, 1], block[:, 2], optics,
+                          phase_shift_deg=block[:, 3])
         ctf2 = torch.sin(gamma) ** 2
         if band.weight is not None:
             ctf2 = (ctf2 - 0.5) * band.weight
@@ -331,7 +320,7 @@ def _scores(normalised: torch.Tensor, band: _Band, models: torch.Tensor, optics:
     return torch.cat(out)
 
 
-def search_astigmatism(normalised: torch.Tensor, band: _Band, mean_angst: float, optics: Optics,
+def search_astigmatism(normalised: torch.Tensor, band: _Band, mean_angst: float, optics: CtfParams,
                        search: CtfSearch) -> tuple[np.ndarray, float]:
     """Grid search then Nelder-Mead of (mean, astig_x, astig_y, phase) around ``mean_angst``.
 
@@ -366,7 +355,7 @@ def search_astigmatism(normalised: torch.Tensor, band: _Band, mean_angst: float,
 
 
 def keep_significant_astigmatism(normalised: torch.Tensor, band: _Band, params: np.ndarray, score: float,
-                                 optics: Optics, search: CtfSearch, chi2_threshold: float = 13.8,
+                                 optics: CtfParams, search: CtfSearch, chi2_threshold: float = 13.8,
                                  ) -> tuple[np.ndarray, float]:
     """The astigmatic fit if it beats the best stigmatic one significantly, else the stigmatic fit.
 
@@ -414,7 +403,7 @@ def _equiphase_average(values: torch.Tensor, phase: torch.Tensor, s: torch.Tenso
     return mean[keep], model[keep], top[keep]
 
 
-def fit_resolution(normalised: torch.Tensor, band: _Band, params: np.ndarray, optics: Optics,
+def fit_resolution(normalised: torch.Tensor, band: _Band, params: np.ndarray, optics: CtfParams,
                    threshold: float, bins_per_pi: int = 8) -> float:
     """Resolution (Å) to which the Thon rings fit.
 
@@ -425,9 +414,8 @@ def fit_resolution(normalised: torch.Tensor, band: _Band, params: np.ndarray, op
     where particles and ice dominate the spectrum, are passed over).
     """
     model = torch.as_tensor(params, dtype=normalised.dtype, device=normalised.device)
-    gamma = ctf_phase(band.s2, band.cos2, band.sin2, model[0], model[1], model[2],
-                      voltage_kv=optics.voltage_kv, cs_mm=optics.cs_mm,
-                      amplitude_contrast=optics.amplitude_contrast, phase_shift_deg=model[3])[0]
+    gamma = ctf_phase(band.s2, band.cos2, band.sin2, model[0], model[1], model[2], optics,
+                      phase_shift_deg=model[3])[0]
     data, ctf2, top = _equiphase_average(normalised, gamma, band.s2.sqrt(), bins_per_pi)
     best_s = float(band.s2.min().sqrt())
     passed = False
@@ -446,7 +434,7 @@ def fit_resolution(normalised: torch.Tensor, band: _Band, params: np.ndarray, op
     return 1.0 / best_s
 
 
-def estimate_ctf(micrograph: torch.Tensor, optics: Optics, search: CtfSearch = CtfSearch()) -> CtfFit:
+def estimate_ctf(micrograph: torch.Tensor, optics: CtfParams, search: CtfSearch = CtfSearch()) -> CtfFit:
     """Estimate defocus, astigmatism, (phase shift), fit score and fit resolution.
 
     Parameters
@@ -486,7 +474,7 @@ def _full_centred(half: torch.Tensor) -> torch.Tensor:
     return torch.fft.fftshift(half[src_rows, src_cols], dim=(0, 1))
 
 
-def fit_diagnostic_image(micrograph: torch.Tensor, fit: CtfFit, optics: Optics,
+def fit_diagnostic_image(micrograph: torch.Tensor, fit: CtfFit, optics: CtfParams,
                          search: CtfSearch = CtfSearch()) -> np.ndarray:
     """A ``(n, n)`` picture in [0, 1]: measured log spectrum left, fitted CTF² right (DC centred)."""
     spectrum = tile_amplitude_spectrum(micrograph, search.tile_px)
@@ -494,9 +482,7 @@ def fit_diagnostic_image(micrograph: torch.Tensor, fit: CtfFit, optics: Optics,
     measured = _full_centred(spectrum.clamp(min=1e-20).log())
     s2, cos2, sin2 = rfft_frequency_grid(n, optics.pixel_size_angst, device=spectrum.device)
     mean, ax, ay = from_uv_angle(fit.defocus_u_angst, fit.defocus_v_angst, fit.defocus_angle_deg)
-    gamma = ctf_phase(s2.flatten(), cos2.flatten(), sin2.flatten(), mean, ax, ay,
-                      voltage_kv=optics.voltage_kv, cs_mm=optics.cs_mm,
-                      amplitude_contrast=optics.amplitude_contrast,
+    gamma = ctf_phase(s2.flatten(), cos2.flatten(), sin2.flatten(), mean, ax, ay, optics,
                       phase_shift_deg=fit.phase_shift_deg)[0].reshape(s2.shape)
     model = _full_centred(torch.sin(gamma) ** 2)
     lo, hi = torch.quantile(measured.flatten().float().cpu(), torch.tensor([0.05, 0.995]))

@@ -18,12 +18,12 @@ reference rotated by ``R(psi)`` (:func:`vitrify.core.euler.rotation_2d`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from vitrify.core.ctf import ctf_2d
+from vitrify.core.ctf import CtfParams, ctf_2d
 from vitrify.core.fourier import irfft2_centered, rescale_2d, rfft2_centered
 from vitrify.core.projector import make_projector_2d, rotate_2d_fourier
 from vitrify.io.errors import InputError
@@ -56,24 +56,9 @@ class TemplatePickOptions:
             raise InputError("low-pass must be positive", field="lowpass", expected="Å > 0")
 
 
-@dataclass(frozen=True)
-class MicrographCtf:
-    """The micrograph's CTF, applied to the references when known."""
-
-    defocus_u_angst: float
-    defocus_v_angst: float
-    defocus_angle_deg: float
-    voltage_kv: float = 300.0
-    cs_mm: float = 2.7
-    amplitude_contrast: float = 0.1
-    phase_shift_deg: float = 0.0
-
-
 def resolve_diameter(opts: TemplatePickOptions, references_shape: tuple[int, ...],
                      reference_pixel_angst: float) -> TemplatePickOptions:
     """``opts`` with diameter -1 replaced by 0.75 × the reference box (Å)."""
-    from dataclasses import replace
-
     if opts.diameter_angst > 0:
         return opts
     return replace(opts, diameter_angst=0.75 * references_shape[-1] * reference_pixel_angst)
@@ -84,7 +69,7 @@ def _working_pixel(pixel_size_angst: float, opts: TemplatePickOptions) -> float:
 
 
 def prepare_references(references: torch.Tensor, reference_pixel_angst: float, working_pixel_angst: float,
-                       opts: TemplatePickOptions, ctf: MicrographCtf | None = None) -> torch.Tensor:
+                       opts: TemplatePickOptions, ctf: CtfParams | None = None) -> torch.Tensor:
     """References at the working pixel size, dark-protein, CTF-modulated when ``ctf`` is given.
 
     Parameters
@@ -110,9 +95,7 @@ def prepare_references(references: torch.Tensor, reference_pixel_angst: float, w
     if opts.references_white:
         refs = -refs  # micrographs show dark protein
     if ctf is not None:
-        transfer = ctf_2d(m, working_pixel_angst, ctf.defocus_u_angst, ctf.defocus_v_angst,
-                          ctf.defocus_angle_deg, ctf.voltage_kv, ctf.cs_mm, ctf.amplitude_contrast,
-                          phase_shift_deg=ctf.phase_shift_deg, device=refs.device)
+        transfer = ctf_2d(m, replace(ctf, pixel_size_angst=working_pixel_angst), device=refs.device)
         refs = irfft2_centered(rfft2_centered(refs) * transfer, m)  # class averages are CTF-corrected
     return refs
 
@@ -194,11 +177,12 @@ def ncc_map(image: torch.Tensor, templates: torch.Tensor, mask: torch.Tensor,
 
 def pick_templates(micrograph: torch.Tensor, pixel_size_angst: float, references: torch.Tensor,
                    reference_pixel_angst: float, opts: TemplatePickOptions,
-                   ctf: MicrographCtf | None = None) -> Picks:
+                   ctf: CtfParams | None = None) -> Picks:
     """Pick particles that look like any of the ``(k, b, b)`` references on one micrograph.
 
     ``micrograph`` ``(ny, nx)`` shows dark protein unless ``opts.invert``. Returns picks in
     the micrograph's pixels, best first, with rlnClassNumber (1-based reference) and psi.
+    ``ctf``, the micrograph's CTF when known, modulates the references (at their working pixel size).
     """
     if not torch.isfinite(micrograph).all() or float(micrograph.std()) == 0.0:
         raise InputError("micrograph is empty, constant or not finite", field="pixel values",

@@ -18,7 +18,7 @@ mean ``total dose (e/Å²) × pixel² × relative intensity``. Written into ``ou
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from vitrify._progress import track
+from vitrify.core.ctf import CtfParams
 from vitrify.core.projector import make_projector
 from vitrify.io.errors import InputError
 from vitrify.io.mrc import write_mrc
@@ -84,6 +85,12 @@ class MicrographOptions:
                                       "0 < defocus min <= max, format tiff | mrc")
 
     @property
+    def optics(self) -> CtfParams:
+        """The microscope's CTF at the micrograph pixel size (defocus 0: each micrograph sets its own)."""
+        return CtfParams(pixel_size_angst=self.pixel_size_angst, voltage_kv=self.voltage_kv, cs_mm=self.cs_mm,
+                         amplitude_contrast=self.amplitude_contrast)
+
+    @property
     def total_dose(self) -> float:
         """Electrons per Å² over the whole exposure."""
         return self.dose_per_frame * self.n_frames
@@ -140,9 +147,9 @@ def render_intensity(options: MicrographOptions, specimen: Specimen, truth: scen
                                     dtype=torch.float32, device=device)
     attenuation = torch.as_tensor(scene.ice_attenuation(shape, truth.ice_nm).copy(),
                                   dtype=torch.float32, device=device)
-    return scene.intensity(phase, attenuation, truth.defocus, pixel_size_angst=options.pixel_size_angst,
-                           voltage_kv=options.voltage_kv, cs_mm=options.cs_mm,
-                           amplitude_contrast=options.amplitude_contrast)
+    u, v, angle = (float(d) for d in truth.defocus)
+    ctf = replace(options.optics, defocus_u_angst=u, defocus_v_angst=v, defocus_angle_deg=angle)
+    return scene.intensity(phase, attenuation, ctf)
 
 
 def optics_table(options: MicrographOptions, *, movies: bool = False) -> pd.DataFrame:

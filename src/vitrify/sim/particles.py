@@ -18,7 +18,7 @@ Image formation, noise and SNR definition: :mod:`vitrify.sim.render`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from vitrify._progress import track
+from vitrify.core.ctf import CtfParams
 from vitrify.core.euler import euler_to_matrix
 from vitrify.core.projector import Projector, crop_centered, make_projector
 from vitrify.io.errors import InputError
@@ -90,6 +91,12 @@ class ParticleOptions:
             astigmatism_max_angst=self.astigmatism_max_angst)
         object.__setattr__(self, "geometry", geometry)
 
+    @property
+    def optics(self) -> CtfParams:
+        """The microscope's CTF at the image pixel size (defocus 0: each image sets its own)."""
+        return CtfParams(pixel_size_angst=self.pixel_size_angst, voltage_kv=self.voltage_kv, cs_mm=self.cs_mm,
+                         amplitude_contrast=self.amplitude_contrast)
+
 
 @dataclass(frozen=True)
 class ParticleDataset:
@@ -136,8 +143,7 @@ class _Renderer:
         self.projectors: list[Projector] = [
             make_projector(torch.as_tensor(m, device=device)) for m in maps]
         self.device = device
-        self.optics = render.CtfOptics(options.pixel_size_angst, options.voltage_kv, options.cs_mm,
-                                       options.amplitude_contrast)
+        self.optics = options.optics
         probe = torch.as_tensor(random_euler_deg(8, np.random.default_rng(0)), dtype=torch.float32,
                                 device=device)
         rotations = euler_to_matrix(probe[:, 0], probe[:, 1], probe[:, 2])
@@ -151,6 +157,13 @@ class _Renderer:
     def _columns(self, rows: pd.DataFrame, names: list[str]) -> torch.Tensor:
         return torch.as_tensor(rows[names].to_numpy(np.float32, copy=True), device=self.device)
 
+    def _ctf(self, defocus: torch.Tensor | None) -> CtfParams | None:
+        """The CTFs of ``(b, 3)`` defocus rows (U Å, V Å, angle deg); None without CTF."""
+        if defocus is None:
+            return None
+        return replace(self.optics, defocus_u_angst=defocus[:, 0], defocus_v_angst=defocus[:, 1],
+                       defocus_angle_deg=defocus[:, 2])
+
     def _junk(self, rows: pd.DataFrame, index: int, defocus: torch.Tensor | None) -> torch.Tensor:
         """One ``(n, n)`` junk image, drawn on a twice larger field so the CTF does not wrap."""
         n = self.options.box_px
@@ -158,8 +171,8 @@ class _Renderer:
                                scale=self.junk_scale, radius_px=self.radius_px,
                                project=self.project, n_maps=len(self.projectors))
         image = torch.as_tensor(junk, dtype=torch.float32, device=self.device)[None]
-        image = render.apply_ctf(image, None if defocus is None else defocus[index:index + 1],
-                                 self.optics, pad=1)
+        image = render.apply_ctf(image, self._ctf(None if defocus is None else defocus[index:index + 1]),
+                                 pad=1)
         return crop_centered(image, n, 2)[0]
 
     def render(self, rows: pd.DataFrame) -> torch.Tensor:
@@ -177,7 +190,7 @@ class _Renderer:
             out[sel] = render.project_particles(self.projectors[m - 1], rotations[sel], origins[sel])
         real = torch.as_tensor(np.flatnonzero(maps > 0), device=self.device)
         if defocus is not None and len(real):
-            out[real] = render.apply_ctf(out[real], defocus[real], self.optics)
+            out[real] = render.apply_ctf(out[real], self._ctf(defocus[real]))
         for i in np.flatnonzero(maps == 0):
             out[i] = self._junk(rows, i, defocus)
         return out

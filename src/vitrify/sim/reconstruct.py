@@ -17,7 +17,7 @@ import torch
 
 from vitrify._progress import track
 from vitrify.core.backprojector import BackProjector
-from vitrify.core.ctf import ctf_2d
+from vitrify.core.ctf import CtfParams, ctf_2d
 from vitrify.core.euler import euler_to_matrix
 from vitrify.core.fourier import rfft2_centered, rfft3_centered, shell_index_3d
 from vitrify.core.shifts import phase_shift_2d
@@ -49,9 +49,8 @@ def _insert_batch(bp: BackProjector, rows, base_dir: Path, pixel: float, do_ctf:
     slices = phase_shift_2d(rfft2_centered(images.float()), origins)
     weights = None
     if do_ctf:
-        ctf = ctf_2d(n, pixel, *_columns(rows, ["rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle",
-                                                "rlnVoltage", "rlnSphericalAberration",
-                                                "rlnAmplitudeContrast"], device).T)
+        ctf = ctf_2d(n, CtfParams.from_relion(rows, pixel_size_angst=pixel, convert=lambda column: torch.as_tensor(
+            column.to_numpy(np.float32, copy=True), device=device)))
         slices, weights = slices * ctf, ctf * ctf
     bp.insert(slices, weights, euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]))
 

@@ -5,7 +5,7 @@ Image formation (per particle ``i`` with rotation ``A_i``, origin ``o_i``, CTF `
     signal_i = IFT[ C_i · shift(-o_i) · P(A_i) ]          (P: Fourier slice of the map)
     image_i  = normalise(signal_i + noise_i)
 
-The CTF is RELION's (``vitrify.core.ctf.ctf_2d``: CTF(0) = +Q0, first lobe positive for
+The CTF is RELION's (``vitrify.core.ctf.ctf_2d`` of a ``CtfParams``: CTF(0) = +Q0, first lobe positive for
 underfocus), so a positive map gives "white protein" images, as RELION's particles after
 extraction with contrast inversion.
 
@@ -24,11 +24,9 @@ standard deviation 1. Noise-free images are left in map units (nothing to normal
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-
 import torch
 
-from vitrify.core.ctf import ctf_2d
+from vitrify.core.ctf import CtfParams, ctf_2d
 from vitrify.core.fourier import irfft2_centered, radius_grid_2d, rfft2_centered
 from vitrify.core.projector import Projector, crop_centered, pad_centered, project_fourier
 from vitrify.core.shifts import phase_shift_2d
@@ -69,32 +67,21 @@ def project_particles(projector: Projector, rotations: torch.Tensor,
     return irfft2_centered(slices, projector.box_px)
 
 
-@dataclass(frozen=True)
-class CtfOptics:
-    """Microscope constants of the CTF (RELION units)."""
-
-    pixel_size_angst: float
-    voltage_kv: float = 300.0
-    cs_mm: float = 2.7
-    amplitude_contrast: float = 0.1
-
-
-def apply_ctf(images: torch.Tensor, defocus: torch.Tensor | None, optics: CtfOptics, *,
-              pad: int = 2) -> torch.Tensor:
+def apply_ctf(images: torch.Tensor, ctf: CtfParams | None, *, pad: int = 2) -> torch.Tensor:
     """CTF-modulate ``(b, n, n)`` images as a microscope would, without wrap-around.
 
     Each image is zero-padded to ``pad · n`` (the object sits in a larger field of view),
     multiplied by the CTF of that box in Fourier space and cropped back, so the signal the
     CTF delocalises beyond the box is lost instead of wrapping in from the other side.
-    ``defocus`` is ``(b, 3)`` = (U Å, V Å, angle deg); None returns ``images``.
+    ``ctf`` holds one CTF per image (defocus tensors ``(b,)``, pixel size of the images);
+    None returns ``images``.
     """
-    if defocus is None:
+    if ctf is None:
         return images
     n = images.shape[-1]
     big = pad_centered(images, pad * n, 2)
-    ctf = ctf_2d(pad * n, optics.pixel_size_angst, defocus[:, 0], defocus[:, 1], defocus[:, 2],
-                 optics.voltage_kv, optics.cs_mm, optics.amplitude_contrast)
-    return crop_centered(irfft2_centered(rfft2_centered(big) * ctf, pad * n), n, 2)
+    transfer = ctf_2d(pad * n, ctf)
+    return crop_centered(irfft2_centered(rfft2_centered(big) * transfer, pad * n), n, 2)
 
 
 def noise_amplitude(n: int, colour: str, *, device=None) -> torch.Tensor | None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vitrify.core.ctf import ctf_2d
+from vitrify.core.ctf import CtfParams, ctf_2d, electron_wavelength_angst
 from vitrify.core.euler import euler_to_matrix
 from vitrify.core.fourier import irfft2_centered, rfft2_centered
 from vitrify.core.projector import Projector, project_fourier
@@ -41,7 +41,7 @@ ICE_MEAN_FREE_PATH_NM = 350.0
 def interaction_constant(voltage_kv: float) -> float:
     """Relativistic σ_e in rad / (V·Å)."""
     volts = voltage_kv * 1e3
-    wavelength = 12.2643247 / math.sqrt(volts * (1 + 0.978466e-6 * volts))
+    wavelength = electron_wavelength_angst(voltage_kv)
     rest = 510998.95  # m₀c² / e, volts
     return 2 * math.pi / (wavelength * volts) * (rest + volts) / (2 * rest + volts)
 
@@ -148,10 +148,10 @@ def ice_attenuation(shape: tuple[int, int], ice_nm: np.ndarray) -> np.ndarray:
     return np.broadcast_to(np.exp(-thickness / ICE_MEAN_FREE_PATH_NM), shape)
 
 
-def intensity(phase: torch.Tensor, attenuation: torch.Tensor, defocus: np.ndarray, *,
-              pixel_size_angst: float, voltage_kv: float, cs_mm: float,
-              amplitude_contrast: float) -> torch.Tensor:
+def intensity(phase: torch.Tensor, attenuation: torch.Tensor, ctf: CtfParams) -> torch.Tensor:
     """Relative intensity ``(ny, nx)`` = attenuation · (1 - 2 · CTF ⊗ phase).
+
+    ``phase`` and ``attenuation`` are ``(ny, nx)``; ``ctf`` is the micrograph's (float fields).
 
     The phase is zero-padded to a square of twice its larger side so the CTF does not wrap.
     """
@@ -160,7 +160,6 @@ def intensity(phase: torch.Tensor, attenuation: torch.Tensor, defocus: np.ndarra
     padded = torch.zeros(size, size, device=phase.device)
     y0, x0 = size // 2 - ny // 2, size // 2 - nx // 2
     padded[y0:y0 + ny, x0:x0 + nx] = phase - phase.mean()
-    ctf = ctf_2d(size, pixel_size_angst, float(defocus[0]), float(defocus[1]), float(defocus[2]),
-                 voltage_kv, cs_mm, amplitude_contrast, device=phase.device)
-    contrast = irfft2_centered(rfft2_centered(padded) * ctf, size)[y0:y0 + ny, x0:x0 + nx]
+    transfer = ctf_2d(size, ctf, device=phase.device)
+    contrast = irfft2_centered(rfft2_centered(padded) * transfer, size)[y0:y0 + ny, x0:x0 + nx]
     return attenuation * (1 - 2 * contrast)

@@ -3,7 +3,10 @@
 ``run_scheme(project_dir, "prep")`` runs ``Schemes/prep/scheme.star`` from its current node
 until the graph ends (next node ``undefined``), an ``exit``/``exit_maxtime`` operator stops
 it, an abort is requested (``Schemes/prep/RELION_JOB_ABORT_NOW``) or a job fails with nothing
-independent of it left to do. After every step the scheme (current node, variables, jobs) is
+independent of it left to do. RELION's prep and proc schemes loop through a ``wait`` operator
+until ``exit_maxtime`` (48 h): with ``RunSettings(once=True)`` the run stops instead when it comes
+back to a ``wait`` operator, i.e. after one pass over the data there now (the current node stays
+at that operator, so a later run goes on watching). After every step the scheme (current node, variables, jobs) is
 written back atomically, so a killed schemer resumes exactly where it was: an operator is
 executed and its effect recorded in one write, and a job being created or run is recorded in
 ``schemer_state.json`` before and after it is created (never created or run twice).
@@ -62,6 +65,9 @@ class RunSettings:
         How long to wait for the scheme lock.
     echo
         Also print the log lines to stdout.
+    once
+        Stop (Succeeded) on coming back to a ``wait`` operator: one pass over the data present,
+        instead of waiting for new data until the scheme's ``exit_maxtime``.
     """
 
     poll_s: float = 1.0
@@ -70,6 +76,7 @@ class RunSettings:
     abort_grace_s: float = 120.0
     lock_timeout_s: float = 5.0
     echo: bool = True
+    once: bool = False
 
     def __post_init__(self) -> None:
         if self.poll_s <= 0 or self.abort_grace_s < 0 or self.lock_timeout_s < 0 or self.max_failures < 1:
@@ -186,6 +193,13 @@ class _Runner:
                                + ", ".join(f"{k} ({v})" for k, v in self.failed.items()))
         return self.finish(JobStatus.SUCCEEDED, "reached the end of the scheme")
 
+    def end_of_pass(self, node: str) -> RunResult:
+        """``once``: back at a wait operator; Failed if a job of the pass failed."""
+        if self.failed:
+            return self.finish(JobStatus.FAILED, f"one pass done (--once), back at {node}; failed: "
+                               + ", ".join(f"{k} ({v})" for k, v in self.failed.items()))
+        return self.finish(JobStatus.SUCCEEDED, f"one pass done (--once): back at {node}")
+
     def finish(self, status: JobStatus, message: str) -> RunResult:
         self.save()
         _state.touch_exit_marker(self.dir, status)
@@ -194,6 +208,8 @@ class _Runner:
 
     def operator_step(self, node: str) -> RunResult | None:
         operator = self.scheme.operators[node]
+        if self.settings.once and operator.type == "wait" and self.ctx.last_wait is not None:
+            return self.end_of_pass(node)
         if not execute_operator(self.ctx, operator):
             return self.finish(JobStatus.SUCCEEDED, f"stopped by {node} ({operator.type})")
         self.advance(node)
