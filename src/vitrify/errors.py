@@ -52,7 +52,7 @@ class InputError(Exception):
         return text
 
     def with_path(self, path: str | PathLike) -> InputError:
-        """This error, naming ``path`` when it names no file yet (``raise err.with_path(p) from None``).
+        """The same error naming ``path`` when it names no file yet (``raise err.with_path(p) from None``).
 
         >>> str(InputError("bad image name", field="rlnImageName").with_path("p.star"))
         'p.star: rlnImageName: bad image name'
