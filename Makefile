@@ -1,7 +1,8 @@
 # vitrify: the two commands that set everything up on a fresh machine.
 #   make demo  -> virtualenv, install, simulate movies of a real structure and process them automatically
 #                 (mdcatch + schemer prep/proc -> 2D classes), report against the truth
-#   make test  -> virtualenv, install, check the import contracts (lint-imports), run the test suite
+#   make test  -> virtualenv, install, lint (ruff), check the import contracts (lint-imports),
+#                 run the test suite (docstring examples included)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -27,6 +28,7 @@ demo: $(STAMP)
 	$(VENV)/bin/vitrify demo --out $(DEMO_DIR) --overwrite
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 

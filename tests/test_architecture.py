@@ -24,8 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 PACKAGE = SRC / "vitrify"
 
-#: Cycles being untied in another part of issue 16 (ml.estep <-> finepass); remove when gone.
-KNOWN_CYCLES = [["vitrify.ml.estep", "vitrify.ml.finepass"]]
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +109,7 @@ def test_private_import_checker(tmp_path):
 
 # ---------------------------------------------------------------- cycles
 def test_no_import_cycles_even_through_function_level_imports(vitrify_imports):
-    found = cycles(vitrify_imports)
-    assert [c for c in found if c not in KNOWN_CYCLES] == []
+    assert cycles(vitrify_imports) == []
 
 
 def test_cycle_checker_sees_function_level_imports(tmp_path):

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 from _ml_synth import write_star_dataset
 
 from vitrify.io.errors import InputError
-from vitrify.io.mrc import read_mrc, write_mrc
+from vitrify.io.mrc import read_mrc
 from vitrify.io.star import read_star, write_star
 from vitrify.jobs.class2d import Options, options_from_job_star, run
 

@@ -78,7 +78,8 @@ def test_simulated_session_runs_through_relion4_prep_scheme(tmp_path):
     from vitrify.io.star import read_star_optics
 
     sim = tmp_path / "sim"
-    _invoke("simulate", "movies", "--n", "2", "--size", "64", "--frames", "4", "--particles", "1",
+    # 128 px: enough spectrum samples for CtfFind to fit (a job that can process nothing fails)
+    _invoke("simulate", "movies", "--n", "2", "--size", "128", "--frames", "4", "--particles", "1",
             "--pixel-size", "0.83", "--dose-per-frame", "1.25", "--voltage", "200", "--cs", "1.4",
             "--device", "cpu", "--out", str(sim))
     project = tmp_path / "project"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from typer.testing import CliRunner
 
@@ -100,9 +103,6 @@ def test_simulate_micrographs_and_movies_commands(tmp_path, kind, star):
 
 
 def _vitrify(*argv: str, env: dict) -> "subprocess.CompletedProcess[str]":
-    import subprocess
-    import sys
-
     return subprocess.run([sys.executable, "-m", "vitrify", *argv], capture_output=True, text=True,
                           env=env, timeout=300)
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from conftest import needs_shared, shared_fixtures
 from vitrify.jobs._preprocess_io import relative_output

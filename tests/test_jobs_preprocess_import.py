@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vitrify.io.movies import write_movie
-from vitrify.io.star import read_star, read_star_optics
+from vitrify.io.star import read_star_optics
 
 
 def _cli(args):

@@ -96,11 +96,15 @@ def test_import_motioncorr_select(movies):
     assert list(kept["rlnCtfMaxResolution"]) == [4.0, 5.5]
 
 
-def test_wrong_gain_size_skips_movies_with_a_clear_message(movies):
+def test_wrong_gain_size_skips_movies_with_a_clear_message(movies, capsys):
     mrc_io.write_mrc("Movies/gain_t.mrc", np.ones((W, H), np.float32), 1.0)
     _cli(["import", "--i", "Movies/good*.tiff", "--o", "Import/job001", "--angpix", "1.0"])
+    capsys.readouterr()
+    # every movie skipped: the job fails (nothing to hand on) with the first reason on one line
     assert _cli(["motioncorr", "--i", "Import/job001/movies.star", "--o", "MotionCorr/job002",
-                 "--gain", "Movies/gain_t.mrc", "--patch-x", "1", "--patch-y", "1"]) in (0, None)
+                 "--gain", "Movies/gain_t.mrc", "--patch-x", "1", "--patch-y", "1"]) == 1
+    assert "no movies could be processed" in capsys.readouterr().err
+    assert not os.path.exists("MotionCorr/job002/corrected_micrographs.star")
     skipped = open("MotionCorr/job002/skipped.txt").read()
     assert skipped.count("gain reference is") == 2 and "gain_rot" in skipped
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from _ml_synth import shapes
-from vitrify.ml.accuracy import expected_accuracy, first_crossing, rotation_drop, shift_drop, trial_weights
+from vitrify.ml.accuracy import expected_accuracy, first_crossing
 from vitrify.ml.model import MlModel, ParticleSet
 from vitrify.ml.fourier2d import padded_ft
 from vitrify.ml.templates import make_rotation_table, sample_templates

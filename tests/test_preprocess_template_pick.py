@@ -53,7 +53,7 @@ def _micrograph(data, index):
 
 def test_picks_match_truth_on_simulated_micrographs(simulated, device):
     data, references, radius = simulated
-    found, total_precision = 0, []
+    found = 0
     for index in range(2):
         image, truth, ctf = _micrograph(data, index)
         picks = pick_templates(image.to(device), PIXEL, references.to(device), PIXEL,

@@ -50,3 +50,13 @@ class InputError(Exception):
         if self.expected:
             text += f" (expected {self.expected})"
         return text
+
+    def with_path(self, path: str | PathLike) -> InputError:
+        """The same error naming ``path`` when it names no file yet (``raise err.with_path(p) from None``).
+
+        >>> str(InputError("bad image name", field="rlnImageName").with_path("p.star"))
+        'p.star: rlnImageName: bad image name'
+        """
+        if self.path is not None:
+            return self
+        return InputError(self.message, path=path, field=self.field, expected=self.expected)

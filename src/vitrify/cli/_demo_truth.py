@@ -48,7 +48,7 @@ def match_to_truth(picked_xy: np.ndarray, true_xy: np.ndarray, tolerance_px: flo
 
 def mark_true_particles(particles: pd.DataFrame, truth_particles: pd.DataFrame, tolerance_px: float,
                         scale: float = 1.0) -> np.ndarray:
-    """Bool per row of ``particles`` (``rlnMicrographName``, ``rlnCoordinateX/Y``): a real particle?
+    """Bool per row of ``particles`` (``rlnMicrographName``, ``rlnCoordinateX/Y``): True where it is a real particle.
 
     ``scale`` converts the particles' micrograph pixels to the truth's movie pixels (the
     motion-correction binning factor).

@@ -9,6 +9,8 @@ one line and exit with status 1, without a traceback.
 from __future__ import annotations
 
 import importlib
+import io
+import os
 import sys
 
 import typer
@@ -60,11 +62,78 @@ def build_app() -> typer.Typer:
     return app
 
 
+#: Exit status when the reader of our output went away (``vitrify ... | head``): 128 + SIGPIPE,
+#: what a shell reports for Unix tools stopped by a closed pipe.
+CLOSED_PIPE_EXIT = 141
+
+
+class _PipeGuard:
+    """``sys.stdout`` proxy: once the reading end of the pipe is closed, further output is dropped.
+
+    Python ignores SIGPIPE, so a write to a closed pipe raises :class:`BrokenPipeError` (click then
+    exits 1, or the interpreter prints "Exception ignored" at exit). Here the stream is pointed at
+    ``/dev/null`` instead and the command ends quietly (see :data:`CLOSED_PIPE_EXIT`).
+    """
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.closed_pipe = False
+
+    def write(self, text: str) -> int:
+        if not self.closed_pipe:
+            try:
+                return self.stream.write(text)
+            except BrokenPipeError:
+                self._silence()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_pipe:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._silence()
+
+    def _silence(self) -> None:
+        self.closed_pipe = True
+        try:  # what is still buffered goes to /dev/null at exit, not to the closed pipe
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script; returns only through ``sys.exit``."""
+    """Entry point of the console script; returns only through ``sys.exit``.
+
+    User errors print one line and exit 1; a closed output pipe ends the command quietly with
+    status :data:`CLOSED_PIPE_EXIT` (a failure status of the command itself is kept).
+    """
     app = build_app()
+    guard = _PipeGuard(sys.stdout)
+    sys.stdout = guard
     try:
-        app(args=argv, prog_name="vitrify")
+        _run_app(app, argv, guard)
+    finally:
+        sys.stdout = guard.stream
+
+
+def _run_app(app: typer.Typer, argv: list[str] | None, guard: _PipeGuard) -> None:
+    code: int | str | None = 0
+    try:
+        try:
+            app(args=argv, prog_name="vitrify")
+        finally:
+            guard.flush()
     except InputError as err:
         Console(stderr=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        code = 1
+    except SystemExit as exc:
+        code = exc.code
+    if guard.closed_pipe and not code:
+        code = CLOSED_PIPE_EXIT
+    sys.exit(code)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from vitrify.io._ranges import ACQUISITION_RANGES
 from vitrify.io.errors import InputError
 
 Fields = Mapping[str, tuple[object, str]]
@@ -111,11 +112,24 @@ def params_from_fields(values: Fields, path: str | Path) -> AcquisitionParams:
     unknown = set(values) - set(PARAM_FIELDS)
     if unknown:
         raise ValueError(f"unknown acquisition fields: {sorted(unknown)}")
+    for key, (value, where) in values.items():
+        check_plausible(key, value, path, where)
     name = Path(path).name
     kwargs = {k: v for k, (v, _) in values.items() if v is not None}
     sources = {k: (name, f) for k, (v, f) in values.items() if v is not None}
     params = AcquisitionParams(**kwargs, source_path=str(path), sources=sources)
     return complete_derived(params)
+
+
+def check_plausible(name: str, value: object, path: str | Path | None, where: str) -> None:
+    """InputError naming ``path`` and the field ``where`` when a physical value is implausible
+    (a 3000 kV voltage, a negative pixel size, a NaN dose...); other fields pass unchecked."""
+    rule = ACQUISITION_RANGES.get(name)
+    if rule is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    problem = rule.problem(float(value))
+    if problem is not None:
+        raise InputError(f"{name} {problem}", path=path, field=where, expected=rule.expected())
 
 
 def _derive_dose_per_frame(p: AcquisitionParams) -> tuple[object, str] | None:
@@ -199,6 +213,7 @@ def with_value(params: AcquisitionParams, name: str, value: object,
     if name not in PARAM_FIELDS:
         raise InputError(f"unknown acquisition field {name!r}", field=name,
                          expected=", ".join(PARAM_FIELDS))
+    check_plausible(name, value, None if source[0] == "command line" else source[0], source[1])
     sources = dict(params.sources)
     sources[name] = source
     return replace(params, **{name: value}, sources=sources)

@@ -23,6 +23,7 @@ import mrcfile
 import numpy as np
 import tifffile
 
+from vitrify.io._mrc_modes import check_header
 from vitrify.io.errors import InputError
 
 Fields = dict[str, tuple[object, str]]
@@ -37,6 +38,7 @@ def read_movie_shape(path: str | Path) -> tuple[int, int, int]:
     path = Path(path)
     try:
         if path.suffix.lower() in (".mrc", ".mrcs"):
+            check_header(path)
             with mrcfile.open(path, header_only=True, permissive=True) as mrc:
                 h = mrc.header
                 return int(h.nz), int(h.ny), int(h.nx)
@@ -52,6 +54,7 @@ def read_mrc_header_fields(path: str | Path) -> Fields:
     """Acquisition fields of an MRC movie or micrograph header (and its FEI extended header)."""
     path = Path(path)
     try:
+        check_header(path)  # MAP signature, mode, sizes against the file length
         with mrcfile.open(path, header_only=True, permissive=True) as mrc:
             h = mrc.header
             fields: Fields = {"n_frames": (int(h.nz), "nz"),

@@ -53,7 +53,8 @@ class Mdoc:
 
 
 def parse_mdoc(path: str | Path) -> Mdoc:
-    """Parse an mdoc; a line that is neither ``key = value``, a section nor blank is an error.
+    """Parse an mdoc; a line that is neither ``key = value``, a section nor blank is an error, and
+    so is a file whose first section comes without any header (global keys or a title) before it.
 
     Raises
     ------
@@ -79,6 +80,11 @@ def parse_mdoc(path: str | Path) -> Mdoc:
         if section and section.group(1) == "T":
             mdoc.titles.append(section.group(2))
         elif section:
+            if not mdoc.sections and not mdoc.header and not mdoc.titles:
+                raise InputError(f"no header before the first section {line[:40]!r}", path=path,
+                                 field=f"line {number}",
+                                 expected="SerialEM's global 'key = value' lines (PixelSpacing, Voltage, "
+                                          "ImageFile...) or a title line before the first section")
             mdoc.sections.append(MdocSection(section.group(1), section.group(2), number))
             target = mdoc.sections[-1].values
         elif (pair := _KEY_VALUE.match(line)) and not _CONTROL.search(line):

@@ -31,31 +31,45 @@ BYTES_PER_PIXEL = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2}
 def check_header(path: Path) -> int:
     """Read the header, check it against the file size and return the mode.
 
-    Raises InputError for a short header, impossible dimensions or missing data bytes, so that a
-    corrupt file never reaches a reader that would try to allocate its bogus size.
+    Raises InputError (naming the header word) for a short header, an unknown mode, impossible
+    dimensions or missing data bytes, so that a corrupt file never reaches a reader that would
+    try to allocate its bogus size. A missing ``MAP `` signature alone is accepted (old files
+    lack it) but is named when the header is also unreadable.
     """
     path = Path(path)
     with open(path, "rb") as handle:
         raw = handle.read(HEADER_DTYPE.itemsize)
     if len(raw) < HEADER_DTYPE.itemsize:
-        raise InputError("truncated MRC file (header shorter than 1024 bytes)", path=path)
+        _corrupt(path, f"header of {len(raw)} bytes", "a 1024-byte MRC header")
     for dtype in (HEADER_DTYPE, HEADER_DTYPE.newbyteorder()):
         header = np.frombuffer(raw, dtype=dtype)[0]
         mode = int(header["mode"])
         if mode in BYTES_PER_PIXEL or mode == 101:
             break
     else:
-        raise InputError(f"truncated or corrupt MRC file (unknown mode {int(header['mode'])})", path=path,
-                         expected="mode 0, 1, 2, 6, 12 or 101")
+        signature = "" if raw[208:212] == b"MAP " else "no 'MAP ' signature at byte 208, "
+        mode = int(np.frombuffer(raw, dtype=HEADER_DTYPE)[0]["mode"])  # as written (little-endian)
+        _corrupt(path, f"header: {signature}unknown mode {mode}", "mode 0, 1, 2, 6, 12 or 101")
+    _check_sizes(path, header, mode)
+    return mode
+
+
+def _corrupt(path: Path, detail: str, expected: str) -> None:
+    raise InputError(f"truncated or corrupt MRC file ({detail})", path=path, expected=expected)
+
+
+def _check_sizes(path: Path, header: np.ndarray, mode: int) -> None:
+    """Dimensions positive and the file long enough for them."""
+    for word in ("nx", "ny", "nz", "nsymbt"):
+        if int(header[word]) < (0 if word == "nsymbt" else 1):
+            _corrupt(path, f"header {word} = {int(header[word])}", "positive sizes")
     nx, ny, nz, extra = (int(header[k]) for k in ("nx", "ny", "nz", "nsymbt"))
-    if min(nx, ny, nz) < 1 or extra < 0:
-        raise InputError(f"truncated or corrupt MRC file (size {nx} x {ny} x {nz})", path=path)
     row = (nx + 1) // 2 if mode == 101 else nx * BYTES_PER_PIXEL[mode]
     needed = HEADER_DTYPE.itemsize + extra + row * ny * nz
     size = path.stat().st_size
     if size < needed:
-        raise InputError(f"truncated or corrupt MRC file ({size} bytes, the header needs {needed})", path=path)
-    return mode
+        _corrupt(path, f"{size} bytes, the header's nx, ny, nz = {nx}, {ny}, {nz} need {needed}",
+                 "the whole file")
 
 
 def read_4bit(path: str | Path) -> tuple[np.ndarray, float]:

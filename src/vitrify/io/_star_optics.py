@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from vitrify.io._ranges import star_range
 from vitrify.io.errors import InputError
 
 GROUP = "rlnOpticsGroup"
@@ -237,13 +238,34 @@ def require_numbers(frame: pd.DataFrame, block: str, path: Path) -> None:
         )
 
 
+def require_plausible(frame: pd.DataFrame, block: str, path: Path) -> None:
+    """InputError naming column and line of the first value that is not finite or not plausible.
+
+    Every numeric label must be finite; physical ones must lie in their range (voltage 60..400 kV,
+    Cs 0..10 mm, amplitude contrast 0..1, pixel sizes 0.1..50 Å, |defocus| <= 200000 Å, ...).
+    """
+    for label in frame.columns:
+        if label not in NUMERIC_LABELS or not pd.api.types.is_numeric_dtype(frame[label].dtype):
+            continue
+        values = frame[label].to_numpy(dtype=np.float64)
+        rule = star_range(label)
+        bad = rule.bad_rows(values)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(rule.problem(float(values[row])) or "implausible value", path=path,
+                             field=_where(block, label, frame, row), expected=rule.expected())
+
+
 def validate_optics(optics: pd.DataFrame, data: pd.DataFrame, data_block: str, path: Path) -> None:
-    """Check required columns, numbers, unique optics groups and that every data group exists."""
+    """Check required columns, numbers (finite, plausible), unique optics groups and that every
+    data group exists."""
     data_required, optics_required = REQUIRED.get(data_block, ((), (GROUP,)))
     require_columns(optics, optics_required, "optics", path)
     require_columns(data, data_required + (GROUP,), data_block, path)
     require_numbers(optics, "optics", path)
     require_numbers(data, data_block, path)
+    require_plausible(optics, "optics", path)
+    require_plausible(data, data_block, path)
     groups = optics[GROUP]
     if groups.duplicated().any():
         row = int(np.flatnonzero(groups.duplicated().to_numpy())[0])

@@ -179,6 +179,7 @@ class MovieFrames:
         return np.ascontiguousarray(frame[::-1])
 
     def close(self) -> None:
+        """Close the open file (also done by ``with``)."""
         for handle in (self._tiff, self._stack, self._eer):
             if handle is not None:
                 handle.close()

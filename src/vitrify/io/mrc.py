@@ -35,7 +35,7 @@ from vitrify.io._mrc_modes import check_header, read_4bit
 from vitrify.io.atomic import atomic_path
 from vitrify.io.errors import InputError
 
-__all__ = ["MrcStack", "open_stack", "read_images", "read_mrc", "read_mrc_header", "write_mrc"]
+__all__ = ["MrcStack", "check_finite", "open_stack", "read_images", "read_mrc", "read_mrc_header", "write_mrc"]
 
 _COMPLEX_MODES = {3: "complex int16", 4: "complex float32"}
 _CORRUPT = (ValueError, OSError, EOFError, IndexError)
@@ -89,7 +89,8 @@ def _as_stack_shape(data: np.ndarray, path: Path) -> np.ndarray:
     return data[np.newaxis] if path.suffix.lower() == ".mrcs" and data.ndim == 2 else data
 
 
-def read_mrc(path: str | os.PathLike, *, dtype: np.dtype | None = np.float32) -> tuple[np.ndarray, float]:
+def read_mrc(path: str | os.PathLike, *, dtype: np.dtype | None = np.float32,
+             require_finite: bool = False) -> tuple[np.ndarray, float]:
     """Read a whole MRC/MRCS file into memory.
 
     Parameters
@@ -99,6 +100,9 @@ def read_mrc(path: str | os.PathLike, *, dtype: np.dtype | None = np.float32) ->
     dtype
         Output dtype (default float32); ``None`` keeps the stored one (int8, int16, uint16,
         float16, float32; mode 101 gives uint8).
+    require_finite
+        Raise :class:`InputError` (naming the file and the first image) when a pixel is NaN or
+        infinite, instead of handing such data to the maths.
 
     Returns
     -------
@@ -114,7 +118,27 @@ def read_mrc(path: str | os.PathLike, *, dtype: np.dtype | None = np.float32) ->
         with _open(path) as mrc:
             data, pixel = np.array(mrc.data), float(mrc.voxel_size.x)
     data = _as_stack_shape(data, path)
+    if require_finite:
+        check_finite(data, path)
     return (data if dtype is None else data.astype(dtype, copy=False)), pixel
+
+
+def check_finite(data: np.ndarray, path: str | os.PathLike, first_image: int = 1) -> None:
+    """InputError naming ``path`` and the first image (1-based) holding a NaN or infinite pixel.
+
+    ``data`` is a ``(ny, nx)`` image or an ``(n, ny, nx)`` stack/map whose first image is number
+    ``first_image`` of the file.
+    """
+    if not np.issubdtype(data.dtype, np.floating) or np.isfinite(data).all():
+        return
+    if data.ndim == 2:
+        where, count = "pixel values", int((~np.isfinite(data)).sum())
+    else:
+        per_image = (~np.isfinite(data)).reshape(len(data), -1).sum(axis=1)
+        index = int(np.flatnonzero(per_image)[0])
+        where, count = f"image {first_image + index}", int(per_image[index])
+    raise InputError(f"{count} pixel value(s) are NaN or infinite", path=path, field=where,
+                     expected="finite pixel values")
 
 
 def read_mrc_header(path: str | os.PathLike) -> dict:
@@ -193,7 +217,7 @@ class MrcStack:
         if _header_mode(self.path) == 101:
             data, self.pixel_size_angst = read_4bit(self.path)
         else:
-            with _open(self.path, mrcfile.mmap) as mrc:
+            with _open(self.path, mrcfile.mmap):
                 pass  # validates the file; the handle is closed again
             self._mrc = mrcfile.mmap(self.path, mode="r", permissive=True)
             data, self.pixel_size_angst = self._mrc.data, float(self._mrc.voxel_size.x)
@@ -230,6 +254,7 @@ class MrcStack:
         return out
 
     def close(self) -> None:
+        """Close the memory map (also done by ``with``)."""
         if self._mrc is not None:
             self._mrc.close()
             self._mrc = None

@@ -24,7 +24,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from vitrify.io._star_optics import OpticsStar, merge_optics, optics_blocks, optics_star, split_optics
+from vitrify.io._ranges import star_range
+from vitrify.io._star_optics import (
+    OpticsStar,
+    merge_optics,
+    optics_blocks,
+    optics_star,
+    require_columns,
+    require_numbers,
+    require_plausible,
+    split_optics,
+)
 from vitrify.io._star_read import STRING_LABELS, parse_star_text
 from vitrify.io._star_write import format_star
 from vitrify.io.atomic import atomic_write
@@ -35,6 +45,8 @@ __all__ = [
     "STRING_LABELS",
     "OpticsStar",
     "absolute_image_names",
+    "check_plausible",
+    "check_table",
     "image_base_dirs",
     "merge_optics",
     "portable_image_names",
@@ -107,6 +119,38 @@ def read_star_block(path: str | os.PathLike, block: str, **kwargs) -> pd.DataFra
         present = ", ".join(f"data_{name}" for name in blocks) or "none"
         raise InputError(f"no block data_{block} (blocks present: {present})", path=path)
     return blocks[block]
+
+
+def check_table(
+    frame: pd.DataFrame, path: str | os.PathLike, block: str = "", required: Iterable[str] = ()
+) -> None:
+    """Validate a loop read by :func:`read_star` as :func:`read_star_optics` validates its tables.
+
+    Raises :class:`InputError` naming the file, block, column and line of the first problem: a
+    ``required`` column missing, text in a numeric column, a NaN/infinite or implausible value.
+    """
+    path = Path(path)
+    require_columns(frame, tuple(required), block, path)
+    require_numbers(frame, block, path)
+    require_plausible(frame, block, path)
+
+
+def check_plausible(label: str, value: float, *, field: str | None = None) -> None:
+    """InputError when ``value`` is not finite or not plausible for RELION label ``label``.
+
+    The ranges are those checked when STAR files are read (voltage 60..400 kV, Cs 0..10 mm,
+    amplitude contrast 0..1, pixel sizes 0.1..50 Å, |defocus| <= 200000 Å, ...); ``field`` names
+    the option that gave the value (default: the label).
+
+    >>> check_plausible("rlnVoltage", 3000.0, field="kV")
+    Traceback (most recent call last):
+    ...
+    vitrify.errors.InputError: kV: 3000 kV is outside the plausible range (expected a voltage in 60..400 kV)
+    """
+    rule = star_range(label)
+    problem = rule.problem(float(value))
+    if problem is not None:
+        raise InputError(problem, field=field or label, expected=rule.expected())
 
 
 def write_star(

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from vitrify.io.errors import InputError
@@ -66,15 +67,18 @@ def _find(path_text: str, near: Path) -> Path:
                      expected="the files of the same iteration")
 
 
-def _block(blocks: dict, name: str, path: Path):
+def _block(blocks: dict, name: str, path: Path, kind: type = object):
     if name not in blocks:
         raise InputError(f"no block data_{name}", path=path, expected="a RELION Class2D file")
+    if not isinstance(blocks[name], kind):
+        raise InputError(f"data_{name} is not a {'list block' if kind is dict else 'loop'}", path=path,
+                         expected="a RELION Class2D file")
     return blocks[name]
 
 
 def _model(model_path: Path, device: torch.device) -> MlModel:
     blocks = read_star(model_path)
-    gen = _block(blocks, "model_general", model_path)
+    gen = _block(blocks, "model_general", model_path, dict)
     classes = _block(blocks, "model_classes", model_path)
     n = int(gen["rlnOriginalImageSize"])
     k = int(gen["rlnNrClasses"])
@@ -97,7 +101,7 @@ def _model(model_path: Path, device: torch.device) -> MlModel:
                    sigma2_offset_px=(float(gen["rlnSigmaOffsetsAngst"]) / pix) ** 2,
                    tau2_fudge=float(gen["rlnTau2FudgeFactor"]),
                    current_radius=min(n // 2 - 1, int(gen["rlnCurrentImageSize"]) // 2 - 1),
-                   pixel_size_angst=pix, pad=int(round(float(gen["rlnPaddingFactor"]))))
+                   pixel_size_angst=pix, pad=round(float(gen["rlnPaddingFactor"])))
 
 
 def _moments(model_path: Path, model: MlModel, device: torch.device) -> Moments | None:
@@ -167,16 +171,41 @@ def _options_from_state(options, state: dict):
 
 
 def resume_state(options, device: torch.device) -> ResumeState:
-    """Read the iteration named by ``options.continue_from`` (a ``run_itNNN_optimiser.star``)."""
+    """Read the iteration named by ``options.continue_from`` (a ``run_itNNN_optimiser.star``).
+
+    A file of the iteration that lacks a value or holds text where a number belongs is an
+    :class:`InputError` naming it (never a KeyError or ValueError traceback).
+    """
     path = Path(options.continue_from)
     if not path.exists():
         raise InputError("file not found", path=path, field="--continue", expected="a run_itNNN_optimiser.star")
-    opt = _block(read_star(path), "optimiser_general", path)
+    reading = _Reading(path)
+    try:
+        return _resume(options, path, device, reading)
+    except (KeyError, ValueError, TypeError, IndexError) as err:
+        what = f"missing value {err.args[0]}" if isinstance(err, KeyError) else str(err)
+        raise InputError(f"unreadable Class2D file ({what})", path=reading.path,
+                         expected="a run_itNNN_optimiser.star and the files of its iteration") from None
+
+
+class _Reading:
+    """The file being read (named by the error message when it is malformed)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+
+def _resume(options, path: Path, device: torch.device, reading: _Reading) -> ResumeState:
+    opt = _block(read_star(path), "optimiser_general", path, dict)
     it = int(opt["rlnCurrentIteration"])
     model_path = _find(str(opt["rlnModelStarFile"]), path)
     data_path = _find(str(opt["rlnExperimentalDataStarFile"]), path)
+    reading.path = model_path
     model = _model(model_path, device)
-    data = read_star(data_path)["particles"]
+    reading.path = data_path
+    data = _block(read_star(data_path), "particles", data_path, pd.DataFrame)
+    class_number, psi_deg = data["rlnClassNumber"].to_numpy(np.int64), data["rlnAnglePsi"].to_numpy(np.float64)
+    reading.path = path
     exact = _read_exact(model_path, it, len(data))
     nr_iter = options.nr_iter if options.nr_iter > 0 else int(opt["rlnNumberOfIterations"])
     if nr_iter <= it:
@@ -196,5 +225,4 @@ def resume_state(options, device: torch.device) -> ResumeState:
     if algorithm == "vdam" and moments is None:
         raise InputError("VDAM moments (_1moment.mrcs/_2moment.mrcs) not found", path=model_path)
     particles = {name[len("particles_"):]: v for name, v in (exact or {}).items() if name.startswith("particles_")}
-    return ResumeState(new, model, moments, it, data["rlnClassNumber"].to_numpy(np.int64),
-                       data["rlnAnglePsi"].to_numpy(np.float64), particles or None)
+    return ResumeState(new, model, moments, it, class_number, psi_deg, particles or None)

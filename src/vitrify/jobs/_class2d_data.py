@@ -20,7 +20,7 @@ import torch
 from vitrify._progress import track
 from vitrify.core.ctf import CtfParams, ctf_2d
 from vitrify.io.errors import InputError
-from vitrify.io.mrc import open_stack, read_images
+from vitrify.io.mrc import check_finite, open_stack, read_images
 from vitrify.io.star import OpticsStar, image_base_dirs, read_star_optics, resolve_image_name
 from vitrify.ml.model import ParticleSet
 from vitrify.ml.starts import pack_particles
@@ -59,7 +59,10 @@ def _base_dir(star_path: Path, first_name: str) -> Path:
 
 def _check_stacks(names: pd.Series, base_dir: Path, box_px: int, path: Path) -> None:
     """Every stack opens, holds the referenced images, and has ``box_px`` images."""
-    resolved = [resolve_image_name(str(n), base_dir) for n in names]
+    try:
+        resolved = [resolve_image_name(str(n), base_dir) for n in names]
+    except InputError as err:
+        raise err.with_path(path) from None
     needed: dict[Path, int] = {}
     for index0, stack in resolved:
         needed[stack] = max(needed.get(stack, 0), index0 + 1)
@@ -108,7 +111,10 @@ def validate_input(path: str | Path, n_classes: int, do_ctf: bool) -> InputParti
     if box < 16 or box % 2:
         raise InputError(f"image size {box}", path=path, field="rlnImageSize", expected="an even size >= 16")
     names = merged["rlnImageName"].astype(str)
-    base = _base_dir(path, names.iloc[0])
+    try:
+        base = _base_dir(path, names.iloc[0])
+    except InputError as err:
+        raise err.with_path(path) from None
     _check_stacks(names, base, box, path)
     groups = merged["rlnOpticsGroup"].astype(int).to_numpy()
     _, group_index = np.unique(groups, return_inverse=True)
@@ -147,6 +153,18 @@ def _ctf_chunk(rows: pd.DataFrame, box: int, pixel: float, intact_first_peak: bo
     return ctf_2d(box, params, intact_first_peak=intact_first_peak)
 
 
+def _finite_images(names: pd.Series, base_dir: Path) -> torch.Tensor:
+    """Images ``(n, box, box)`` of ``names``; InputError naming the stack and image index of the first
+    image with a NaN or infinite pixel (they would turn every likelihood into NaN)."""
+    images = read_images(names, base_dir)
+    finite = np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+    if not finite.all():
+        k = int(np.flatnonzero(~finite)[0])
+        index0, stack = resolve_image_name(names.iloc[k], base_dir)
+        check_finite(images[k:k + 1], stack, first_image=index0 + 1)
+    return torch.from_numpy(images)
+
+
 def load_particles(inp: InputParticles, window: FourierWindow, diameter_px: float, do_ctf: bool,
                    intact_first_peak: bool, device: torch.device) -> ParticleSet:
     """Read the images chunk by chunk and build the engine's :class:`ParticleSet`."""
@@ -155,7 +173,7 @@ def load_particles(inp: InputParticles, window: FourierWindow, diameter_px: floa
     fts, ctfs = [], []
     for start in track(range(0, n, CHUNK), "reading particles", total=-(-n // CHUNK)):
         rows = merged.iloc[start:start + CHUNK]
-        images = torch.from_numpy(read_images(rows["rlnImageName"].astype(str), inp.base_dir))
+        images = _finite_images(rows["rlnImageName"].astype(str), inp.base_dir)
         ctf = _ctf_chunk(rows, inp.box_px, inp.pixel_size_angst, intact_first_peak) if do_ctf else None
         ft, c = pack_particles(images.to(device), None if ctf is None else ctf.to(device), window,
                                diameter_px)

@@ -1,8 +1,8 @@
 """Detector MTF files for Import: validation, and the real curves shipped by ``ttsim3d``.
 
 A RELION MTF file is a STAR table with ``rlnResolutionInversePixel`` (frequency in
-1/pixel, 0 … 0.5 — Gatan's own files end at 0.508 —, increasing) and ``rlnMtfValue``. Import accepts a path to such a file
-(kept as given, as RELION does) or the name of a curve shipped in the optional
+1/pixel, 0 … 0.5 — Gatan's own files end at 0.508 —, increasing) and ``rlnMtfValue``. Import
+accepts a path to such a file (kept as given, as RELION does) or the name of a curve shipped in the optional
 ``ttsim3d`` package (``k3_CDS_300kV_FL1``, ``falcon4EC_300kV``, …; Falcon 2/3/4, K2, K3,
 DE20 — copied from RELION's and Gatan's data), which is validated and copied into the
 job directory so that the project does not depend on the package's location.

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from vitrify.io.errors import InputError
@@ -54,6 +55,19 @@ class Skips:
         self.items.append((name, reason))
         (log or logging.getLogger("vitrify")).warning("skipped %s: %s", name, reason)
 
+    def raise_if_all_skipped(self, n_items: int, what: str) -> None:
+        """InputError when every one of ``n_items`` inputs was skipped (nothing to write as output).
+
+        Called before the job writes its output STAR, so a job that processed nothing fails
+        instead of leaving an empty result that looks complete; ``skipped.txt`` lists them all.
+        """
+        if n_items == 0 or len(self.items) < n_items:
+            return
+        self.write()
+        reason = self.items[0][1]
+        more = f" (and {n_items - 1} more, listed in {self.job_dir / 'skipped.txt'})" if n_items > 1 else ""
+        raise InputError(f"no {what} could be processed; {reason}{more}")
+
     def write(self) -> None:
         from vitrify.io.atomic import atomic_write
 
@@ -63,6 +77,21 @@ class Skips:
             atomic_write(path, lines)
         else:
             path.unlink(missing_ok=True)
+
+
+def read_micrograph(name: str) -> tuple[np.ndarray, float]:
+    """A micrograph ``(ny, nx)`` (or frames ``(n, ny, nx)``) as float32 and its header pixel size (Å).
+
+    InputError (naming the file) for NaN/infinite pixels or a constant image (all zero, say),
+    which no fit, picker or extraction can use.
+    """
+    from vitrify.io.mrc import read_mrc
+
+    data, pixel = read_mrc(name, require_finite=True)
+    if data.size and float(data.min()) == float(data.max()):
+        raise InputError(f"constant image (every pixel is {float(data.min()):g})", path=name,
+                         field="pixel values", expected="a micrograph with signal")
+    return data, pixel
 
 
 def write_output_nodes(job_dir: Path, nodes: list[tuple[Path | str, str]]) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,9 @@ from vitrify.jobs._preprocess_io import Skips, relative_output, write_output_nod
 from vitrify.jobs.options.autopick import METHODS, Options, job_star_from_options, options_from_job_star
 from vitrify.preprocess.picking import Picks
 from vitrify.preprocess.template_pick import TemplatePickOptions
+
+if TYPE_CHECKING:
+    import torch
 
 
 def load_references(options: Options) -> tuple["torch.Tensor", float, TemplatePickOptions]:
@@ -133,17 +137,15 @@ def _write_overlay(path: Path, image: np.ndarray, picks: Picks, radius_px: float
 def _pick_one(row: pd.Series, options: Options, job_dir: Path, context: dict, png: bool) -> Path:
     import torch
 
-    from vitrify.io.mrc import read_mrc
     from vitrify.io.star import write_star
+    from vitrify.jobs._preprocess_io import read_micrograph
 
     name = str(row["rlnMicrographName"])
     out = relative_output(job_dir, name, "_autopick.star")
     if out.exists() and (not png or out.with_suffix(".png").exists()):  # the STAR file is written last
         return out
-    data, _ = read_mrc(name)
+    data, _ = read_micrograph(name)
     image = torch.as_tensor(np.asarray(data, dtype=np.float32)).to(context["device"])
-    if float(image.std()) == 0.0:
-        raise InputError("micrograph is blank", path=name, expected="an image with signal")
     pixel = float(row["rlnMicrographPixelSize"])
     picks = PICKERS[options.method](image, row, options, context)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -183,6 +185,7 @@ def run(options: Options, job_dir: str | Path) -> Path:
             continue
         mics.append(str(row["rlnMicrographName"]))
         files.append(out.as_posix())
+    skips.raise_if_all_skipped(len(star.merged), "micrographs")
     output = job_dir / "autopick.star"
     write_star(output, {"coordinate_files": pd.DataFrame({"rlnMicrographName": mics,
                                                           "rlnMicrographCoordinates": files})})

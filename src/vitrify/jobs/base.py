@@ -19,7 +19,7 @@ from vitrify.jobs.status import ABORT_NOW, EXIT_ABORTED, EXIT_FAILURE, EXIT_SUCC
 
 MARKERS = (EXIT_SUCCESS, EXIT_FAILURE, EXIT_ABORTED, ABORT_NOW)
 
-O = TypeVar("O")
+Opts = TypeVar("Opts")
 R = TypeVar("R")
 
 
@@ -51,7 +51,7 @@ def job_logger(job_dir: str | Path) -> logging.Logger:
     return logger
 
 
-def run_job(run: Callable[[O, Path], R], options: O, job_dir: str | Path) -> R:
+def run_job(run: Callable[[Opts, Path], R], options: Opts, job_dir: str | Path) -> R:
     """Run ``run(options, job_dir)`` with the pipeline's duties around it.
 
     Creates ``job_dir``, clears old markers and the temporary files of writes an earlier (killed)

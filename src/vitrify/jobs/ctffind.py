@@ -77,7 +77,7 @@ def _write_diagnostics(out: Path, image, fit: CtfFit, optics: CtfParams, search:
 def _fit_one(row: pd.Series, options: Options, job_dir: Path, device) -> tuple[CtfFit, Path]:
     import torch
 
-    from vitrify.io.mrc import read_mrc
+    from vitrify.jobs._preprocess_io import read_micrograph
     from vitrify.preprocess.ctf_fit import estimate_ctf
 
     name = str(row["rlnMicrographName"])
@@ -91,7 +91,7 @@ def _fit_one(row: pd.Series, options: Options, job_dir: Path, device) -> tuple[C
     optics = CtfParams(pixel_size_angst=float(row["rlnMicrographPixelSize"]),
                        voltage_kv=float(row["rlnVoltage"]), cs_mm=float(row["rlnSphericalAberration"]),
                        amplitude_contrast=float(row["rlnAmplitudeContrast"]))
-    data, _ = read_mrc(source)
+    data, _ = read_micrograph(source)
     image = torch.as_tensor(np.asarray(data, dtype=np.float32)).to(device)
     if image.ndim == 3:
         image = image.sum(0)
@@ -160,6 +160,7 @@ def run(options: Options, job_dir: str | Path) -> Path:
     if options.search.do_phase_shift and "rlnPhaseShift" not in columns:
         columns.append("rlnPhaseShift")
     table = pd.DataFrame(rows, columns=columns)
+    skips.raise_if_all_skipped(len(star.merged), "micrographs")
     output = job_dir / "micrographs_ctf.star"
     write_star_optics(output, star.optics, table, "micrographs")
     skips.write()

@@ -29,7 +29,7 @@ PICK_COLUMNS = ("rlnClassNumber", "rlnAutopickFigureOfMerit", "rlnAnglePsi")
 
 
 def _coordinates_from_autopick(path: str) -> dict[str, pd.DataFrame]:
-    from vitrify.io.star import read_star
+    from vitrify.io.star import check_table, read_star
 
     table = read_star(path).get("coordinate_files")
     if not isinstance(table, pd.DataFrame) or "rlnMicrographCoordinates" not in table.columns:
@@ -38,7 +38,11 @@ def _coordinates_from_autopick(path: str) -> dict[str, pd.DataFrame]:
     coords = {}
     for mic, file in zip(table["rlnMicrographName"], table["rlnMicrographCoordinates"]):
         blocks = read_star(file)
-        frame = next((b for b in blocks.values() if isinstance(b, pd.DataFrame)), pd.DataFrame())
+        name, frame = next(((n, b) for n, b in blocks.items() if isinstance(b, pd.DataFrame)), ("", None))
+        if frame is None:  # no table: no particles on this micrograph (skipped later)
+            frame = pd.DataFrame()
+        else:
+            check_table(frame, file, name, ("rlnCoordinateX", "rlnCoordinateY"))
         coords[str(mic)] = frame
     return coords
 
@@ -64,7 +68,8 @@ def _extract_one(mic_row: pd.Series, coords: pd.DataFrame, options: Options, job
                  ) -> pd.DataFrame:
     import torch
 
-    from vitrify.io.mrc import read_mrc, write_mrc
+    from vitrify.io.mrc import write_mrc
+    from vitrify.jobs._preprocess_io import read_micrograph
     from vitrify.preprocess.extraction import extract_particles
 
     name = str(mic_row["rlnMicrographName"])
@@ -72,7 +77,7 @@ def _extract_one(mic_row: pd.Series, coords: pd.DataFrame, options: Options, job
         coords = coords[coords["rlnAutopickFigureOfMerit"].astype(float) >= options.min_fom]
     if len(coords) == 0:
         raise InputError("no particles", path=name)
-    data, _ = read_mrc(name)
+    data, _ = read_micrograph(name)
     image = torch.as_tensor(np.asarray(data, dtype=np.float32)).to(device)
     x = coords["rlnCoordinateX"].to_numpy(float)
     y = coords["rlnCoordinateY"].to_numpy(float)
@@ -127,6 +132,7 @@ def run(options: Options, job_dir: str | Path) -> Path:
             skips.add(name, str(err), log)
     particles = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         columns=["rlnCoordinateX", "rlnCoordinateY", "rlnImageName", "rlnMicrographName", "rlnOpticsGroup"])
+    skips.raise_if_all_skipped(len(star.merged), "micrographs")
     output = job_dir / "particles.star"
     write_star_optics(output, _particle_optics(star.optics, options), particles, "particles")
     skips.write()

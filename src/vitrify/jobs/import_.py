@@ -74,8 +74,9 @@ def run(options: Options, job_dir: str | Path) -> Path:
         log.info("%d file(s) still being written, left for the next run", len(busy))
     names = known + fresh
     if not names:
+        suffixes = ", ".join(MOVIE_SUFFIXES if options.movies else MICROGRAPH_SUFFIXES)
         raise InputError("no files match the pattern", field="fn_in_raw",
-                         expected=f"files such as {options.pattern} ({', '.join(MOVIE_SUFFIXES if options.movies else MICROGRAPH_SUFFIXES)})")
+                         expected=f"files such as {options.pattern} ({suffixes})")
     table = pd.DataFrame({label: names, "rlnOpticsGroup": [1] * len(names)})
     write_star_optics(output, _optics(options, mtf_path), table, block)
     node = "MicrographMoviesData.star.relion" if options.movies else "MicrographsData.star.relion"

@@ -197,6 +197,7 @@ def run(options: Options, job_dir: str | Path) -> Path:
             skips.add(str(row["rlnMicrographMovieName"]), str(err), log)
     optics = star.optics.copy()
     optics["rlnMicrographPixelSize"] = optics["rlnMicrographOriginalPixelSize"].astype(float) * options.binning
+    skips.raise_if_all_skipped(len(star.merged), "movies")
     output = job_dir / "corrected_micrographs.star"
     columns = ["rlnMicrographName", "rlnMicrographMetadata", "rlnOpticsGroup", "rlnAccumMotionTotal",
                "rlnAccumMotionEarly", "rlnAccumMotionLate"]

@@ -89,7 +89,8 @@ def resolve_job(type_label: str, options: Mapping[str, str] | None = None) -> Mo
     """The job module (``Options``, ``run``, ``options_from_job_star``) for ``type_label``.
 
     ``options`` are the job.star values: some option values ask for features we lack
-    (:data:`UNAVAILABLE_OPTIONS`). Raises :class:`InputError` ("job type X is not available in vitrify yet") for missing types.
+    (:data:`UNAVAILABLE_OPTIONS`). Raises :class:`InputError` ("job type X is not available in
+    vitrify yet") for missing types.
     """
     if not is_available(type_label):
         raise InputError(f"job type {type_label.strip()} is not available in vitrify yet",

@@ -121,7 +121,8 @@ def pack(grid: torch.Tensor, window: FourierWindow) -> torch.Tensor:
 
 
 def unpack(packed: torch.Tensor, window: FourierWindow) -> torch.Tensor:
-    """Scatter packed values ``(..., P')`` (``P' <= P``, a prefix) back to ``(..., n, n//2+1)`` grids (zeros elsewhere)."""
+    """Scatter packed values ``(..., P')`` (``P' <= P``, a prefix) back to ``(..., n, n//2+1)`` grids
+    (zeros elsewhere)."""
     n = window.box_px
     p = packed.shape[-1]
     out = packed.new_zeros(*packed.shape[:-1], n * (n // 2 + 1))

@@ -16,7 +16,6 @@ the jobs themselves) can share one project.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import time
@@ -98,7 +97,10 @@ class Project:
         job = read_job_star(self._path(job_star))
         options = dict(job.options)
         options.update({str(k): str(v) for k, v in (overrides or {}).items()})
-        return self.add_job(job.type_label, options, alias=alias)
+        try:
+            return self.add_job(job.type_label, options, alias=alias)
+        except InputError as err:  # an unknown type or option comes from the job.star: name it
+            raise err.with_path(self._path(job_star)) from None
 
     def register_job(self, name: str, type_label: str, options: dict[str, str]) -> bool:
         """Record job ``name`` (``CtfFind/job004/``, as a command's ``--o`` names it) with these options.

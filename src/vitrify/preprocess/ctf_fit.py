@@ -76,6 +76,7 @@ class CtfFit:
 
     @property
     def astigmatism_angst(self) -> float:
+        """``|defocus_u - defocus_v|`` in Å."""
         return abs(self.defocus_u_angst - self.defocus_v_angst)
 
 

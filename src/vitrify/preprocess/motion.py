@@ -48,6 +48,7 @@ class MotionOptions:
 
     @property
     def local(self) -> bool:
+        """Whether the motion is fitted per patch (more than one patch)."""
         return self.patches_x * self.patches_y > 1
 
 

@@ -8,7 +8,8 @@ are farthest apart, so neighbouring copies sit as far from each other as the gro
 Cn it lies in the xy-plane (a ring about z).
 
 Without ``radius_angst`` the smallest radius is found at which no two atoms of different copies
-come closer than ``clash_angst`` (bisection; chains over 4000 atoms are thinned for the check): a compact, touching assembly.
+come closer than ``clash_angst`` (bisection; chains over 4000 atoms are thinned for the check):
+a compact, touching assembly.
 """
 
 from __future__ import annotations

@@ -35,9 +35,11 @@ class Options:
     def __post_init__(self) -> None:
         if not self.pattern:
             raise InputError("no file pattern", field="fn_in_raw", expected="a glob such as Movies/*.tiff")
-        if self.pixel_size_angst <= 0 or self.voltage_kv <= 0:
-            raise InputError("pixel size and voltage must be positive", field="angpix/kV",
-                             expected="numbers > 0")
+        from vitrify.io.star import check_plausible  # here: the CLI builds its options without pandas
+
+        for label, value, name in (("rlnMicrographOriginalPixelSize", self.pixel_size_angst, "angpix"),
+                                   ("rlnVoltage", self.voltage_kv, "kV"), ("rlnSphericalAberration", self.cs_mm, "Cs")):
+            check_plausible(label, value, field=name)
         if not 0 <= self.amplitude_contrast < 1:
             raise InputError(f"amplitude contrast {self.amplitude_contrast}", field="Q0",
                              expected="a fraction in [0, 1)")
