@@ -1,6 +1,6 @@
 """Put mdcatch's derived options into a project's ``Schemes/prep`` and ``Schemes/proc``.
 
-What RELION-4's ``relion_it.py`` does with its option keys (../shared/spec/schemes.md §10):
+What RELION-4's ``relion_it.py`` does with its option keys (docs/schemes.md):
 
 - ``SCHEME__JOB__OPTION`` (``prep__motioncorr__dose_per_frame``) sets a job option in the job's
   template ``Schemes/SCHEME/JOB/job.star`` (relion_it: ``relion_pipeliner --editJob``). When the

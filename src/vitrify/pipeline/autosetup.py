@@ -2,7 +2,7 @@
 
 Each derived value carries the rule and the inputs it came from, so ``vitrify mdcatch`` can show
 why a box is 280 px. Rules (RELION-4 ``relion_it.py`` conventions where it has one, see
-../shared/spec/schemes.md §10, with our changes marked *):
+docs/mdcatch.md, with our changes marked *):
 
 - motion-correction binning 2 for super-resolution movies, else 1; the pixel after motion
   correction is ``pixel_size x bin``;
