@@ -43,7 +43,7 @@ def shift_spectra(spectra: torch.Tensor, shifts_px: torch.Tensor, shape: tuple[i
         ``(..., 2)`` as ``(x, y)`` pixels, broadcast against the leading dims.
     """
     ey, ex = phase_ramps(shape, shifts_px, spectra.device)
-    return spectra * ey * ex
+    return (spectra * ey).mul_(ex)
 
 
 def good_size(n: int) -> int:
@@ -156,17 +156,25 @@ def _parabola(left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor) -> 
 def group_sums(spectra: torch.Tensor, group: int) -> torch.Tensor:
     """Sum each frame with its ``group - 1`` nearest neighbours (centred window) over dim -3.
 
-    ``(..., f, h, w2)`` → same shape; ``group <= 1`` returns the input.
+    ``(..., f, h, w2)`` → same shape; ``group <= 1`` returns the input. Windows are clamped
+    to the stack (the first and last frames' windows are shifted inwards).
     """
     if group <= 1:
         return spectra
     n_frames = spectra.shape[-3]
-    cumulative = torch.cat([torch.zeros_like(spectra[..., :1, :, :]), spectra.cumsum(dim=-3)], dim=-3)
-    idx = torch.arange(n_frames, device=spectra.device)
-    lo = (idx - (group - 1) // 2).clamp(0, n_frames)
-    hi = (lo + group).clamp(max=n_frames)
-    lo = (hi - group).clamp(min=0)
-    return cumulative[..., hi, :, :] - cumulative[..., lo, :, :]
+    if group >= n_frames:
+        return spectra.sum(dim=-3, keepdim=True).expand_as(spectra).clone()
+    half = (group - 1) // 2
+    starts = [min(max(f - half, 0), n_frames - group) for f in range(n_frames)]
+    out = torch.empty_like(spectra)
+    first, last = half, n_frames - group + half          # frames whose window is f - half ...
+    for f in [*range(first), *range(last + 1, n_frames)]:  # the clamped windows at both ends
+        out[..., f, :, :] = spectra[..., starts[f]:starts[f] + group, :, :].sum(dim=-3)
+    inner = out[..., first:last + 1, :, :]
+    inner.copy_(spectra[..., 0:last + 1 - half, :, :])
+    for j in range(1, group):
+        inner.add_(spectra[..., j:j + last + 1 - half, :, :])
+    return out
 
 
 def fourier_crop_rect(spectrum: torch.Tensor, shape_in: tuple[int, int],

@@ -130,10 +130,11 @@ def frame_spectra(frames: torch.Tensor, crop: tuple[int, int], keep_full: bool
             if keep_full else None)
     for start in range(0, n_frames, _CHUNK):
         stop = min(start + _CHUNK, n_frames)
-        spectra = torch.fft.rfft2(frames[start:stop].float())
-        crops[start:stop] = fourier_crop_rect(spectra, (h, w), crop)
         if full is not None:
-            full[start:stop] = spectra
+            spectra = torch.fft.rfft2(frames[start:stop].float(), out=full[start:stop])
+        else:
+            spectra = torch.fft.rfft2(frames[start:stop].float())
+        crops[start:stop] = fourier_crop_rect(spectra, (h, w), crop)
     return crops, full
 
 
