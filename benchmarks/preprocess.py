@@ -211,8 +211,6 @@ def run_jobs(args, root: Path, radius: float) -> dict:
 def resolution_at_true_ctf(ctf_table, true_mics) -> np.ndarray:
     """The yardstick for rlnCtfMaxResolution: the same equi-phase criterion evaluated with the TRUE
     CTF parameters on each non-dose-weighted micrograph (how far the data's Thon rings reach)."""
-    from dataclasses import replace
-
     import torch
 
     from vitrify.core.ctf import CtfParams
@@ -224,12 +222,9 @@ def resolution_at_true_ctf(ctf_table, true_mics) -> np.ndarray:
     out = []
     for _, row in ctf_table.merge(true_mics, on="rlnMicrographMovieName", suffixes=("", "_true")).iterrows():
         image = torch.as_tensor(np.asarray(read_mrc(row["rlnMicrographNameNoDW"])[0], dtype=np.float32))
-        spectrum = cf.tile_amplitude_spectrum(image, search.tile_px)
-        mean, trend, _ = cf.fit_radial_profile(*cf.radial_profile(spectrum, 1.5), optics, search)
-        full = cf._band(tuple(spectrum.shape), optics, replace(search, resolution_max_angst=3.0), spectrum.device)
-        m, ax, ay = from_uv_angle(row["rlnDefocusU_true"], row["rlnDefocusV_true"], row["rlnDefocusAngle_true"])
-        out.append(cf.fit_resolution(cf._normalised_band(spectrum, full, trend, optics, m), full,
-                                     np.array([m, ax, ay, 0.0]), optics, search.fit_threshold))
+        spectrum = cf.measure_spectrum(image, 1.5, search.tile_px)
+        params = np.array(from_uv_angle(row["rlnDefocusU_true"], row["rlnDefocusV_true"], row["rlnDefocusAngle_true"]))
+        out.append(cf.fit_resolution(spectrum, params, optics, search))
     return np.array(out)
 
 
