@@ -16,11 +16,16 @@ from vitrify.io.errors import InputError
 SIGNIFICANCE = 10.0
 
 
-def _high_pass(image: np.ndarray) -> np.ndarray:
-    from scipy.ndimage import uniform_filter
-
+def _high_pass(image: np.ndarray, size: int = 7) -> np.ndarray:
+    """``image`` minus its ``size`` × ``size`` box mean (edges repeated), by cumulative sums."""
     image = image.astype(np.float64)
-    return image - uniform_filter(image, size=7, mode="nearest")
+    r = size // 2
+    padded = np.pad(image, r, mode="edge")
+    rows = np.cumsum(padded, axis=0)
+    rows = np.concatenate([rows[size - 1:size], rows[size:] - rows[:-size]], axis=0)
+    box = np.cumsum(rows, axis=1)
+    box = np.concatenate([box[:, size - 1:size], box[:, size:] - box[:, :-size]], axis=1)
+    return image - box / (size * size)
 
 
 def _correlation_unit(unit: np.ndarray, b: np.ndarray) -> float:
