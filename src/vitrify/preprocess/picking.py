@@ -35,6 +35,7 @@ class LogPickOptions:
     baseline_sigma: float = 4.0               # threshold (σ) at adjust 0
     min_distance_fraction: float = 0.8        # of the minimum diameter
     n_scales: int = 5
+    min_roundness: float = 0.3                # smaller / larger Hessian eigenvalue of a pick
 
     def __post_init__(self) -> None:
         if not 0 < self.diameter_min_angst <= self.diameter_max_angst:
@@ -91,33 +92,93 @@ def _frequency_squared(shape: tuple[int, int], device) -> torch.Tensor:
     return fy * fy + fx * fx
 
 
-def log_responses(image: torch.Tensor, sigmas_px: torch.Tensor, lowpass_px: float) -> torch.Tensor:
-    """Standardised scale-normalised LoG responses, positive on *dark* blobs.
+def noise_variance(image: torch.Tensor, band: tuple[float, float] = (0.5, 0.9)) -> float:
+    """Per-pixel variance of the white noise in ``image`` ``(ny, nx)``, from a high-frequency annulus.
+
+    Between ``band`` (fractions of Nyquist) a micrograph holds almost only noise (the particles'
+    signal there is faint), so the median power there, divided by ln 2 (the median of an
+    exponential variable), measures the noise without being swayed by the particles, however
+    many there are. Returns 0 for an image without noise.
+    """
+    f = torch.fft.rfft2(image.float() - image.float().mean())
+    k = torch.sqrt(_frequency_squared(tuple(image.shape), image.device)) / 0.5
+    ring = (k >= band[0]) & (k < band[1])
+    power = f.real[ring] ** 2 + f.imag[ring] ** 2
+    if not power.numel():
+        return 0.0
+    return float(power.median()) / math.log(2.0) / (image.shape[0] * image.shape[1])
+
+
+def detrend_pad(image: torch.Tensor, pad_px: int) -> torch.Tensor:
+    """``image`` ``(ny, nx)`` less its best-fitting plane, mirror-padded by ``pad_px`` on every side.
+
+    An ice-thickness gradient would otherwise become a step where the FFT wraps the image round,
+    and the filters would answer it along the micrograph's edges.
+    """
+    ny, nx = image.shape
+    y = torch.linspace(-1, 1, ny, device=image.device).view(-1, 1).expand(ny, nx)
+    x = torch.linspace(-1, 1, nx, device=image.device).view(1, -1).expand(ny, nx)
+    design = torch.stack([torch.ones_like(x), x, y], -1).reshape(-1, 3).double()
+    coef = torch.linalg.lstsq(design, image.reshape(-1, 1).double()).solution
+    flat = (image.double() - (design @ coef).reshape(ny, nx)).float()
+    pad_px = min(pad_px, ny - 1, nx - 1)
+    return torch.nn.functional.pad(flat[None, None], (pad_px,) * 4, mode="reflect")[0, 0]
+
+
+def _kernels(shape: tuple[int, int], sigmas_px: torch.Tensor, lowpass_px: float, device):
+    """``(s, ny, nx//2+1)`` Gaussian × low-pass transfer functions and the frequencies ``(fy, fx)``."""
+    fy = torch.fft.fftfreq(shape[0], device=device).view(1, -1, 1)
+    fx = torch.fft.rfftfreq(shape[1], device=device).view(1, 1, -1)
+    k2 = fy * fy + fx * fx
+    sig2 = (sigmas_px.to(device) ** 2).view(-1, 1, 1)
+    gauss = sig2 * torch.exp(-2 * math.pi ** 2 * sig2 * k2 - math.log(2.0) * k2 * lowpass_px ** 2)
+    return gauss, fy, fx
+
+
+def log_responses(image: torch.Tensor, sigmas_px: torch.Tensor, lowpass_px: float,
+                  noise_variance_px: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale-normalised LoG responses, positive on *dark* blobs, and how round each blob is.
 
     Parameters
     ----------
     image
-        ``(ny, nx)`` working-resolution micrograph.
+        ``(ny, nx)`` working-resolution micrograph (detrended and padded: the FFT wraps it round).
     sigmas_px
         ``(s,)`` Gaussian widths in working pixels.
     lowpass_px
         Low-pass resolution in working pixels (a Gaussian filter at half height there).
+    noise_variance_px
+        Per-pixel variance of white noise in ``image``: each response is divided by the σ that
+        noise alone would give it. None: by each response's own std over the image.
 
     Returns
     -------
-    torch.Tensor
-        ``(s, ny, nx)`` responses, each with zero mean and unit std over the image.
+    tuple[torch.Tensor, torch.Tensor]
+        ``(s, ny, nx)`` responses, and ``(s, ny, nx)`` roundness: the smaller over the larger
+        eigenvalue of the (sign-flipped) Hessian, 1 for a round blob, near 0 or negative along an
+        edge or a line (a carbon edge, a crack) that the Laplacian alone would take for particles.
     """
-    k2 = _frequency_squared(tuple(image.shape), image.device)
+    shape = tuple(image.shape)
     f = torch.fft.rfft2(image - image.mean())
-    lowpass = torch.exp(-math.log(2.0) * k2 * lowpass_px ** 2)
-    sig2 = (sigmas_px.to(image.device) ** 2).view(-1, 1, 1)
-    kernels = sig2 * (4 * math.pi ** 2 * k2) * torch.exp(-2 * math.pi ** 2 * sig2 * k2)
-    # the Laplacian's transfer function is -4π²k²; its sign is flipped so dark blobs give peaks
-    responses = -torch.fft.irfft2(f * lowpass * kernels, s=tuple(image.shape))
-    mean = responses.mean(dim=(-2, -1), keepdim=True)
-    std = responses.std(dim=(-2, -1), keepdim=True).clamp(min=1e-12)
-    return (responses - mean) / std
+    gauss, fy, fx = _kernels(shape, sigmas_px, lowpass_px, image.device)
+    c = 4 * math.pi ** 2
+    # second derivatives (transfer functions -4π² fy², fy fx, fx²): positive definite on dark blobs
+    hyy, hxy, hxx = (torch.fft.irfft2(f * gauss * (-c * a * b), s=shape)
+                     for a, b in ((fy, fy), (fy, fx), (fx, fx)))
+    responses = hxx + hyy
+    half_diff = torch.sqrt(((hxx - hyy) / 2) ** 2 + hxy ** 2)
+    big = responses / 2 + half_diff
+    roundness = (responses / 2 - half_diff) / big.abs().clamp(min=1e-30)
+    if noise_variance_px is None:
+        std = responses.std(dim=(-2, -1), keepdim=True)
+    else:  # Parseval over the full plane: the rfft half counts twice except its first/last columns
+        weight = torch.full((1, 1, gauss.shape[-1]), 2.0, device=image.device)
+        weight[..., 0] = 1.0
+        if shape[1] % 2 == 0:
+            weight[..., -1] = 1.0
+        energy = ((gauss * c * (fy * fy + fx * fx)) ** 2 * weight).sum(dim=(-2, -1), keepdim=True)
+        std = torch.sqrt(noise_variance_px * energy / (shape[0] * shape[1]))
+    return (responses - responses.mean(dim=(-2, -1), keepdim=True)) / std.clamp(min=1e-12), roundness
 
 
 def robust_stats(values: torch.Tensor) -> tuple[float, float]:
@@ -184,15 +245,19 @@ def pick_log(micrograph: torch.Tensor, pixel_size_angst: float, opts: LogPickOpt
         image = -image
     diameters = torch.linspace(opts.diameter_min_angst, opts.diameter_max_angst, opts.n_scales)
     sigmas = diameters / work_px / (2 * math.sqrt(2))
-    responses = log_responses(image, sigmas, opts.lowpass_angst / work_px)
-    fom, scale = responses.max(dim=0)
-    median, sigma = robust_stats(fom)
-    fom = (fom - median) / sigma
+    pad = min(int(math.ceil(3 * float(sigmas.max()) + opts.lowpass_angst / work_px)), shape[0] - 1, shape[1] - 1)
+    noise = noise_variance(micrograph) * (shape[0] * shape[1]) / (micrograph.shape[0] * micrograph.shape[1])
+    responses, roundness = log_responses(detrend_pad(image, pad), sigmas, opts.lowpass_angst / work_px,
+                                         noise if noise > 0 else None)
+    crop = (slice(None), slice(pad, pad + shape[0]), slice(pad, pad + shape[1]))
+    fom, scale = responses[crop].max(dim=0)
+    round_at_best = roundness[crop].gather(0, scale[None])[0]
     lower = opts.baseline_sigma + opts.threshold_adjust
     upper = opts.upper_threshold
     min_dist = opts.min_distance_fraction * opts.diameter_min_angst / work_px
     edge = int(math.ceil(0.5 * opts.diameter_min_angst / work_px))
-    peaks = local_peaks(fom, int(round(min_dist)), lower, upper, edge).cpu().numpy()
+    peaks = local_peaks(fom, int(round(min_dist)), lower, upper, edge)
+    peaks = peaks[round_at_best[peaks[:, 0], peaks[:, 1]] >= opts.min_roundness].cpu().numpy()
     values = fom[peaks[:, 0], peaks[:, 1]].cpu().numpy() if len(peaks) else np.zeros(0)
     kept = suppress_close(peaks.astype(float), values, min_dist) if len(peaks) else np.zeros(0, int)
     peaks, values = peaks[kept], values[kept]
