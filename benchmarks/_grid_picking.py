@@ -1,97 +1,54 @@
-"""LoG picking over a grid of micrograph conditions (recall and precision against simulated truth).
+"""LoG picking over the grid of micrograph conditions (recall and precision against simulated truth).
 
 Usage::
 
-    python benchmarks/_grid_picking.py [--size 1024] [--seeds 2] [--quick]
+    python benchmarks/_grid_picking.py [--work DIR] [--n 2] [--size 1024] [--quick]
 
-Each condition is simulated in memory with :mod:`vitrify.sim.micrographs` (weak-phase
-particles of a real structure, ice with a thickness gradient, optional carbon edge, the CTF of
-the micrograph's defocus and astigmatism, Poisson counts of the whole dose), then picked with
+The micrographs are the shared grid's (``benchmarks/_grid.py``: outside-like, base, density 10
+and 200 per 1024² field, thick ice, carbon edge, low dose, small particles; defocus 0.5-4 µm and
+astigmatism 0-2000 Å drawn per micrograph) plus small-particle (ADK) variations: sparse, dense,
+on carbon, at low dose. Each micrograph is picked with
 :func:`vitrify.preprocess.picking.pick_log` at its defaults, the diameter range taken as
-relion_it takes it (:func:`vitrify.pipeline.autosetup`: LoG from 0.8 to 1.0 x the particle
+relion_it takes it (:mod:`vitrify.pipeline.autosetup`: LoG from 0.8 to 1.0 x the particle
 diameter; the particle diameter is the structure's largest extent, 2 x its largest radius).
 A pick matches an unused true centre within half the particle radius (one-to-one, greedy by
-distance). The table lists per condition the precision, recall, picks/true counts and CPU
-seconds of picking per micrograph; the last row pools every micrograph.
+distance). Printed: per condition and per defocus bin, precision, recall, picks / true centres
+and CPU seconds of picking per micrograph; the last row pools every micrograph.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import time
-import zlib
-from dataclasses import dataclass
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _grid import LOW_DOSE, grid_conditions, simulate_grid  # noqa: E402
+
 #: tolerance of a match, as a fraction of the particle radius
 MATCH_RADIUS_FRACTION = 0.5
+#: defocus bins (µm) of the second table
+DEFOCUS_BINS_UM = ((0.5, 1.5), (1.5, 2.5), (2.5, 4.0))
 
 
-@dataclass(frozen=True)
-class Condition:
-    """One cell of the grid: what changes from the base micrograph."""
-
-    name: str
-    structure: str = "cftr"
-    particles: int = 60
-    ice_nm: float = 30.0
-    carbon: float = 0.0
-    defocus_angst: tuple[float, float] = (8000.0, 30000.0)
-    astigmatism_angst: float = 1500.0
-    dose: float = 40.0
-    pixel_angst: float = 1.5
-
-
-def conditions(quick: bool = False) -> list[Condition]:
-    """The grid: density, ice, carbon, defocus, astigmatism, SNR (dose), small particles."""
-    grid = [
-        Condition("sparse 10/field", particles=10),
-        Condition("base 60/field (issue 15)"),
-        Condition("dense 200/field (2.5 A/px)", particles=200, pixel_angst=2.5),
-        Condition("thick ice 80 nm", ice_nm=80.0),
-        Condition("carbon edge", carbon=1.0),
-        Condition("defocus 0.5-1 um", defocus_angst=(5000.0, 10000.0)),
-        Condition("defocus 3-4 um", defocus_angst=(30000.0, 40000.0)),
-        Condition("astigmatism 2000 A", astigmatism_angst=2000.0),
-        Condition("low dose 15 e/A2", dose=15.0),
-        Condition("small (adk) sparse", structure="adk", particles=10),
-        Condition("small (adk) 100/field", structure="adk", particles=100),
-        Condition("small (adk) dense 200", structure="adk", particles=200),
-        Condition("small (adk) carbon, 0.5-1 um", structure="adk", carbon=1.0, defocus_angst=(5000.0, 10000.0)),
-    ]
-    return grid[:3] + grid[9:10] if quick else grid
-
-
-def particle_diameter_angst(structure: str) -> float:
-    """The diameter a user would give: the structure's largest extent."""
-    from vitrify.sim.structures import load_structure
-
-    return 2.0 * load_structure(structure).max_radius_angst()
-
-
-def simulate(condition: Condition, size_px: int, seed: int):
-    """``(image (ny, nx) tensor, true centres (k, 2) x/y px, options)`` of one micrograph."""
-    import torch
-
-    from vitrify.sim.micrographs import MicrographOptions, build_specimen, draw_scene, render_intensity
-
-    options = MicrographOptions(
-        structures=(condition.structure,), n_micrographs=1, size_px=(size_px, size_px),
-        pixel_size_angst=condition.pixel_angst, particles_per_micrograph=condition.particles,
-        ice_thickness_nm=condition.ice_nm, carbon_fraction=condition.carbon,
-        defocus_min_angst=condition.defocus_angst[0], defocus_max_angst=condition.defocus_angst[1],
-        astigmatism_max_angst=condition.astigmatism_angst, n_frames=1, dose_per_frame=condition.dose,
-        seed=seed)
-    device = torch.device("cpu")
-    rng = np.random.default_rng(seed)
-    specimen = build_specimen(options, device)
-    truth = draw_scene(options, specimen, rng)
-    expected = render_intensity(options, specimen, truth, rng, device)
-    expected = expected * options.total_dose * options.pixel_size_angst ** 2
-    counts = torch.poisson(expected.clamp(min=0), generator=torch.Generator().manual_seed(seed))
-    return counts, truth.coordinates_px, options
+def picking_conditions(quick: bool = False) -> list:
+    """The shared grid plus small-particle variations (sparse, dense, carbon, low dose)."""
+    grid = grid_conditions()
+    small = next(c for c in grid if c.name == "small-particles")
+    extra = [replace(small, name="small-sparse-10", particles_per_field=10),
+             replace(small, name="small-dense-200", particles_per_field=200),
+             replace(small, name="small-carbon", carbon_fraction=1.0),
+             replace(small, name="small-low-dose", dose_e_per_angst2=LOW_DOSE)]
+    every = grid + extra
+    if quick:
+        return [c for c in every if c.name in ("outside-like", "sparse-10", "dense-200", "small-particles")]
+    return every
 
 
 def cpu_seconds() -> float:
@@ -101,65 +58,77 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def score_condition(condition: Condition, size_px: int, seeds: int, pick_options=None) -> dict:
-    """Pooled matches of ``seeds`` micrographs of ``condition``."""
+def pick_set(grid_set, particles) -> list[dict]:
+    """Pick every micrograph of one condition; one record of counts per micrograph."""
+    import torch
+
+    from vitrify.io.mrc import read_mrc
+    from vitrify.io.star import read_star
     from vitrify.preprocess.picking import LogPickOptions, match_picks, pick_log
 
-    diameter = particle_diameter_angst(condition.structure)
-    opts = pick_options or LogPickOptions(0.8 * diameter, diameter)
-    tolerance = MATCH_RADIUS_FRACTION * diameter / 2 / condition.pixel_angst
-    out = {"picks": 0, "true": 0, "tp_p": 0, "tp_t": 0, "cpu": 0.0, "n": 0}
-    for seed in range(seeds):
-        image, truth, _ = simulate(condition, size_px, 1000 * seed + zlib.crc32(condition.name.encode()) % 997)
+    diameter = 2 * grid_set.radius_angst
+    options = LogPickOptions(0.8 * diameter, diameter)   # relion_it: LoG 0.8-1.0 x diameter
+    star = read_star(grid_set.star)
+    pixel = float(star["optics"]["rlnMicrographPixelSize"].iloc[0])
+    tolerance = MATCH_RADIUS_FRACTION * grid_set.radius_angst / pixel
+    records = []
+    for name in star["micrographs"]["rlnMicrographName"]:
+        data, _ = read_mrc(grid_set.directory / name)
+        image = torch.as_tensor(np.asarray(data, dtype=np.float32))
         start = cpu_seconds()
-        picks = pick_log(image, condition.pixel_angst, opts)
-        out["cpu"] += cpu_seconds() - start
+        picks = pick_log(image, pixel, options)
+        cpu = cpu_seconds() - start
+        mine = particles[(particles["condition"] == grid_set.condition.name)
+                         & (particles["rlnMicrographName"] == name)]
+        truth = mine[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(float)
         xy = np.stack([picks.x_px, picks.y_px], 1)
         precision, recall = match_picks(xy, truth, tolerance)
-        out["picks"] += len(xy)
-        out["true"] += len(truth)
-        out["tp_p"] += round(precision * len(xy))
-        out["tp_t"] += round(recall * len(truth))
-        out["n"] += 1
-    return out
+        records.append({"condition": grid_set.condition.name, "micrograph": name, "picks": len(xy),
+                        "true": len(truth), "tp_picks": round(precision * len(xy)),
+                        "tp_true": round(recall * len(truth)), "cpu": cpu})
+    return records
 
 
-def row(name: str, s: dict) -> str:
-    """One table row."""
-    precision = s["tp_p"] / max(s["picks"], 1) if s["picks"] else 1.0
-    recall = s["tp_t"] / max(s["true"], 1)
-    return (f"| {name} | {precision:.3f} | {recall:.3f} | {s['picks']} / {s['true']} | "
-            f"{s['cpu'] / max(s['n'], 1):.2f} |")
+def row(name: str, records: list[dict]) -> str:
+    """One table row pooled over ``records``."""
+    picks = sum(r["picks"] for r in records)
+    true = sum(r["true"] for r in records)
+    precision = sum(r["tp_picks"] for r in records) / picks if picks else 1.0
+    recall = sum(r["tp_true"] for r in records) / true if true else 1.0
+    cpu = sum(r["cpu"] for r in records) / max(len(records), 1)
+    return f"| {name} | {precision:.3f} | {recall:.3f} | {picks} / {true} | {cpu:.2f} |"
 
 
-def picking_table(size_px: int = 1024, seeds: int = 2, quick: bool = False) -> list[str]:
-    """Markdown table of LoG picking over the grid; prints rows as they finish."""
-    lines = [f"LoG picking, {size_px}² px micrographs, {seeds} per condition, match within "
-             f"{MATCH_RADIUS_FRACTION:g} x particle radius",
-             "| condition | precision | recall | picks / true | CPU s per micrograph |", "|---|---|---|---|---|"]
-    for line in lines:
-        print(line, flush=True)
-    total = {"picks": 0, "true": 0, "tp_p": 0, "tp_t": 0, "cpu": 0.0, "n": 0}
-    for condition in conditions(quick):
-        scores = score_condition(condition, size_px, seeds)
-        for key in total:
-            total[key] += scores[key]
-        lines.append(row(condition.name, scores))
-        print(lines[-1], flush=True)
-    lines.append(row("**all**", total))
-    print(lines[-1], flush=True)
+def picking_table(work: Path, n: int = 2, size_px: int = 1024, quick: bool = False) -> list[str]:
+    """Simulate (or reuse) the grid under ``work``, pick it, and return (and print) the tables."""
+    grid = simulate_grid(work, picking_conditions(quick), n_per_condition=n, size_px=size_px)
+    records = [r for s in grid.sets for r in pick_set(s, grid.particles)]
+    header = ["| condition | precision | recall | picks / true | CPU s per micrograph |",
+              "|---|---|---|---|---|"]
+    lines = [f"LoG picking, {n} micrographs of {size_px}² px per condition, match within "
+             f"{MATCH_RADIUS_FRACTION:g} x particle radius", *header]
+    lines += [row(s.condition.name, [r for r in records if r["condition"] == s.condition.name])
+              for s in grid.sets]
+    lines.append(row("**all**", records))
+    mics = grid.micrographs.set_index(["condition", "rlnMicrographName"])["vtfTrueDefocusMean"]
+    lines += ["", "By true mean defocus (all conditions):", *header]
+    for lo, hi in DEFOCUS_BINS_UM:
+        inside = [r for r in records if lo * 1e4 <= mics[(r["condition"], r["micrograph"])] < hi * 1e4]
+        lines.append(row(f"defocus {lo:g}-{hi:g} µm ({len(inside)} micrographs)", inside))
+    print("\n".join(lines), flush=True)
     return lines
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("work/grid"))
+    parser.add_argument("--n", type=int, default=2, help="micrographs per condition")
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="four conditions only")
     args = parser.parse_args(argv)
     start = time.time()
-    picking_table(args.size, args.seeds, args.quick)
+    picking_table(args.work, args.n, args.size, args.quick)
     print(f"({time.time() - start:.0f} s wall)")
 
 
