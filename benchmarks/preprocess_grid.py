@@ -111,6 +111,20 @@ def print_table(rows: list[dict]) -> None:
     print(frame.to_string(index=False, formatters=formats))
 
 
+def selection_rows(e: pd.DataFrame) -> list[str]:
+    """What the proc scheme's selection (rlnCtfMaxResolution <= maxval) would keep, per maxval."""
+    failed = e["defocus_err"] > 1000
+    lines = [f"fits off by > 1000 Å: {int(failed.sum())} of {len(e)}, their rlnCtfMaxResolution "
+             f"{', '.join(f'{v:.1f}' for v in sorted(e.loc[failed, 'max_res']))} Å"]
+    for maxval in (6.0, 8.0, 10.0, 15.0):
+        kept = e[e["max_res"] <= maxval]
+        err = kept["defocus_err"]
+        lines.append(f"select rlnCtfMaxResolution <= {maxval:4.1f} Å: keeps {len(kept):3d} of {len(e)}; kept "
+                     f"|dF| median {_quantile(err, 50):.0f} p95 {_quantile(err, 95):.0f} Å; "
+                     f"kept fits off by > 1000 Å: {int((err > 1000).sum())}")
+    return lines
+
+
 def noise_control(root: Path, n: int, size: int, threads: int) -> tuple[pd.DataFrame, float]:
     """Micrographs of pure Poisson noise (40 e/Å² at 1.5 Å/px) through the job: FOM and max resolution."""
     from vitrify.io.mrc import write_mrc
@@ -169,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.n} micrographs of {args.size}² per condition, 1.5 Å/px")
     print("errors in Å (dF: mean defocus; dAst: astigmatism, true > 200 Å), angle in degrees (true > 500 Å)")
     print_table(rows)
+    print("\n".join(selection_rows(everything)))
     noise, cpu = noise_control(root, max(2, args.n), args.size, args.threads)
     print(f"pure-noise control ({len(noise)} micrographs): FOM median {noise['rlnCtfFigureOfMerit'].median():.3f} "
           f"max {noise['rlnCtfFigureOfMerit'].max():.3f}; rlnCtfMaxResolution min "
