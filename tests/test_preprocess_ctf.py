@@ -95,10 +95,13 @@ def test_diagnostic_image_shape_and_range():
 
 
 def test_weak_rings_of_a_stigmatic_micrograph_give_no_spurious_astigmatism():
+    """Faint rings that fade by 8 Å (B 200 Å²) on strong low-frequency noise: the astigmatism is
+    measured, not zeroed by a significance test (issue 15), and stays far from the thousands of Å
+    a fit locked onto noise would give."""
     image = _micrograph(1024, 1.0, 15000.0, 15000.0, 0.0, snr=0.01, bfactor=200.0, seed=7)
     fit = estimate_ctf(image, OPTICS, CtfSearch(tile_px=256))
     assert abs(0.5 * (fit.defocus_u_angst + fit.defocus_v_angst) - 15000.0) < 500
-    assert fit.astigmatism_angst < 150
+    assert fit.astigmatism_angst < 500
 
 
 def test_fit_resolution_is_measured_beyond_the_fitting_band():

@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from vitrify import __version__
 from vitrify._progress import set_quiet
+from vitrify.core.threads import apply_thread_env
 from vitrify.io.errors import InputError
 
 #: Modules that add commands to the app: ``module.register(app)``.
@@ -112,7 +113,10 @@ def main(argv: list[str] | None = None) -> None:
 
     User errors print one line and exit 1; a closed output pipe ends the command quietly with
     status :data:`CLOSED_PIPE_EXIT` (a failure status of the command itself is kept).
+    The CPU thread policy reaches the environment first, before any command loads torch
+    (:mod:`vitrify.core.threads`: libgomp reads it once, at load).
     """
+    apply_thread_env()
     app = build_app()
     guard = _PipeGuard(sys.stdout)
     sys.stdout = guard

@@ -23,9 +23,9 @@ def _high_pass(image: np.ndarray) -> np.ndarray:
     return image - uniform_filter(image, size=7, mode="nearest")
 
 
-def _correlation(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    return float((a * b).sum() / max(np.sqrt((a * a).sum() * (b * b).sum()), 1e-30))
+def _correlation_unit(unit: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of ``b`` with ``unit`` (zero mean, unit norm already)."""
+    return float((unit * b).sum() / max(float(np.linalg.norm(b - b.mean())), 1e-30))
 
 
 def check_gain_orientation(raw_gain: np.ndarray, raw_sum: np.ndarray, rotation: int, flip: int,
@@ -42,12 +42,15 @@ def check_gain_orientation(raw_gain: np.ndarray, raw_sum: np.ndarray, rotation: 
     from vitrify.io.movies import transform_gain
 
     target = _high_pass(raw_sum)
+    target = (target - target.mean()) / max(float(np.linalg.norm(target - target.mean())), 1e-30)
+    # the high-pass filter (a square box) commutes with RELION's rotations and flips: filter once
+    pattern = _high_pass(1.0 / np.clip(raw_gain, 1e-6, None))
     scores = {}
     for r in range(4):
         for f in range(3):
-            candidate = transform_gain(raw_gain, r, f)
+            candidate = transform_gain(pattern, r, f)
             if candidate.shape == raw_sum.shape:
-                scores[(r, f)] = _correlation(target, _high_pass(1.0 / np.clip(candidate, 1e-6, None)))
+                scores[(r, f)] = _correlation_unit(target, candidate)
     if not scores or (rotation, flip) not in scores:
         return  # a size mismatch is reported per movie
     best = max(scores, key=scores.get)

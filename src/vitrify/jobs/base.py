@@ -54,11 +54,13 @@ def job_logger(job_dir: str | Path) -> logging.Logger:
 def run_job(run: Callable[[Opts, Path], R], options: Opts, job_dir: str | Path) -> R:
     """Run ``run(options, job_dir)`` with the pipeline's duties around it.
 
-    Creates ``job_dir``, clears old markers and the temporary files of writes an earlier (killed)
-    run left unfinished, logs start and end, and touches
+    Sizes the CPU thread pools (:func:`vitrify.core.threads.configure_threads`, from the
+    options' ``threads`` if they have one), creates ``job_dir``, clears old markers and the
+    temporary files of writes an earlier (killed) run left unfinished, logs start and end, and touches
     ``RELION_JOB_EXIT_SUCCESS`` on success, ``..._ABORTED`` on :class:`JobAborted` and
     ``..._FAILURE`` on any other exception (which is re-raised for the caller).
     """
+    from vitrify.core.threads import configure_threads
     from vitrify.io.atomic import remove_stale_temps
 
     job_dir = Path(job_dir)
@@ -68,6 +70,7 @@ def run_job(run: Callable[[Opts, Path], R], options: Opts, job_dir: str | Path) 
     for stale in remove_stale_temps(job_dir):  # a killed earlier run's half-written files
         log.info("removed %s (left by an interrupted write)", stale)
     log.info("start %s with %r", getattr(run, "__module__", run), options)
+    log.info("%s", configure_threads(getattr(options, "threads", 0) or 0).describe())
     try:
         result = run(options, job_dir)
     except JobAborted:

@@ -149,13 +149,13 @@ class _Writer:
 def run(options: Options, job_dir: str | Path) -> Path:
     """Run 2D classification into ``job_dir``; returns the last iteration's data.star."""
     from vitrify.core.device import resolve_device, tune_host_allocator
+    from vitrify.core.threads import configure_threads
     from vitrify.jobs._class2d_continue import resume_state
 
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(options.device)
-    if options.threads > 0:
-        torch.set_num_threads(options.threads)
+    configure_threads(options.threads)  # run_job did so already; here for direct calls of run()
     torch.set_flush_denormal(True)
     tune_host_allocator()
     state = resume_state(options, device) if options.continue_from else None

@@ -85,8 +85,8 @@ class Options:
                                    flag="--max-significant")
     oversampling: int = setting(1, help="1: coarse pass + fine pass (RELION); 0: one pass.", flag="--oversampling")
     seed: int = setting(1, help="Random seed.", flag="--seed")
-    threads: int = setting(0, help="CPU threads (0: torch default).", flag="--threads", read=_read_threads,
-                           write=_write_threads)
+    threads: int = setting(0, help="CPU threads (0: every CPU this process may use).", flag="--threads",
+                           read=_read_threads, write=_write_threads)
     device: str = setting("auto", help="auto | cpu | cuda.", flag="--device", read=_read_device, write=_write_device)
     memory_budget_mb: int = setting(0, help="Memory per E-step block in MB (0: 1024 on a GPU, 64 on a CPU).", unit="MB",
                                     flag="--memory-budget")
