@@ -10,7 +10,7 @@ Steps (each a function below or in :mod:`._ctf_search`):
    background model and the best of all candidates cannot be a local minimum.
 3. :func:`._ctf_search.refine_astigmatism_2d` — 2D refinement of (mean, astig_x, astig_y) on
    the spectrum relative to its ring-free radial background (:func:`build_band`), whitened per
-   radius, the model weighted by the ring envelope (a matched filter): a coarse grid, L-BFGS
+   radius, the model weighted by √(ring envelope): a coarse grid, L-BFGS
    with the analytic gradient, then once more with the envelope of the astigmatic fit. The
    figure of merit is this weighted correlation (≈ 0 on pure noise).
 4. :func:`fit_resolution` — the resolution to which the rings fit: equi-phase averages in
@@ -226,7 +226,7 @@ def _ring_envelope(spectrum: Spectrum, band: cs.Band2d, rel: np.ndarray, params:
     """``(p,)`` ring amplitude (fraction of the background) at each band sample, for the model ``params``.
 
     Least-squares amplitude of ``sin²γ − ½`` in the relative spectrum over windows of two periods
-    around each radius, clipped to ≥ 5 % of its maximum (radii without rings still weigh a little).
+    around each radius, clipped to ≥ 1 % of its maximum (radii without rings still weigh a little).
     """
     size = len(spectrum.s)
     m = np.sin(opt.gamma(band.s2, params[0] + params[1] * band.cos2 + params[2] * band.sin2)) ** 2 - 0.5
@@ -236,7 +236,7 @@ def _ring_envelope(spectrum: Spectrum, band: cs.Band2d, rel: np.ndarray, params:
     mm = cs.moving_average(_per_radius(band.radius, m * m, size), half, ones)
     envelope = np.clip(xm / np.maximum(mm, 1e-30), 0.0, None)
     top = float(envelope[np.unique(band.radius)].max())
-    return np.maximum(envelope, 0.05 * top if top > 0 else 1.0)[band.radius]
+    return np.maximum(envelope, 0.01 * top if top > 0 else 1.0)[band.radius]
 
 
 def build_band(spectrum: Spectrum, mean_angst: float, opt: cs.Optics, s_lo: float, s_hi: float,
@@ -260,8 +260,10 @@ def build_band(spectrum: Spectrum, mean_angst: float, opt: cs.Optics, s_lo: floa
 
 def _with_envelope(spectrum: Spectrum, band: cs.Band2d, rel: np.ndarray, sigma: np.ndarray, params: np.ndarray,
                    opt: cs.Optics) -> cs.Band2d:
-    """The band with model weights ring envelope / σ (a matched filter for the whitened data)."""
-    weight = _ring_envelope(spectrum, band, rel, params, opt) / sigma
+    """The band with model weights √(ring envelope) / σ (between whitening and a matched filter)."""
+    # √envelope: the full matched filter (envelope / σ) let the strong, wide low-resolution rings pull the
+    # mean defocus by ~130 Å on 4096² micrographs (noisy envelope); 1/σ alone fits worse on weak rings
+    weight = np.sqrt(_ring_envelope(spectrum, band, rel, params, opt)) / sigma
     return replace(band, w=weight.astype(np.float32))
 
 
