@@ -91,7 +91,7 @@ def run_relion(sim: Path, args, job: str) -> tuple[float, float] | None:
                "--use_own", "--j", str(args.relion_threads), "--bin_factor", "1", "--bfactor", "150",
                "--dose_per_frame", str(args.dose), "--preexposure", "0", "--patch_x", str(args.patches),
                "--patch_y", str(args.patches), "--eer_grouping", "32", "--gainref", "Movies/gain.mrc",
-               "--gain_rot", "0", "--gain_flip", "0", "--dose_weighting", "--save_noDW", "--only_do_unfinished"]
+               "--gain_rot", "0", "--gain_flip", "0", "--dose_weighting", "--only_do_unfinished"]
     cpu, wall, code = timed_subprocess(command, sim, sim / f"{job.replace('/', '_')}.log")
     if code != 0:
         print(f"relion_run_motioncorr failed (exit {code}); see {sim}/{job.replace('/', '_')}.log", file=sys.stderr)
@@ -162,23 +162,24 @@ def _relion_polynomial(coeffs: np.ndarray, z: float, x: np.ndarray, y: np.ndarra
 
 
 def relion_errors(truth: dict, movie: str, metadata: Path) -> tuple[float, float]:
-    """(global RMS, local RMS) in px of one RELION movie. RELION records the frames' drift (the
-    correction applies minus it) for the whole frame and, with the same sign, its local model."""
+    """(global RMS, local RMS) in px of one RELION movie. RELION records the shifts it applies
+    (as vitrify does), and its local model (third-order polynomial, frame index from 0, x and y
+    as fractions of the frame minus 0.5) moves the globally shifted frames further."""
     from vitrify.io.star import read_star
 
     blocks = read_star(metadata)
     est = blocks["global_shift"][["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy(float)
     total, points, _ = _truth_tracks(truth, movie)
-    rms_global = _rms(-est + total.mean(axis=1))
+    rms_global = _rms(est + total.mean(axis=1))
     model = blocks.get("local_motion_model")
     if model is None or len(model) == 0:
-        return rms_global, _rms(-est[:, None, :] + total)
+        return rms_global, _rms(est[:, None, :] + total)
     general = blocks["general"]
     nx, ny = float(general["rlnImageSizeX"]), float(general["rlnImageSizeY"])
     coeffs = model["rlnMotionModelCoeff"].to_numpy(float)
     x, y = points[:, 0] / nx - 0.5, points[:, 1] / ny - 0.5
     local = np.stack([_relion_polynomial(coeffs, float(f), x, y) for f in range(len(est))])
-    return rms_global, _rms(-(est[:, None, :] + local) + total)
+    return rms_global, _rms(est[:, None, :] + local + total)
 
 
 def accuracy(sim: Path, job: str, relion: bool) -> tuple[float, float]:
