@@ -59,6 +59,7 @@ class Condition:
     astigmatism_max_angst: float = 2000.0
     dose_e_per_angst2: float = HIGH_DOSE
     structure: str = "cftr"
+    seed_offset: int = 0  # added to simulate_grid's seed: a condition keeps its micrographs in any selection
 
 
 #: the micrographs of issue 15 that vitrify ctffind failed on
@@ -74,14 +75,16 @@ def grid_conditions(*, full: bool = False) -> list[Condition]:
                          particles_per_field=p, ice_thickness_nm=THIN_ICE_NM if ice == "thin" else THICK_ICE_NM,
                          carbon_fraction=float(c), dose_e_per_angst2=HIGH_DOSE if dose == "hidose" else LOW_DOSE)
                  for p in (10, 60, 200) for ice in ("thin", "thick") for c in (0, 1) for dose in ("hidose", "lodose")]
-        return [OUTSIDE_LIKE, *cells]
-    return [OUTSIDE_LIKE, base,
-            replace(base, name="sparse-10", particles_per_field=10),
-            replace(base, name="dense-200", particles_per_field=200),
-            replace(base, name="thick-ice", ice_thickness_nm=THICK_ICE_NM),
-            replace(base, name="carbon", carbon_fraction=1.0),
-            replace(base, name="low-dose", dose_e_per_angst2=LOW_DOSE),
-            replace(base, name="small-particles", structure="adk")]
+        conditions = [OUTSIDE_LIKE, *cells]
+    else:
+        conditions = [OUTSIDE_LIKE, base,
+                      replace(base, name="sparse-10", particles_per_field=10),
+                      replace(base, name="dense-200", particles_per_field=200),
+                      replace(base, name="thick-ice", ice_thickness_nm=THICK_ICE_NM),
+                      replace(base, name="carbon", carbon_fraction=1.0),
+                      replace(base, name="low-dose", dose_e_per_angst2=LOW_DOSE),
+                      replace(base, name="small-particles", structure="adk")]
+    return [replace(c, seed_offset=1000 * i) for i, c in enumerate(conditions)]
 
 
 @dataclass(frozen=True)
@@ -144,8 +147,9 @@ def simulate_grid(out_dir: str | Path, conditions: list[Condition] | None = None
                   device: str = "cpu") -> Grid:
     """Simulate ``n_per_condition`` micrographs of ``size_px``² for every condition into ``out_dir/<name>``.
 
-    Condition ``i`` is seeded with ``seed + 1000 * i``. Returns the datasets and the truth tables
-    (columns of ``truth.star`` plus ``condition``, ``vtfTrueAstigmatism`` = |U - V| and
+    A condition is seeded with ``seed + condition.seed_offset`` (:func:`grid_conditions` gives the
+    i-th ``1000 * i``), so a subset of the conditions simulates the same micrographs. Returns the
+    datasets and the truth tables (columns of ``truth.star`` plus ``condition``, ``vtfTrueAstigmatism`` = |U - V| and
     ``vtfTrueDefocusMean`` in Å for micrographs).
     """
     from vitrify._progress import set_quiet
@@ -155,9 +159,9 @@ def simulate_grid(out_dir: str | Path, conditions: list[Condition] | None = None
     out_dir = Path(out_dir).resolve()
     conditions = grid_conditions() if conditions is None else conditions
     sets, mics, parts = [], [], []
-    for index, condition in enumerate(conditions):
+    for condition in conditions:
         options = micrograph_options(condition, n=n_per_condition, size_px=size_px,
-                                     pixel_size_angst=pixel_size_angst, seed=seed + 1000 * index)
+                                     pixel_size_angst=pixel_size_angst, seed=seed + condition.seed_offset)
         directory = out_dir / condition.name
         truth = _simulate_one(directory, options, device)
         radius = load_structure(condition.structure).max_radius_angst()

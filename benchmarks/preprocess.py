@@ -4,9 +4,16 @@ Usage::
 
     python benchmarks/preprocess.py [--n 20] [--size 1024] [--frames 16] [--work DIR] [--threads 2]
         [--reuse-simulation]   # with the --work DIR of an earlier run: skip simulating again
+    python benchmarks/preprocess.py --motion-only [--beside-hog] [--n 4 --size 1024 --frames 16 --dose 5]
+
+``--motion-only`` (:mod:`_motion_bench`): motion correction alone, ``vitrify motioncorr`` and
+RELION-4's ``relion_run_motioncorr --use_own`` (when on the PATH) as subprocesses on the same
+movies: CPU s per movie (process + children) side by side with their ratio, idle and beside a
+CPU-bound process, where vitrify's time goes (stage by stage), and both programs' trajectory
+errors against the truth.
 
 Simulates ``--n`` movies (``vitrify.sim.movies``: CFTR particles, well separated, 1.5 Å/px,
-``--frames`` frames of 2.5 e/Å², global drift 6 px + local drift 0.5 px, astigmatism up to
+``--frames`` frames of ``--dose`` e/Å² (2.5), global drift 6 px + local drift 0.5 px, astigmatism up to
 1500 Å) at ``--size``² pixels — smaller than a 4k detector because the development machine
 has two shared cores — then runs the jobs exactly as the command line does
 (motioncorr → ctffind → autopick LoG and template → extract) and prints one table:
@@ -35,6 +42,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _motion_bench import main_motion, motion_errors
+
 
 
 JOB_DIRS = ("MotionCorr", "CtfFind", "AutoPick", "Extract")
@@ -66,7 +75,7 @@ def simulate(args, root: Path):
     options = MicrographOptions(structures=(args.structure,), n_micrographs=args.n, size_px=(args.size, args.size),
                                 pixel_size_angst=1.5, particles_per_micrograph=args.particles,
                                 min_distance_angst=2.7 * radius, astigmatism_max_angst=1500.0,
-                                n_frames=args.frames, dose_per_frame=2.5, drift_total_px=6.0,
+                                n_frames=args.frames, dose_per_frame=args.dose, drift_total_px=6.0,
                                 local_drift_px=0.5, carbon_fraction=0.0, seed=args.seed)
     return simulate_movies(options, root / "sim"), radius
 
@@ -81,38 +90,6 @@ def timed(run, options, job_dir: str):
 def per(seconds: tuple[float, float], n: int, digits: int = 1) -> str:
     """``wall / CPU`` seconds per item."""
     return f"{seconds[0] / n:.{digits}f} / {seconds[1] / n:.{digits}f}"
-
-
-def motion_errors(truth: dict, movie: str, metadata: str) -> tuple[float, float]:
-    """(global RMS, local RMS) in px of one movie (see the module notes)."""
-    import torch
-
-    from vitrify.io.star import read_star
-    from vitrify.preprocess.motion import Deformation, deformation_field
-
-    blocks = read_star(metadata)
-    est = blocks["global_shift"][["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy(float)
-    loc = truth["local_motion"][truth["local_motion"]["rlnMicrographMovieName"] == movie]
-    glob = truth["global_motion"][truth["global_motion"]["rlnMicrographMovieName"] == movie]
-    n_frames = len(glob)
-    true_local = loc[["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy(float).reshape(n_frames, -1, 2)
-    true_total = glob[["rlnMicrographShiftX", "rlnMicrographShiftY"]].to_numpy(float)[:, None, :] + true_local
-    # the correction moves frame content by -drift: compare with the negated truth
-    err_global = est + true_total.mean(axis=1)
-    rms_global = float(np.sqrt(((err_global - err_global.mean(0)) ** 2).sum(1).mean()))
-    if "vitrify_deformation" not in blocks:
-        return rms_global, float("nan")
-    general = blocks["general"]
-    shape = (int(general["rlnImageSizeY"]), int(general["rlnImageSizeX"]))
-    model = Deformation(blocks["vitrify_deformation"]["rlnMotionModelCoeff"].to_numpy(float).reshape(2, 24),
-                        shape, n_frames)
-    px = loc["rlnCoordinateX"].to_numpy(float)[: true_local.shape[1]].round().astype(int)
-    py = loc["rlnCoordinateY"].to_numpy(float)[: true_local.shape[1]].round().astype(int)
-    fields = np.stack([deformation_field(model, f, torch.device("cpu"))[py, px].numpy() for f in range(n_frames)])
-    est_local = est[:, None, :] + fields
-    err = est_local + true_total
-    err = err - err.mean(axis=0, keepdims=True)
-    return rms_global, float(np.sqrt((err ** 2).sum(-1).mean()))
 
 
 def angle_error_deg(a: float, b: float) -> float:
@@ -187,7 +164,7 @@ def run_jobs(args, root: Path, radius: float) -> dict:
     references = write_references(root, args.structure, radius).resolve()
     os.chdir(root / "sim")
     motion = MotionOptions(patches_x=args.patches, patches_y=args.patches)
-    mc, t_mc = timed(motioncorr.run, motioncorr.Options("movies.star", motion, dose_per_frame=2.5,
+    mc, t_mc = timed(motioncorr.run, motioncorr.Options("movies.star", motion, dose_per_frame=args.dose,
                                                           gain="Movies/gain.mrc", device=args.device),
                      "MotionCorr/job002")
     ctf, t_ctf = timed(ctffind.run, ctffind.Options(str(mc), device=args.device), "CtfFind/job003")
@@ -297,26 +274,42 @@ def external_programs() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=20, help="movies")
+    parser.add_argument("--n", type=int, default=None, help="movies (20; 4 with --motion-only)")
     parser.add_argument("--size", type=int, default=1024, help="movie width = height (px)")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--particles", type=int, default=40, help="particles per micrograph (at most)")
-    parser.add_argument("--patches", type=int, default=3, help="patches per side for local motion")
+    parser.add_argument("--patches", type=int, default=None,
+                        help="patches per side for local motion (3; 5 with --motion-only)")
     parser.add_argument("--structure", default="cftr")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", default="", help="work directory (default: a new temporary one)")
+    parser.add_argument("--motion-only", action="store_true",
+                        help="motion correction only, beside RELION-4's (relion_run_motioncorr on the PATH); "
+                             "defaults then: --n 4 --frames 16 --patches 5, 5 e/Å²/frame")
+    parser.add_argument("--dose", type=float, default=None, help="e/Å² per frame (2.5; 5 with --motion-only)")
+    parser.add_argument("--pixel", type=float, default=1.5, help="pixel size (Å; --motion-only)")
+    parser.add_argument("--beside-hog", action="store_true",
+                        help="--motion-only: also time both programs beside CPU-bound processes")
+    parser.add_argument("--hogs", type=int, default=1, help="CPU-bound processes for --beside-hog")
+    parser.add_argument("--relion-threads", type=int, default=2, help="RELION's --j")
     parser.add_argument("--reuse-simulation", action="store_true",
                         help="reuse the movies simulated in --work by an earlier run with the same arguments")
     args = parser.parse_args(argv)
+    for name, full, motion in (("n", 20, 4), ("patches", 3, 5), ("dose", 2.5, 5.0)):
+        if getattr(args, name) is None:
+            setattr(args, name, motion if args.motion_only else full)
     import tempfile
 
+    root = Path(args.work or tempfile.mkdtemp(prefix="vitrify-bench-preprocess-")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if args.motion_only:
+        main_motion(args, root)
+        return
     import torch
 
     torch.set_num_threads(args.threads)
-    root = Path(args.work or tempfile.mkdtemp(prefix="vitrify-bench-preprocess-")).resolve()
-    root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     data, radius = simulate(args, root)
     print(f"simulated {args.n} movies of {args.size}² x {args.frames} frames in "

@@ -21,7 +21,9 @@ and overall:
 * CPU seconds per micrograph of the whole job (this process, all threads; ``--threads``).
 
 Then a control: micrographs of pure Poisson noise (no specimen, no rings) through the same job,
-whose FOM and max resolution show what "no signal" looks like to the proc scheme's selection.
+whose FOM and max resolution show what "no signal" looks like to the proc scheme's selection,
+and what a selection on rlnCtfMaxResolution keeps. ``--noise-free`` also fits the simulator's
+expected counts (no Poisson noise): the estimator's own error, apart from the data's noise.
 ``--big K`` also times the job on K micrographs of 4096² (outside-like; the ≤ 4 CPU s target).
 Timing figures are CPU time; run under ``flock /tmp/vitrify-bench.lock`` and note ``uptime``.
 """
@@ -34,6 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +44,15 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _grid import OUTSIDE_LIKE, Condition, grid_conditions, simulate_grid  # noqa: E402
+from _grid import OUTSIDE_LIKE, grid_conditions, simulate_grid  # noqa: E402
 
 
-def run_ctffind(directory: Path, threads: int) -> tuple[pd.DataFrame, float]:
-    """The ctffind job in ``directory`` (from scratch); its micrographs table and CPU s per micrograph."""
+def run_ctffind(directory: Path, threads: int, noise_free: bool = False) -> tuple[pd.DataFrame, float]:
+    """The ctffind job in ``directory`` (from scratch); its micrographs table and CPU s per micrograph.
+
+    ``noise_free``: on the simulator's expected counts (``truth_micrographs/``) instead, named as
+    the noisy micrographs in the returned table.
+    """
     import torch
 
     from vitrify.io.star import read_star_optics
@@ -56,13 +63,28 @@ def run_ctffind(directory: Path, threads: int) -> tuple[pd.DataFrame, float]:
     os.chdir(directory)
     try:
         shutil.rmtree("CtfFind", ignore_errors=True)
+        star = "micrographs.star"
+        if noise_free:
+            star = _noise_free_star()
         start = time.process_time()
-        out = ctffind.run(ctffind.Options("micrographs.star", device="cpu"), "CtfFind/job002")
+        out = ctffind.run(ctffind.Options(star, device="cpu"), "CtfFind/job002")
         cpu = time.process_time() - start
         table = read_star_optics(out, "micrographs").data
+        table["rlnMicrographName"] = table["rlnMicrographName"].str.replace("truth_micrographs/", "Micrographs/")
     finally:
         os.chdir(here)
     return table, cpu / max(len(table), 1)
+
+
+def _noise_free_star() -> str:
+    """``micrographs_noise_free.star`` (in the current directory): the truth_micrographs of micrographs.star."""
+    from vitrify.io.star import read_star, write_star
+
+    blocks = read_star("micrographs.star")
+    mics = blocks["micrographs"].copy()
+    mics["rlnMicrographName"] = mics["rlnMicrographName"].str.replace("Micrographs/", "truth_micrographs/")
+    write_star("micrographs_noise_free.star", {"optics": blocks["optics"], "micrographs": mics})
+    return "micrographs_noise_free.star"
 
 
 def angle_error_deg(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -111,6 +133,20 @@ def print_table(rows: list[dict]) -> None:
     print(frame.to_string(index=False, formatters=formats))
 
 
+def selection_rows(e: pd.DataFrame) -> list[str]:
+    """What the proc scheme's selection (rlnCtfMaxResolution <= maxval) would keep, per maxval."""
+    failed = e["defocus_err"] > 1000
+    lines = [f"fits off by > 1000 Å: {int(failed.sum())} of {len(e)}, their rlnCtfMaxResolution "
+             f"{', '.join(f'{v:.1f}' for v in sorted(e.loc[failed, 'max_res']))} Å"]
+    for maxval in (6.0, 8.0, 10.0, 15.0):
+        kept = e[e["max_res"] <= maxval]
+        err = kept["defocus_err"]
+        lines.append(f"select rlnCtfMaxResolution <= {maxval:4.1f} Å: keeps {len(kept):3d} of {len(e)}; kept "
+                     f"|dF| median {_quantile(err, 50):.0f} p95 {_quantile(err, 95):.0f} Å; "
+                     f"kept fits off by > 1000 Å: {int((err > 1000).sum())}")
+    return lines
+
+
 def noise_control(root: Path, n: int, size: int, threads: int) -> tuple[pd.DataFrame, float]:
     """Micrographs of pure Poisson noise (40 e/Å² at 1.5 Å/px) through the job: FOM and max resolution."""
     from vitrify.io.mrc import write_mrc
@@ -138,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full", action="store_true", help="the factorial grid (25 conditions)")
     parser.add_argument("--conditions", default="", help="comma-separated condition names (default: all)")
     parser.add_argument("--big", type=int, default=0, help="also time K outside-like micrographs of 4096²")
+    parser.add_argument("--noise-free", action="store_true",
+                        help="also fit the noise-free expected counts (the estimator's own error)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="", help="work directory (simulations there are reused)")
@@ -169,12 +207,21 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.n} micrographs of {args.size}² per condition, 1.5 Å/px")
     print("errors in Å (dF: mean defocus; dAst: astigmatism, true > 200 Å), angle in degrees (true > 500 Å)")
     print_table(rows)
+    print("\n".join(selection_rows(everything)))
+    if args.noise_free:
+        rows = []
+        for s in grid.sets:
+            table, cpu = run_ctffind(s.directory, args.threads, noise_free=True)
+            rows.append(summary_row(s.condition.name, errors(table, grid.micrographs[
+                grid.micrographs["condition"] == s.condition.name]), cpu))
+        print("the same micrographs without noise (expected counts):")
+        print_table(rows)
     noise, cpu = noise_control(root, max(2, args.n), args.size, args.threads)
     print(f"pure-noise control ({len(noise)} micrographs): FOM median {noise['rlnCtfFigureOfMerit'].median():.3f} "
           f"max {noise['rlnCtfFigureOfMerit'].max():.3f}; rlnCtfMaxResolution min "
           f"{noise['rlnCtfMaxResolution'].min():.1f} Å; CPU {cpu:.2f} s/mic")
     if args.big:
-        big = Condition(**{**OUTSIDE_LIKE.__dict__, "name": "outside-like-4096"})
+        big = replace(OUTSIDE_LIKE, name="outside-like-4096")
         grid = simulate_grid(root, [big], n_per_condition=args.big, size_px=4096, seed=args.seed + 77)
         table, cpu = run_ctffind(grid.sets[0].directory, args.threads)
         e = errors(table, grid.micrographs)

@@ -76,6 +76,9 @@ def test_import_motioncorr_select(movies):
     assert list(frames) == [1, 2, 3, 5, 6, 7, 8]
     assert "black.tiff: dropped 1 empty/black frame(s): [4]" in open("MotionCorr/job002/run.log").read()
     assert float(corrected.optics["rlnMicrographPixelSize"][0]) == 2.0
+    timing = pd.read_csv("MotionCorr/job002/timing.tsv", sep="\t")  # where the time went, by stage
+    assert {"read", "gain", "FFT frames", "global alignment", "sums + dose weighting", "write"} <= set(timing["stage"])
+    assert (timing["cpu_s"] >= 0).all() and (timing["wall_s"] >= 0).all()
     image, pixel = mrc_io.read_mrc(names[1])
     assert image.shape == (H // 2, W // 2) and pixel == pytest.approx(2.0)
     assert mrc_io.read_mrc_header(names[1])["mode"] == 12

@@ -1,7 +1,7 @@
 """Job ``ctffind``: CTF estimation of every micrograph → ``micrographs_ctf.star``.
 
 For each micrograph (the non-dose-weighted one when ``rlnMicrographNameNoDW`` is
-present and ``use_noDW``) :func:`vitrify.preprocess.ctf_fit.estimate_ctf` runs; the
+present and ``use_noDW``) :func:`vitrify.preprocess.ctf_fit.fit_spectrum` runs; the
 fit is kept in a small per-micrograph STAR file (so a re-run only fits new
 micrographs, as RELION's "continue" does), a diagnostic image goes to
 ``<mic>.ctf`` (MRC; ``rlnCtfImage = <mic>.ctf:mrc``) and ``<mic>_ctf.png``. A
@@ -51,34 +51,31 @@ def _save_fit(path: Path, fit: CtfFit) -> None:
                               "rlnCtfMaxResolution": fit.max_resolution_angst}}, float_format="%.6f")
 
 
-def _write_diagnostics(out: Path, image, fit: CtfFit, optics: CtfParams, search: CtfSearch) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _write_diagnostics(out: Path, spectrum, fit: CtfFit, optics: CtfParams) -> None:
+    """``<mic>.ctf`` (MRC) and ``<mic>_ctf.png`` (the picture under a line with the fitted values)."""
+    from PIL import Image, ImageDraw
 
     from vitrify.io.atomic import atomic_path
     from vitrify.io.mrc import write_mrc
-    from vitrify.preprocess.ctf_fit import fit_diagnostic_image
+    from vitrify.preprocess.ctf_fit import diagnostic_image
 
-    picture = fit_diagnostic_image(image, fit, optics, search)
-    write_mrc(out, picture.astype(np.float32), optics.pixel_size_angst)
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    ax.imshow(picture, cmap="gray", origin="lower")
-    ax.set_title(f"U {fit.defocus_u_angst:.0f} V {fit.defocus_v_angst:.0f} Å "
-                 f"{fit.defocus_angle_deg:.0f}°\nFOM {fit.figure_of_merit:.2f}, "
-                 f"fit to {fit.max_resolution_angst:.1f} Å", fontsize=8)
-    ax.axis("off")
+    picture = diagnostic_image(spectrum, fit, optics)
+    write_mrc(out, picture, optics.pixel_size_angst)
+    pixels = np.flipud(np.rint(picture * 255).astype(np.uint8))  # origin at the bottom, as the MRC
+    image = Image.new("L", (pixels.shape[1], pixels.shape[0] + 14), 255)
+    image.paste(Image.fromarray(pixels), (0, 14))
+    ImageDraw.Draw(image).text((2, 1), f"U {fit.defocus_u_angst:.0f} V {fit.defocus_v_angst:.0f} A "
+                                       f"{fit.defocus_angle_deg:.0f} deg  FOM {fit.figure_of_merit:.2f}  "
+                                       f"fit to {fit.max_resolution_angst:.1f} A", fill=0)
     with atomic_path(out.with_name(out.stem + "_ctf.png")) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+        image.save(tmp, format="PNG")
 
 
 def _fit_one(row: pd.Series, options: Options, job_dir: Path, device) -> tuple[CtfFit, Path]:
     import torch
 
     from vitrify.jobs._preprocess_io import read_micrograph
-    from vitrify.preprocess.ctf_fit import estimate_ctf
+    from vitrify.preprocess.ctf_fit import check_micrograph, fit_spectrum, measure_spectrum
 
     name = str(row["rlnMicrographName"])
     source = name
@@ -104,10 +101,12 @@ def _fit_one(row: pd.Series, options: Options, job_dir: Path, device) -> tuple[C
         fit = run_ctffind(options.ctffind_exe, source, out, optics, search)
         _save_fit(_fit_star(out), fit)
         return fit, out
-    fit = estimate_ctf(image, optics, search)
+    check_micrograph(image)
+    spectrum = measure_spectrum(image, optics.pixel_size_angst, search.tile_px)
+    fit = fit_spectrum(spectrum, optics, search)
     out.parent.mkdir(parents=True, exist_ok=True)
     if options.write_diagnostics:
-        _write_diagnostics(out, image, fit, optics, search)
+        _write_diagnostics(out, spectrum, fit, optics)
     _save_fit(_fit_star(out), fit)
     return fit, out
 

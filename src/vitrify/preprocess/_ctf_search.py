@@ -157,7 +157,7 @@ def correlation(band: Band2d, params: np.ndarray, optics: Optics) -> tuple[float
     return r, np.array(grads)
 
 
-def grid_scores(band: Band2d, models: np.ndarray, optics: Optics, stride: int = 2) -> np.ndarray:
+def grid_scores(band: Band2d, models: np.ndarray, optics: Optics, stride: int = 3) -> np.ndarray:
     """Correlations ``(m,)`` of ``models (m, 3)`` on every ``stride``-th band sample (the coarse grid)."""
     sub = slice(None, None, stride)
     x = band.x[sub] - band.x[sub].mean()
@@ -178,7 +178,8 @@ def refine_astigmatism_2d(band: Band2d, mean_angst: float, optics: Optics, astig
     means = mean_angst + step_angst * np.array([-0.5, 0.0, 0.5])
     halves = np.linspace(0.0, half_max, 7)
     angles = np.radians(np.arange(0.0, 180.0, 15.0))
-    g = np.array(np.meshgrid(means, halves, angles, indexing="ij")).reshape(3, -1).T
+    g = np.array(np.meshgrid(means, halves[1:], angles, indexing="ij")).reshape(3, -1).T
+    g = np.concatenate([np.stack([means, np.zeros(3), np.zeros(3)], axis=1), g])  # astigmatism 0 once per mean
     models = np.stack([g[:, 0], g[:, 1] * np.cos(2 * g[:, 2]), g[:, 1] * np.sin(2 * g[:, 2])], axis=1)
     scores = grid_scores(band, models, optics)
     order = np.argsort(scores)[::-1]

@@ -1,14 +1,19 @@
 """Laplacian-of-Gaussian particle picking, in the spirit of RELION's LoG picker.
 
-The micrograph is binned (Fourier cropping) to a working pixel size where the
-smallest particle spans ~10 pixels, low-pass filtered, and filtered with
-scale-normalised LoG kernels for diameters between the minimum and maximum. Each
-scale's response is standardised over the micrograph; the figure of merit (FOM) is
-the maximum over scales, expressed in robust σ units (median and MAD of the map, so
-that the particles themselves do not set the scale). Peaks above ``base + adjust``
-and below ``upper`` are kept, at least ``min_distance`` apart. RELION's meaning of
-the threshold adjustment is kept (σ units, negative picks more); our baseline
-``base`` (default 4 σ: pure noise gives no picks) replaces RELION's internal default.
+The micrograph is binned (Fourier cropping) to a working pixel size where the smallest
+particle spans ~10 pixels, mirror-padded (an ice gradient must not become a step where the
+FFT wraps the image round), low-pass filtered and filtered with scale-normalised LoG kernels
+for diameters between the minimum and maximum. Each scale's response is divided by the σ that
+the micrograph's *noise* alone would give it: the white-noise level is measured at high
+frequency (0.5-0.9 Nyquist, where particles hardly contribute), so the threshold means the same
+in a sparse and in a crowded field (statistics of the map itself are set by the particles when
+they are many). The figure of merit (FOM) is the best scale's response in those σ units.
+Peaks above ``baseline + adjust`` and below ``upper`` are kept if they are round (the smaller
+over the larger Hessian eigenvalue at least ``min_roundness``: edges and lines are not
+particles) and not on the darker side of a micrograph split in two (carbon, when it darkens an
+area by more than ``dark_area_contrast`` of the mean), at least ``min_distance`` apart.
+RELION's meaning of the threshold adjustment is kept (σ units, negative picks more); our
+baseline (4 σ of noise: pure noise gives no picks) replaces RELION's internal default.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ class LogPickOptions:
     diameter_max_angst: float                 # [log_diam_max]
     lowpass_angst: float = 20.0               # [log_maxres]
     invert: bool = False                      # [log_invert]: particles brighter than background
-    threshold_adjust: float = 0.0             # [log_adjust_thr] in σ of the FOM map
+    threshold_adjust: float = 0.0             # [log_adjust_thr] in noise σ of the LoG response
     upper_threshold: float = 999.0            # [log_upper_thr] in σ (drops ice/contamination)
-    baseline_sigma: float = 4.0               # threshold (σ) at adjust 0
-    min_distance_fraction: float = 0.8        # of the minimum diameter
+    baseline_sigma: float = 4.0               # threshold (noise σ) at adjust 0
+    min_distance_fraction: float = 0.5        # of the minimum diameter (crowded fields: < 1)
     n_scales: int = 5
+    min_roundness: float = 0.2                # smaller / larger Hessian eigenvalue of a pick
+    dark_area_contrast: float = 0.015         # no picks on a darker area (carbon); 0: off
 
     def __post_init__(self) -> None:
         if not 0 < self.diameter_min_angst <= self.diameter_max_angst:
@@ -91,33 +98,147 @@ def _frequency_squared(shape: tuple[int, int], device) -> torch.Tensor:
     return fy * fy + fx * fx
 
 
-def log_responses(image: torch.Tensor, sigmas_px: torch.Tensor, lowpass_px: float) -> torch.Tensor:
-    """Standardised scale-normalised LoG responses, positive on *dark* blobs.
+def noise_variance(image: torch.Tensor, band: tuple[float, float] = (0.5, 0.9)) -> float:
+    """Per-pixel variance of the white noise in ``image`` ``(ny, nx)``, from a high-frequency annulus.
+
+    Between ``band`` (fractions of Nyquist) a micrograph holds almost only noise (the particles'
+    signal there is faint), so the median power there, divided by ln 2 (the median of an
+    exponential variable), measures the noise without being swayed by the particles, however
+    many there are. Returns 0 for an image without noise.
+    """
+    f = torch.fft.rfft2(image.float() - image.float().mean())
+    k = torch.sqrt(_frequency_squared(tuple(image.shape), image.device)) / 0.5
+    ring = (k >= band[0]) & (k < band[1])
+    power = f.real[ring] ** 2 + f.imag[ring] ** 2
+    if not power.numel():
+        return 0.0
+    return float(power.median()) / math.log(2.0) / (image.shape[0] * image.shape[1])
+
+
+def _plane_design(shape: tuple[int, int], device) -> torch.Tensor:
+    """``(ny * nx, 3)`` columns 1, x, y (x and y from -1 to 1)."""
+    ny, nx = shape
+    y = torch.linspace(-1, 1, ny, device=device, dtype=torch.float64).view(-1, 1).expand(ny, nx)
+    x = torch.linspace(-1, 1, nx, device=device, dtype=torch.float64).view(1, -1).expand(ny, nx)
+    return torch.stack([torch.ones_like(x), x, y], -1).reshape(-1, 3)
+
+
+def _less_plane(image: torch.Tensor, fit_on: torch.Tensor | None = None) -> torch.Tensor:
+    """``image`` ``(ny, nx)`` less the plane that best fits it (on the pixels of ``fit_on`` only)."""
+    design = _plane_design(tuple(image.shape), image.device)
+    values = image.reshape(-1, 1).double()
+    rows = slice(None) if fit_on is None else fit_on.flatten()
+    coef = torch.linalg.lstsq(design[rows], values[rows]).solution
+    return (values - design @ coef).reshape(image.shape).float()
+
+
+def reflect_pad(image: torch.Tensor, pad_px: int) -> torch.Tensor:
+    """``image`` ``(ny, nx)`` less its mean, mirror-padded by ``pad_px`` on every side.
+
+    The FFT wraps an image round: an ice-thickness gradient would become a step between opposite
+    edges, and the filters would answer it along the micrograph's borders. Mirrored, the image
+    continues without a step (a fitted plane is not subtracted: on a micrograph with carbon it
+    would tilt, and its kinks at the borders and corners look like particles to the filters).
+    """
+    ny, nx = image.shape
+    pad_px = min(pad_px, ny - 1, nx - 1)
+    centred = image - image.mean()
+    return torch.nn.functional.pad(centred[None, None], (pad_px,) * 4, mode="reflect")[0, 0]
+
+
+def _otsu(values: torch.Tensor) -> tuple[float, float]:
+    """Otsu's split of ``values``: (threshold, upper class mean − lower class mean)."""
+    values = torch.sort(values.flatten()).values.double()
+    n = values.numel()
+    below = torch.arange(1, n, device=values.device, dtype=torch.float64)
+    cumulative = torch.cumsum(values, 0)[:-1]
+    low_mean = cumulative / below
+    high_mean = (values.sum() - cumulative) / (n - below)
+    split = int((below * (n - below) * (high_mean - low_mean) ** 2).argmax())
+    return float(values[split]), float(high_mean[split] - low_mean[split])
+
+
+def dark_area(padded: torch.Tensor, pad_px: int, smooth_px: float, mean_level: float,
+              min_contrast: float) -> torch.Tensor:
+    """``(ny, nx)`` True on the darker part of a micrograph split in two, such as a carbon film.
+
+    ``padded`` is :func:`reflect_pad`'s output; it is smoothed by a Gaussian of ``smooth_px``
+    (about a particle diameter, so particles wash out) and split in two by Otsu's rule, the plane
+    (ice gradient) being fitted again on the brighter part only, so that a carbon step does not
+    tilt it. When the darker part is darker than the rest by at least ``min_contrast`` of
+    ``mean_level`` (the image mean), it is returned; particles and an ice gradient never darken a
+    whole area that much (< 0.5 %), while carbon does (3-5 % in our simulations). All False otherwise.
+    """
+    shape = tuple(padded.shape)
+    k2 = _frequency_squared(shape, padded.device)
+    smooth = torch.fft.irfft2(torch.fft.rfft2(padded) * torch.exp(-2 * math.pi ** 2 * smooth_px ** 2 * k2), s=shape)
+    smooth = smooth[pad_px: shape[0] - pad_px, pad_px: shape[1] - pad_px]
+    flat = _less_plane(smooth)
+    for _ in range(3):
+        threshold, contrast = _otsu(flat)
+        if contrast < min_contrast * abs(mean_level):
+            return torch.zeros_like(smooth, dtype=torch.bool)
+        flat = _less_plane(smooth, fit_on=flat > threshold)
+    threshold, contrast = _otsu(flat)
+    if contrast < min_contrast * abs(mean_level):
+        return torch.zeros_like(smooth, dtype=torch.bool)
+    return flat <= threshold
+
+
+def _kernels(shape: tuple[int, int], sigmas_px: torch.Tensor, lowpass_px: float, device):
+    """``(s, ny, nx//2+1)`` Gaussian × low-pass transfer functions and the frequencies ``(fy, fx)``."""
+    fy = torch.fft.fftfreq(shape[0], device=device).view(1, -1, 1)
+    fx = torch.fft.rfftfreq(shape[1], device=device).view(1, 1, -1)
+    k2 = fy * fy + fx * fx
+    sig2 = (sigmas_px.to(device) ** 2).view(-1, 1, 1)
+    gauss = sig2 * torch.exp(-2 * math.pi ** 2 * sig2 * k2 - math.log(2.0) * k2 * lowpass_px ** 2)
+    return gauss, fy, fx
+
+
+def log_responses(image: torch.Tensor, sigmas_px: torch.Tensor, lowpass_px: float,
+                  noise_variance_px: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale-normalised LoG responses, positive on *dark* blobs, and how round each blob is.
 
     Parameters
     ----------
     image
-        ``(ny, nx)`` working-resolution micrograph.
+        ``(ny, nx)`` working-resolution micrograph (padded: the FFT wraps it round).
     sigmas_px
         ``(s,)`` Gaussian widths in working pixels.
     lowpass_px
         Low-pass resolution in working pixels (a Gaussian filter at half height there).
+    noise_variance_px
+        Per-pixel variance of white noise in ``image``: each response is divided by the σ that
+        noise alone would give it. None: by each response's own std over the image.
 
     Returns
     -------
-    torch.Tensor
-        ``(s, ny, nx)`` responses, each with zero mean and unit std over the image.
+    tuple[torch.Tensor, torch.Tensor]
+        ``(s, ny, nx)`` responses, and ``(s, ny, nx)`` roundness: the smaller over the larger
+        eigenvalue of the (sign-flipped) Hessian, 1 for a round blob, near 0 or negative along an
+        edge or a line (a carbon edge, a crack) that the Laplacian alone would take for particles.
     """
-    k2 = _frequency_squared(tuple(image.shape), image.device)
+    shape = tuple(image.shape)
     f = torch.fft.rfft2(image - image.mean())
-    lowpass = torch.exp(-math.log(2.0) * k2 * lowpass_px ** 2)
-    sig2 = (sigmas_px.to(image.device) ** 2).view(-1, 1, 1)
-    kernels = sig2 * (4 * math.pi ** 2 * k2) * torch.exp(-2 * math.pi ** 2 * sig2 * k2)
-    # the Laplacian's transfer function is -4π²k²; its sign is flipped so dark blobs give peaks
-    responses = -torch.fft.irfft2(f * lowpass * kernels, s=tuple(image.shape))
-    mean = responses.mean(dim=(-2, -1), keepdim=True)
-    std = responses.std(dim=(-2, -1), keepdim=True).clamp(min=1e-12)
-    return (responses - mean) / std
+    gauss, fy, fx = _kernels(shape, sigmas_px, lowpass_px, image.device)
+    c = 4 * math.pi ** 2
+    # second derivatives (transfer functions -4π² fy², fy fx, fx²): positive definite on dark blobs
+    hyy, hxy, hxx = (torch.fft.irfft2(f * gauss * (-c * a * b), s=shape)
+                     for a, b in ((fy, fy), (fy, fx), (fx, fx)))
+    responses = hxx + hyy
+    half_diff = torch.sqrt(((hxx - hyy) / 2) ** 2 + hxy ** 2)
+    big = responses / 2 + half_diff
+    roundness = (responses / 2 - half_diff) / big.abs().clamp(min=1e-30)
+    if noise_variance_px is None:
+        std = responses.std(dim=(-2, -1), keepdim=True)
+    else:  # Parseval over the full plane: the rfft half counts twice except its first/last columns
+        weight = torch.full((1, 1, gauss.shape[-1]), 2.0, device=image.device)
+        weight[..., 0] = 1.0
+        if shape[1] % 2 == 0:
+            weight[..., -1] = 1.0
+        energy = ((gauss * c * (fy * fy + fx * fx)) ** 2 * weight).sum(dim=(-2, -1), keepdim=True)
+        std = torch.sqrt(noise_variance_px * energy / (shape[0] * shape[1]))
+    return (responses - responses.mean(dim=(-2, -1), keepdim=True)) / std.clamp(min=1e-12), roundness
 
 
 def robust_stats(values: torch.Tensor) -> tuple[float, float]:
@@ -184,15 +305,25 @@ def pick_log(micrograph: torch.Tensor, pixel_size_angst: float, opts: LogPickOpt
         image = -image
     diameters = torch.linspace(opts.diameter_min_angst, opts.diameter_max_angst, opts.n_scales)
     sigmas = diameters / work_px / (2 * math.sqrt(2))
-    responses = log_responses(image, sigmas, opts.lowpass_angst / work_px)
-    fom, scale = responses.max(dim=0)
-    median, sigma = robust_stats(fom)
-    fom = (fom - median) / sigma
+    pad = min(int(math.ceil(3 * float(sigmas.max()) + opts.lowpass_angst / work_px)), shape[0] - 1, shape[1] - 1)
+    noise_in = noise_variance(micrograph)
+    noise = noise_in * (shape[0] * shape[1]) / (micrograph.shape[0] * micrograph.shape[1])
+    padded = reflect_pad(image, pad)
+    responses, roundness = log_responses(padded, sigmas, opts.lowpass_angst / work_px, noise if noise > 0 else None)
+    crop = (slice(None), slice(pad, pad + shape[0]), slice(pad, pad + shape[1]))
+    fom, scale = responses[crop].max(dim=0)
+    round_at_best = roundness[crop].gather(0, scale[None])[0]
     lower = opts.baseline_sigma + opts.threshold_adjust
     upper = opts.upper_threshold
     min_dist = opts.min_distance_fraction * opts.diameter_min_angst / work_px
     edge = int(math.ceil(0.5 * opts.diameter_min_angst / work_px))
-    peaks = local_peaks(fom, int(round(min_dist)), lower, upper, edge).cpu().numpy()
+    peaks = local_peaks(fom, int(round(min_dist)), lower, upper, edge)
+    keep = round_at_best[peaks[:, 0], peaks[:, 1]] >= opts.min_roundness
+    level = abs(float(micrograph.mean()))   # counts: a darker area is a fraction of it (not if normalised)
+    if opts.dark_area_contrast > 0 and level > 2 * math.sqrt(noise_in):
+        dark = dark_area(padded, pad, opts.diameter_max_angst / work_px, level, opts.dark_area_contrast)
+        keep &= ~dark[peaks[:, 0], peaks[:, 1]]
+    peaks = peaks[keep].cpu().numpy()
     values = fom[peaks[:, 0], peaks[:, 1]].cpu().numpy() if len(peaks) else np.zeros(0)
     kept = suppress_close(peaks.astype(float), values, min_dist) if len(peaks) else np.zeros(0, int)
     peaks, values = peaks[kept], values[kept]

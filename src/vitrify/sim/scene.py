@@ -153,13 +153,15 @@ def intensity(phase: torch.Tensor, attenuation: torch.Tensor, ctf: CtfParams) ->
 
     ``phase`` and ``attenuation`` are ``(ny, nx)``; ``ctf`` is the micrograph's (float fields).
 
-    The phase is zero-padded to a square of twice its larger side so the CTF does not wrap.
+    The phase is padded to a square of twice its larger side so the CTF does not wrap, with its
+    edge values (the specimen goes on beyond the field of view): padded with zeros, a carbon film
+    would end in a phase step at the border, and the CTF would ring along the micrograph's edges.
     """
     ny, nx = phase.shape
     size = 2 * max(ny, nx)
-    padded = torch.zeros(size, size, device=phase.device)
     y0, x0 = size // 2 - ny // 2, size // 2 - nx // 2
-    padded[y0:y0 + ny, x0:x0 + nx] = phase - phase.mean()
+    padded = torch.nn.functional.pad((phase - phase.mean())[None, None],
+                                     (x0, size - nx - x0, y0, size - ny - y0), mode="replicate")[0, 0]
     transfer = ctf_2d(size, ctf, device=phase.device)
     contrast = irfft2_centered(rfft2_centered(padded) * transfer, size)[y0:y0 + ny, x0:x0 + nx]
     return attenuation * (1 - 2 * contrast)
