@@ -109,23 +109,6 @@ def tile_amplitude_spectrum(micrograph: torch.Tensor, tile_px: int) -> torch.Ten
     return (total / count).sqrt()
 
 
-def radial_profile(spectrum: torch.Tensor, pixel_size_angst: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotational average of an rfft-layout spectrum ``(n, n//2+1)``.
-
-    Returns ``(s_per_angst (n//2,), profile (n//2,))`` on integer radii 0..n/2-1.
-    """
-    n = spectrum.shape[0]
-    s2, _, _ = rfft_frequency_grid(n, 1.0, device=spectrum.device)
-    radius = torch.round(s2.sqrt() * n).long().flatten()
-    keep = radius < n // 2
-    sums = torch.zeros(n // 2, dtype=spectrum.dtype, device=spectrum.device)
-    counts = torch.zeros_like(sums)
-    sums.index_add_(0, radius[keep], spectrum.flatten()[keep])
-    counts.index_add_(0, radius[keep], torch.ones_like(spectrum.flatten()[keep]))
-    s = torch.arange(n // 2, dtype=spectrum.dtype, device=spectrum.device) / (n * pixel_size_angst)
-    return s, sums / counts.clamp(min=1)
-
-
 @dataclass(frozen=True)
 class Spectrum:
     """A tile-averaged amplitude spectrum on the CPU with its radial bookkeeping.
