@@ -235,15 +235,15 @@ def main_motion(args, root: Path) -> None:
     print(f"\nwhere vitrify's CPU time goes ({runs[conditions[-1][0]][2]} load; last run), CPU s per movie:")
     for name, cpu in stage_rows(sim, VITRIFY_JOB, n, runs[conditions[-1][0]][0][0]):
         print(f"  {name:<46} {cpu:7.3f}")
-    print(f"\n{'measure':<44} | {'vitrify':>8} | {'RELION-4':>8} | vitrify/RELION")
-    print(f"{'-' * 44}-|-{'-' * 8}-|-{'-' * 8}-|---------------")
+    print(f"\n{'measure':<50} | {'vitrify':>8} | {'RELION-4':>8} | vitrify/RELION")
+    print(f"{'-' * 50}-|-{'-' * 8}-|-{'-' * 8}-|---------------")
     for label, (ours, theirs, load) in runs.items():
         hog = f", {args.hogs} hog(s)" if label != "idle" else ""
         for k, kind in ((0, "CPU"), (1, "wall")):
             mine, other = ours[k] / n, (theirs[k] / n if theirs else None)
-            print(f"{f'{kind} s per movie ({label}{hog}, load {load})':<44} | {mine:8.2f} | {_fmt(other):>8} | "
+            print(f"{f'{kind} s per movie ({label}{hog}, load {load})':<50} | {mine:8.2f} | {_fmt(other):>8} | "
                   f"{_ratio(mine, other)}")
     for k, name in ((0, "global"), (1, "local")):
         other = relion_acc[k] if relion_acc else None
-        print(f"{f'{name} trajectory RMS error vs truth (px)':<44} | {ours_acc[k]:8.3f} | {_fmt(other, 3):>8} | "
+        print(f"{f'{name} trajectory RMS error vs truth (px)':<50} | {ours_acc[k]:8.3f} | {_fmt(other, 3):>8} | "
               f"{_ratio(ours_acc[k], other)}")

@@ -24,8 +24,13 @@ import torch
 
 from vitrify.preprocess._frames import frequencies, shift_spectra
 
-#: frames moved together (memory: chunk × frame, a few times)
-_CHUNK = 4
+#: frames moved together: each chunk reads and writes the 1 + j running sums once, so larger
+#: chunks save memory traffic; at most this many bytes of frames (or spectra) per chunk, 4-16 frames
+_CHUNK_BYTES = 512 << 20
+
+
+def _chunk(n_frames: int, frame_bytes: int) -> int:
+    return max(1, min(n_frames, 16, max(4, _CHUNK_BYTES // max(frame_bytes, 1))))
 #: largest error of the low-rank dose weights (weights are ≤ 1)
 _RANK_TOLERANCE = 1e-4
 _RADIAL_SAMPLES = 4096
@@ -130,8 +135,9 @@ def sum_spectra(spectra_of, n_frames: int, shape: tuple[int, int], shifts_px: to
     coeffs = _coefficients(n_frames, dose, shifts_px.device)
     h, w2 = shape[0], shape[1] // 2 + 1
     acc = torch.zeros(len(coeffs), h * w2 * 2, device=shifts_px.device)
-    for start in range(0, n_frames, _CHUNK):
-        stop = min(start + _CHUNK, n_frames)
+    chunk = _chunk(n_frames, h * w2 * 8)
+    for start in range(0, n_frames, chunk):
+        stop = min(start + chunk, n_frames)
         moved = shift_spectra(spectra_of(start, stop), shifts_px[start:stop], shape)
         acc.addmm_(coeffs[:, start:stop], torch.view_as_real(moved).reshape(stop - start, -1))
     acc = torch.view_as_complex(acc.view(len(coeffs), h, w2, 2))
@@ -154,8 +160,9 @@ def sum_resampled(frames: torch.Tensor, grids_of, dose: DoseBasis | None
     n_frames, h, w = frames.shape
     coeffs = _coefficients(n_frames, dose, frames.device)
     acc = torch.zeros(len(coeffs), h * w, device=frames.device)
-    for start in range(0, n_frames, _CHUNK):
-        stop = min(start + _CHUNK, n_frames)
+    chunk = _chunk(n_frames, h * w * 4 * 4)  # the frames, their grids and the resampled frames
+    for start in range(0, n_frames, chunk):
+        stop = min(start + chunk, n_frames)
         moved = torch.nn.functional.grid_sample(frames[start:stop, None].float(), grids_of(start, stop),
                                                 mode="bicubic", padding_mode="border", align_corners=False)
         acc.addmm_(coeffs[:, start:stop], moved.reshape(stop - start, -1))

@@ -43,8 +43,9 @@ __all__ = [
     "fit_deformation", "fix_defects", "sum_frames", "_deform",
 ]
 
-#: full-size spectra are kept for the sums when they take at most this much memory
-_KEEP_SPECTRA_BYTES = 1 << 30
+#: full-size spectra are kept for the sums when they take at most this much memory (a K3 movie of
+#: 40 frames: 3.8 GB, as RELION keeps them); larger movies are transformed again for the sums
+_KEEP_SPECTRA_BYTES = 4 << 30
 _CHUNK = 4
 
 
