@@ -6,7 +6,8 @@ Usage::
         [--spin]   # also with OMP_WAIT_POLICY=ACTIVE (libgomp spinning: torch's default before the policy)
 
 Each job runs again from its ``job.star`` (``python -m vitrify run-job --job JOB_STAR`` in
-``PROJECT_DIR``; the job directory's outputs are overwritten), first alone and then beside
+``PROJECT_DIR``; everything else in the job directory is deleted first, so that the job redoes its
+work instead of finding its outputs), first alone and then beside
 ``--hog-procs`` busy processes on the same CPUs (started and stopped here), back to back.
 CPU time is the job process's user + system time (``os.wait4``). Prints one table with the ratios.
 Make a project with the commands of the README ("Run jobs by hand").
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,8 +27,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _anchor import CpuHog  # noqa: E402
 
 
+def clear_outputs(job_star: Path) -> None:
+    """Delete everything in the job directory but ``job.star``."""
+    for entry in job_star.parent.iterdir():
+        if entry != job_star:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 def run_once(project: Path, job_star: str, env: dict[str, str]) -> tuple[float, float]:
-    """(CPU s, wall s) of one ``vitrify run-job``."""
+    """(CPU s, wall s) of one ``vitrify run-job`` from a job directory holding only its job.star."""
+    clear_outputs(project / job_star)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "vitrify", "-q", "run-job", "--job", job_star], cwd=project,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
