@@ -44,11 +44,6 @@ def _centre(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return image[y0:y0 + cy, x0:x0 + cx]
 
 
-def _correlation_unit(unit: np.ndarray, b: np.ndarray) -> float:
-    """Correlation of ``b`` with ``unit`` (zero mean, unit norm already)."""
-    return float((unit * b).sum() / max(float(np.linalg.norm(b - b.mean())), 1e-30))
-
-
 def check_gain_orientation(raw_gain: np.ndarray, raw_sum: np.ndarray, rotation: int, flip: int,
                            path: str) -> None:
     """InputError naming a better ``gain_rot``/``gain_flip`` when the asked one does not fit.
@@ -69,15 +64,18 @@ def check_gain_orientation(raw_gain: np.ndarray, raw_sum: np.ndarray, rotation: 
     if raw_gain.shape not in (raw_sum.shape, raw_sum.shape[::-1]):
         return  # a size mismatch is reported per movie
     target = _high_pass(_centre(raw_sum, crop))
-    target = (target - target.mean()) / max(float(np.linalg.norm(target - target.mean())), 1e-30)
+    target = ((target - target.mean()) / max(float(np.linalg.norm(target - target.mean())), 1e-30)).astype(np.float32)
     gain_crop = crop if raw_gain.shape == raw_sum.shape else crop[::-1]
     pattern = _high_pass(1.0 / np.clip(_centre(raw_gain, gain_crop), 1e-6, None))
+    # every orientation is a permutation of the same pixels: one norm for all (target has zero mean)
+    norm = max(float(np.linalg.norm(pattern - pattern.mean())), 1e-30)
+    pattern = pattern.astype(np.float32)
     scores = {}
     for r in range(4):
         for f in range(3):
             candidate = transform_gain(pattern, r, f)
             if candidate.shape == target.shape:
-                scores[(r, f)] = _correlation_unit(target, candidate)
+                scores[(r, f)] = float(np.vdot(target, candidate)) / norm
     if not scores or (rotation, flip) not in scores:
         return  # a size mismatch is reported per movie
     best = max(scores, key=scores.get)
