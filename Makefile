@@ -28,7 +28,7 @@ demo: $(STAMP)
 	$(VENV)/bin/vitrify demo --out $(DEMO_DIR) --overwrite
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 

@@ -88,6 +88,7 @@ def print_table(rows: list[tuple], batch: int) -> None:
 
 
 def main() -> None:
+    """Parse the arguments, run every case and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--boxes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--batch", type=int, default=128, help="orientations / images per call")

@@ -191,6 +191,7 @@ def accuracy_gate(w: Workload, model, parts, sampling, win) -> dict:
 
 
 def run_workload(name: str, w: Workload, repeats: int) -> dict:
+    """Build one workload, check its float32 accuracy gate, time its E-step ``repeats`` times; one table row."""
     model, parts, sampling, win, true_class = make_case(w)
     gate = accuracy_gate(w, model, parts, sampling, win)
     cr = coarse_radius(w.box_px, w.psi_step_deg, w.diameter_px, w.oversampling)
@@ -232,6 +233,7 @@ def run_workload(name: str, w: Workload, repeats: int) -> dict:
 
 
 def summarise(name, w, stages, total, sums: EStepSums, parts, true_class, pc, pf, t, r, gflops, gate) -> dict:
+    """One table row: stage seconds, hypotheses per second, GEMM rate and the accuracy figures."""
     n = w.n_particles
     h_coarse = n * t * r
     h_fine = sums.n_fine_hypotheses
@@ -258,6 +260,7 @@ def summarise(name, w, stages, total, sums: EStepSums, parts, true_class, pc, pf
 
 
 def print_table(rows: list[dict]) -> None:
+    """Print the rows as a Markdown table (stage seconds, totals and rates)."""
     stages = ["templates", "pack", "gemm", "posterior", "accumulate", "fine_scores", "fine_posterior",
               "fine_accumulate", "finalize"]
     print("\n| workload | N | P c/f | " + " | ".join(stages) + " | total s | Mhyp/s | sgemm GF/s | "
@@ -279,6 +282,7 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
+    """Parse the arguments, run the chosen workloads and print the table."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workloads", default="tiny,2d,2d-relion")
     p.add_argument("--n", type=int, default=0, help="particles per workload (0: the workload's own)")

@@ -17,6 +17,7 @@ from vitrify.io.star import read_star, write_star
 
 
 def bench_star(directory: Path, n_rows: int = 100_000) -> None:
+    """Time writing and reading a particles STAR file of ``n_rows`` rows."""
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({f"rlnCol{k}": rng.normal(0, 1000, n_rows) for k in range(20)})
     frame["rlnImageName"] = [f"{i + 1:06d}@Extract/job007/Movies/m{i // 200:04d}.mrcs" for i in range(n_rows)]
@@ -34,6 +35,7 @@ def bench_star(directory: Path, n_rows: int = 100_000) -> None:
 
 
 def bench_read_images(directory: Path, n_stacks: int = 50, per_stack: int = 200, box_px: int = 128) -> None:
+    """Time reading particle images spread over ``n_stacks`` MRC stacks."""
     rng = np.random.default_rng(1)
     for s in range(n_stacks):
         write_mrc(directory / f"Extract/m{s:04d}.mrcs", rng.normal(size=(per_stack, box_px, box_px)), 1.0)

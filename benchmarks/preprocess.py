@@ -93,10 +93,12 @@ def per(seconds: tuple[float, float], n: int, digits: int = 1) -> str:
 
 
 def angle_error_deg(a: float, b: float) -> float:
+    """Smallest difference of two astigmatism angles (degrees, modulo 180)."""
     return abs((a - b + 90.0) % 180.0 - 90.0)
 
 
 def ctf_errors(truth_mics, ctf_table) -> dict:
+    """Median defocus, astigmatism and angle errors of ``ctf_table`` against the simulator's truth."""
     merged = ctf_table.merge(truth_mics, on="rlnMicrographMovieName", suffixes=("", "_true"))
     mean_err = ((merged["rlnDefocusU"] + merged["rlnDefocusV"]) - (merged["rlnDefocusU_true"]
                 + merged["rlnDefocusV_true"])).abs() / 2
@@ -111,7 +113,8 @@ def ctf_errors(truth_mics, ctf_table) -> dict:
             "n_6a": int((merged["rlnCtfMaxResolution"] <= 6.0).sum())}
 
 
-def picking_scores(truth_parts, movie_of_mic: dict, autopick_star: str, tolerance_px: float) -> tuple[float, float, int]:
+def picking_scores(truth_parts, movie_of_mic: dict, autopick_star: str,
+                   tolerance_px: float) -> tuple[float, float, int]:
     """Pooled precision, recall and pick count over all micrographs."""
     from vitrify.io.star import read_star
     from vitrify.preprocess.picking import match_picks
@@ -273,6 +276,7 @@ def external_programs() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse the arguments, simulate (or reuse) the data, run the jobs and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=None, help="movies (20; 4 with --motion-only)")
     parser.add_argument("--size", type=int, default=1024, help="movie width = height (px)")
