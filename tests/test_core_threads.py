@@ -112,3 +112,16 @@ def test_cgroup_quota_caps_cpus(tmp_path):
     assert threads.cgroup_cpu_limit(tmp_path, "0::/\n") is None
     (tmp_path / "cpu.max").write_text("50000 100000\n")
     assert threads.cgroup_cpu_limit(tmp_path, "0::/user.slice/job\n") == pytest.approx(0.5)
+
+
+def test_short_spin_is_set_only_with_vitrify_s_own_wait_policy(monkeypatch):
+    """PASSIVE + a short spin by default; a user's own OMP_WAIT_POLICY keeps libgomp's spin for it."""
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", *threads._COUNT_VARS):  # restored after the test
+        monkeypatch.delenv(name, raising=False)
+    applied = threads.apply_thread_env()
+    assert applied["OMP_WAIT_POLICY"] == "PASSIVE" and applied["GOMP_SPINCOUNT"] == threads.SPIN_COUNT
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    applied = threads.apply_thread_env()
+    assert "OMP_WAIT_POLICY" not in applied and "GOMP_SPINCOUNT" not in applied
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in os.environ
