@@ -22,10 +22,11 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from _anchor import CpuHog
 
 VITRIFY_JOB = "MotionCorr/job002"
 RELION_JOB = "MotionCorr/job003"
@@ -97,19 +98,6 @@ def run_relion(sim: Path, args, job: str) -> tuple[float, float] | None:
         print(f"relion_run_motioncorr failed (exit {code}); see {sim}/{job.replace('/', '_')}.log", file=sys.stderr)
         return None
     return cpu, wall
-
-
-@contextmanager
-def hogs(n: int):
-    """``n`` busy Python processes (CPU-bound loops) while the block runs."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
-    try:
-        time.sleep(1.0)
-        yield
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait()
 
 
 def _truth_tracks(truth: dict, movie: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -222,7 +210,7 @@ def main_motion(args, root: Path) -> None:
     runs = {}
     conditions = [("idle", 0)] + ([("beside hog", args.hogs)] if args.beside_hog else [])
     for label, n_hogs in conditions:
-        with hogs(n_hogs):
+        with CpuHog(n_hogs):
             load = _load()
             ours = run_vitrify(sim, args, VITRIFY_JOB)
             theirs = run_relion(sim, args, RELION_JOB)
