@@ -44,7 +44,7 @@ def test_global_drift_is_recovered(device):
 def test_large_frames_are_aligned_binned_with_subpixel_accuracy():
     drift = torch.stack([torch.linspace(0, 9, 8), torch.linspace(0, 4, 8)], dim=1)
     frames = _movie(_specimen(256, 256), drift, counts=20.0)
-    shifts = align_global(frames, 1.0, MotionOptions(align_size_px=128, bfactor_angst2=500))
+    shifts = align_global(frames, 1.0, MotionOptions(align_size_px=128, bfactor_px2=125))
     truth = -(drift - drift.mean(0))
     assert float(((shifts - truth) ** 2).sum(1).mean().sqrt()) < 0.5
 
@@ -151,3 +151,26 @@ def test_deformation_fitted_to_pure_noise_is_shrunk_away():
     truth = fields(exact)
     error = float((fields(kept) - truth).pow(2).sum(-1).mean().sqrt())
     assert error < 0.5 * float(truth.pow(2).sum(-1).mean().sqrt())
+
+
+def test_bfactor_is_in_movie_pixels_squared_as_relion_reads_it():
+    """RELION's job.star ``bfactor`` / ``--bfactor`` is in pixel²: the same value on the same frames aligns
+    them identically whatever their pixel size in Å, and weights each spectrum by ``exp(-B s²)``, s in
+    cycles per movie pixel (RELION's own motion correction: ``exp(-2 B s²)`` on the cross-power)."""
+    from vitrify.jobs.options.motioncorr import options_from_job_star
+    from vitrify.preprocess._frames import bfactor_filter
+
+    motion = options_from_job_star({"input_star_mics": "movies.star", "bfactor": "150", "patch_x": "1",
+                                    "patch_y": "1"}).motion
+    assert motion.bfactor_px2 == 150.0
+    t = torch.arange(8, dtype=torch.float32)
+    drift = torch.stack([1.5 * torch.sqrt(t + 1), -0.7 * t], dim=1)
+    frames = _movie(_specimen(128, 128, smooth=20.0), drift, counts=3.0)
+    opts = MotionOptions(patches_x=1, patches_y=1, align_resolution_angst=0.0, bfactor_px2=150.0)
+    at_1 = align_global(frames, 1.0, opts)
+    at_2 = align_global(frames, 2.0, opts)  # Å² semantics would filter twice as hard in pixels here
+    assert torch.allclose(at_1, at_2, atol=1e-4)
+    # cross-power weight on a spectrum cropped 2.5x (crop px = 2.5 movie px) at k = 0.1 cycles/crop px
+    weights = bfactor_filter((40, 40), 2.5, 150.0)
+    s_movie = 0.1 / 2.5
+    assert float(weights[4, 0] ** 2) == pytest.approx(np.exp(-2 * 150.0 * s_movie ** 2), rel=1e-5)

@@ -59,12 +59,22 @@ def good_size(n: int) -> int:
         m += 2
 
 
-def bfactor_filter(shape: tuple[int, int], pixel_size_angst: float, bfactor_angst2: float,
+def bfactor_filter(shape: tuple[int, int], sample_movie_px: float, bfactor_px2: float,
                    device=None) -> torch.Tensor:
-    """``(h, w//2+1)`` ``exp(-B s²/4)`` with s in Å⁻¹, zero at DC (no mean in the correlation)."""
+    """``(h, w//2+1)`` alignment weights ``exp(-B s²)``, zero at DC (no mean in the correlation).
+
+    ``bfactor_px2`` is in pixel² of the movie and ``s`` in cycles per movie pixel, as RELION's own
+    motion correction applies its ``--bfactor`` (job.star ``bfactor``) to each of the two spectra
+    it correlates: ``exp(-B s²)`` is ``exp(-B' s'²/4)`` with ``B' = 4 p² B`` Å² and ``s'`` in Å⁻¹ at
+    ``p`` Å/px. ``sample_movie_px``: movie pixels per pixel of ``shape`` (> 1 on cropped spectra).
+
+    >>> w = bfactor_filter((8, 8), 2.0, 100.0)
+    >>> round(float(w[0, 1]), 4) == round(math.exp(-100.0 * (0.125 / 2.0) ** 2), 4)
+    True
+    """
     ky, kx = frequencies(shape, device)
-    s2 = (kx * kx + ky * ky) / pixel_size_angst ** 2
-    weights = torch.exp(-bfactor_angst2 * s2 / 4)
+    s2 = (kx * kx + ky * ky) / sample_movie_px ** 2
+    weights = torch.exp(-bfactor_px2 * s2)
     weights[0, 0] = 0.0
     return weights
 

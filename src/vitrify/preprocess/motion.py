@@ -53,7 +53,7 @@ _CHUNK = 4
 class MotionOptions:
     """Motion-correction settings (RELION job.star names in brackets)."""
 
-    bfactor_angst2: float = 150.0        # [bfactor]
+    bfactor_px2: float = 150.0           # [bfactor] pixel² of the movie, as RELION's (_frames.bfactor_filter)
     patches_x: int = 5                   # [patch_x]; 1 x 1 = global only
     patches_y: int = 5                   # [patch_y]
     group_frames: int = 1                # [group_frames] for the global alignment
@@ -166,7 +166,7 @@ def align_global_spectra(crops: torch.Tensor, crop: tuple[int, int], shape: tupl
     """Whole-frame shifts ``(f, 2)`` (x, y full px, mean zero) from spectra ``(f, ch, cw//2+1)``
     cropped to ``crop`` from frames of ``shape``."""
     crop_pixel = pixel_size_angst * shape[0] / crop[0]
-    weights = bfactor_filter(crop, crop_pixel, opts.bfactor_angst2, crops.device)
+    weights = bfactor_filter(crop, shape[0] / crop[0], opts.bfactor_px2, crops.device)
     shifts = _align_stack(crops, crop, weights, opts.group_frames, opts.max_shift_angst / crop_pixel, opts)
     return shifts * _scale(shape, crop, shifts.device)
 
@@ -217,7 +217,7 @@ def align_patches_binned(binned: torch.Tensor, global_shifts: torch.Tensor, shap
     ph, pw = _good_below(ph), _good_below(pw)
     spectra = _cut_patches(binned, global_shifts / scale, origins, ph, pw)
     crop_pixel = pixel_size_angst * shape[0] / crop[0]
-    weights = bfactor_filter((ph, pw), crop_pixel, opts.bfactor_angst2, binned.device)
+    weights = bfactor_filter((ph, pw), shape[0] / crop[0], opts.bfactor_px2, binned.device)
     max_shift = min(opts.max_shift_angst / crop_pixel / 4, min(ph, pw) / 4)
     shifts = _align_stack(spectra, (ph, pw), weights, opts.patch_group_frames, max_shift, opts) * scale
     centres = (origins + np.array([pw / 2, ph / 2])) * scale.cpu().numpy()

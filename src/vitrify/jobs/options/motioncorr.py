@@ -35,8 +35,9 @@ MOTION = Group(
     help="Alignment settings (vitrify.preprocess.motion.MotionOptions).",
     cls="vitrify.preprocess.motion:MotionOptions",
     members={
-        "bfactor_angst2": Setting("B-factor for alignment.", unit="Å²", flag="--bfactor", star="bfactor",
-                                  default=150.0),
+        "bfactor_px2": Setting("B-factor for alignment, in pixel² of the movie as RELION's --bfactor "
+                               "(150 px² = 4 x 150 x (pixel size)² Å²).", unit="px²", flag="--bfactor",
+                               star="bfactor", default=150.0),
         "patches_x": Setting("Patches along X (1 with --patch-y 1: global only).", flag="--patch-x",
                              star="patch_x", default=5),
         "patches_y": Setting("Patches along Y.", flag="--patch-y", star="patch_y", default=5),
