@@ -19,7 +19,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH_PIN)"
-	$(PIP) install --quiet -e ".[test,structures]" "$(TORCH_PIN)"
+	$(PIP) install --quiet -e ".[test,structures,web,webtest]" "$(TORCH_PIN)"
 	touch $(STAMP)
 
 venv install: $(STAMP)
