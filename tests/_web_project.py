@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +47,10 @@ def micrograph_name(movie: str, job: str = "MotionCorr/job002/") -> str:
 
 def finish(project: Project, name: str, status: JobStatus = JobStatus.SUCCEEDED) -> None:
     """What a job's last act is: its exit marker, then the pipeline records the status."""
-    marker = EXIT_SUCCESS if status == JobStatus.SUCCEEDED else EXIT_FAILURE
-    (project.root / name / marker).touch()
+    marker = project.root / name / (EXIT_SUCCESS if status == JobStatus.SUCCEEDED else EXIT_FAILURE)
+    marker.touch()
+    ended_s = (START + datetime.timedelta(minutes=10)).timestamp()   # every job ended at START + 10 min
+    os.utime(marker, (ended_s, ended_s))
     project.record_status(name, status)
 
 
@@ -161,7 +164,7 @@ def _write_refine(project: Project) -> None:
     refine = project.add_job("relion.refine3d", {"fn_img": "Select/job011/particles.star"})
     z, y, x = np.mgrid[:16, :16, :16]
     write_mrc_array(root / refine / "run_class001.mrc",
-                    np.exp(-((x - 8) ** 2 + (y - 8) ** 2 + (z - 8) ** 2) / 8.0).astype(np.float32), 3.0)
+                    np.exp(-((x - 7.5) ** 2 + (y - 6.5) ** 2 + (z - 7.5) ** 2) / 8.0).astype(np.float32), 3.0)
     write_star(root / refine / "run_model.star", {
         "model_general": {"rlnCurrentResolution": REFINE_RESOLUTION},
         "model_class_1": pd.DataFrame({"rlnSpectralIndex": list(range(len(FSC))),

@@ -80,7 +80,8 @@ def test_state_lists_jobs_schemes_and_what_failed(server):
     assert jobs["Extract/job009/"]["status"] == "Failed" and jobs["Refine3D/job008/"]["status"] == "Succeeded"
     start = wp.START.timestamp()
     assert jobs["MotionCorr/job002/"]["start_s"] == pytest.approx(start + 120)
-    assert jobs["MotionCorr/job002/"]["end_s"] >= jobs["MotionCorr/job002/"]["start_s"]
+    assert jobs["MotionCorr/job002/"]["end_s"] == pytest.approx(start + 600)          # its exit marker's time
+    assert jobs["MotionCorr/job002/"]["elapsed_s"] == pytest.approx(480)
     assert [s["scheme"] for s in state["schemes"]] == ["proc"]
     assert state["schemes"][0]["state"] == "idle" and state["schemes"][0]["current_node"]
     failed = [f for f in state["failures"] if f["kind"] == "failed"]

@@ -80,6 +80,37 @@ def star_values(path: Path, block: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+_counts: dict[str, tuple[tuple[int, int], int | None]] = {}
+
+
+def count_loop_rows(path: Path) -> int | None:
+    """Rows of the one loop table of a STAR file such as a coordinate file (None when unreadable).
+
+    Counted from the text (lines that are neither blank, comments, ``data_``, ``loop_`` nor
+    ``_rln`` labels) when the file has a single block with a single loop, else parsed; remembered
+    per file version, so thousands of coordinate files cost one read each.
+    """
+    key = file_key(path)
+    if key is None:
+        return None
+    known = _counts.get(str(path))
+    if known is not None and known[0] == key:
+        return known[1]
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    lines = [line.strip() for line in text.splitlines()]
+    words = [line for line in lines if line and not line.startswith("#")]
+    if sum(w.startswith("data_") for w in words) == 1 and sum(w == "loop_" for w in words) == 1:
+        count = sum(1 for w in words if not w.startswith(("data_", "loop_", "_")))
+    else:
+        table = star_table(path)
+        count = None if table is None else len(table)
+    _counts[str(path)] = (key, count)
+    return count
+
+
 def tail_text(path: Path, max_bytes: int = 8192) -> str:
     """The last ``max_bytes`` of a text file (from a line start when cut); ``""`` when absent."""
     try:

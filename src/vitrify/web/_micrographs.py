@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from vitrify.io.errors import InputError
-from vitrify.web._files import file_key, memo_on_files, mtime_s, pipeline_state, star_table
+from vitrify.web._files import count_loop_rows, file_key, memo_on_files, mtime_s, pipeline_state, star_table
 
 #: metric key → (STAR label or None when derived, title, unit)
 METRICS: dict[str, tuple[str | None, str, str]] = {
@@ -171,7 +171,7 @@ def _row(root: Path, row: pd.Series, stems: dict[str, str], picks: dict[str, str
     record = {"name": name, "movie": movie,
               "time_s": acquisition_time_s(root, movie) if movie else mtime_s(root / name),
               "defocus_angst": None if u is None or v is None else (u + v) / 2,
-              "picks": len(picks_of(root, picks[name])) if name in picks else None,
+              "picks": count_loop_rows(root / picks[name]) if name in picks else None,
               "selected": None if selected is None else name in selected}
     for key, (label, _, _) in METRICS.items():
         if label is not None:

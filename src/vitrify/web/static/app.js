@@ -80,6 +80,11 @@ function renderSchemes(schemes) {
     if ((s.log || []).length) card.append(element("pre", {class: "log"}, s.log.join("\n")));
     return card;
   }));
+  scrollLogsToEnd(box);
+}
+
+function scrollLogsToEnd(box) {
+  for (const pre of box.querySelectorAll("pre.log")) pre.scrollTop = pre.scrollHeight;
 }
 
 // ---- jobs and failures -----------------------------------------------------------------------
@@ -106,6 +111,7 @@ async function renderJobDetail() {
     if (!text) continue;
     box.append(element("div", {class: "sub"}, file), element("pre", {class: "log", "data-file": file}, text));
   }
+  scrollLogsToEnd(box);
 }
 
 function renderFailures(failures) {
