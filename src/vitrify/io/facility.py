@@ -3,7 +3,9 @@
 Microscope IDs (EPU ``InstrumentID``, SerialEM D-number or microscope name) map to a name and
 Cs; detector models to MTF files per voltage and gain-reference rules; movie and gain file
 patterns say where to look. Without a file, :data:`DEFAULTS` apply (Cs 2.7 mm, the value of
-Krios, Talos and Glacios). Format and example: docs/mdcatch.md.
+Krios, Talos and Glacios). An optional ``[dask]`` section names the batch-queue cluster that
+per-micrograph jobs run on with ``--scheduler jobqueue`` (:class:`DaskConfig`; dask-jobqueue).
+Format and example: docs/mdcatch.md, docs/scaleout.md.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ DEFAULTS: dict[str, Any] = {
 }
 _MICROSCOPE_KEYS = {"name", "cs_mm", "cameras"}
 _CAMERA_KEYS = {"mtf", "gain_rotation", "gain_flip", "gain_patterns"}
+#: batch systems a ``[dask]`` section may name (dask-jobqueue's SLURMCluster, PBSCluster, ...)
+DASK_SYSTEMS = ("slurm", "pbs", "sge", "lsf")
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,33 @@ class MicroscopeConfig:
 
 
 @dataclass(frozen=True)
+class DaskConfig:
+    """A dask-jobqueue cluster: each batch job runs ``processes`` Dask workers on ``cores`` cores.
+
+    ``system`` is one of :data:`DASK_SYSTEMS`; ``memory`` (``"16GB"``) and ``walltime``
+    (``"01:00:00"``) are per batch job; ``gpus`` per batch job becomes the system's usual
+    directive (SLURM ``--gres=gpu:N``, PBS ``-l ngpus=N``, SGE ``-l gpu=N``, LSF ``-gpu num=N``);
+    ``job_extra`` adds site directives as written; ``interface`` is the network interface the
+    scheduler listens on (one the compute nodes reach); ``python`` the interpreter on the nodes.
+    """
+
+    system: str = "slurm"
+    queue: str = ""
+    account: str = ""
+    cores: int = 1
+    processes: int = 1
+    memory: str = "4GB"
+    walltime: str = "01:00:00"
+    gpus: int = 0
+    job_extra: tuple[str, ...] = ()
+    interface: str = ""
+    python: str = ""
+
+
+_DASK_KEYS = {f for f in DaskConfig.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
 class FacilityConfig:
     """The whole facility file (or the defaults, with ``path`` None)."""
 
@@ -64,6 +95,7 @@ class FacilityConfig:
     defaults: dict[str, Any] = field(default_factory=lambda: dict(DEFAULTS))
     microscopes: dict[str, MicroscopeConfig] = field(default_factory=dict)
     cameras: dict[str, CameraConfig] = field(default_factory=dict)
+    dask: DaskConfig | None = None
 
     @property
     def label(self) -> str:
@@ -93,6 +125,22 @@ def _check_keys(table: dict, allowed: set[str], path: Path, where: str) -> None:
                          expected=", ".join(sorted(allowed)))
 
 
+def _dask_config(table: dict, path: Path) -> DaskConfig:
+    """The ``[dask]`` section, checked: known keys, a known batch system, whole numbers >= 0."""
+    _check_keys(table, _DASK_KEYS, path, "[dask]")
+    values = dict(table)
+    if str(values.get("system", "slurm")) not in DASK_SYSTEMS:
+        raise InputError(f"unknown batch system {values['system']!r}", path=path, field="[dask] system",
+                         expected=" | ".join(DASK_SYSTEMS))
+    for key in ("cores", "processes", "gpus"):
+        if key in values and (not isinstance(values[key], int) or values[key] < (0 if key == "gpus" else 1)):
+            raise InputError(f"{key} = {values[key]!r}", path=path, field=f"[dask] {key}",
+                             expected="a whole number" + (" >= 0" if key == "gpus" else " >= 1"))
+    values["job_extra"] = tuple(str(v) for v in values.get("job_extra", ()))
+    return DaskConfig(**{k: v if k in ("cores", "processes", "gpus", "job_extra") else str(v)
+                         for k, v in values.items()})
+
+
 def load_facility_config(path: str | Path | None = None) -> FacilityConfig:
     """Read a facility TOML file; ``None`` → ``$VITRIFY_FACILITY_CONFIG`` or the defaults."""
     if path is None:
@@ -106,7 +154,7 @@ def load_facility_config(path: str | Path | None = None) -> FacilityConfig:
         raise InputError(f"cannot read: {err}", path=path, expected="a facility TOML file") from err
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"invalid TOML: {err}", path=path) from err
-    _check_keys(data, {"defaults", "microscopes", "cameras"}, path, "top level")
+    _check_keys(data, {"defaults", "microscopes", "cameras", "dask"}, path, "top level")
     defaults = dict(DEFAULTS)
     _check_keys(data.get("defaults", {}), set(DEFAULTS), path, "[defaults]")
     defaults.update(data.get("defaults", {}))
@@ -123,7 +171,8 @@ def load_facility_config(path: str | Path | None = None) -> FacilityConfig:
             mtf={str(k): str(v) for k, v in table.get("mtf", {}).items()},
             gain_rotation=int(table.get("gain_rotation", 0)), gain_flip=int(table.get("gain_flip", 0)),
             gain_patterns=tuple(table.get("gain_patterns", ())))
-    return FacilityConfig(str(path), defaults, microscopes, cameras)
+    dask = _dask_config(data["dask"], path) if "dask" in data else None
+    return FacilityConfig(str(path), defaults, microscopes, cameras, dask)
 
 
 def apply_facility(params: AcquisitionParams, config: FacilityConfig) -> AcquisitionParams:

@@ -8,7 +8,8 @@ fails at once with the install command when it is absent). Each micrograph gets 
 (RELION's per-micrograph coordinate file: rlnCoordinateX/Y, rlnClassNumber,
 rlnAutopickFigureOfMerit, rlnAnglePsi); ``autopick.star`` lists them
 (data_coordinate_files). A few micrographs get a PNG with the picks drawn. Existing
-coordinate files are kept on a re-run (only new micrographs are picked).
+coordinate files are kept on a re-run (only new micrographs are picked). Micrographs are picked
+here one after another or as Dask tasks (``parallel``; :mod:`vitrify.jobs.scaleout`).
 """
 
 from __future__ import annotations
@@ -156,16 +157,25 @@ def _pick_one(row: pd.Series, options: Options, job_dir: Path, context: dict, pn
     return out
 
 
+def pick_task(item: tuple[pd.Series, bool], shared: dict) -> Path:
+    """One micrograph and whether to draw its PNG (a :func:`vitrify.jobs.scaleout.map_items` task):
+    the coordinate file written."""
+    from vitrify.core.device import resolve_device
+
+    row, png = item
+    options = shared["options"]
+    context = {"device": resolve_device(options.device), **shared["context"]}
+    return _pick_one(row, options, Path(shared["job_dir"]), context, png)
+
+
 def run(options: Options, job_dir: str | Path) -> Path:
     """Pick every micrograph; write the coordinate files and ``job_dir/autopick.star``."""
-    from vitrify._progress import track
-    from vitrify.core.device import resolve_device
     from vitrify.io.star import read_star_optics, write_star
-    from vitrify.jobs.base import check_abort
+    from vitrify.jobs.scaleout import map_items
 
     job_dir = Path(job_dir)
     log = logging.getLogger(f"vitrify.job.{job_dir.resolve()}")
-    context = {"device": resolve_device(options.device)}
+    context = {}
     if options.method == "topaz":
         from vitrify.preprocess.topaz_pick import require_topaz
 
@@ -175,16 +185,15 @@ def run(options: Options, job_dir: str | Path) -> Path:
     star = read_star_optics(options.input_star, "micrographs")
     skips = Skips(job_dir)
     mics, files = [], []
-    for i in track(range(len(star.merged)), "Auto-picking"):
-        check_abort(job_dir)
-        row = star.merged.iloc[i]
-        try:
-            out = _pick_one(row, options, job_dir, context, png=i < options.n_png)
-        except InputError as err:
-            skips.add(str(row["rlnMicrographName"]), str(err), log)
+    items = [(star.merged.iloc[i], i < options.n_png) for i in range(len(star.merged))]
+    shared = {"options": options, "job_dir": job_dir.as_posix(), "context": context}
+    for outcome in map_items(pick_task, items, shared, options.parallel, job_dir, "Auto-picking", log):
+        name = str(items[outcome.index][0]["rlnMicrographName"])
+        if outcome.skipped:
+            skips.add(name, outcome.skipped, log)
             continue
-        mics.append(str(row["rlnMicrographName"]))
-        files.append(out.as_posix())
+        mics.append(name)
+        files.append(outcome.value.as_posix())
     skips.raise_if_all_skipped(len(star.merged), "micrographs")
     output = job_dir / "autopick.star"
     write_star(output, {"coordinate_files": pd.DataFrame({"rlnMicrographName": mics,
@@ -196,4 +205,4 @@ def run(options: Options, job_dir: str | Path) -> Path:
 
 
 __all__ = ["METHODS", "Options", "PICKERS", "job_star_from_options", "load_references", "options_from_job_star",
-           "run"]
+           "pick_task", "run"]

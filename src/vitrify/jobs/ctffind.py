@@ -6,6 +6,8 @@ fit is kept in a small per-micrograph STAR file (so a re-run only fits new
 micrographs, as RELION's "continue" does), a diagnostic image goes to
 ``<mic>.ctf`` (MRC; ``rlnCtfImage = <mic>.ctf:mrc``) and ``<mic>_ctf.png``. A
 micrograph that cannot be read or fitted is skipped with a message; the job goes on.
+Micrographs are fitted here one after another or as Dask tasks (``parallel``;
+:mod:`vitrify.jobs.scaleout`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from vitrify.core.ctf import CtfParams
-from vitrify.io.errors import InputError
 from vitrify.jobs._preprocess_io import Skips, relative_output, write_output_nodes
 from vitrify.jobs.options.ctffind import Options, job_star_from_options, options_from_job_star
 from vitrify.preprocess.ctf_fit import CtfFit, CtfSearch
@@ -111,6 +112,14 @@ def _fit_one(row: pd.Series, options: Options, job_dir: Path, device) -> tuple[C
     return fit, out
 
 
+def fit_task(row: pd.Series, shared: dict) -> tuple[CtfFit, Path]:
+    """One micrograph (a :func:`vitrify.jobs.scaleout.map_items` task): its fit and ``.ctf`` path."""
+    from vitrify.core.device import resolve_device
+
+    options = shared["options"]
+    return _fit_one(row, options, Path(shared["job_dir"]), resolve_device(options.device))
+
+
 def _replace_box(search: CtfSearch, box: int) -> CtfSearch:
     from dataclasses import replace
 
@@ -126,14 +135,11 @@ def _ctf_columns(fit: CtfFit, out: Path) -> dict:
 
 def run(options: Options, job_dir: str | Path) -> Path:
     """Fit every micrograph; write ``job_dir/micrographs_ctf.star``; return its path."""
-    from vitrify._progress import track
-    from vitrify.core.device import resolve_device
     from vitrify.io.star import read_star_optics, write_star_optics
-    from vitrify.jobs.base import check_abort
+    from vitrify.jobs.scaleout import map_items
 
     job_dir = Path(job_dir)
     log = logging.getLogger(f"vitrify.job.{job_dir.resolve()}")
-    device = resolve_device(options.device)
     if options.use_ctffind:  # stop at once, before any micrograph, when CTFFIND4 is absent
         from vitrify.jobs._ctffind_external import find_ctffind
 
@@ -142,14 +148,14 @@ def run(options: Options, job_dir: str | Path) -> Path:
     star = read_star_optics(options.input_star, "micrographs")
     skips = Skips(job_dir)
     rows = []
-    for i in track(range(len(star.merged)), "CTF estimation"):
-        check_abort(job_dir)
-        row = star.merged.iloc[i]
-        try:
-            fit, out = _fit_one(row, options, job_dir, device)
-        except InputError as err:
-            skips.add(str(row["rlnMicrographName"]), str(err), log)
+    micrographs = [star.merged.iloc[i] for i in range(len(star.merged))]
+    for outcome in map_items(fit_task, micrographs, {"options": options, "job_dir": job_dir.as_posix()},
+                             options.parallel, job_dir, "CTF estimation", log):
+        i = outcome.index
+        if outcome.skipped:
+            skips.add(str(micrographs[i]["rlnMicrographName"]), outcome.skipped, log)
             continue
+        fit, out = outcome.value
         entry = star.data.iloc[i].to_dict()
         entry.update(_ctf_columns(fit, out))
         if options.search.do_phase_shift:
@@ -168,4 +174,4 @@ def run(options: Options, job_dir: str | Path) -> Path:
     return output
 
 
-__all__ = ["CTF_COLUMNS", "Options", "job_star_from_options", "options_from_job_star", "run"]
+__all__ = ["CTF_COLUMNS", "Options", "fit_task", "job_star_from_options", "options_from_job_star", "run"]

@@ -7,7 +7,8 @@ re-extraction, from a particles STAR file with refined origins: the new centre i
 :func:`vitrify.preprocess.extraction.extract_particles` (window → rescale → normalise →
 invert) and written to ``<job>/<mic path>.mrcs`` (float16 when asked). The optics
 table gains rlnImagePixelSize = micrograph pixel × box / rescale and rlnImageSize.
-Micrographs without particles are recorded and skipped; the job goes on.
+Micrographs without particles are recorded and skipped; the job goes on. Micrographs are
+extracted here one after another or as Dask tasks (``parallel``; :mod:`vitrify.jobs.scaleout`).
 """
 
 from __future__ import annotations
@@ -97,6 +98,16 @@ def _extract_one(mic_row: pd.Series, coords: pd.DataFrame, options: Options, job
     return table
 
 
+def extract_task(item: tuple[pd.Series, pd.DataFrame], shared: dict) -> pd.DataFrame:
+    """One micrograph and its coordinates (a :func:`vitrify.jobs.scaleout.map_items` task): its
+    particles table."""
+    from vitrify.core.device import resolve_device
+
+    row, coords = item
+    options = shared["options"]
+    return _extract_one(row, coords, options, Path(shared["job_dir"]), resolve_device(options.device))
+
+
 def _particle_optics(optics: pd.DataFrame, options: Options) -> pd.DataFrame:
     optics = optics.copy()
     ratio = options.extract.box_px / options.extract.output_px
@@ -109,27 +120,24 @@ def _particle_optics(optics: pd.DataFrame, options: Options) -> pd.DataFrame:
 
 def run(options: Options, job_dir: str | Path) -> Path:
     """Extract particles of every micrograph; write ``job_dir/particles.star``."""
-    from vitrify._progress import track
-    from vitrify.core.device import resolve_device
     from vitrify.io.star import read_star_optics, write_star_optics
-    from vitrify.jobs.base import check_abort
+    from vitrify.jobs.scaleout import map_items
 
     job_dir = Path(job_dir)
     log = logging.getLogger(f"vitrify.job.{job_dir.resolve()}")
-    device = resolve_device(options.device)
     star = read_star_optics(options.input_star, "micrographs")
     coords = (_coordinates_from_particles(options.reextract_star, options.reset_offsets)
               if options.reextract_star else _coordinates_from_autopick(options.coords_star))
     skips = Skips(job_dir)
     tables = []
-    for i in track(range(len(star.merged)), "Extracting"):
-        check_abort(job_dir)
-        row = star.merged.iloc[i]
-        name = str(row["rlnMicrographName"])
-        try:
-            tables.append(_extract_one(row, coords.get(name, pd.DataFrame()), options, job_dir, device))
-        except InputError as err:
-            skips.add(name, str(err), log)
+    rows = [star.merged.iloc[i] for i in range(len(star.merged))]
+    items = [(row, coords.get(str(row["rlnMicrographName"]), pd.DataFrame())) for row in rows]
+    for outcome in map_items(extract_task, items, {"options": options, "job_dir": job_dir.as_posix()},
+                             options.parallel, job_dir, "Extracting", log):
+        if outcome.skipped:
+            skips.add(str(rows[outcome.index]["rlnMicrographName"]), outcome.skipped, log)
+        else:
+            tables.append(outcome.value)
     particles = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(
         columns=["rlnCoordinateX", "rlnCoordinateY", "rlnImageName", "rlnMicrographName", "rlnOpticsGroup"])
     skips.raise_if_all_skipped(len(star.merged), "micrographs")
@@ -143,4 +151,5 @@ def run(options: Options, job_dir: str | Path) -> Path:
     return output
 
 
-__all__ = ["MIC_COLUMNS", "Options", "PICK_COLUMNS", "job_star_from_options", "options_from_job_star", "run"]
+__all__ = ["MIC_COLUMNS", "Options", "PICK_COLUMNS", "extract_task", "job_star_from_options", "options_from_job_star",
+           "run"]

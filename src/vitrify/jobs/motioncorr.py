@@ -9,8 +9,9 @@ dose weighting, binning). Writes ``<mic>.mrc`` (dose-weighted when weighting),
 ``<mic>_noDW.mrc``, ``<mic>.star`` (shifts), ``<mic>_shifts.png`` (trajectory) and the
 micrographs table with rlnAccumMotionTotal/Early/Late; ``timing.tsv`` holds the CPU and
 wall seconds of each stage (read, gain, defects, FFT, alignments, sums, write, ...) summed
-over the movies corrected. A movie whose frame count differs from most movies' is skipped
-and recorded; movies already done are kept.
+over the movies corrected (on whichever worker corrected them). Movies run here one after another
+or as Dask tasks (``parallel``; :mod:`vitrify.jobs.scaleout`). A movie whose frame count differs
+from most movies' is skipped and recorded; movies already done are kept.
 EER movies are read as frames of ``eer_grouping`` summed internal frames (trailing ones dropped)
 at ``eer_upsampling`` 1 (4K) or 2 (8K; give the import the halved pixel size), as RELION does;
 ``dose_per_frame`` is then the dose per group.
@@ -198,22 +199,35 @@ def _gain(options: Options, movies: list[str]) -> np.ndarray | None:
     return read_gain(options.gain, options.gain_rotation, options.gain_flip)
 
 
-def _context(options: Options, movies: list[str]) -> dict:
-    import torch
-
-    from vitrify.core.device import resolve_device
+def _context(options: Options, movies: list[str], timer) -> dict:
+    """What every movie's task needs (sent once to each worker): options, gain, defects, frame count."""
     from vitrify.io.movies import read_movie
-    from vitrify.preprocess.timing import StageTimer, stage
+    from vitrify.preprocess.timing import stage
 
-    device = resolve_device(options.device)
-    timer = StageTimer(device)
     with stage(timer, "gain check (once)"):
         gain = _gain(options, movies)
     defects = None
     if options.defect_file:
-        defects = torch.as_tensor(read_movie(options.defect_file)[0] != 0)
-    return {"gain": gain, "defects": defects, "device": device,
-            "n_frames": _common_frame_count(movies, options), "timer": timer}
+        defects = read_movie(options.defect_file)[0] != 0
+    return {"options": options, "gain": gain, "defects": defects,
+            "n_frames": _common_frame_count(movies, options)}
+
+
+def correct_task(row: pd.Series, shared: dict) -> tuple[dict, list[tuple[str, float, float]]]:
+    """One movie (a :func:`vitrify.jobs.scaleout.map_items` task): its micrographs-table entry and
+    the CPU/wall seconds of its stages; in the project folder, on any worker."""
+    import torch
+
+    from vitrify.core.device import resolve_device
+    from vitrify.preprocess.timing import StageTimer
+
+    options, job_dir = shared["options"], Path(shared["job_dir"])
+    device = resolve_device(options.device)
+    defects = shared["defects"]
+    context = {"gain": shared["gain"], "n_frames": shared["n_frames"], "device": device,
+               "defects": None if defects is None else torch.as_tensor(defects), "timer": StageTimer(device)}
+    log = logging.getLogger(f"vitrify.job.{job_dir.resolve()}")
+    return _correct_one(row, options, job_dir, context, log), context["timer"].rows()
 
 
 #: per-stage CPU / wall seconds of the movies corrected by the last run (tab-separated)
@@ -233,23 +247,28 @@ def _write_timing(path: Path, timer, log) -> None:
 
 def run(options: Options, job_dir: str | Path) -> Path:
     """Correct every movie; write ``job_dir/corrected_micrographs.star``."""
-    from vitrify._progress import track
+    from vitrify.core.device import resolve_device
     from vitrify.io.star import read_star_optics, write_star_optics
-    from vitrify.jobs.base import check_abort
+    from vitrify.jobs.scaleout import map_items
+    from vitrify.preprocess.timing import StageTimer
 
     job_dir = Path(job_dir)
     log = logging.getLogger(f"vitrify.job.{job_dir.resolve()}")
     star = read_star_optics(options.input_star, "movies")
-    context = _context(options, [str(m) for m in star.merged["rlnMicrographMovieName"]])
+    timer = StageTimer(resolve_device(options.device))
+    context = _context(options, [str(m) for m in star.merged["rlnMicrographMovieName"]], timer)
+    movies = [star.merged.iloc[i] for i in range(len(star.merged))]
     skips = Skips(job_dir)
     rows = []
-    for i in track(range(len(star.merged)), "Motion correction"):
-        check_abort(job_dir)
-        row = star.merged.iloc[i]
-        try:
-            rows.append(_correct_one(row, options, job_dir, context, log))
-        except InputError as err:
-            skips.add(str(row["rlnMicrographMovieName"]), str(err), log)
+    for outcome in map_items(correct_task, movies, {**context, "job_dir": job_dir.as_posix()}, options.parallel,
+                             job_dir, "Motion correction", log):
+        if outcome.skipped:
+            skips.add(str(movies[outcome.index]["rlnMicrographMovieName"]), outcome.skipped, log)
+            continue
+        entry, stages = outcome.value
+        rows.append(entry)
+        for name, cpu_s, wall_s in stages:
+            timer.add(name, cpu_s, wall_s)
     optics = star.optics.copy()
     optics["rlnMicrographPixelSize"] = optics["rlnMicrographOriginalPixelSize"].astype(float) * options.binning
     skips.raise_if_all_skipped(len(star.merged), "movies")
@@ -261,7 +280,7 @@ def run(options: Options, job_dir: str | Path) -> Path:
     write_star_optics(output, optics, pd.DataFrame(rows, columns=columns), "micrographs")
     skips.write()
     write_output_nodes(job_dir, [(output, "MicrographsData.star.relion.motioncorr")])
-    _write_timing(job_dir / TIMING_FILE, context["timer"], log)
+    _write_timing(job_dir / TIMING_FILE, timer, log)
     log.info("%d movies corrected, %d skipped", len(rows), len(skips.items))
     return output
 
@@ -269,4 +288,5 @@ def run(options: Options, job_dir: str | Path) -> Path:
 #: RELION-4's text of the gain rotation / flip choices, by index
 
 
-__all__ = ["GAIN_FLIPS", "GAIN_ROTATIONS", "Options", "job_star_from_options", "options_from_job_star", "run"]
+__all__ = ["GAIN_FLIPS", "GAIN_ROTATIONS", "Options", "correct_task", "job_star_from_options", "options_from_job_star",
+           "run"]

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 from vitrify.io.errors import InputError
 from vitrify.jobs import fields
 from vitrify.jobs.fields import Convert, Group, Setting, group, setting
+from vitrify.jobs.options._parallel import PARALLEL
 from vitrify.jobs.jobstar_values import flag, number, number_text, text, yes_no
 
 if TYPE_CHECKING:
+    from vitrify.jobs.scaleout import ParallelOptions
     from vitrify.preprocess.picking import LogPickOptions
     from vitrify.preprocess.template_pick import TemplatePickOptions
 
@@ -115,6 +117,7 @@ class Options:
                                            star="angpix_ref")
     template: TemplatePickOptions | None = group(TEMPLATE)
     device: str = setting("auto", help="auto | cpu | cuda.", flag="--device")
+    parallel: ParallelOptions = group(PARALLEL)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 from vitrify.io.errors import InputError
 from vitrify.jobs import fields
 from vitrify.jobs.fields import NEGATED, Group, Setting, group, setting
+from vitrify.jobs.options._parallel import PARALLEL
 from vitrify.jobs.jobstar_values import number, number_text
 
 if TYPE_CHECKING:
+    from vitrify.jobs.scaleout import ParallelOptions
     from vitrify.preprocess.ctf_fit import CtfSearch
 
 
@@ -63,6 +65,7 @@ class Options:
                              flag="--use-dw", cli=NEGATED, star="use_noDW")
     write_diagnostics: bool = setting(True, help="No .ctf/.png diagnostics.", flag="--no-diagnostics", cli=NEGATED)
     device: str = setting("auto", help="auto | cpu | cuda.", flag="--device")
+    parallel: ParallelOptions = group(PARALLEL)
     use_ctffind: bool = setting(False, help="Run an external CTFFIND4 instead.", flag="--use-ctffind")
     ctffind_exe: str = setting("", help="CTFFIND4 executable (default: ctffind or ctffind4 on the PATH).",
                                flag="--ctffind-exe")

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 from vitrify.io.errors import InputError
 from vitrify.jobs import fields
 from vitrify.jobs.fields import NEGATED, Convert, Group, Setting, group, setting
+from vitrify.jobs.options._parallel import PARALLEL
 from vitrify.jobs.jobstar_values import flag, number, number_text, text, whole_number, yes_no
 
 if TYPE_CHECKING:
+    from vitrify.jobs.scaleout import ParallelOptions
     from vitrify.preprocess.extraction import ExtractOptions
 
 
@@ -91,6 +93,7 @@ class Options:
     reset_offsets: bool = setting(False, help="Re-extraction: zero origins.", flag="--reset-offsets",
                                   star="do_reset_offsets")
     device: str = setting("auto", help="auto | cpu | cuda.", flag="--device")
+    parallel: ParallelOptions = group(PARALLEL)
 
     def __post_init__(self) -> None:
         if not self.input_star:

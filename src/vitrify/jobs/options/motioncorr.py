@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 from vitrify.io.errors import InputError
 from vitrify.jobs import fields
 from vitrify.jobs.fields import NEGATED, Group, Setting, group, setting
+from vitrify.jobs.options._parallel import PARALLEL
 from vitrify.jobs.jobstar_values import number_text, text
 
 if TYPE_CHECKING:
+    from vitrify.jobs.scaleout import ParallelOptions
     from vitrify.preprocess.motion import MotionOptions
 
 GAIN_ROTATIONS = ("No rotation (0)", "90 degrees (1)", "180 degrees (2)", "270 degrees (3)")
@@ -72,6 +74,7 @@ class Options:
     first_frame: int = setting(1, help="First frame to sum (1-based).", flag="--first-frame", star="first_frame_sum")
     last_frame: int = setting(-1, help="Last frame to sum (-1: last).", flag="--last-frame", star="last_frame_sum")
     device: str = setting("auto", help="auto | cpu | cuda.", flag="--device")
+    parallel: ParallelOptions = group(PARALLEL)
     eer_grouping: int = setting(32, help="EER: internal frames summed per frame.", flag="--eer-grouping",
                                 star="eer_grouping")
     eer_upsampling: int = setting(1, help="EER: 1 = 4K, 2 = 8K rendering.", flag="--eer-upsampling",
