@@ -122,7 +122,7 @@ def test_class_gallery_has_ranker_scores_and_the_selection(server):
     gallery = server.json("/api/classes")
     assert gallery["job"] == "Class2D/job006/" and gallery["resolution_angst"] == pytest.approx(12.5)
     assert gallery["ranker"] == {"job": "Select/job007/", "threshold": wp.RANK_THRESHOLD, "n_selected": 2,
-                                 "has_selection": True}
+                                 "has_selection": True, "stacks": ["Class2D/job006/run_it002_classes.mrcs"]}
     classes = gallery["classes"]
     assert [c["number"] for c in classes] == sorted(wp.SCORES, key=lambda k: -wp.SCORES[k])   # best first
     assert {c["number"]: c["score"] for c in classes} == pytest.approx(wp.SCORES)
@@ -248,3 +248,28 @@ def test_the_web_layer_loads_without_torch():
     result = modules_failing_without_torch(["vitrify.web"])
     assert result["failed"] == {}
     assert {"vitrify.web.server", "vitrify.web.command", "vitrify.web._micrographs"} <= set(result["imported"])
+
+
+def test_continue_runs_the_scheme_in_a_schemer_of_its_own(tmp_path):
+    from vitrify.jobs.status import EXIT_SUCCESS
+    from vitrify.pipeline.project import Project
+    from vitrify.pipeline.schemes.build import Addition, add_to_scheme
+    from vitrify.pipeline.schemes.control import set_current_node
+
+    root = Project.open(tmp_path / "project").root
+    add_to_scheme(root, "mini", Addition("operator", name="EXIT_now", type="exit"))
+    set_current_node(root, "mini", "EXIT_now")
+    with running_dashboard(root) as server:
+        state = server.json("/api/state")["schemes"]
+        assert [(s["scheme"], s["state"], s["current_node"]) for s in state] == [("mini", "idle", "EXIT_now")]
+        status, body = server.post("/api/schemes/mini/continue", headers={"X-Vitrify-Token": server.token})
+        assert status == 200 and body["pid"] > 0
+        deadline = time.monotonic() + 60
+        while not (root / "Schemes" / "mini" / EXIT_SUCCESS).exists():
+            assert time.monotonic() < deadline, (root / "Schemes" / "mini" / "run.err").read_text()
+            time.sleep(0.1)
+        assert "scheme mini: succeeded" in (root / "Schemes" / "mini" / "schemer.log").read_text()
+        deadline = time.monotonic() + 10
+        while server.json("/api/state")["schemes"][0]["state"] != "finished":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)

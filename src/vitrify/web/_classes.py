@@ -130,8 +130,11 @@ def class_gallery(root: Path, job: str | None = None) -> dict:
                         "resolution_angst": _number(row, "rlnEstimatedResolution"),
                         "score": score, "selected": bool(rank and key in rank["selected"])})
     classes.sort(key=lambda c: (-(c["score"] if c["score"] is not None else -1e9), -(c["distribution"] or 0.0)))
-    ranker = None if rank is None else {"job": rank["job"], "threshold": rank["threshold"],
-                                         "n_selected": len(rank["selected"]), "has_selection": rank["has_selection"]}
+    ranker = None if rank is None else {
+        "job": rank["job"], "threshold": rank["threshold"], "n_selected": len(rank["selected"]),
+        "has_selection": rank["has_selection"],
+        "stacks": sorted({stack for _, stack in rank["scores"]}),  # the class averages it ranked
+    }
     job_dir = str(model.parent.relative_to(root)) + "/"
     return {"job": job_dir, "model": str(model.relative_to(root)), "classes": classes, "ranker": ranker,
             "resolution_angst": _general_number(general, "rlnCurrentResolution")}

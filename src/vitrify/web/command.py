@@ -7,6 +7,7 @@ imported only when the command runs.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import typer
@@ -54,7 +55,8 @@ def dashboard(
     sock = bind_socket(host, port)
     bound = sock.getsockname()[1]
     typer.echo(f"vitrify dashboard of {Path(project).resolve()}")
-    typer.echo(f"open: {dashboard_url(host, bound, token)}")
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host  # all addresses: name this machine
+    typer.echo(f"open: {dashboard_url(shown, bound, token)}")
     if host not in LOOPBACK:
         typer.echo(f"warning: listening on {host}: reachable from other machines (plain HTTP; keep the token "
                    "secret)", err=True)

@@ -191,6 +191,10 @@ function renderClasses(data) {
   info.textContent = `${data.model}` + (data.resolution_angst ? ` · ${data.resolution_angst.toFixed(1)} Å` : "") +
     (ranker ? ` · ranked by ${ranker.job}` + (ranker.threshold !== null ? `, threshold ${ranker.threshold}` : "") +
               `, ${ranker.n_selected} selected` : " · no class ranker yet");
+  const shown = data.classes.length ? data.classes[0].stack : null;
+  if (ranker && shown && !ranker.stacks.includes(shown)) {
+    info.textContent += ` (it ranked ${ranker.stacks.join(", ")}, not these classes yet)`;
+  }
   gallery.replaceChildren(...data.classes.map(c => {
     const figure = element("figure", {class: "class" + (c.selected ? " selected" : ""), "data-class": c.number,
                                       "data-score": c.score === null ? "" : c.score});
