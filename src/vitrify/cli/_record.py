@@ -62,12 +62,12 @@ def run_command_job(module_name: str, options: object, out: Path) -> object:
     and a failed or aborted job exits the command with status 1 or 2 (the error is in run.err
     and on stderr). Elsewhere the job runs in ``out`` as before; errors propagate.
     """
-    from vitrify.jobs.base import run_job
+    from vitrify.jobs.base import is_secondary_rank, run_job
 
     module = importlib.import_module(f"vitrify.jobs.{module_name}")
     type_label = type_label_of(module_name, options)
     name = pipeline_job_name(out, type_label)
-    if name is None:
+    if name is None or is_secondary_rank():  # torchrun: rank 0 alone records the job
         return run_job(module.run, options, out)
     from vitrify.pipeline.pipeliner import execute_options
     from vitrify.pipeline.project import Project

@@ -10,6 +10,7 @@ request (``RELION_JOB_ABORT_NOW``) stops the job at its next :func:`check_abort`
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -51,6 +52,12 @@ def job_logger(job_dir: str | Path) -> logging.Logger:
     return logger
 
 
+def is_secondary_rank() -> bool:
+    """True in a torchrun rank other than 0 (``RANK`` > 0 of ``WORLD_SIZE`` > 1): rank 0 keeps the
+    job's log, markers and pipeline record."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 and int(os.environ.get("RANK", "0") or 0) > 0
+
+
 def run_job(run: Callable[[Opts, Path], R], options: Opts, job_dir: str | Path) -> R:
     """Run ``run(options, job_dir)`` with the pipeline's duties around it.
 
@@ -58,11 +65,15 @@ def run_job(run: Callable[[Opts, Path], R], options: Opts, job_dir: str | Path) 
     options' ``threads`` if they have one), creates ``job_dir``, clears old markers and the
     temporary files of writes an earlier (killed) run left unfinished, logs start and end, and touches
     ``RELION_JOB_EXIT_SUCCESS`` on success, ``..._ABORTED`` on :class:`JobAborted` and
-    ``..._FAILURE`` on any other exception (which is re-raised for the caller).
+    ``..._FAILURE`` on any other exception (which is re-raised for the caller). A torchrun rank
+    other than 0 only runs (:func:`is_secondary_rank`).
     """
     from vitrify.core.threads import configure_threads
     from vitrify.io.atomic import remove_stale_temps
 
+    if is_secondary_rank():
+        configure_threads(getattr(options, "threads", 0) or 0)
+        return run(options, Path(job_dir))
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     clear_markers(job_dir)

@@ -5,10 +5,17 @@ lazily into the engine's packed layout, builds the Gaussian-blob starting model 
 a written iteration with ``continue_from``), iterates with :class:`vitrify.ml.optimiser.
 Classifier2D` and writes RELION-4 files at RELION's cadence (every iteration for EM;
 every ``grad_write_iter`` iterations and the last for VDAM; always iteration 0).
+
+Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE`` > 1) the job runs data-parallel: each rank
+joins the torch.distributed group (gloo on CPU, NCCL on GPU, one GPU per local rank), computes
+the E-step of its share of the particles, the sums are all-reduced
+(:class:`vitrify.ml.optimiser.Ranks`), and rank 0 alone writes the files. One process without
+torchrun stays the default.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -31,7 +38,7 @@ from vitrify.jobs.options.class2d import (ALGORITHMS, DEFAULT_ITER, Options, job
                                          options_from_job_star)
 from vitrify.ml.accuracy import expected_accuracy
 from vitrify.ml.expectation import make_sampling
-from vitrify.ml.optimiser import Classifier2D, EngineSettings, IterationInfo
+from vitrify.ml.optimiser import Classifier2D, EngineSettings, IterationInfo, Ranks
 from vitrify.ml.starts import initial_model
 from vitrify.ml.window import make_window
 
@@ -146,6 +153,24 @@ class _Writer:
         return self.clf.settings.particle_diameter_px * self.clf.model.pixel_size_angst
 
 
+def _join_ranks(device: torch.device, n_particles: int) -> tuple[Ranks | None, torch.device]:
+    """The data-parallel ranks under torchrun (None alone) and this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return None, device
+    if n_particles < world:
+        raise InputError(f"{world} ranks for {n_particles} particles", field="torchrun --nproc-per-node",
+                         expected=f"at most {n_particles} ranks")
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size()), device
+
+
 def run(options: Options, job_dir: str | Path) -> Path:
     """Run 2D classification into ``job_dir``; returns the last iteration's data.star."""
     from vitrify.core.device import resolve_device, tune_host_allocator
@@ -165,6 +190,18 @@ def run(options: Options, job_dir: str | Path) -> Path:
     if diameter_px > inp.box_px:
         raise InputError(f"particle diameter {options.particle_diameter_angst} Å is {diameter_px:.0f} px",
                          field="--particle-diameter", expected=f"at most the box, {inp.box_px} px")
+    ranks, device = _join_ranks(device, inp.n_particles)
+    try:
+        return _classify(options, job_dir, inp, diameter_px, device, state, ranks)
+    finally:
+        if ranks is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _classify(options: Options, job_dir: Path, inp: InputParticles, diameter_px: float, device: torch.device,
+              state, ranks: Ranks | None) -> Path:
     check_memory(inp, device)
     window = make_window(inp.box_px)
     particles = load_particles(inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
@@ -177,7 +214,11 @@ def run(options: Options, job_dir: str | Path) -> Path:
                               1.0 if options.algorithm == "vdam" else options.tau2_fudge, options.seed,
                               sigma_offset_px=max(options.offset_range_px, 1.0) / 2.0)
         moments, start = None, 1
-    clf = Classifier2D(_settings(options, diameter_px, device), model, particles, window, sampling, moments)
+    clf = Classifier2D(_settings(options, diameter_px, device), model, particles, window, sampling, moments,
+                       ranks)
+    if ranks is not None and ranks.rank > 0:  # rank 0 writes; the others only follow abort requests
+        clf.run(start, lambda info: check_abort(job_dir))
+        return iteration_paths(job_dir, options.root, options.iterations)["data"]
     writer = _Writer(options, job_dir, inp, clf)
     if start == 1:
         writer.write(0)

@@ -5,10 +5,16 @@ iteration picks the particles (all for EM; a reshuffled mini-batch for VDAM, see
 ``seed + it``), runs the E-step pass and the algorithm's M-step, then flattens the
 solvent and moves the Fourier window. A callback receives every finished iteration
 (the job writes RELION's files there and checks for abort requests).
+
+Data-parallel (:class:`Ranks`, under ``torchrun``): every rank runs the same loop on the same
+model; each rank's E-step takes every ``world``-th particle of the iteration's selection, then
+the E-step sums and the particles' new assignments are all-reduced (torch.distributed), so
+every rank does the same M-step and holds the same model; the job lets rank 0 write.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,6 +57,62 @@ class EngineSettings:
     oversampling: int = 1
 
 
+@dataclass(frozen=True)
+class Ranks:
+    """The ``rank`` of this process among ``world`` data-parallel ranks (an initialised torch.distributed group)."""
+
+    rank: int
+    world: int
+
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        """Sum ``tensor`` over the ranks, in place."""
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+
+
+#: fields of the E-step sums that are not sums (indices, scratch, timing); FrameSums' psi grid
+_NOT_SUMS = {"shell_of", "pending_model_term", "clock", "psi_deg"}
+#: per-particle results of an E-step pass
+_PARTICLE_RESULTS = ("class_index", "psi_deg", "offset_px", "pmax", "n_significant", "log_likelihood")
+
+
+def _sum_tensors(obj) -> list[torch.Tensor]:
+    """The summed tensors of E-step sums ``obj`` (frames included), in field order."""
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.name in _NOT_SUMS:
+            continue
+        if isinstance(value, torch.Tensor):
+            out.append(value)
+        elif isinstance(value, dict):
+            for frame in value.values():
+                out += _sum_tensors(frame)
+    return out
+
+
+def all_reduce_pass(sums, particles: ParticleSet, indices: torch.Tensor, ranks: Ranks) -> None:
+    """After each rank's E-step on ``indices[rank::world]``: every rank gets the sums of all of
+    ``indices`` and the new assignments of all those particles."""
+    for tensor in _sum_tensors(sums):
+        ranks.all_reduce(tensor)
+    counts = [f.name for f in dataclasses.fields(sums) if isinstance(getattr(sums, f.name), int)]
+    totals = torch.tensor([getattr(sums, name) for name in counts], dtype=torch.float64,
+                          device=sums.class_weight.device)
+    ranks.all_reduce(totals)
+    for name, total in zip(counts, totals.tolist()):
+        setattr(sums, name, int(round(total)))
+    others = torch.ones(indices.shape[0], dtype=torch.bool, device=indices.device)
+    others[ranks.rank::ranks.world] = False
+    for name in _PARTICLE_RESULTS:
+        values = getattr(particles, name)
+        mine = values[indices].clone()
+        mine[others] = 0
+        ranks.all_reduce(mine)
+        values[indices] = mine
+
+
 @dataclass
 class IterationInfo:
     """What one iteration did (for logs and outputs)."""
@@ -68,8 +130,10 @@ class Classifier2D:
     """EM / VDAM 2D classification on prepared particles."""
 
     def __init__(self, settings: EngineSettings, model: MlModel, particles: ParticleSet,
-                 window: FourierWindow, sampling: Sampling, moments: Moments | None = None) -> None:
+                 window: FourierWindow, sampling: Sampling, moments: Moments | None = None,
+                 ranks: Ranks | None = None) -> None:
         self.settings = settings
+        self.ranks = ranks
         self.model = model
         self.particles = particles
         self.window = window
@@ -100,7 +164,11 @@ class Classifier2D:
                                  coarse_radius=coarse_radius(model.box_px, psi_step, s.particle_diameter_px,
                                                              s.oversampling))
         model.tau2 = reference_tau2(model.refs, self.window)
-        sums = expectation(model, self.particles, indices, self.sampling, self.window, settings, self.cache)
+        ranks = self.ranks
+        mine = indices if ranks is None else indices[ranks.rank::ranks.world]
+        sums = expectation(model, self.particles, mine, self.sampling, self.window, settings, self.cache)
+        if ranks is not None:
+            all_reduce_pass(sums, self.particles, indices, ranks)
         p = self.window.pixels_within(model.current_radius)
         data, weight = sums_to_grids(sums, lambda psi: self.cache.table(psi, self.window, p, model.pad),
                                      model.n_classes)
