@@ -116,6 +116,9 @@ def test_micrograph_figures_follow_acquisition_time_with_the_scheme_threshold(se
         {"scheme": "proc", "job": "select_mics", "label": "rlnCtfMaxResolution", "min": None, "max": wp.SELECT_MAX}]
     assert metrics["drift_angst"]["thresholds"] == []
     assert data["sources"]["relion.ctffind"] == "CtfFind/job003/"
+    assert [(p["step"], p["job"], p["count"]) for p in data["progress"]] == [
+        ("movies", "Import/job001/", 3), ("motion-corrected", "MotionCorr/job002/", 3),
+        ("CTF-fitted", "CtfFind/job003/", 3), ("selected", "Select/job004/", 2), ("picked", "AutoPick/job005/", 3)]
 
 
 def test_class_gallery_has_ranker_scores_and_the_selection(server):

@@ -80,34 +80,52 @@ def star_values(path: Path, block: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-_counts: dict[str, tuple[tuple[int, int], int | None]] = {}
+_counts: dict[tuple[str, str | None], tuple[tuple[int, int], int | None]] = {}
 
 
-def count_loop_rows(path: Path) -> int | None:
-    """Rows of the one loop table of a STAR file such as a coordinate file (None when unreadable).
+def _loop_rows(text: str) -> dict[str, int]:
+    """Rows of each loop block of STAR text, by block name (``data_`` alone gives ``""``)."""
+    rows: dict[str, int] = {}
+    block, in_loop = None, False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("data_"):
+            block, in_loop = line[5:], False
+        elif line == "loop_":
+            in_loop = block is not None
+            if in_loop:
+                rows[block] = 0
+        elif in_loop and not line.startswith("_"):
+            rows[block] += 1
+    return rows
 
-    Counted from the text (lines that are neither blank, comments, ``data_``, ``loop_`` nor
-    ``_rln`` labels) when the file has a single block with a single loop, else parsed; remembered
-    per file version, so thousands of coordinate files cost one read each.
+
+def count_loop_rows(path: Path, block: str | None = None) -> int | None:
+    r"""Rows of loop ``block`` of a STAR file (None: its last loop), counted from the text without
+    parsing the values; None when the file or the block is missing. Remembered per file version,
+    so thousands of coordinate files, or a particles file of a million rows, cost one read each.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "p.star"
+    >>> _ = path.write_text("data_optics\nloop_\n_rlnOpticsGroup #1\n1\n\n"
+    ...                     "data_particles\nloop_\n_rlnCoordinateX #1\n1.0\n2.0\n3.0\n")
+    >>> count_loop_rows(path), count_loop_rows(path, "optics"), count_loop_rows(path, "nothere")
+    (3, 1, None)
     """
     key = file_key(path)
     if key is None:
         return None
-    known = _counts.get(str(path))
+    known = _counts.get((str(path), block))
     if known is not None and known[0] == key:
         return known[1]
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        rows = _loop_rows(path.read_text(encoding="utf-8", errors="replace"))
     except OSError:
         return None
-    lines = [line.strip() for line in text.splitlines()]
-    words = [line for line in lines if line and not line.startswith("#")]
-    if sum(w.startswith("data_") for w in words) == 1 and sum(w == "loop_" for w in words) == 1:
-        count = sum(1 for w in words if not w.startswith(("data_", "loop_", "_")))
-    else:
-        table = star_table(path)
-        count = None if table is None else len(table)
-    _counts[str(path)] = (key, count)
+    count = rows.get(block) if block is not None else (list(rows.values())[-1] if rows else None)
+    _counts[(str(path), block)] = (key, count)
     return count
 
 

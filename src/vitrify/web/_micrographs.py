@@ -227,6 +227,27 @@ def _read_thresholds(root: Path) -> list[dict]:
     return found
 
 
+#: (step shown, job type prefix, output file, loop block) of :func:`progress_counts`
+_PROGRESS = (("movies", "relion.import", "movies.star", "movies"),
+             ("motion-corrected", "relion.motioncorr", "corrected_micrographs.star", "micrographs"),
+             ("CTF-fitted", "relion.ctffind", "micrographs_ctf.star", "micrographs"),
+             ("selected", "relion.select", "micrographs.star", "micrographs"),
+             ("picked", "relion.autopick", "autopick.star", "coordinate_files"),
+             ("particles extracted", "relion.extract", "particles.star", "particles"))
+
+
+def progress_counts(root: Path) -> list[dict]:
+    """How far the session is: rows of the newest output of each preprocessing step (whether
+    processing keeps up with the microscope: movies vs micrographs done at each step)."""
+    found = []
+    for step, prefix, file, block in _PROGRESS:
+        path = newest_output(root, prefix, file)
+        count = None if path is None else count_loop_rows(path, block)
+        if count is not None:
+            found.append({"step": step, "job": _job_of(path, root), "count": count})
+    return found
+
+
 def micrograph_figures(root: Path) -> dict:
     """Rows, metric descriptions (with the thresholds that apply to each) and the jobs read."""
     thresholds = scheme_thresholds(root)
@@ -235,7 +256,8 @@ def micrograph_figures(root: Path) -> dict:
         limits = [t for t in thresholds if label and t["label"] == label]
         metrics.append({"key": key, "label": label, "title": title, "unit": unit, "thresholds": limits})
     sources = {prefix: _job_of(newest_output(root, prefix, file), root) for prefix, file in _SOURCES.items()}
-    return {"micrographs": micrograph_rows(root), "metrics": metrics, "sources": sources}
+    return {"micrographs": micrograph_rows(root), "metrics": metrics, "sources": sources,
+            "progress": progress_counts(root)}
 
 
 def _job_of(path: Path | None, root: Path) -> str | None:

@@ -141,11 +141,26 @@ function chooseMicrograph(name) {
   refresh();
 }
 
-function renderMicrographs(data) {
-  const rows = data.micrographs;
-  document.getElementById("mic-count").textContent = rows.length ? `(${rows.length})` : "";
+function renderProgress(progress) {
+  document.getElementById("progress").replaceChildren(...progress.map(p => {
+    const chip = element("span", {title: p.job, "data-step": p.step});
+    chip.append(element("b", {}, String(p.count)), ` ${p.step}`);
+    return chip;
+  }));
+}
+
+function timeAxis(rows) {
   const times = rows.map(r => r.time_s).filter(t => t !== null);
   const start = times.length ? Math.min(...times) : 0;
+  const span = times.length ? Math.max(...times) - start : 0;
+  return span > 3 * 3600 ? {start, scale: 3600, label: "hours"} : {start, scale: 60, label: "minutes"};
+}
+
+function renderMicrographs(data) {
+  renderProgress(data.progress || []);
+  const rows = data.micrographs;
+  document.getElementById("mic-count").textContent = rows.length ? `(${rows.length})` : "";
+  const axis = timeAxis(rows);
   const box = document.getElementById("mic-plots");
   for (const metric of data.metrics) {
     let svg = box.querySelector(`svg[data-metric="${metric.key}"]`);
@@ -155,10 +170,10 @@ function renderMicrographs(data) {
       svg.id = `plot-${metric.key}`;
       box.append(svg);
     }
-    const points = rows.map(r => ({x: r.time_s === null ? NaN : (r.time_s - start) / 60, y: r[metric.key],
+    const points = rows.map(r => ({x: r.time_s === null ? NaN : (r.time_s - axis.start) / axis.scale, y: r[metric.key],
                                    rejected: r.selected === false, id: r.name,
                                    tip: `${r.name}\n${metric.title}: ${r[metric.key]} ${metric.unit}`}));
-    scatterPlot(svg, {points, thresholds: thresholdLines(metric), title: metric.title, xLabel: "minutes",
+    scatterPlot(svg, {points, thresholds: thresholdLines(metric), title: metric.title, xLabel: axis.label,
                       yLabel: metric.unit, highlight: view.micrograph, onClick: chooseMicrograph});
   }
   renderMicrographView(rows);
