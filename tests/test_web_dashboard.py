@@ -276,3 +276,36 @@ def test_continue_runs_the_scheme_in_a_schemer_of_its_own(tmp_path):
         while server.json("/api/state")["schemes"][0]["state"] != "finished":
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+def test_initial_model_and_postprocess_maps_are_read_as_relion_writes_them(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from vitrify.io.mrc import write_mrc_array
+    from vitrify.io.star import write_star
+    from vitrify.pipeline.project import Project
+    from vitrify.web._maps import project_maps
+
+    project = Project.open(tmp_path / "project")
+    volume = np.zeros((8, 8, 8), dtype=np.float32)
+    initial = project.add_job("relion.initialmodel", {"fn_img": "Select/job001/particles.star"})
+    for iteration, resolution in ((50, 18.0), (100, 15.5)):                 # a run still going: its newest
+        write_mrc_array(project.root / initial / f"run_it{iteration:03d}_class001.mrc", volume, 3.0)
+        write_star(project.root / initial / f"run_it{iteration:03d}_model.star",
+                   {"model_general": {"rlnCurrentResolution": resolution}})
+    post = project.add_job("relion.postprocess", {"fn_in": "Refine3D/job002/run_half1_class001_unfil.mrc"})
+    write_mrc_array(project.root / post / "postprocess.mrc", volume, 3.0)
+    write_star(project.root / post / "postprocess.star", {
+        "general": {"rlnFinalResolution": 6.4},
+        "fsc": pd.DataFrame({"rlnSpectralIndex": [0, 1, 2], "rlnResolution": [0.0, 0.1, 0.2],
+                             "rlnFourierShellCorrelationCorrected": [1.0, 0.5, 0.01]})})
+    found = {m["job"]: m for m in project_maps(project.root)}
+    assert list(found) == [post, initial]                                       # newest job first
+    assert found[initial]["map"] == f"{initial}run_it100_class001.mrc" and found[initial]["fsc"] is None
+    assert found[initial]["resolution_angst"] == pytest.approx(15.5)
+    assert found[post]["map"] == f"{post}postprocess.mrc" and found[post]["resolution_angst"] == pytest.approx(6.4)
+    assert found[post]["fsc"] == {"resolution_inv_angst": [0.0, 0.1, 0.2], "fsc": [1.0, 0.5, 0.01],
+                                  "label": "rlnFourierShellCorrelationCorrected"}
+    write_mrc_array(project.root / initial / "initial_model.mrc", volume, 3.0)   # the run's final map
+    assert {m["job"]: m["map"] for m in project_maps(project.root)}[initial] == f"{initial}initial_model.mrc"

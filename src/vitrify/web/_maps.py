@@ -1,19 +1,14 @@
 """3D maps of a project (initial model, refinement, post-processing) and their FSC curves.
 
-RELION's files, newest iteration first while a job runs:
+RELION's files, the newest iteration's while a job runs:
 
-========================== ========================================= ===============================
-job type                   map                                        FSC (table: x, y; resolution)
-========================== ========================================= ===============================
-relion.initialmodel        initial_model.mrc, else run_itNNN_class001 none
-relion.refine3d            run_class001.mrc, else run_itNNN_half1_... run_model.star / run_itNNN_half1_model.star
-                                                                      ``model_class_1``: rlnResolution,
-                                                                      rlnGoldStandardFsc;
-                                                                      rlnCurrentResolution
-relion.postprocess         postprocess.mrc                            postprocess.star ``fsc``: rlnResolution,
-                                                                      rlnFourierShellCorrelationCorrected;
-                                                                      rlnFinalResolution
-========================== ========================================= ===============================
+- ``relion.initialmodel``: ``initial_model.mrc``, else the newest ``run_itNNN_class001.mrc``; no FSC;
+  resolution rlnCurrentResolution of the newest ``run_itNNN_model.star``.
+- ``relion.refine3d``: ``run_class001.mrc``, else the newest ``run_itNNN_half1_class001.mrc``; FSC
+  from ``run_model.star`` (else the newest ``run_itNNN_half1_model.star``), table ``model_class_1``:
+  rlnResolution (1/Å) and rlnGoldStandardFsc; resolution rlnCurrentResolution of ``model_general``.
+- ``relion.postprocess``: ``postprocess.mrc``; FSC from ``postprocess.star``, table ``fsc``:
+  rlnResolution and rlnFourierShellCorrelationCorrected; resolution rlnFinalResolution of ``general``.
 """
 
 from __future__ import annotations
