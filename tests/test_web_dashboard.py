@@ -309,3 +309,17 @@ def test_initial_model_and_postprocess_maps_are_read_as_relion_writes_them(tmp_p
                                   "label": "rlnFourierShellCorrelationCorrected"}
     write_mrc_array(project.root / initial / "initial_model.mrc", volume, 3.0)   # the run's final map
     assert {m["job"]: m["map"] for m in project_maps(project.root)}[initial] == f"{initial}initial_model.mrc"
+
+
+def test_a_new_empty_project_is_shown_empty(tmp_path):
+    from vitrify.pipeline.project import Project
+
+    root = Project.open(tmp_path / "project").root
+    with running_dashboard(root) as server:
+        state = server.json("/api/state")
+        assert (state["jobs"], state["schemes"], state["failures"]) == ([], [], [])
+        figures = server.json("/api/micrographs")
+        assert figures["micrographs"] == [] and figures["progress"] == []
+        assert server.json("/api/classes") == {"job": None, "classes": [], "ranker": None}
+        assert server.json("/api/maps") == []
+        assert server.get("/")[0] == 200
