@@ -42,6 +42,7 @@ def _minimal(module_name: str, kind: str | None) -> tuple[list[str], object]:
         "class2d": (["--i", "particles.star", "--particle-diameter", "150"],
                     lambda: opts.Options("particles.star", particle_diameter_angst=150.0)),
         "simulate": ([], lambda: opts.Options(kind, _simulator_defaults(kind))),
+        "class_ranker": (["--opt", "run_it025_optimiser.star"], lambda: opts.Options("run_it025_optimiser.star")),
     }
     args, build = table[module_name]
     return args, build()
@@ -68,7 +69,7 @@ IDS = [f"{m}-{k}" if k else m for m, k in CASES]
 
 
 def _command_name(module_name: str) -> str:
-    return "import" if module_name == "import_" else module_name
+    return {"import_": "import", "class_ranker": "class-ranker"}.get(module_name, module_name)
 
 
 @pytest.mark.parametrize("module_name", sorted(set(JOB_MODULES.values())))

@@ -127,7 +127,10 @@ def test_registry_resolves_relion_labels():
     assert registry.job_directory("relion.initialmodel") == "InitialModel"
     module = registry.resolve_job("relion.import.movies", {"do_raw": "Yes"})
     assert module.__name__ == "vitrify.jobs.import_" and callable(module.options_from_job_star)
-    for label in ("relion.initialmodel", "relion.refine3d", "relion.select.class2dauto", "relion.class3d"):
+    assert registry.resolve_job("relion.select.class2dauto", {}).__name__ == "vitrify.jobs.class_ranker"
+    assert registry.resolve_job("relion.select", {"do_class_ranker": "Yes"}).__name__ == "vitrify.jobs.class_ranker"
+    assert registry.resolve_job("relion.select", {"do_class_ranker": "No"}).__name__ == "vitrify.jobs.select"
+    for label in ("relion.initialmodel", "relion.refine3d", "relion.class3d"):
         with pytest.raises(InputError, match=f"job type {label} is not available in vitrify yet"):
             registry.resolve_job(label, {})
     with pytest.raises(InputError, match="do_other = yes"):

@@ -149,3 +149,27 @@ def test_feature_vector_normalisation():
     z = np.array([-1.0, 0.0, 1.0]) / np.std([-1.0, 0.0, 1.0])
     assert np.allclose(vec[:, 21], z)  # per-job z-score, population std
     assert np.allclose(vec[:, 22], 0.0)  # constant over the job: 0
+
+
+def test_first_peak_ctf_is_divided_out(tmp_path):
+    """A 2D job run with "ignore CTFs until first peak": the averages are divided by the mean CTF."""
+    import dataclasses
+
+    import _ranker_jobs as R
+    from vitrify.core.ctf import CtfParams, ctf_2d
+    from vitrify.core.fourier import irfft2_centered, rfft2_centered
+    from vitrify.ranker.inputs import read_class2d_job, undo_first_peak_ctf
+
+    job = read_class2d_job(R.write_job(tmp_path))
+    defocus = float(job.data.data["rlnDefocusU"].mean() + 15000.0) / 2
+    ctf = ctf_2d(R.BOX_PX, CtfParams(pixel_size_angst=R.PIXEL_ANGST, defocus_u_angst=defocus, defocus_v_angst=defocus),
+                 dtype=torch.float64)
+    assert float(ctf.abs().min()) < 0.07  # the floor matters
+    modulated = irfft2_centered(rfft2_centered(torch.as_tensor(job.images, dtype=torch.float64)) * ctf, R.BOX_PX)
+    flagged = dataclasses.replace(job, images=modulated.float().numpy(),
+                                  optimiser={**job.optimiser, "rlnDoIgnoreCtfUntilFirstPeak": 1})
+    restored = undo_first_peak_ctf(flagged)
+    keep = ctf.abs() >= 0.07  # where the CTF was not floored the division gives the image back exactly
+    err = (rfft2_centered(torch.as_tensor(restored, dtype=torch.float64))
+           - rfft2_centered(torch.as_tensor(job.images, dtype=torch.float64)))[..., keep].abs().max()
+    assert float(err) < 1e-3 * float(rfft2_centered(torch.as_tensor(job.images, dtype=torch.float64)).abs().max())

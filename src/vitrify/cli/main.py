@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vitrify.cli.preprocess",
     "vitrify.cli.simulate",
     "vitrify.cli.class2d",
+    "vitrify.cli.class_ranker",
     "vitrify.cli.demo",
     "vitrify.cli.mdcatch",
     "vitrify.cli.pipeline",

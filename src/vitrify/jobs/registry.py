@@ -30,6 +30,7 @@ JOB_MODULES: dict[str, str] = {
     "relion.autopick": "autopick",
     "relion.extract": "extract",
     "relion.select": "select",
+    "relion.select.class2dauto": "class_ranker",
     "relion.class2d": "class2d",
     "vitrify.simulate": "simulate",
 }
@@ -45,9 +46,15 @@ JOB_DIRECTORIES: dict[str, str] = {
     "relion.ctfrefine": "CtfRefine", "relion.external": "External", "vitrify.simulate": "Simulate",
 }
 
+#: job type -> (Yes/No option, module that runs the job when it is Yes): RELION's proc scheme
+#: names automatic 2D selection ``relion.select`` with ``do_class_ranker = Yes``
+OPTION_MODULES: dict[str, tuple[tuple[str, str], ...]] = {
+    "relion.select": (("do_class_ranker", "class_ranker"),),
+}
+
 #: Sub-labels of available types that vitrify cannot run (checked before stripping).
 UNAVAILABLE: frozenset[str] = frozenset({
-    "relion.select.class2dauto", "relion.select.interactive", "relion.select.split",
+    "relion.select.interactive", "relion.select.split",
     "relion.select.removeduplicates", "relion.select.discard",
     "relion.autopick.ref3d", "relion.class2d.helical", "relion.import.other",
     "relion.extract.helicalsegments"})
@@ -55,7 +62,6 @@ UNAVAILABLE: frozenset[str] = frozenset({
 #: job type → (Yes/No option whose Yes needs a missing feature, what that feature is)
 UNAVAILABLE_OPTIONS: dict[str, tuple[tuple[str, str], ...]] = {
     "relion.import": (("do_other", "import of other node types (coordinates, particles, maps)"),),
-    "relion.select": (("do_class_ranker", "automatic 2D class selection (class ranker)"),),
     "relion.autopick": (("do_ref3d", "3D-reference picking"),),
 }
 
@@ -82,7 +88,8 @@ def job_directory(type_label: str) -> str:
 
 def is_available(type_label: str) -> bool:
     """True when vitrify has a job module for this label."""
-    return type_label.strip() not in UNAVAILABLE and base_label(type_label) in JOB_MODULES
+    label = type_label.strip()
+    return label not in UNAVAILABLE and (label in JOB_MODULES or base_label(label) in JOB_MODULES)
 
 
 def resolve_job(type_label: str, options: Mapping[str, str] | None = None) -> ModuleType:
@@ -100,4 +107,9 @@ def resolve_job(type_label: str, options: Mapping[str, str] | None = None) -> Mo
         if is_yes((options or {}).get(option, "")):
             raise InputError(f"job type {type_label.strip()} with {option} = yes: {feature} "
                              "is not available in vitrify yet", field=option)
-    return importlib.import_module(f"vitrify.jobs.{JOB_MODULES[base_label(type_label)]}")
+    label = type_label.strip()
+    module = JOB_MODULES.get(label) or JOB_MODULES[base_label(label)]
+    for option, by_option in OPTION_MODULES.get(base_label(label), ()):
+        if is_yes((options or {}).get(option, "")):
+            module = by_option
+    return importlib.import_module(f"vitrify.jobs.{module}")

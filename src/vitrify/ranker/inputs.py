@@ -126,6 +126,32 @@ def read_class2d_job(optimiser_star: str | Path) -> Class2DJob:
                       images, pixel, diameter)
 
 
+CTF_FLOOR = 0.07
+
+
+def undo_first_peak_ctf(job: Class2DJob) -> np.ndarray:
+    """Class averages ``(K, n, n)`` divided in Fourier space by the CTF of the mean defocus
+    (``(sum U + sum V) / 2N``, angle 0, optics group 1; values below 0.07 in magnitude floored),
+    as RELION does for a 2D job run with "ignore CTFs until first peak"."""
+    from vitrify.core.ctf import CtfParams, ctf_2d
+    from vitrify.core.fourier import irfft2_centered, rfft2_centered
+
+    data, optics = job.data.data, job.data.optics.iloc[0]
+    if not {"rlnDefocusU", "rlnDefocusV"} <= set(data.columns):
+        raise InputError("no defocus columns", path=job.data_path, field="rlnDefocusU",
+                         expected="CTF parameters of the particles")
+    defocus = float((data["rlnDefocusU"].sum() + data["rlnDefocusV"].sum()) / (2 * len(data)))
+    params = CtfParams(pixel_size_angst=job.pixel_size_angst, voltage_kv=float(optics.get("rlnVoltage", 300.0)),
+                       cs_mm=float(optics.get("rlnSphericalAberration", 2.7)),
+                       amplitude_contrast=float(optics.get("rlnAmplitudeContrast", 0.1)),
+                       defocus_u_angst=defocus, defocus_v_angst=defocus)
+    n = job.images.shape[-1]
+    ctf = ctf_2d(n, params, dtype=torch.float64)
+    ctf = torch.where(ctf.abs() < CTF_FLOOR, torch.full_like(ctf, CTF_FLOOR) * torch.sign(ctf + 1e-30), ctf)
+    images = torch.as_tensor(job.images, dtype=torch.float64)
+    return irfft2_centered(rfft2_centered(images) / ctf, n).float().numpy()
+
+
 def class_resolution_angst(job: Class2DJob, row: int) -> float:
     """d_k: rlnEstimatedResolution if > 0, else from the class's SSNR (first shell < 1), else 2 px."""
     value = float(job.model_classes["rlnEstimatedResolution"].iloc[row]) \
@@ -168,7 +194,9 @@ def class_inputs(job: Class2DJob) -> RankerInputs:
     n_total = len(job.data.data)
     pdf = job.model_classes["rlnClassDistribution"].to_numpy(np.float64)
     rows = np.flatnonzero(pdf * n_total > MIN_CLASS_PARTICLES)
-    images = torch.as_tensor(job.images[rows])
+    all_images = undo_first_peak_ctf(job) if int(float(job.optimiser.get("rlnDoIgnoreCtfUntilFirstPeak", 0))) \
+        else job.images
+    images = torch.as_tensor(all_images[rows])
     small = feature_image(images, job.pixel_size_angst)
     lowpassed = lowpass_25(small)
     radius = mask_radius_px(job.diameter_angst, small.shape[-1])
