@@ -65,6 +65,7 @@ class _Writer:
         counts = torch.bincount(clf.particles.group.cpu(), minlength=len(self.group_names))
         self.group_counts = [int(c) for c in counts]
         self.log = job_logger(job_dir)
+        self.reduced = 0
 
     def due(self, info: IterationInfo) -> bool:
         last = info.iteration == self.options.iterations
@@ -77,6 +78,11 @@ class _Writer:
                       "pmax %.3f, replaced %s", info.iteration, info.n_particles, model.current_radius,
                       model.resolution_angst(model.current_radius), info.tau2_fudge, info.stepsize,
                       model.log_likelihood, model.ave_pmax, info.replaced)
+        ranks = self.clf.ranks
+        if ranks is not None:
+            self.log.info("iteration %d: %d bytes all-reduced by each of %d ranks", info.iteration,
+                          ranks.reduced_bytes - self.reduced, ranks.world)
+            self.reduced = ranks.reduced_bytes
         if self.due(info):
             self.write(info.iteration)
         check_abort(self.job_dir)

@@ -6,7 +6,8 @@ per-micrograph function runs in every case:
 
 - ``workers 1`` (the default): in the job process, one item after another, as before;
 - ``workers N`` (N > 1): on a ``dask.distributed`` LocalCluster of N single-threaded worker
-  processes on this machine, each with ``usable CPUs // N`` torch threads;
+  processes on this machine (at most one per usable CPU and per item; 1 runs in the job
+  process), each with ``usable CPUs // N`` torch threads;
 - ``scheduler tcp://HOST:PORT``: on a running Dask cluster (``dask scheduler`` +
   ``dask worker``), which must share the project folder (checked before any item is sent);
 - ``scheduler jobqueue[:FACILITY.toml]``: on a dask-jobqueue cluster (SLURM/PBS/SGE/LSF) named by
@@ -249,6 +250,14 @@ def jobqueue_cluster(config):
     return getattr(dask_jobqueue, name)(**kwargs)
 
 
+def local_workers(parallel: ParallelOptions, n_items: int) -> int:
+    """Worker processes of a LocalCluster: ``workers``, at most one per usable CPU and per item
+    (more would only wait for each other)."""
+    from vitrify.core.threads import usable_cpus
+
+    return max(1, min(parallel.workers, usable_cpus(), n_items))
+
+
 @contextmanager
 def open_client(parallel: ParallelOptions, n_items: int) -> Iterator[tuple[Any, int]]:
     """A Dask client for ``parallel`` and the torch threads each task should use (0: the worker's own)."""
@@ -263,7 +272,7 @@ def open_client(parallel: ParallelOptions, n_items: int) -> Iterator[tuple[Any, 
     from vitrify.core.threads import usable_cpus
 
     jobqueue = scheduler.startswith(JOBQUEUE)
-    workers = parallel.workers if jobqueue else max(1, min(parallel.workers, n_items))
+    workers = parallel.workers if jobqueue else local_workers(parallel, n_items)
     cluster = _jobqueue_cluster(scheduler, workers) if jobqueue else _local_cluster(workers)
     try:
         client = _dask_import().Client(cluster, set_as_default=False)
@@ -351,8 +360,11 @@ def map_items(function: Callable[[Any, Any], Any], items: Sequence, shared: Any,
 
     job_dir = Path(job_dir)
     log = log or logging.getLogger(f"vitrify.job.{job_dir.resolve()}")
-    if parallel.distributed:
+    if parallel.scheduler.strip() or (parallel.workers > 1 and local_workers(parallel, len(items)) > 1):
         return _map_on_cluster(function, items, shared, parallel, job_dir, description, log)
+    if parallel.workers > 1:
+        log.info("%d workers asked for, but %d item(s) on %d usable CPU(s): running in this process",
+                 parallel.workers, len(items), local_workers(parallel, 10 ** 9))
     outcomes = []
     for i in track(range(len(items)), description):
         check_abort(job_dir)
@@ -360,5 +372,5 @@ def map_items(function: Callable[[Any, Any], Any], items: Sequence, shared: Any,
     return outcomes
 
 
-__all__ = ["JOBQUEUE_SYSTEMS", "Outcome", "ParallelOptions", "check_workers", "jobqueue_cluster", "map_items",
-           "open_client", "project_problem", "run_task"]
+__all__ = ["JOBQUEUE_SYSTEMS", "Outcome", "ParallelOptions", "check_workers", "jobqueue_cluster", "local_workers",
+           "map_items", "open_client", "project_problem", "run_task"]

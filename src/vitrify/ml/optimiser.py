@@ -57,18 +57,21 @@ class EngineSettings:
     oversampling: int = 1
 
 
-@dataclass(frozen=True)
+@dataclass
 class Ranks:
-    """The ``rank`` of this process among ``world`` data-parallel ranks (an initialised torch.distributed group)."""
+    """The ``rank`` of this process among ``world`` data-parallel ranks (an initialised torch.distributed
+    group); ``reduced_bytes`` counts the bytes this rank has all-reduced."""
 
     rank: int
     world: int
+    reduced_bytes: int = 0
 
     def all_reduce(self, tensor: torch.Tensor) -> None:
         """Sum ``tensor`` over the ranks, in place."""
         import torch.distributed as dist
 
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        self.reduced_bytes += tensor.numel() * tensor.element_size()
 
 
 #: fields of the E-step sums that are not sums (indices, scratch, timing); FrameSums' psi grid
