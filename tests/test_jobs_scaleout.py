@@ -245,6 +245,11 @@ def test_parallel_settings_travel_through_the_job_star():
     relion = options_from_job_star({"input_star_mics": "movies.star", "nr_mpi": "3", "nr_threads": "8"})
     assert relion.parallel == ParallelOptions(workers=3)
     assert not ParallelOptions().distributed and ParallelOptions(workers=2).distributed
+    from vitrify.core.threads import usable_cpus
+    from vitrify.jobs.scaleout import local_workers
+
+    assert local_workers(ParallelOptions(workers=64), 3) == min(3, usable_cpus())
+    assert local_workers(ParallelOptions(workers=2), 1) == 1  # one item: in the job process
     for bad, field in ((dict(workers=0), "nr_mpi"), (dict(scheduler="head:8786"), "scheduler")):
         with pytest.raises(InputError, match=field):
             ParallelOptions(**bad)
