@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vitrify.cli.mdcatch",
     "vitrify.cli.pipeline",
     "vitrify.cli.schemer",
+    "vitrify.cli.auto",
     "vitrify.web.command",  # L4 beside cli: named here, imported by name (the web extra loads lazily)
 )
 

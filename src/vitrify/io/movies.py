@@ -198,6 +198,26 @@ def open_movie(path: str | os.PathLike, *, eer_grouping: int = EER_DEFAULT_GROUP
     return MovieFrames(path, eer_grouping=eer_grouping, eer_upsampling=eer_upsampling)
 
 
+def check_movie_readable(path: str | os.PathLike) -> tuple[int, int, int]:
+    """Open a movie and read its last frame; return its shape ``(frames, ny, nx)``.
+
+    Raises :class:`InputError` naming what is wrong (truncated TIFF page chain, MRC data shorter
+    than its header says, unknown format): how an on-the-fly watcher tells a half-written or
+    corrupt movie from one ready to process, without reading every frame.
+    """
+    try:
+        with open_movie(path) as movie:
+            shape = tuple(int(s) for s in movie.shape)
+            if len(shape) != 3 or shape[0] < 1:
+                raise InputError(f"movie of shape {shape}", path=path, expected="(frames, ny, nx) with frames >= 1")
+            movie[shape[0] - 1]
+    except InputError:
+        raise
+    except (*_TIFF_ERRORS, MemoryError) as exc:
+        raise InputError(f"unreadable movie ({exc})", path=path, expected="a complete movie") from None
+    return shape
+
+
 def _write_tiff(path: Path, frames: np.ndarray, compression: str | None, pixel_size_angst: float | None) -> None:
     kwargs = {}
     if pixel_size_angst:

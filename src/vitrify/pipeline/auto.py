@@ -1,0 +1,376 @@
+"""``vitrify auto``: a session folder to results on the fly, with nobody in the loop (relion_it's job).
+
+:func:`run_auto` does what a facility's operator would: it reads the acquisition metadata
+(MDCatch, :func:`vitrify.pipeline.mdcatch.prepare_session`, waiting for the first complete file),
+sets up the project and RELION-4's prep and proc schemes, and runs them while the microscope
+writes:
+
+- a :class:`~vitrify.pipeline.movie_watch.MovieWatcher` scans the session every ``poll_s``;
+  movies that stopped changing and read are linked into ``Auto/Ready/`` (the import job's
+  pattern), half-written or corrupt ones are skipped with the reason (``Auto/Ready/movies.json``);
+- two threads run the schemes in rounds (``run_scheme(..., once=True)``: one pass, then back at
+  the scheme's ``WAIT``), as relion_it runs two schemers: prep when more movies are ready than
+  it has seen, proc when prep has fitted the CTF of more micrographs. The schemes' continue-mode
+  jobs (import, motion correction, CTF, selection, picking, extraction) process only what is
+  new; proc's own operators decide when to classify again (more micrographs selected);
+- it ends when no movie has become ready for ``idle_s`` and neither scheme has anything left to
+  do, or when asked to stop (:func:`request_stop`, ``Auto/STOP``; Ctrl-C in the command): the
+  schemes are aborted through their abort markers (the running job is aborted, its scheme
+  stays at that node), so a later run goes on where this one stopped and recomputes nothing
+  that finished.
+
+Progress goes to ``Auto/auto.log`` (one time-stamped line per event) and to ``say``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vitrify.io.atomic import atomic_write
+from vitrify.io.errors import InputError
+from vitrify.jobs.status import JobStatus
+from vitrify.pipeline._auto_stages import STAGES, WAIT_NODE, choose_stage, route_proc
+from vitrify.pipeline._scheme_setup import apply_scheme_options
+from vitrify.pipeline._star import count_table_rows
+from vitrify.pipeline.movie_watch import MovieWatcher
+from vitrify.pipeline.schemes.control import abort_scheme
+from vitrify.pipeline.schemes.runner import RunResult, RunSettings, run_scheme
+from vitrify.pipeline.schemes.star import read_scheme
+
+AUTO_DIR = "Auto"
+READY_DIR = f"{AUTO_DIR}/Ready"
+STOP_FILE = "STOP"
+PID_FILE = "auto.pid"
+SETUP_FILE = "auto.json"
+LOG_FILE = "auto.log"
+__all__ = ["STAGES", "AutoSettings", "AutoResult", "request_stop", "run_auto"]
+
+
+@dataclass(frozen=True)
+class AutoSettings:
+    """How ``vitrify auto`` runs.
+
+    Attributes
+    ----------
+    until
+        Last stage (``ctf | 2d | 3d | refine``); None: the last one vitrify has the jobs for.
+    idle_s
+        End after this long without a new ready movie (and nothing left to process).
+    stable_s
+        A movie must keep its size and mtime this long before it is read.
+    poll_s
+        Seconds between scans of the session.
+    scheme_poll_s
+        Seconds between job status checks of the schemers.
+    """
+
+    until: str | None = None
+    idle_s: float = 600.0
+    stable_s: float = 2.0
+    poll_s: float = 1.0
+    scheme_poll_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.idle_s < 0 or self.stable_s < 0 or self.poll_s <= 0 or self.scheme_poll_s <= 0:
+            raise InputError("idle and stable times must be >= 0, polls > 0", field="--idle",
+                             expected="minutes >= 0")
+
+
+@dataclass(frozen=True)
+class AutoResult:
+    """How a run ended: ``finished`` (idle, all done), ``stopped`` (asked to) or ``failed``."""
+
+    state: str
+    stage: str
+    message: str
+    ready: int
+    skipped: dict[str, str] = field(default_factory=dict)
+    rounds: dict[str, list[str]] = field(default_factory=dict)
+
+
+def auto_dir(project_dir: str | Path) -> Path:
+    """``PROJECT/Auto``: the run's own files (ready links, log, stop request, pid)."""
+    return Path(project_dir) / AUTO_DIR
+
+
+def request_stop(project_dir: str | Path) -> list[Path]:
+    """Ask a running ``vitrify auto`` to stop (``Auto/STOP``; its schemes are aborted by it)."""
+    folder = auto_dir(project_dir)
+    if not (folder / SETUP_FILE).is_file():
+        raise InputError("not a project set up by vitrify auto", path=folder / SETUP_FILE,
+                         expected="the --project of a vitrify auto run")
+    pid = _running_pid(folder)
+    if pid is None:
+        raise InputError("no vitrify auto is running on this project", path=folder / PID_FILE)
+    atomic_write(folder / STOP_FILE, f"stop requested at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    return [folder / STOP_FILE]
+
+
+def _running_pid(folder: Path) -> int | None:
+    try:
+        pid = int((folder / PID_FILE).read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
+
+
+class _Log:
+    """Time-stamped lines to ``Auto/auto.log`` and to ``say``."""
+
+    def __init__(self, path: Path, say: Callable[[str], None]) -> None:
+        self.path, self.say, self.start = path, say, time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self, message: str, *, echo: bool = True) -> None:
+        elapsed = time.monotonic() - self.start
+        with self._lock, open(self.path, "a", encoding="utf-8") as handle:   # append-only log
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} +{elapsed:.1f}s {message}\n")
+        if echo:
+            self.say(message)
+
+
+class _Rounds(threading.Thread):
+    """Run one scheme in rounds whenever ``wanted()`` differs from what the last round saw."""
+
+    def __init__(self, project: Path, name: str, wanted: Callable[[], int], seen: int,
+                 settings: AutoSettings, log: _Log, gate: Callable[[], bool] = lambda: True) -> None:
+        super().__init__(name=f"vitrify-auto-{name}", daemon=True)
+        self.project, self.scheme, self.wanted, self.seen = project, name, wanted, seen
+        self.settings, self.log, self.gate = settings, log, gate
+        self.stop, self.in_round = threading.Event(), False
+        self.results: list[RunResult] = []
+        self.error: InputError | None = None
+
+    @property
+    def idle(self) -> bool:
+        """Not in a round and nothing new to do."""
+        return not self.in_round and (self.wanted() == self.seen or not self.gate())
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                current = self.wanted()
+                if current == self.seen or not self.gate():
+                    time.sleep(self.settings.poll_s)
+                    continue
+                self.round(current)
+        except InputError as err:
+            self.error = err
+            self.log(f"{self.scheme}: {err}")
+
+    def round(self, current: int) -> None:
+        self.in_round, self.seen = True, current
+        number = len(self.results) + 1
+        self.log(f"{self.scheme} round {number}: {current} in")
+        try:
+            result = run_scheme(self.project, self.scheme,
+                                RunSettings(poll_s=self.settings.scheme_poll_s, once=True, echo=False))
+        finally:
+            self.in_round = False
+        self.results.append(result)
+        self.log(f"{self.scheme} round {number}: {result.status.lower()} ({result.message})")
+        if result.status == JobStatus.ABORTED:
+            self.stop.set()
+
+
+def _started_job(project: Path, scheme: str, node: str) -> str | None:
+    """The pipeline job a scheme's job node last made (None before it first ran)."""
+    job = read_scheme(project / "Schemes" / scheme / "scheme.star", validate=False).jobs.get(node)
+    if job is None or not job.has_started or job.name == job.original_name:
+        return None
+    return job.name
+
+
+def _rows(project: Path, scheme: str, node: str, star: str, table: str) -> int:
+    job = _started_job(project, scheme, node)
+    path = project / job / star if job else None
+    try:
+        return count_table_rows(path, table) if path is not None and path.is_file() else 0
+    except (InputError, OSError, ValueError):
+        return 0
+
+
+def _at_wait(project: Path, scheme: str) -> bool:
+    return read_scheme(project / "Schemes" / scheme / "scheme.star", validate=False).current_node == WAIT_NODE
+
+
+def _movies_pattern(project: Path) -> str:
+    """The session-relative movie pattern MDCatch found (``Movies/<pattern>`` in acquisition.json)."""
+    record = json.loads((project / "acquisition.json").read_text())
+    pattern = str(record["scheme_options"]["prep__importmovies__fn_in_raw"])
+    prefix = "Movies/"
+    if not pattern.startswith(prefix):
+        raise InputError(f"movie pattern {pattern!r} is not inside the session", path=project / "acquisition.json",
+                         field="prep__importmovies__fn_in_raw", expected="Movies/<pattern>")
+    return pattern[len(prefix):]
+
+
+#: relion_it keys ``vitrify auto`` sets: one pass per round (the rounds are its own).
+ROUND_OPTIONS = {"prep__wait_sec": "0", "proc__wait_sec": "0"}
+
+
+def set_up(project: Path, session: Path, prepare: Callable[[], object], stage: str, log: _Log) -> str:
+    """First run: MDCatch (``prepare``) and the scheme edits; a rerun checks it is the same session.
+
+    Returns the session-relative movie pattern.
+    """
+    record = auto_dir(project) / SETUP_FILE
+    if record.is_file():
+        saved = json.loads(record.read_text())
+        if Path(saved["session_dir"]) != session.resolve():
+            raise InputError(f"the project was set up for another session ({saved['session_dir']})",
+                             path=record, expected=f"--project of {session} or a new project directory")
+        log(f"continuing the project set up at {saved['set_up']} (movies {saved['movies_pattern']})")
+    else:
+        log(f"reading the acquisition metadata of {session} (waiting for the first complete file)")
+        prepare()
+        pattern = _movies_pattern(project)
+        apply_scheme_options(project, {**ROUND_OPTIONS,
+                                       "prep__importmovies__fn_in_raw": f"{READY_DIR}/{pattern}"})
+        saved = {"session_dir": str(session.resolve()), "movies_pattern": pattern,
+                 "set_up": time.strftime("%Y-%m-%d %H:%M:%S")}
+        atomic_write(record, json.dumps(saved, indent=1) + "\n")
+    if stage != "ctf":
+        route_proc(project, stage)
+    return saved["movies_pattern"]
+
+
+class _Session:
+    """One ``vitrify auto`` run: watcher, the two scheme threads, the stop and idle checks."""
+
+    def __init__(self, project: Path, session: Path, pattern: str, stage: str, settings: AutoSettings,
+                 log: _Log) -> None:
+        self.project, self.session, self.stage, self.settings, self.log = project, session, stage, settings, log
+        self.watcher = MovieWatcher(session, pattern, project / READY_DIR, settings.stable_s)
+        self.reported_skips: dict[str, str] = {}
+        imported = _rows(project, "prep", "importmovies", "movies.star", "movies")
+        prep = _Rounds(project, "prep", lambda: len(self.watcher.ready),
+                       imported if _at_wait(project, "prep") else -1, settings, log)
+        self.workers = [prep]
+        if stage != "ctf":
+            def ctf_fitted() -> int:
+                return _rows(project, "prep", "ctffind", "micrographs_ctf.star", "micrographs")
+            seen = self._saved_ctf() if _at_wait(project, "proc") else -1
+            self.workers.append(_Rounds(project, "proc", ctf_fitted, seen, settings, log,
+                                        gate=lambda: ctf_fitted() > 0))
+        self.last_ready = time.monotonic()
+
+    def _saved_ctf(self) -> int:
+        try:
+            return int(json.loads((auto_dir(self.project) / "state.json").read_text())["proc_ctf"])
+        except (OSError, ValueError, KeyError):
+            return _rows(self.project, "prep", "ctffind", "micrographs_ctf.star", "micrographs")
+
+    def save_state(self) -> None:
+        if len(self.workers) > 1:
+            atomic_write(auto_dir(self.project) / "state.json",
+                         json.dumps({"proc_ctf": self.workers[1].seen}) + "\n")
+
+    def scan(self) -> None:
+        fresh = self.watcher.scan()
+        for number, name in enumerate(fresh, len(self.watcher.ready) - len(fresh) + 1):
+            self.log(f"movie ready: {name} ({number} ready)", echo=False)
+        if fresh:
+            self.last_ready = time.monotonic()
+            self.log(f"{len(self.watcher.ready)} movies ready (+{len(fresh)})")
+        for name, reason in self.watcher.skipped.items():
+            if self.reported_skips.get(name) != reason:
+                self.log(f"skipped {name}: {reason}")
+                self.reported_skips[name] = reason
+
+    def done(self) -> bool:
+        quiet = time.monotonic() - self.last_ready >= self.settings.idle_s
+        return quiet and all(w.idle for w in self.workers)
+
+    def stop_requested(self) -> bool:
+        return (auto_dir(self.project) / STOP_FILE).exists()
+
+    def failed(self) -> InputError | None:
+        return next((w.error for w in self.workers if w.error is not None), None)
+
+    def loop(self) -> str:
+        """Scan until done, stopped or failed; returns ``finished`` | ``stopped`` | ``failed``."""
+        for worker in self.workers:
+            worker.start()
+        while True:
+            self.scan()
+            self.save_state()
+            if self.stop_requested() or any(w.stop.is_set() for w in self.workers):
+                return "stopped"
+            if self.failed() is not None:
+                return "failed"
+            if self.done():
+                return "finished"
+            time.sleep(self.settings.poll_s)
+
+    def shut_down(self) -> None:
+        """Stop the threads; abort the schemes still in a round (their jobs are aborted too)."""
+        for worker in self.workers:
+            worker.stop.set()
+        while any(w.is_alive() for w in self.workers):
+            for worker in self.workers:
+                if worker.in_round:
+                    abort_scheme(self.project, worker.scheme)
+                worker.join(timeout=1.0)
+        self.save_state()
+
+
+def _claim(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pid = _running_pid(folder)
+    if pid is not None and pid != os.getpid():
+        raise InputError(f"vitrify auto is already running on this project (pid {pid})", path=folder / PID_FILE,
+                         expected="one vitrify auto per project: stop it first (vitrify auto --stop)")
+    atomic_write(folder / PID_FILE, f"{os.getpid()}\n")
+    (folder / STOP_FILE).unlink(missing_ok=True)
+
+
+def run_auto(session_dir: str | Path, project_dir: str | Path, prepare: Callable[[], object],
+             settings: AutoSettings = AutoSettings(), proc_templates: Path | None = None,
+             say: Callable[[str], None] = print, started: Callable[[], None] = lambda: None) -> AutoResult:
+    """Process a session on the fly into ``project_dir`` (see the module docstring).
+
+    ``prepare`` runs MDCatch on the first run (it sets the project up); ``proc_templates`` is the
+    proc scheme folder that tells which stages can run (default: the project's, else vitrify's);
+    ``started`` is called once the project is set up (the CLI starts the dashboard there).
+    A ``KeyboardInterrupt`` stops the run cleanly (schemes aborted) and is then re-raised.
+    """
+    from vitrify.pipeline.schemes.templates_data import template_dir
+
+    session, project = Path(session_dir), Path(project_dir)
+    if not session.is_dir():
+        raise InputError("session folder not found", path=session, expected="the folder the microscope writes into")
+    proc = project / "Schemes" / "proc"
+    stage = choose_stage(settings.until, proc_templates or (proc if proc.is_dir() else template_dir("proc")))
+    folder = auto_dir(project)
+    _claim(folder)
+    log = _Log(folder / LOG_FILE, say)
+    try:
+        log(f"vitrify auto: {session} -> {project}, until stage {stage}, idle {settings.idle_s:g} s")
+        pattern = set_up(project, session, prepare, stage, log)
+        started()
+        run = _Session(project, session, pattern, stage, settings, log)
+        try:
+            state = run.loop()
+        except BaseException as err:   # Ctrl-C, the session folder gone: abort the schemes, then say why
+            log(f"interrupted ({type(err).__name__}{': ' + str(err) if str(err) else ''}): stopping the schemes")
+            run.shut_down()
+            raise
+        run.shut_down()
+        error = run.failed()
+        message = {"finished": f"no new movie for {settings.idle_s:g} s and nothing left to do",
+                   "stopped": "stopped on request; run the same command again to continue",
+                   "failed": str(error)}[state]
+        log(f"vitrify auto {state}: {message}")
+        return AutoResult(state, stage, message, len(run.watcher.ready), dict(run.watcher.skipped),
+                          {w.scheme: [r.status for r in w.results] for w in run.workers})
+    finally:
+        (folder / PID_FILE).unlink(missing_ok=True)
+        (folder / STOP_FILE).unlink(missing_ok=True)
