@@ -41,6 +41,8 @@ def _minimal(module_name: str, kind: str | None) -> tuple[list[str], object]:
         "select": (["--i", "mics.star"], lambda: opts.Options("mics.star")),
         "class2d": (["--i", "particles.star", "--particle-diameter", "150"],
                     lambda: opts.Options("particles.star", particle_diameter_angst=150.0)),
+        "initialmodel": (["--i", "particles.star", "--particle-diameter", "150"],
+                         lambda: opts.Options("particles.star", particle_diameter_angst=150.0)),
         "simulate": ([], lambda: opts.Options(kind, _simulator_defaults(kind))),
         "class_ranker": (["--opt", "run_it025_optimiser.star"], lambda: opts.Options("run_it025_optimiser.star")),
     }

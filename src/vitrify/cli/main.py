@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vitrify.cli.simulate",
     "vitrify.cli.class2d",
     "vitrify.cli.class_ranker",
+    "vitrify.cli.initialmodel",
     "vitrify.cli.demo",
     "vitrify.cli.mdcatch",
     "vitrify.cli.pipeline",

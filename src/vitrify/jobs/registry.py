@@ -32,6 +32,7 @@ JOB_MODULES: dict[str, str] = {
     "relion.select": "select",
     "relion.select.class2dauto": "class_ranker",
     "relion.class2d": "class2d",
+    "relion.initialmodel": "initialmodel",
     "vitrify.simulate": "simulate",
 }
 

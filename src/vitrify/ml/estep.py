@@ -97,7 +97,10 @@ class Frame:
 
     ``rows`` ``(R, 2P)`` float32 ``[Re | Im]`` templates, ``power`` ``(R, P)`` ``|P_r|^2``,
     ``table`` ``(T, P)`` complex64 phase table of ``shifts_px`` ``(T, 2)``, ``log_prior_class``
-    ``(R,)``, ``psi_deg`` ``(n_psi,)``; ``R = n_classes * n_psi``.
+    ``(R,)``, ``psi_deg`` ``(n_psi,)``; ``R = n_classes * n_psi``. In 3D ``psi_deg`` holds the
+    orientation index of each template of a class (as float32) and ``n_psi`` the number of
+    orientations. ``n_children``: fine templates per coarse template (2 psi children in 2D;
+    8 = 4 HEALPix directions x 2 psi in 3D), fine template ``c r + j`` for coarse ``r``.
     """
 
     rows: torch.Tensor
@@ -107,6 +110,7 @@ class Frame:
     log_prior_class: torch.Tensor
     psi_deg: torch.Tensor
     n_psi: int
+    n_children: int = 2
 
     @property
     def n_pixels(self) -> int:
@@ -255,12 +259,14 @@ def shifted_stack(y: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 
 def make_frame(templates: torch.Tensor, n_pixels: int, shifts_px: torch.Tensor, kx: torch.Tensor,
-               ky: torch.Tensor, n: int, log_prior_class: torch.Tensor, psi_deg: torch.Tensor) -> Frame:
+               ky: torch.Tensor, n: int, log_prior_class: torch.Tensor, psi_deg: torch.Tensor,
+               n_children: int = 2) -> Frame:
     """A :class:`Frame` from ``(R, P')`` complex templates cut to their first ``n_pixels`` pixels."""
     t = templates[:, :n_pixels]
     return Frame(rows=stack_real(t).contiguous(), power=(t.real ** 2 + t.imag ** 2).float().contiguous(),
                  table=phase_table(shifts_px, kx[:n_pixels], ky[:n_pixels], n), shifts_px=shifts_px,
-                 log_prior_class=log_prior_class, psi_deg=psi_deg, n_psi=int(psi_deg.shape[0]))
+                 log_prior_class=log_prior_class, psi_deg=psi_deg, n_psi=int(psi_deg.shape[0]),
+                 n_children=n_children)
 
 
 def score_block(y_shifted: torch.Tensor, q: torch.Tensor, rows: torch.Tensor,

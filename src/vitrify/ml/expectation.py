@@ -166,16 +166,27 @@ def expectation(model: MlModel, particles: ParticleSet, indices: torch.Tensor, s
 
     Half-sets (VDAM) are the parity of the particle's row index.
     """
-    p = window.pixels_within(model.current_radius)
-    dev = particles.ft.device
-    win = window.to(dev)
     clock = StageClock(enabled=settings.profile)
     clock.start()
     grid = build_pass_grid(model, sampling, window, settings, cache)
     clock.lap("templates", grid.coarse.rows)
+    return run_pass(grid, model.sigma2, particles, indices, window, model.current_radius, settings, clock)
+
+
+def run_pass(grid: PassGrid, sigma2: torch.Tensor, particles: ParticleSet, indices: torch.Tensor,
+             window: FourierWindow, radius: int, settings: EStepSettings, clock: StageClock) -> EStepSums:
+    """Blocks of ``particles[indices]`` (one optics group at a time) through a pass's ``grid``.
+
+    ``sigma2`` ``(G, n//2+1)`` noise spectra; ``radius`` the current window radius. The same loop
+    serves 2D (templates = rotated class images) and 3D (templates = central slices of class
+    volumes, :mod:`vitrify.ml.inimodel`). Particles' assignments are updated in place.
+    """
+    p = window.pixels_within(radius)
+    dev = particles.ft.device
+    win = window.to(dev)
     sums = EStepSums.zeros(settings.halves, grid, particles.n_groups, win.shell[:p], window.radius + 1)
     sums.clock = clock
-    inv_sigma2 = 1.0 / model.sigma2.to(dev).clamp_min(1e-30)
+    inv_sigma2 = 1.0 / sigma2.to(dev).clamp_min(1e-30)
     bsize = block_size(grid.coarse.table.shape[0], grid.coarse.rows.shape[0], p, settings.budget_bytes)
     indices = indices.to(dev)
     groups = particles.group[indices]

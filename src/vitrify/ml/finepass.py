@@ -48,8 +48,8 @@ def _fine_scores(y: torch.Tensor, q: torch.Tensor, bi: torch.Tensor, ti: torch.T
     a CSR pattern: row (run, shift child j) holds the columns ``2 r + i`` of the run's poses.
     Nothing of size ``M x 2P`` is gathered.
     """
-    m, p = bi.shape[0], f.n_pixels
-    out = torch.empty(m, 4, 2, device=y.device)
+    m, p, c = bi.shape[0], f.n_pixels, f.n_children
+    out = torch.empty(m, 4, c, device=y.device)
     jt = torch.arange(4, device=y.device)
     n_t = f.table.shape[0] // 4
     chunk = max(1, int(budget_bytes // (16 * p)))
@@ -57,17 +57,17 @@ def _fine_scores(y: torch.Tensor, q: torch.Tensor, bi: torch.Tensor, ti: torch.T
         b, t, r = bi[s:s + chunk], ti[s:s + chunk], ri[s:s + chunk]
         runs, inv, counts = torch.unique_consecutive(b * n_t + t, return_inverse=True, return_counts=True)
         shifted = stack_real(y[runs // n_t][:, None, :] * f.table[4 * (runs % n_t)[:, None] + jt])  # (U, 4, 2P)
-        cols = (2 * r[:, None] + torch.arange(2, device=y.device)).reshape(-1)  # (m * 2,) pose order
+        cols = (c * r[:, None] + torch.arange(c, device=y.device)).reshape(-1)  # (m * c,) pose order
         first = torch.cumsum(counts, 0) - counts  # first pose of each run
-        # entry of (pose, j, i) in row-major CSR order: run block of 8 n_u, row j of 2 n_u entries
+        # entry of (pose, j, i) in row-major CSR order: run block of 4 c n_u, row j of c n_u entries
         local = torch.arange(b.shape[0], device=y.device) - first[inv]
-        pos = (8 * first[inv] + 2 * local)[:, None, None] + (2 * counts[inv])[:, None, None] * jt[None, :, None] \
-            + torch.arange(2, device=y.device)[None, None, :]  # (m, 4, 2)
-        col_csr = torch.empty(8 * b.shape[0], dtype=torch.long, device=y.device)
-        col_csr[pos.reshape(-1)] = cols.reshape(-1, 1, 2).expand(-1, 4, 2).reshape(-1)
-        dots = _sampled(shifted.reshape(-1, 2 * p), f.rows, (2 * counts).repeat_interleave(4), col_csr)
-        bias = _sampled(q[runs // n_t], f.power, 2 * counts, cols)  # (m * 2,) pose order
-        out[s:s + chunk] = dots[pos].sub_(0.5 * bias.reshape(-1, 1, 2))
+        pos = (4 * c * first[inv] + c * local)[:, None, None] + (c * counts[inv])[:, None, None] * jt[None, :, None] \
+            + torch.arange(c, device=y.device)[None, None, :]  # (m, 4, c)
+        col_csr = torch.empty(4 * c * b.shape[0], dtype=torch.long, device=y.device)
+        col_csr[pos.reshape(-1)] = cols.reshape(-1, 1, c).expand(-1, 4, c).reshape(-1)
+        dots = _sampled(shifted.reshape(-1, 2 * p), f.rows, (c * counts).repeat_interleave(4), col_csr)
+        bias = _sampled(q[runs // n_t], f.power, c * counts, cols)  # (m * c,) pose order
+        out[s:s + chunk] = dots[pos].sub_(0.5 * bias.reshape(-1, 1, c))
     return out
 
 
@@ -101,24 +101,25 @@ def fine_pass(y: torch.Tensor, q: torch.Tensor, w: torch.Tensor, prev_offset_px:
     (``n_significant`` is left empty: the caller keeps the coarse count).
     """
     f = grid.fine
+    c = f.n_children
     b, t, r = w.shape
     bi, ti, ri = torch.nonzero(w > 0, as_tuple=True)  # sorted by particle
     scores = _fine_scores(y, q, bi, ti, ri, f, grid.budget_bytes)
     sums.clock.lap("fine_scores", scores)
     dev = y.device
     tf = (4 * ti[:, None] + torch.arange(4, device=dev))  # (M, 4)
-    rf = (2 * ri[:, None] + torch.arange(2, device=dev))  # (M, 2)
+    rf = (c * ri[:, None] + torch.arange(c, device=dev))  # (M, c)
     offsets = prev_offset_px[bi][:, None, :] + f.shifts_px[tf]  # (M, 4, 2)
     scores += offset_log_prior(offsets, grid.sigma_offset_px)[:, :, None]
-    scores += f.log_prior_class[rf][:, None, :] - math.log(8.0)
+    scores += f.log_prior_class[rf][:, None, :] - math.log(4.0 * c)
     m = bi.shape[0]
-    eb = bi.repeat_interleave(8)
-    etf = tf[:, :, None].expand(m, 4, 2).reshape(-1)
-    erf = rf[:, None, :].expand(m, 4, 2).reshape(-1)
+    eb = bi.repeat_interleave(4 * c)
+    etf = tf[:, :, None].expand(m, 4, c).reshape(-1)
+    erf = rf[:, None, :].expand(m, 4, c).reshape(-1)
     wf, log_norm, pmax, best = _posterior(scores.reshape(-1), eb, b, grid.fraction)
     keep = torch.nonzero(wf > 0).flatten()
-    sums.n_hypotheses += m * 8
-    sums.n_fine_hypotheses += m * 8
+    sums.n_hypotheses += m * 4 * c
+    sums.n_fine_hypotheses += m * 4 * c
     sums.clock.lap("fine_posterior", wf)
     accumulate_sparse(sums, f, eb[keep], etf[keep], erf[keep], wf[keep], y, q, prev_offset_px, half,
                       grid.n_classes)
@@ -126,7 +127,7 @@ def fine_pass(y: torch.Tensor, q: torch.Tensor, w: torch.Tensor, prev_offset_px:
     return BlockResult(best_class=erf[best] // f.n_psi, best_psi_deg=f.psi_deg[erf[best] % f.n_psi],
                        best_offset_px=prev_offset_px + f.shifts_px[etf[best]], pmax=pmax,
                        n_significant=None, log_likelihood=log_norm,
-                       n_fine=torch.bincount(bi, minlength=b) * 8)
+                       n_fine=torch.bincount(bi, minlength=b) * 4 * c)
 
 
 def _posterior(s: torch.Tensor, eb: torch.Tensor, b: int, fraction: float
@@ -162,7 +163,8 @@ def accumulate_sparse(sums: EStepSums, f: Frame, eb: torch.Tensor, etf: torch.Te
     rows = stack_real(y[uniq // n_t] * f.table[uniq % n_t])  # (U, 2P)
     touched, tr = torch.unique(erf, return_inverse=True)  # only templates that received weight
     n_r = touched.shape[0]
-    frame = Frame(f.rows[touched], f.power[touched], f.table, f.shifts_px, f.log_prior_class, f.psi_deg, f.n_psi)
+    frame = Frame(f.rows[touched], f.power[touched], f.table, f.shifts_px, f.log_prior_class, f.psi_deg, f.n_psi,
+                  f.n_children)
     eh = half[eb]
     for h in range(fs.data.shape[0]):
         sel = torch.nonzero(eh == h).flatten()

@@ -18,6 +18,13 @@ def auto_subsets_2d(n_particles: int) -> tuple[int, int]:
     return ini, fin
 
 
+def auto_subsets_inimodel(n_particles: int) -> tuple[int, int]:
+    """RELION's automatic 3D initial-model mini-batch sizes: 0.5% (200..5,000) and 10% (1,000..50,000)."""
+    ini = max(min(int(0.005 * n_particles), 5000), 200)
+    fin = max(min(int(0.1 * n_particles), 50000), 1000)
+    return ini, fin
+
+
 def _sigmoid(x: float, b: int, a: int) -> float:
     """``1 / (10^((x - b - a/2) / (a/4)) + 1)``; a step at ``b`` when ``a == 0``."""
     if a <= 0:

@@ -17,6 +17,7 @@ by ``n**2``; see :func:`vitrify.ml.fourier2d.padded_ft`).
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -57,15 +58,16 @@ class RotationTable:
 
     @cached_property
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sparse CSR sampling matrix ``(R*P, m*(m//2+1))`` (4 bilinear weights per row) and its transpose.
+        """Sparse CSR sampling matrix ``(R*P, grid size)`` (4 bilinear / 8 trilinear weights per row) and its
+        transpose.
 
         Built once per table; one sparse x dense product then samples or inserts all classes.
         """
-        r, p, _ = self.index.shape
-        m, half = self.grid_shape
-        rows = torch.arange(r * p, device=self.index.device).repeat_interleave(4)
+        r, p, corners = self.index.shape  # 4 corners (2D grids) or 8 (3D grids, vitrify.ml.slices)
+        size = math.prod(self.grid_shape)
+        rows = torch.arange(r * p, device=self.index.device).repeat_interleave(corners)
         coo = torch.sparse_coo_tensor(torch.stack([rows, self.index.reshape(-1)]), self.weight.reshape(-1),
-                                      (r * p, m * half), check_invariants=False).coalesce()
+                                      (r * p, size), check_invariants=False).coalesce()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # CSR support is labelled beta
             return coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
