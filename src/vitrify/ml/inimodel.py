@@ -87,6 +87,16 @@ def coarse_radius_3d(box_px: int, step_deg: float, diameter_px: float) -> int:
     return int(math.ceil(box_px * 1.2 * 360.0 / (step_deg * math.pi * diameter_px) - 1e-9))
 
 
+def default_max_significant(settings: Settings3D) -> int:
+    """Coarse poses kept per particle: ``max_significant`` if given, else ``fine_cap``.
+
+    RELION keeps up to 100 K significant coarse poses in VDAM and refines all of them; here every
+    particle's fine pass refines its ``fine_cap`` (20) most probable ones, so that every particle
+    is scored at the current resolution at a bounded cost.
+    """
+    return settings.max_significant if settings.max_significant > 0 else settings.fine_cap
+
+
 def auto_order(resolution_angst: float, diameter_angst: float, start: int) -> int:
     """Smallest order >= ``start`` whose fine step (half the coarse) is below the arc of one
     resolution element at the particle's radius (at most :data:`MAX_AUTO_ORDER`)."""
@@ -262,7 +272,7 @@ def em_iteration(ref: Refiner3D, it: int) -> Iteration3D:
     model = ref.model
     model.tau2_fudge = ref.settings.tau2_fudge
     idx = torch.arange(ref.particles.n_particles, device=ref.particles.ft.device)
-    sums, data, weight = ref.estep(idx, 1, max(ref.settings.max_significant, 0))
+    sums, data, weight = ref.estep(idx, 1, default_max_significant(ref.settings))
     grids = map_reconstruct(data[0], weight[0], model.tau2, model.tau2_fudge, model.current_radius, ref.shells,
                             ref.settings.minres_map)
     vols = volumes_from_grids(grids, model.box_px)
@@ -283,8 +293,7 @@ def vdam_iteration(ref: Refiner3D, it: int) -> Iteration3D:
     else:
         gen = torch.Generator().manual_seed(int(s.seed) + it)
         idx = torch.randperm(n, generator=gen)[:size].sort().values.to(dev)
-    max_sig = s.max_significant if s.max_significant >= 0 else 100 * model.n_classes
-    sums, data, weight = ref.estep(idx, 2, max_sig)
+    sums, data, weight = ref.estep(idx, 2, default_max_significant(s))
     f_grid = volume_grids(model.refs)
     grads = half_gradients(data, weight, f_grid)
     inside = ref.shells <= model.current_radius

@@ -111,9 +111,13 @@ def _refine(score_fn, start: torch.Tensor, step_deg: float, levels: int) -> tupl
     return best, best_score
 
 
-def align_maps(volume: torch.Tensor, reference: torch.Tensor, *, try_hands: bool = True, order: int = 2,
-               search_box: int = 24, max_shift_px: int = 4, top: int = 4) -> Alignment:
-    """Align ``volume`` ``(n, n, n)`` onto ``reference`` ``(n, n, n)`` (rotation, shift, hand)."""
+def align_maps(volume: torch.Tensor, reference: torch.Tensor, *, try_hands: bool = True, order: int = 1,
+               search_box: int = 20, max_shift_px: int = 4, top: int = 3) -> Alignment:
+    """Align ``volume`` ``(n, n, n)`` onto ``reference`` ``(n, n, n)`` (rotation, shift, hand).
+
+    The ``top`` best rotations of the global search (per hand) are refined on the small copies;
+    the best of them is refined again at full size.
+    """
     n = volume.shape[-1]
     grid = orientation_grid(order, dtype=torch.float64, device=volume.device)
     mats = euler_to_matrix(grid[:, 0], grid[:, 1], grid[:, 2]).to(volume.dtype)
@@ -125,18 +129,18 @@ def align_maps(volume: torch.Tensor, reference: torch.Tensor, *, try_hands: bool
         vol = torch.flip(volume, dims=[0]) if mirrored else volume
         small = _small(vol, search_box)
         scores, _ = _scores(small, small_ref, mats, shift_small)
-        order_idx = torch.argsort(scores, descending=True)[:top]
-        for i in order_idx.tolist():
+        for i in torch.argsort(scores, descending=True)[:top].tolist():
             rot, score = _refine(lambda r, v=small: _scores(v, small_ref, r, shift_small)[0], mats[i].double(),
-                                 angular_step(order) / 2, 3)
-            rot, score = _refine(lambda r, v=vol: _scores(v, reference, r, max_shift_px)[0], rot, 1.0, 2)
+                                 angular_step(order) / 2, 4)
             if best is None or score > best[0]:
                 best = (score, rot, mirrored)
-    score, rot, mirrored = best
+    _, rot, mirrored = best
     vol = torch.flip(volume, dims=[0]) if mirrored else volume
+    rot, score = _refine(lambda r: _scores(vol, reference, r, max_shift_px)[0], rot, 1.0, 2)
     _, shift = _scores(vol, reference, rot[None].to(volume.dtype), max_shift_px)
+    # the correlation peaks at d where the rotated map is the reference moved by +d: move it back
     aligned = torch.roll(rotate_volume(vol, rot[None].to(volume.dtype))[0],
-                         shifts=tuple(int(v) for v in shift[0].flip(0)), dims=(0, 1, 2))
+                         shifts=tuple(-int(v) for v in shift[0].flip(0)), dims=(0, 1, 2))
     return Alignment(aligned, rot.to(volume.dtype), shift[0].to(volume.dtype), mirrored, score)
 
 
@@ -179,8 +183,8 @@ def _symmetry_scores(volume: torch.Tensor, rotations: torch.Tensor, symmetry: st
     return torch.cat(out)
 
 
-def find_symmetry_axes(volume: torch.Tensor, symmetry: str, *, order: int = 2, search_box: int = 24,
-                       top: int = 3) -> SymmetryAlignment:
+def find_symmetry_axes(volume: torch.Tensor, symmetry: str, *, order: int = 1, search_box: int = 16,
+                       top: int = 2) -> SymmetryAlignment:
     """Rotate ``volume`` ``(n, n, n)`` so that ``symmetry``'s axes are in RELION's standard orientation."""
     n = volume.shape[-1]
     small = _small(volume, search_box)
@@ -192,11 +196,10 @@ def find_symmetry_axes(volume: torch.Tensor, symmetry: str, *, order: int = 2, s
     scores = _symmetry_scores(small, mats, symmetry, mask_small)
     best = None
     for i in torch.argsort(scores, descending=True)[:top].tolist():
-        rot, _ = _refine(lambda r: _symmetry_scores(small, r, symmetry, mask_small), mats[i].double(),
-                         angular_step(order) / 2, 2)
-        rot, score = _refine(lambda r: _symmetry_scores(volume, r, symmetry, mask), rot, 1.0, 2)
+        rot, score = _refine(lambda r: _symmetry_scores(small, r, symmetry, mask_small), mats[i].double(),
+                             angular_step(order) / 2, 4)
         if best is None or score > best[0]:
             best = (score, rot)
-    score, rot = best
+    rot, score = _refine(lambda r: _symmetry_scores(volume, r, symmetry, mask), best[1], 1.0, 1)
     aligned = rotate_volume(volume, rot[None].to(volume.dtype))[0]
     return SymmetryAlignment(aligned, rot.to(volume.dtype), score, symmetry_score(volume, symmetry, mask))

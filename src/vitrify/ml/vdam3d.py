@@ -18,6 +18,33 @@ from vitrify.ml.slices import PAD, volume_grids, volumes_from_grids
 from vitrify.ml.vdam import Moments, preconditioned_gradient
 
 
+_INSIDE: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+
+def _inside(shells: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat indices of the voxels with shell <= ``radius``, their shells and the voxel count per shell."""
+    key = (shells.data_ptr(), tuple(shells.shape), str(shells.device), int(radius))
+    if key not in _INSIDE:
+        if len(_INSIDE) > 16:
+            _INSIDE.clear()
+        s = shells.reshape(-1)
+        idx = torch.nonzero(s <= radius).flatten()
+        _INSIDE[key] = (idx, s[idx], torch.bincount(s[idx], minlength=radius + 1).clamp_min(1))
+    return _INSIDE[key]
+
+
+def shell_means(values: torch.Tensor, shells: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean of real grids ``(K, g, g, g//2+1)`` per shell ``0..radius``: ``(K, radius+1)`` float64.
+
+    Only the voxels inside ``radius`` are read (a small part of the grid at low resolution).
+    """
+    idx, s, count = _inside(shells, radius)
+    k = values.shape[0]
+    sums = torch.zeros(k, radius + 1, dtype=torch.float64, device=values.device)
+    sums.index_add_(1, s, values.reshape(k, -1)[:, idx].double())
+    return sums / count
+
+
 def flat(grid: torch.Tensor) -> torch.Tensor:
     """View ``(..., m, m, h)`` as ``(..., m, m * h)`` (the layout of the 2D moment code)."""
     return grid.reshape(*grid.shape[:-2], grid.shape[-2] * grid.shape[-1])
@@ -32,18 +59,17 @@ def zero_moments(n_classes: int, m: int, device) -> Moments:
 
 def reference_tau2(grids: torch.Tensor, shells: torch.Tensor, radius: int, n: int) -> torch.Tensor:
     """Reference power ``|F|^2 / 2`` per shell ``(K, n//2+1)`` float64 (0 beyond ``radius``)."""
-    power = grids.real.double() ** 2 + grids.imag.double() ** 2
-    tau2 = shell_sums(power, shells.clamp(max=n // 2 + 1), n // 2 + 2, mean=True)[:, : n // 2 + 1] / 2
-    tau2[:, radius + 1:] = 0
+    tau2 = torch.zeros(grids.shape[0], n // 2 + 1, dtype=torch.float64, device=grids.device)
+    tau2[:, : radius + 1] = shell_means(grids.real ** 2 + grids.imag ** 2, shells, radius) / 2
     return tau2
 
 
 def data_vs_prior(weight: torch.Tensor, tau2: torch.Tensor, tau2_fudge: float, shells: torch.Tensor,
                   n_shells: int) -> torch.Tensor:
     """SSNR ``(K, n_shells)`` from weight grids ``(K, m, m, m//2+1)``."""
-    t2 = tau2.double()[:, shells.clamp(max=tau2.shape[1] - 1)]
-    return shell_sums(weight.double() * PAD ** 3 * tau2_fudge * t2, shells.clamp(max=n_shells),
-                      n_shells + 1, mean=True)[:, :n_shells]
+    r = n_shells - 1
+    mean_w = shell_means(weight, shells, r)  # tau2 is constant on a shell
+    return mean_w * PAD ** 3 * tau2_fudge * tau2.double()[:, :n_shells].to(mean_w.device)
 
 
 def map_reconstruct(data: torch.Tensor, weight: torch.Tensor, tau2: torch.Tensor, tau2_fudge: float,
@@ -73,9 +99,9 @@ def gradient_step(refs: torch.Tensor, moments: Moments, steps: torch.Tensor, tau
     inside = shells <= radius
     s = shells.clamp(max=radius)
     g = preconditioned_gradient(moments).reshape(shape)
-    power = shell_sums(f.abs().double(), s, radius + 1, mean=True)
+    power = shell_means(f.abs(), shells, radius)
     m1 = moments.m1.reshape(2, *shape)
-    noise = shell_sums((m1[0] - m1[1]).abs().double(), s, radius + 1, mean=True)
+    noise = shell_means((m1[0] - m1[1]).abs(), shells, radius)
     snr = torch.where(noise > 0, 2.0 * tau2_fudge * power / noise.clamp_min(1e-300), torch.zeros_like(noise))
     fsc = (snr / (1.0 + snr)).clamp(0.0, 1.0).float()[:, s]
     step = steps.float().to(refs.device)[:, None, None, None]
