@@ -60,6 +60,28 @@ def test_stage_without_its_jobs_names_what_is_missing(tmp_path, capsys, monkeypa
     assert not (tmp_path / "p").exists()
 
 
+def test_stop_forks_send_proc_back_to_wait_after_the_stage(tmp_path):
+    from vitrify.pipeline._auto_stages import route_proc
+    from vitrify.pipeline.schemes.star import read_scheme
+    from vitrify.pipeline.schemes.templates_data import install_scheme
+
+    project = tmp_path / "p"
+    install_scheme(project, "proc")
+    before = read_scheme(project / "Schemes/proc/scheme.star")
+    route_proc(project, "2d")
+    after = read_scheme(project / "Schemes/proc/scheme.star")
+    assert after.next_node("class2d") == "WAIT" and after.next_node("inimodel3d") == "SET_myref_inimodel"
+    for node in ("WAIT", "HAS_ctffind", "select_mics", "autopick", "extract", "select_parts", "CHECK_do_3d"):
+        assert after.next_node(node) == before.next_node(node)
+    route_proc(project, "3d")
+    after = read_scheme(project / "Schemes/proc/scheme.star")
+    assert after.next_node("class2d") == "select_parts" and after.next_node("inimodel3d") == "WAIT"
+    route_proc(project, "refine")
+    again = read_scheme(project / "Schemes/proc/scheme.star")
+    assert len(again.edges) == len(before.edges) + 2             # one fork per stage, added once
+    assert all(again.next_node(n) == before.next_node(n) for n in ("class2d", "inimodel3d"))
+
+
 def test_stop_without_a_run_is_one_line(tmp_path, capsys, monkeypatch):
     _one_line_error(capsys, monkeypatch, ["auto", "--stop", "--project", str(tmp_path)],
                     "not a project set up by vitrify auto")

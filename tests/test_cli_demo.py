@@ -1,6 +1,6 @@
-"""`vitrify demo` pipeline mode, fast parts: truth comparisons, the stop-after-2D scheme edit,
-progress following, output directory rules and the command line (no simulation here; the whole
-chain runs in tests/test_cli_demo_pipeline.py)."""
+"""`vitrify demo` pipeline mode, fast parts: truth comparisons, progress following, the demo's
+commands (vitrify auto watching the session the microscope thread writes), output directory rules
+and the command line (no simulation here; the whole chain runs in tests/test_cli_demo_pipeline.py)."""
 
 from __future__ import annotations
 
@@ -101,29 +101,18 @@ def _run_cli(argv: list[str]) -> None:
     assert exit_.value.code in (0, None)
 
 
-def test_stop_after_2d_edit_routes_class2d_to_exit(tmp_path, monkeypatch):
-    """The demo's own scheme edit, through `vitrify schemer --add`: class2d goes to an exit
-    operator while stop_after_2d is true, to the class ranker otherwise; nothing else moves."""
-    from vitrify.pipeline.schemes.star import read_scheme
-    from vitrify.pipeline.schemes.templates_data import install_scheme
-
-    out = tmp_path / "demo"
-    project = out / "project"
-    install_scheme(project, "proc")
-    before = read_scheme(project / "Schemes/proc/scheme.star")
-    stop = next(step for step in demo_steps(PipelineDemo(), out, 150.0) if step.cwd == project
-                and step.watch is None)
-    monkeypatch.chdir(project)
-    for argv in stop.argvs:
-        _run_cli(list(argv))
-    after = read_scheme(project / "Schemes/proc/scheme.star")
-    assert after.bools["stop_after_2d"] is True
-    assert after.operators["EXIT_after_2d"].type == "exit"
-    assert after.next_node("class2d") == "EXIT_after_2d"
-    after.bools["stop_after_2d"] = False
-    assert after.next_node("class2d") == "select_parts"
-    for node in ("WAIT", "select_mics", "autopick", "extract", "select_parts", "CHECK_do_3d"):
-        assert after.next_node(node) == before.next_node(node)
+def test_the_demo_is_simulate_then_vitrify_auto_with_the_microscope_started_first(tmp_path):
+    calls = []
+    steps = demo_steps(PipelineDemo(movies=4, interval_s=2.0, idle_min=0.2), tmp_path, 80.0, lambda: calls.append(1))
+    assert [step.argvs[0][0] for step in steps] == ["simulate", "auto"]
+    assert steps[0].argvs[0][-2:] == ("--out", "microscope") and steps[0].before is None
+    auto = steps[1].argvs[0]
+    assert auto[:4] == ("auto", "session", "--project", "project")
+    assert auto[auto.index("--particle-diameter") + 1] == "80" and auto[auto.index("--idle") + 1] == "0.2"
+    assert "--until" not in auto                       # the last stage vitrify has jobs for
+    assert [p.parent.name for p in steps[1].watch] == ["prep", "proc"]
+    steps[1].before()
+    assert calls == [1]
 
 
 def test_scheme_watcher_reports_finished_jobs(tmp_path):

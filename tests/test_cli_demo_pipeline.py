@@ -1,5 +1,6 @@
-"""`vitrify demo` end to end on a tiny session: simulate movies → mdcatch → schemer prep and proc →
-2D classes, then the report's numbers checked against the truth files and the job outputs."""
+"""`vitrify demo` end to end on a tiny session: simulate movies, written into the session over time
+while vitrify auto (mdcatch, prep and proc in rounds) processes them → 2D classes; then the report's
+numbers checked against the truth files and the job outputs."""
 
 from __future__ import annotations
 
@@ -27,23 +28,29 @@ def test_tiny_demo_runs_to_2d_and_reports_truth(tmp_path):
     from vitrify.pipeline.schemes import control
 
     out = tmp_path / "demo"
-    demo = PipelineDemo(movies=2, size_px=768, particles_per_movie=12, frames=4, classes=2, iterations=5)
+    demo = PipelineDemo(movies=2, size_px=768, particles_per_movie=12, frames=4, classes=2, iterations=5,
+                        interval_s=2.0, idle_min=0.1)
     summary = run_pipeline_demo(Console(quiet=True), out, demo)
     project = out / "project"
 
-    # the schemes ran our jobs through the pipeliner and proc stopped by its own exit after 2D
+    # vitrify auto ran the schemes in rounds through the pipeliner; proc went back to WAIT after 2D
     proc = control.scheme_status(project, "proc")
-    assert proc["state"] == "finished" and proc["current_node"] == "EXIT_after_2d"
-    assert summary["schemes"]["proc"] == {"state": "finished", "current_node": "EXIT_after_2d"}
-    assert summary["schemes"]["prep"]["current_node"] == "EXIT_maxtime"     # one pass, then its time check
+    assert proc["state"] == "finished" and proc["current_node"] == "WAIT"
+    assert summary["schemes"]["proc"] == {"state": "finished", "current_node": "WAIT"}
+    assert summary["schemes"]["prep"]["current_node"] == "WAIT"
     assert {j["node"]: j["has_started"] for j in proc["jobs"]}["select_parts"] is False
     statuses = {record.name: record.status for record in Project.open(project).jobs()}
     assert summary["jobs"]["class2d"].startswith("Class2D/") and summary["failed"] == {}
-    assert all(statuses[name] == "Succeeded" for name in summary["jobs"].values())
-    assert len(statuses) == 7                                   # import ... class2d, nothing else
+    assert all(status == "Succeeded" for status in statuses.values())
+    classified = sum(name.startswith("Class2D/") for name in statuses)
+    assert len(statuses) == 6 + classified and classified >= 1    # import ... extract once, 2D per round
+    fly = summary["on_the_fly"]
+    assert fly["movies_written"] == 2 and fly["stage"] == "2d" and fly["behind_s"] > 0
+    assert fly["rounds"][0]["scheme"] == "prep" and all(r["status"] == "succeeded" for r in fly["rounds"])
+    assert sum(r["scheme"] == "proc" for r in fly["rounds"]) >= classified
 
     # the report's numbers against the truth and the job outputs, recomputed here
-    truth = read_star(out / "session" / "truth.star")
+    truth = read_star(out / "microscope" / "truth.star")
     assert summary["movies"] == 2 == len(truth["micrographs"])
     assert summary["true_particles"] == len(truth["particles"]) == truth["micrographs"]["vtfParticleCount"].sum()
     assert summary["picking"]["picks"] == _picks(project, summary["jobs"]["autopick"])
@@ -63,9 +70,9 @@ def test_tiny_demo_runs_to_2d_and_reports_truth(tmp_path):
     assert summary["ctf"]["median_abs_defocus_error_nm"] < 100
 
     assert json.loads((out / "demo_report.json").read_text())["extracted"] == summary["extracted"]
-    assert [t["step"] for t in summary["steps"]] == ["simulate", "mdcatch", "schemer", "schemer prep", "schemer proc"]
+    assert [t["step"] for t in summary["steps"]] == ["simulate", "auto"]
     assert summary["cpu_s"] >= sum(t["cpu_s"] for t in summary["steps"]) > 0
     text = io.StringIO()
     print_pipeline_report(Console(file=text, width=300), summary)
     assert summary["class2d"]["gallery_png"] in text.getvalue()
-    assert "vitrify schemer --scheme proc --status" in text.getvalue()
+    assert "vitrify schemer --scheme proc --status" in text.getvalue() and "On the fly." in text.getvalue()

@@ -1,24 +1,21 @@
-"""``vitrify demo`` (pipeline mode): microscope movies to 2D classes with nobody in the loop.
+"""``vitrify demo`` (pipeline mode): microscope movies to 2D classes on the fly, with nobody in the loop.
 
 Into ``--out`` it runs, as a user would type them (each a subprocess, output in ``logs/``):
 
-1. ``vitrify simulate movies ... --out session``: an EPU/SerialEM-style session (movies, one
-   XML + mdoc per movie, gain) of a real structure, with the truth (``session/truth.star``);
-2. ``vitrify mdcatch session --project project --particle-diameter D --set ...``: the
-   acquisition parameters from the metadata, the processing parameters derived from them and
-   written into ``project/Schemes/prep`` and ``project/Schemes/proc``. The ``--set`` keys make
-   this a one-pass demo: ``maxtime_hr 0`` and ``wait_sec 0`` end each scheme at its first
-   time check after a pass over the movies there (at a microscope they keep watching for new
-   movies for 48 h), plus a small 2D classification (classes, VDAM iterations);
-3. three ``vitrify schemer --scheme proc --add ...`` calls (relion_schemer's own way to edit a
-   scheme): a bool variable ``stop_after_2d`` (True), an ``exit`` operator ``EXIT_after_2d``
-   and a fork after ``class2d`` to it, so proc stops after 2D instead of going on to class
-   ranking, initial model and refinement, which vitrify does not have yet;
-4. ``vitrify schemer --scheme prep --run`` (import, motion correction, CTF) and then
-   ``vitrify schemer --scheme proc --run`` (select, LoG picking, extraction, 2D classification)
-   from the project directory, through the pipeliner.
+1. ``vitrify simulate movies ... --out microscope``: an EPU/SerialEM-style session (movies, one
+   XML + mdoc per movie, gain) of a real structure, with the truth (``microscope/truth.star``);
+2. the microscope at work: a thread of this process copies those movies into ``session/`` one
+   every ``interval_s`` seconds, each written in pieces (:func:`vitrify.sim.replay.replay_session`),
+   while
+3. ``vitrify auto session --project project --particle-diameter D --set ...`` watches the
+   session: MDCatch reads the first movie's metadata and sets up the project and the prep and
+   proc schemes, and the schemes run in rounds as movies become ready (import, motion correction,
+   CTF; selection, LoG picking, extraction, 2D classification), up to the last stage vitrify has
+   the jobs for, until no movie has come for ``--idle`` minutes. The ``--set`` keys give a
+   small 2D classification (classes, VDAM iterations) and the CTF cut for these small micrographs.
 
-The results are compared with the truth by :mod:`vitrify.cli._demo_results`.
+The results are compared with the truth by :mod:`vitrify.cli._demo_results`; how the rounds
+kept up with the microscope comes from ``project/Auto/auto.log``.
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,7 +35,7 @@ from vitrify.io.errors import InputError
 
 #: Marks a directory made by ``vitrify demo``: only such a directory is replaced by --overwrite.
 MARKER = ".vitrify_demo"
-_PARTS = ("session", "project", "logs", "demo_report.json", MARKER)
+_PARTS = ("microscope", "session", "project", "logs", "demo_report.json", MARKER)
 
 
 @dataclass(frozen=True)
@@ -54,6 +52,8 @@ class PipelineDemo:
     iterations: int = 40
     max_ctf_resolution_angst: float = 12.0
     threads: int = 2
+    interval_s: float = 3.0
+    idle_min: float = 0.5
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -66,6 +66,9 @@ class PipelineDemo:
                                  expected=f"{low}..{high}")
         if not 0.3 <= self.pixel_size_angst <= 10:
             raise InputError(f"{self.pixel_size_angst} out of range", field="--pixel-size", expected="0.3..10 Å")
+        if not 0 <= self.interval_s <= 3600 or not 0 < self.idle_min <= 600:
+            raise InputError(f"interval {self.interval_s:g} s, idle {self.idle_min:g} min", field="--interval",
+                             expected="0..3600 s between movies, idle 0..600 min")
         if self.max_ctf_resolution_angst <= 2 * self.pixel_size_angst:
             raise InputError(f"{self.max_ctf_resolution_angst} Å is finer than Nyquist",
                              field="--max-ctf-resolution", expected=f"> {2 * self.pixel_size_angst:g} Å")
@@ -78,41 +81,33 @@ def particle_diameter_angst(structure: str) -> float:
     return float(10 * math.ceil(2 * load_structure(structure).max_radius_angst() / 10))
 
 
-def _mdcatch_sets(demo: PipelineDemo) -> list[str]:
-    keys = {"prep__maxtime_hr": 0, "prep__wait_sec": 0, "proc__maxtime_hr": 0, "proc__wait_sec": 0,
-            "proc__select_mics__select_maxval": f"{demo.max_ctf_resolution_angst:g}",
+def _auto_sets(demo: PipelineDemo) -> list[str]:
+    keys = {"proc__select_mics__select_maxval": f"{demo.max_ctf_resolution_angst:g}",
             "proc__class2d__nr_classes": demo.classes, "proc__class2d__nr_iter_grad": demo.iterations,
             "proc__class2d__nr_threads": demo.threads}
     return [arg for key, value in keys.items() for arg in ("--set", f"{key}={value}")]
 
 
-def demo_steps(demo: PipelineDemo, out: Path, diameter_angst: float) -> list[Step]:
-    """The commands of the demo, in order (run in ``out`` and ``out/project``)."""
+def demo_steps(demo: PipelineDemo, out: Path, diameter_angst: float,
+               microscope: Callable[[], object] | None = None) -> list[Step]:
+    """The commands of the demo, in order (run in ``out``); ``microscope`` starts writing the session."""
     project = out / "project"
-    scheme = ("schemer", "--scheme")
     structure = str(Path(demo.structure).resolve()) if Path(demo.structure).is_file() else demo.structure
     simulate = ("simulate", "movies", "--structure", structure, "--n", str(demo.movies),
                 "--size", str(demo.size_px), "--pixel-size", f"{demo.pixel_size_angst:g}",
                 "--particles", str(demo.particles_per_movie), "--frames", str(demo.frames),
-                "--seed", str(demo.seed), "--out", "session")
-    stop = [(*scheme, "proc", "--add", "variable", "--name", "stop_after_2d", "--value", "True"),
-            (*scheme, "proc", "--add", "operator", "--name", "EXIT_after_2d", "--type", "exit"),
-            (*scheme, "proc", "--add", "fork", "--i", "class2d", "--bool", "stop_after_2d",
-             "--o", "EXIT_after_2d", "--o2", "select_parts")]
+                "--seed", str(demo.seed), "--out", "microscope")
+    auto = ("auto", "session", "--project", "project", "--particle-diameter", f"{diameter_angst:g}",
+            "--idle", f"{demo.idle_min:g}", "--stable", "1", "--poll", "0.5", *_auto_sets(demo))
     return [
-        Step(f"the microscope: {demo.movies} movies of {demo.structure} ({demo.size_px}² px, "
+        Step(f"the microscope's data: {demo.movies} movies of {demo.structure} ({demo.size_px}² px, "
              f"{demo.frames} frames, {demo.pixel_size_angst:g} Å/px) with EPU XML + SerialEM mdoc and gain",
-             (simulate,), out, count=("session/Movies/mov_*.tiff", demo.movies, "movies")),
-        Step(f"MDCatch: read the session's metadata, derive the parameters, set up the project "
-             f"(particle diameter {diameter_angst:g} Å)",
-             (("mdcatch", "session", "--project", "project", "--particle-diameter", f"{diameter_angst:g}",
-               *_mdcatch_sets(demo)),), out),
-        Step("proc scheme: stop after 2D classification (no class ranker / 3D jobs in vitrify yet)",
-             tuple(stop), project),
-        Step("prep scheme: import → motion correction → CTF estimation", ((*scheme, "prep", "--run"),),
-             project, watch=project / "Schemes" / "prep" / "schemer.log"),
-        Step("proc scheme: select micrographs → LoG picking → extraction → 2D classification",
-             ((*scheme, "proc", "--run"),), project, watch=project / "Schemes" / "proc" / "schemer.log"),
+             (simulate,), out, count=("microscope/Movies/mov_*.tiff", demo.movies, "movies")),
+        Step(f"vitrify auto on the fly: a movie into session/ every {demo.interval_s:g} s; MDCatch "
+             f"(particle diameter {diameter_angst:g} Å), then the prep and proc schemes in rounds",
+             (auto,), out, watch=(project / "Schemes" / "prep" / "schemer.log",
+                                  project / "Schemes" / "proc" / "schemer.log"),
+             count=("project/Auto/Ready/Movies/mov_*.tiff", demo.movies, "movies ready"), before=microscope),
     ]
 
 
@@ -136,6 +131,44 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     atomic_write(out / MARKER, "made by vitrify demo\n")
 
 
+class _Microscope:
+    """Writes the simulated movies into ``out/session`` over time (a thread; see the module docstring)."""
+
+    def __init__(self, out: Path, demo: PipelineDemo) -> None:
+        self.out, self.demo, self.written, self.thread = out, demo, [], None
+
+    def start(self) -> None:
+        from vitrify.sim.replay import replay_in_background
+
+        (self.out / "session" / "Movies").mkdir(parents=True, exist_ok=True)
+        self.thread = replay_in_background(self.out / "microscope", self.out / "session",
+                                           interval_s=self.demo.interval_s, chunks=4, chunk_s=0.25,
+                                           wrote=lambda path, when: self.written.append(when))
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+
+def on_the_fly(project: Path, written: list[float]) -> dict:
+    """Rounds of the schemes and how far behind the microscope they ended (from ``Auto/auto.log``)."""
+    from vitrify.pipeline.auto import read_log, rounds_from_log
+
+    lines = read_log(project)
+    if not lines:
+        return {}
+    start = lines[0][0]
+    rounds = [{**r, "start_s": r["start"] - start, "end_s": r.get("end", r["start"]) - start}
+              for r in rounds_from_log(lines)]
+    last_result = max((r["end_s"] for r in rounds if r.get("status") == "succeeded"), default=None)
+    last_movie = max(written) - start if written else None
+    stage = next((m.rsplit("until stage ", 1)[1].split(",")[0] for _, m in lines if "until stage " in m), "?")
+    return {"stage": stage, "movies_written": len(written), "last_movie_s": last_movie, "last_result_s": last_result,
+            "behind_s": None if last_movie is None or last_result is None else last_result - last_movie,
+            "rounds": [{k: r[k] for k in ("scheme", "round", "n_in", "start_s", "end_s")}
+                       | {"status": r.get("status", "unfinished")} for r in rounds]}
+
+
 def run_pipeline_demo(console: Console, out: Path, demo: PipelineDemo, *, overwrite: bool = False) -> dict:
     """Run the whole demo into ``out``; returns the summary (also written to ``out/demo_report.json``)."""
     import json
@@ -145,17 +178,21 @@ def run_pipeline_demo(console: Console, out: Path, demo: PipelineDemo, *, overwr
     prepare_out(out, overwrite)
     start, cpu_start = time.perf_counter(), cpu_seconds()
     diameter = particle_diameter_angst(demo.structure)
-    steps = demo_steps(demo, out, diameter)
+    microscope = _Microscope(out, demo)
+    steps = demo_steps(demo, out, diameter, microscope.start)
     timings = []
     with counting_orphans():
         for number, step in enumerate(steps, 1):
             cpu = cpu_seconds()
-            wall = run_step(console, step, out / "logs" / f"{number:02d}_{step.argvs[0][0]}.log")
-            timings.append({"step": step.argvs[0][0] + (f" {step.argvs[0][2]}" if step.watch else ""),
-                            "wall_s": wall, "cpu_s": cpu_seconds() - cpu})
-    summary = collect_results(out / "project", out / "session" / "truth.star", diameter)
+            try:
+                wall = run_step(console, step, out / "logs" / f"{number:02d}_{step.argvs[0][0]}.log")
+            finally:
+                microscope.join()
+            timings.append({"step": step.argvs[0][0], "wall_s": wall, "cpu_s": cpu_seconds() - cpu})
+    summary = collect_results(out / "project", out / "microscope" / "truth.star", diameter)
     summary.update(settings=asdict(demo), particle_diameter_angst=diameter, out=str(out),
                    commands=[{"cwd": str(s.cwd), "command": c} for s in steps for c in s.commands],
-                   steps=timings, wall_s=time.perf_counter() - start, cpu_s=cpu_seconds() - cpu_start)
+                   steps=timings, wall_s=time.perf_counter() - start, cpu_s=cpu_seconds() - cpu_start,
+                   on_the_fly=on_the_fly(out / "project", microscope.written))
     atomic_write(out / "demo_report.json", json.dumps(summary, indent=1) + "\n")
     return summary

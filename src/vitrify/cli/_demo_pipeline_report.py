@@ -1,8 +1,9 @@
 """What the pipeline demo found, in plain words, against the simulation's truth.
 
 Reads the summary of :func:`vitrify.cli._demo_results.collect_results` (also in
-``demo_report.json``) and prints: what ran, how close each step came to the truth, where the
-2D class gallery is, and the commands to look at the project.
+``demo_report.json``) and prints: what ran, how close each step came to the truth, how the
+on-the-fly rounds kept up with the microscope, where the 2D class gallery is, and the commands
+to look at the project.
 """
 
 from __future__ import annotations
@@ -74,23 +75,46 @@ def _class_table(class2d: dict) -> Table:
     return view
 
 
+def _on_the_fly_text(fly: dict, summary: dict) -> str:
+    rounds = fly["rounds"]
+    counts = {scheme: sum(1 for r in rounds if r["scheme"] == scheme) for scheme in ("prep", "proc")}
+    text = (f"[bold]On the fly.[/] The microscope wrote {fly['movies_written']} movies, the last one complete "
+            f"{fly['last_movie_s']:.0f} s after vitrify auto started; the prep scheme ran {counts['prep']} "
+            f"round(s) and proc {counts['proc']} as movies became ready")
+    if fly.get("behind_s") is not None:
+        text += (f"; the last results (round ending at {fly['last_result_s']:.0f} s) came "
+                 f"{fly['behind_s']:.0f} s after the last movie")
+    stage = fly.get("stage", "?")
+    return text + (f". It ran up to stage {stage}, the last one vitrify has the jobs for (vitrify auto "
+                   "--until; a later stage needs the class ranker, initial model and 3D refinement jobs).")
+
+
+def _rounds_table(fly: dict) -> Table:
+    view = Table("scheme", "round", "in", "from s", "to s", "took s", "status")
+    for r in fly["rounds"]:
+        view.add_row(r["scheme"], str(r["round"]), str(r["n_in"]), f"{r['start_s']:.0f}", f"{r['end_s']:.0f}",
+                     f"{r['end_s'] - r['start_s']:.0f}", r["status"])
+    return view
+
+
 def _where_text(summary: dict, project: Path) -> list[str]:
     jobs = summary["jobs"]
-    lines = [f"  session (the microscope's files + truth.star): {project.parent / 'session'}",
+    lines = [f"  session (what the microscope wrote): {project.parent / 'session'}; the truth: "
+             f"{project.parent / 'microscope' / 'truth.star'}",
              f"  project: {project} (jobs: {', '.join(sorted(jobs.values(), key=lambda j: j.rstrip('/')[-3:]))})"]
     if "class2d" in summary:
         lines.append(f"  2D class gallery: {summary['class2d']['gallery_png']} "
                      f"(averages: {summary['class2d']['classes_mrcs']})")
     proc = summary["schemes"]["proc"]
     lines += [f"  schemes: prep {summary['schemes']['prep']['state']}, proc {proc['state']} at "
-              f"{proc['current_node']} (stop_after_2d; --set_var stop_after_2d=False lets proc go on to "
-              f"class ranking and 3D once vitrify has those jobs)",
+              f"{proc['current_node']}; vitrify auto's log: {project / 'Auto' / 'auto.log'}",
               f"  numbers: {project.parent / 'demo_report.json'}, logs: {project.parent / 'logs'}",
               "", "Look at it:", f"  cd {project}",
+              "  vitrify dashboard --project .            # the live page: schemes, jobs, figures, classes",
               "  vitrify pipeline --png pipeline.png       # the jobs and how data flowed between them",
-              "  vitrify schemer --scheme prep --status    # what each scheme did (add --json for scripts)",
-              "  vitrify schemer --scheme proc --status",
-              "  cat acquisition.json                      # what MDCatch read and derived, with sources"]
+              "  vitrify schemer --scheme proc --status    # what each scheme did (add --json for scripts)",
+              "  cat acquisition.json                      # what MDCatch read and derived, with sources",
+              "  vitrify auto ../session --project .       # goes on with any new movies in the session"]
     return lines
 
 
@@ -107,6 +131,10 @@ def print_pipeline_report(console: Console, summary: dict) -> None:
     if "class2d" in summary:
         console.print(_class_table(summary["class2d"]))
         say(_class_text(summary["class2d"]))
+    fly = summary.get("on_the_fly") or {}
+    if fly.get("rounds"):
+        say(_on_the_fly_text(fly, summary))
+        console.print(_rounds_table(fly))
     for job, reason in summary["failed"].items():
         say(f"[bold red]failed:[/] {escape(job)}: {escape(reason)}")
     say("\n[bold]Where the results are[/]")

@@ -2,8 +2,8 @@
 
 Each :class:`Step` is a ``vitrify ...`` command line run with ``python -m vitrify --quiet`` in a
 directory; its output goes to a log file. While it runs, a rich status line shows the elapsed
-time and what it is doing; a scheme run (``vitrify schemer --run``) is followed through its
-``schemer.log``, one printed line per finished job.
+time and what it is doing; a scheme run (``vitrify schemer --run``, ``vitrify auto``) is followed
+through its ``schemer.log`` files, one printed line per finished job.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +65,7 @@ class SchemeWatcher:
             if match is None:
                 continue
             node, what = match.groups()
-            if what.startswith("running"):
+            if what.startswith(("running", "continuing")):
                 self.current = f"{node}: {what}"
                 self.started[node] = time.perf_counter()
             elif what.endswith(("succeeded", "failed", "aborted")) or " failed" in what:
@@ -78,14 +78,16 @@ class SchemeWatcher:
 @dataclass(frozen=True)
 class Step:
     """Commands (each the arguments after ``vitrify``) run one after the other in ``cwd``;
-    ``watch`` is a ``schemer.log`` to follow while they run; ``count`` = (glob pattern under
-    ``cwd``, expected number, what they are) shows how many output files exist so far."""
+    ``watch`` are ``schemer.log`` files to follow while they run; ``count`` = (glob pattern under
+    ``cwd``, expected number, what they are) shows how many output files exist so far;
+    ``before`` is called just before the first command starts (the demo's microscope)."""
 
     title: str
     argvs: tuple[tuple[str, ...], ...]
     cwd: Path
-    watch: Path | None = None
+    watch: tuple[Path, ...] = ()
     count: tuple[str, int, str] | None = None
+    before: Callable[[], object] | None = None
 
     def counted(self) -> str:
         """``" · 3/10 movies"`` (from :attr:`count`), or ``""``."""
@@ -153,21 +155,23 @@ def _say(console: Console, text: str) -> None:
     console.print(text, soft_wrap=True, highlight=False)
 
 
-def _follow(console: Console, watcher: SchemeWatcher | None) -> None:
-    for ok, line in watcher.poll() if watcher else []:
-        _say(console, f"   {'[green]✓[/]' if ok else '[red]✗[/]'} {escape(line)}")
+def _follow(console: Console, watchers: list[SchemeWatcher]) -> None:
+    for watcher in watchers:
+        for ok, line in watcher.poll():
+            _say(console, f"   {'[green]✓[/]' if ok else '[red]✗[/]'} {escape(line)}")
 
 
-def _wait(console: Console, process: subprocess.Popen, step: Step, watcher: SchemeWatcher | None,
+def _wait(console: Console, process: subprocess.Popen, step: Step, watchers: list[SchemeWatcher],
           poll_s: float) -> None:
     start = time.perf_counter()
     with console.status(escape(step.title)) as status:
         while process.poll() is None:
             time.sleep(poll_s)
-            _follow(console, watcher)
-            doing = f" · {watcher.current}" if watcher and watcher.current else step.counted()
+            _follow(console, watchers)
+            current = [w.current for w in watchers if w.current]
+            doing = step.counted() + (f" · {', '.join(current)}" if current else "")
             status.update(f"{escape(step.title)} [dim]{time.perf_counter() - start:.0f} s{escape(doing)}[/]")
-    _follow(console, watcher)
+    _follow(console, watchers)
 
 
 def run_step(console: Console, step: Step, log: Path, *, poll_s: float = 0.5) -> float:
@@ -177,11 +181,13 @@ def run_step(console: Console, step: Step, log: Path, *, poll_s: float = 0.5) ->
     """
     _say(console, f"[bold cyan]>>[/] {escape(step.title)}")
     start = time.perf_counter()
+    if step.before is not None:
+        step.before()
     for argv, command in zip(step.argvs, step.commands):
         _say(console, f"   [dim]$ {escape(command)}[/]")
-        watcher = SchemeWatcher(step.watch) if step.watch is not None else None
+        watchers = [SchemeWatcher(path) for path in step.watch]
         process = _launch(argv, step.cwd, log)
-        _wait(console, process, step, watcher, poll_s)
+        _wait(console, process, step, watchers, poll_s)
         reap_orphans(timeout_s=_ORPHAN_WAIT_S)
         if process.returncode != 0:
             raise StepFailed(command, process.returncode, log)

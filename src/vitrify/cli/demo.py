@@ -1,8 +1,9 @@
 """``vitrify demo``: simulate a small data set from a real structure and process it.
 
 ``--mode pipeline`` (the default; :mod:`vitrify.cli._demo_pipeline`): movies with EPU/SerialEM
-metadata → ``vitrify mdcatch`` → ``vitrify schemer`` prep and proc → 2D classes, every step
-compared with the truth (:mod:`vitrify.cli._demo_pipeline_report`).
+metadata written into a session folder over time while ``vitrify auto`` watches it (MDCatch,
+then the prep and proc schemes in rounds) → 2D classes, every step compared with the truth
+(:mod:`vitrify.cli._demo_pipeline_report`).
 
 ``--mode particles`` (below), each step in a RELION-style job directory of ``--out``:
 
@@ -142,7 +143,7 @@ def _pipeline_mode(out: Path, options: dict) -> None:
     names = {"structure": "structure", "movies": "movies", "size": "size_px", "pixel_size": "pixel_size_angst",
              "particles": "particles_per_movie", "frames": "frames", "classes": "classes",
              "iterations": "iterations", "max_ctf_resolution": "max_ctf_resolution_angst",
-             "threads": "threads", "seed": "seed"}
+             "threads": "threads", "interval": "interval_s", "idle": "idle_min", "seed": "seed"}
     demo = PipelineDemo(**{field: options[key] for key, field in names.items() if options[key] is not None})
     try:
         summary = run_pipeline_demo(_console, out, demo, overwrite=options["overwrite"])
@@ -175,6 +176,8 @@ def register(app: typer.Typer) -> None:
         max_ctf_resolution: float | None = typer.Option(
             None, "--max-ctf-resolution", help="pipeline: keep micrographs whose CTF fit reaches this (Å; 12)."),
         threads: int | None = typer.Option(None, "--threads", help="pipeline: threads of 2D classification (2)."),
+        interval: float | None = typer.Option(None, "--interval", help="pipeline: seconds between movies (3)."),
+        idle: float | None = typer.Option(None, "--idle", help="pipeline: vitrify auto --idle, minutes (0.5)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="pipeline: replace an earlier demo in --out."),
         n: int = typer.Option(1000, "--n", help="particles: number of particles."),
         box: int = typer.Option(64, "--box", help="particles: box size (px)."),
@@ -189,7 +192,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Simulate a session from a real structure and process it automatically (minutes on a CPU).
 
-        Default (pipeline): movies + metadata -> mdcatch -> schemer prep, proc -> 2D classes, vs the truth.
+        Default (pipeline): movies written over time -> vitrify auto (mdcatch, prep, proc on the fly) -> 2D
+        classes, vs the truth.
         """
         from vitrify.io.errors import InputError
 

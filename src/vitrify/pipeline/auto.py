@@ -24,8 +24,10 @@ Progress goes to ``Auto/auto.log`` (one time-stamped line per event) and to ``sa
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -49,7 +51,7 @@ STOP_FILE = "STOP"
 PID_FILE = "auto.pid"
 SETUP_FILE = "auto.json"
 LOG_FILE = "auto.log"
-__all__ = ["STAGES", "AutoSettings", "AutoResult", "request_stop", "run_auto"]
+__all__ = ["STAGES", "AutoSettings", "AutoResult", "read_log", "request_stop", "rounds_from_log", "run_auto"]
 
 
 @dataclass(frozen=True)
@@ -129,11 +131,47 @@ class _Log:
         self._lock = threading.Lock()
 
     def __call__(self, message: str, *, echo: bool = True) -> None:
-        elapsed = time.monotonic() - self.start
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
         with self._lock, open(self.path, "a", encoding="utf-8") as handle:   # append-only log
-            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} +{elapsed:.1f}s {message}\n")
+            handle.write(f"{stamp} +{time.monotonic() - self.start:.1f}s {message}\n")
         if echo:
             self.say(message)
+
+
+_ROUND = re.compile(r"^(prep|proc) round (\d+): (.*)$")
+
+
+def read_log(project_dir: str | Path) -> list[tuple[float, str]]:
+    """``(time.time() of the line, message)`` for each line of ``Auto/auto.log``."""
+    lines = []
+    for line in (auto_dir(project_dir) / LOG_FILE).read_text(encoding="utf-8").splitlines():
+        date, clock, _elapsed, message = (line.split(" ", 3) + ["", "", "", ""])[:4]
+        try:
+            stamp = datetime.datetime.strptime(f"{date} {clock}", "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        except ValueError:
+            continue
+        lines.append((stamp, message))
+    return lines
+
+
+def rounds_from_log(lines: list[tuple[float, str]]) -> list[dict]:
+    """The scheme rounds of a log (:func:`read_log`): scheme, number, start/end (s since the epoch),
+    how many movies (prep) or CTF-fitted micrographs (proc) it started with, and how it ended."""
+    open_rounds: dict[tuple[str, int], dict] = {}
+    rounds = []
+    for stamp, message in lines:
+        match = _ROUND.match(message)
+        if match is None:
+            continue
+        scheme, number, rest = match.group(1), int(match.group(2)), match.group(3)
+        if rest.endswith(" in"):
+            entry = {"scheme": scheme, "round": number, "start": stamp, "n_in": int(rest.split()[0])}
+            open_rounds[(scheme, number)] = entry
+            rounds.append(entry)
+        elif (scheme, number) in open_rounds:
+            open_rounds.pop((scheme, number)).update(end=stamp, status=rest.split(" ", 1)[0])
+    return rounds
 
 
 class _Rounds(threading.Thread):
