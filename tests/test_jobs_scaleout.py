@@ -294,3 +294,20 @@ def test_facility_dask_section_names_a_jobqueue_cluster(tmp_path):
     for line in ("#SBATCH -p gpu", "#SBATCH -A cryoem", "#SBATCH --cpus-per-task=8", "#SBATCH -t 02:00:00",
                  "#SBATCH --gres=gpu:1", "#SBATCH --constraint=a100", "--nworkers 2"):
         assert line in script, (line, script)
+
+
+def test_jobqueue_scheduler_waits_for_batch_workers_but_obeys_an_abort(tmp_path, monkeypatch):
+    """--scheduler jobqueue:FILE builds the facility's cluster and waits for its first batch job;
+    an abort request (RELION_JOB_ABORT_NOW) ends the wait (no SLURM here: no job ever starts)."""
+    pytest.importorskip("dask_jobqueue")
+    from vitrify.jobs.base import JobAborted
+    from vitrify.jobs.scaleout import map_items
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: submitting fails, no worker comes
+    (tmp_path / "site.toml").write_text(FACILITY)
+    job = tmp_path / "CtfFind/job001"
+    job.mkdir(parents=True)
+    (job / "RELION_JOB_ABORT_NOW").touch()
+    with pytest.raises(JobAborted):
+        map_items(abs, [-1, -2], None, ParallelOptions(scheduler=f"jobqueue:{tmp_path / 'site.toml'}"), job, "x")

@@ -281,7 +281,16 @@ def open_client(parallel: ParallelOptions, n_items: int) -> Iterator[tuple[Any, 
         finally:
             client.close()
     finally:
+        _close(cluster)
+
+
+def _close(cluster) -> None:
+    """Close a cluster; a batch-queue cluster whose jobs never started may fail to close (its
+    scheduler is ended with this process): logged, not raised over the job's own outcome."""
+    try:
         cluster.close()
+    except Exception as err:  # noqa: BLE001 (dask-jobqueue's close of never-started jobs)
+        logging.getLogger("vitrify").warning("closing the Dask cluster: %s: %s", type(err).__name__, err)
 
 
 def check_workers(client, root: str, job_dir: Path) -> int:
@@ -329,13 +338,26 @@ def _gather(client, futures: list, description: str, job_dir: Path, log: logging
     return sorted(done, key=lambda o: o.index)
 
 
+def _wait_for_batch_workers(client, job_dir: Path, log: logging.Logger, poll_s: float = 10.0) -> None:
+    """Wait (as long as the queue takes) for the first batch job's worker; abort requests still count."""
+    from vitrify.jobs.base import check_abort
+
+    log.info("waiting for the first batch-queue worker")
+    while True:
+        check_abort(job_dir)
+        try:
+            client.wait_for_workers(1, timeout=poll_s)
+            return
+        except TimeoutError:
+            continue
+
+
 def _map_on_cluster(function, items: Sequence, shared: Any, parallel: ParallelOptions, job_dir: Path,
                     description: str, log: logging.Logger) -> list[Outcome]:
     root = os.getcwd()
     with open_client(parallel, len(items)) as (client, threads):
         if parallel.scheduler.strip().startswith(JOBQUEUE):
-            log.info("waiting for the first batch-queue worker")
-            client.wait_for_workers(1)
+            _wait_for_batch_workers(client, job_dir, log)
         n = check_workers(client, root, job_dir)
         log.info("%d item(s) on %d Dask worker(s) of %s", len(items), n, client.scheduler.address)
         [shared_future] = client.scatter([shared], broadcast=True, hash=False)
