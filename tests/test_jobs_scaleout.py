@@ -18,6 +18,7 @@ autopick → extract in this process (``workers 1``, the reference). Then:
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -39,8 +40,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 MOTION = ["motioncorr", "--i", "Import/job001/movies.star", "--gain", "Sim/Movies/gain.mrc", "--patch-x", "2",
           "--patch-y", "2", "--dose-per-frame", "5", "--device", "cpu"]
 
-#: worker preload: SIGKILL this worker (or its parent, the job) at the first os.replace onto a
-#: name matching $SCALEOUT_KILL_PATTERN, once over all workers ($SCALEOUT_KILL_MARK is created)
+#: worker preload: SIGKILL this worker (or the whole job: its process group) at the first os.replace
+#: onto a name matching $SCALEOUT_KILL_PATTERN, once over all workers ($SCALEOUT_KILL_MARK is created)
 PRELOAD = r'''
 import os, re, signal
 _pattern = re.compile(os.environ["SCALEOUT_KILL_PATTERN"])
@@ -52,7 +53,10 @@ def _replace(src, dst, *args, **kwargs):
             os.close(os.open(os.environ["SCALEOUT_KILL_MARK"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             return
-        os.kill(os.getppid() if os.environ["SCALEOUT_KILL_WHO"] == "job" else os.getpid(), signal.SIGKILL)
+        if os.environ["SCALEOUT_KILL_WHO"] == "worker":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif os.getpgid(0) != os.getpgid(int(os.environ["SCALEOUT_TEST_PID"])):  # never the test's own group
+            os.killpg(os.getpgid(0), signal.SIGKILL)  # the job: its process and all its workers at once
 _replace.real_replace = _real
 os.replace = _replace
 '''
@@ -64,8 +68,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _vitrify(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess:
+    """``vitrify ARGS`` in a process group of its own (the job and its workers)."""
     return subprocess.run([sys.executable, "-m", "vitrify", *args], cwd=cwd, env=_env(**env), capture_output=True,
-                          text=True, timeout=240, check=False)
+                          text=True, timeout=240, check=False, start_new_session=True)
 
 
 def _cli(args: list[str]) -> None:
@@ -173,7 +178,8 @@ def _kill_env(tmp_path: Path, pattern: str, who: str) -> dict[str, str]:
     preload = tmp_path / "scaleout_kill.py"
     preload.write_text(PRELOAD)
     return {"DASK_DISTRIBUTED__WORKER__PRELOAD": f'["{preload}"]', "SCALEOUT_KILL_PATTERN": pattern,
-            "SCALEOUT_KILL_MARK": str(tmp_path / "killed"), "SCALEOUT_KILL_WHO": who}
+            "SCALEOUT_KILL_MARK": str(tmp_path / "killed"), "SCALEOUT_KILL_WHO": who,
+            "SCALEOUT_TEST_PID": str(os.getpid())}
 
 
 @pytest.mark.slow
@@ -184,6 +190,8 @@ def test_motioncorr_on_two_workers_survives_a_killed_worker(project, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "killed").exists(), "no worker was killed"
     assert (project / "MotionCorr/job012/RELION_JOB_EXIT_SUCCESS").exists()
+    log = (project / "MotionCorr/job012/run.log").read_text()
+    assert re.search(r"[1-3] task\(s\) were on a worker that died and ran again", log), log[-2000:]
     assert_same_outputs(project / "MotionCorr/job002", project / "MotionCorr/job012", exact=False)
 
 
@@ -194,8 +202,9 @@ def test_motioncorr_killed_then_rerun_finishes_only_what_is_missing(project, tmp
                     **_kill_env(tmp_path, r"mov_0000\d\.star$", "job"))
     assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
     assert not (job / "RELION_JOB_EXIT_SUCCESS").exists() and not (job / "corrected_micrographs.star").exists()
-    finished = {p: p.stat().st_mtime_ns for p in job.rglob("mov_*") if p.suffix in (".mrc", ".star")}
-    stems = {p.name.split(".")[0].removesuffix("_noDW") for p in finished}
+    stems = {p.stem for p in job.rglob("mov_*.star")}  # the metadata STAR is a movie's last file
+    finished = {p: p.stat().st_mtime_ns for p in job.rglob("mov_*") if p.name.split(".")[0].split("_noDW")[0]
+                in stems and p.suffix in (".mrc", ".star")}
     assert 1 <= len(stems) < 3, stems  # killed mid-run: some movies done, not all
     done = _vitrify([*MOTION, "--o", "MotionCorr/job022"], project)  # the same job again, in this process
     assert done.returncode == 0, done.stderr[-3000:]

@@ -335,7 +335,24 @@ def _gather(client, futures: list, description: str, job_dir: Path, log: logging
     except BaseException:
         client.cancel(futures)
         raise
+    _log_reruns(client, [f.key for f in futures], log)
     return sorted(done, key=lambda o: o.index)
+
+
+def count_reruns(keys: list, dask_scheduler=None) -> int:
+    """On the scheduler: how many of the tasks ``keys`` were running on a worker that died."""
+    tasks = dask_scheduler.tasks
+    return sum(1 for key in keys if key in tasks and tasks[key].suspicious > 0)
+
+
+def _log_reruns(client, keys: list, log: logging.Logger) -> None:
+    try:
+        reruns = client.run_on_scheduler(count_reruns, keys)
+    except Exception as err:  # a remote scheduler without vitrify installed cannot tell
+        log.info("could not ask the scheduler about lost workers (%s)", type(err).__name__)
+        return
+    if reruns:
+        log.warning("%d task(s) were on a worker that died and ran again", reruns)
 
 
 def _wait_for_batch_workers(client, job_dir: Path, log: logging.Logger, poll_s: float = 10.0) -> None:
@@ -394,5 +411,5 @@ def map_items(function: Callable[[Any, Any], Any], items: Sequence, shared: Any,
     return outcomes
 
 
-__all__ = ["JOBQUEUE_SYSTEMS", "Outcome", "ParallelOptions", "check_workers", "jobqueue_cluster", "local_workers",
-           "map_items", "open_client", "project_problem", "run_task"]
+__all__ = ["JOBQUEUE_SYSTEMS", "Outcome", "ParallelOptions", "check_workers", "count_reruns", "jobqueue_cluster",
+           "local_workers", "map_items", "open_client", "project_problem", "run_task"]
