@@ -65,7 +65,7 @@ class Settings3D:
     stepsize: float = 0.5
     stepsize_start: float = 0.9
     oversampling: int = 1
-    fine_cap: int = 20
+    fine_cap: int = 8
 
 
 @dataclass
@@ -133,6 +133,9 @@ class Refiner3D:
 
     # -- templates and sums ----------------------------------------------------------------
     def _slice_table(self, fine: bool, radius: int):
+        """Slice table of the coarse or fine directions covering ``radius`` (rounded up to a multiple
+        of 4 shells, so that a growing window rebuilds it a few times per run, not at every step)."""
+        radius = min(self.model.box_px // 2 - 1, 4 * -(-(radius + 1) // 4))
         key = (fine, radius, self.orientations.order)
         if key not in self._slice_tables:
             if len(self._slice_tables) >= 4:

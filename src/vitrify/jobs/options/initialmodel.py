@@ -80,7 +80,7 @@ class Options:
     fin_subset: int = setting(-1, help="VDAM: final mini-batch size (-1: RELION's choice).", flag="--fin-subset")
     max_significant: int = setting(-1, help="Most significant poses kept per particle (-1: RELION's 100 K).",
                                    flag="--max-significant")
-    fine_cap: int = setting(20, help="Particles with at most this many significant coarse poses get the fine "
+    fine_cap: int = setting(8, help="Particles with at most this many significant coarse poses get the fine "
                                      "pass (oversampled children); the others keep their coarse poses.",
                             flag="--fine-cap")
     oversampling: int = setting(1, help="1: coarse pass + fine pass (RELION); 0: one pass.", flag="--oversampling")
