@@ -174,6 +174,27 @@ def test_jobs_on_a_running_cluster_write_the_reference_outputs(project, tcp_clus
     assert "on 2 Dask worker(s)" in (job_dir / "run.log").read_text()
 
 
+def warn_or_skip(item: int, shared: str) -> int:
+    """A task for map_items: logs a warning, skips negative items, returns the item doubled."""
+    import logging
+
+    logging.getLogger(f"vitrify.job.{shared}").warning("item %d seen", item)
+    if item < 0:
+        raise InputError("negative item", path=f"item{item}")
+    return 2 * item
+
+
+def test_skips_and_worker_log_records_come_back_in_order(project, tcp_cluster, caplog):
+    from vitrify.jobs.scaleout import map_items
+
+    job = project / "Scratch"
+    job.mkdir(exist_ok=True)
+    outcomes = map_items(warn_or_skip, [3, -1, 5], "scratch", ParallelOptions(scheduler=tcp_cluster), job, "x")
+    assert [(o.index, o.value, o.skipped) for o in outcomes] == [
+        (0, 6, ""), (1, None, "item-1: negative item"), (2, 10, "")]
+    assert [o.records for o in outcomes] == [((30, f"item {i} seen"),) for i in (3, -1, 5)]
+
+
 def _kill_env(tmp_path: Path, pattern: str, who: str) -> dict[str, str]:
     preload = tmp_path / "scaleout_kill.py"
     preload.write_text(PRELOAD)

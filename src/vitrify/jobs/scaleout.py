@@ -32,7 +32,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +87,11 @@ class Outcome:
     records: tuple[tuple[int, str], ...] = ()
 
 
-def _outcome(function: Callable[[Any, Any], Any], index: int, item: Any, shared: Any,
-             records: tuple[tuple[int, str], ...] = ()) -> Outcome:
+def _outcome(function: Callable[[Any, Any], Any], index: int, item: Any, shared: Any) -> Outcome:
     try:
-        return Outcome(index, function(item, shared), records=records)
+        return Outcome(index, function(item, shared))
     except InputError as err:
-        return Outcome(index, skipped=str(err), records=records)
+        return Outcome(index, skipped=str(err))
 
 
 # ---------------------------------------------------------------- worker side
@@ -158,10 +157,11 @@ def run_task(function: Callable[[Any, Any], Any], index: int, item: Any, shared:
         logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     try:
-        return _outcome(function, index, item, shared, tuple(handler.records))
+        outcome = _outcome(function, index, item, shared)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+    return replace(outcome, records=tuple(handler.records))
 
 
 # ---------------------------------------------------------------- job side
