@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--val-every", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--ship", action="store_true", help="retrain on train + validation and write the weights")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
@@ -119,7 +120,9 @@ def main(argv: list[str] | None = None) -> None:
               for name, js in (("train", train), ("val", val), ("test", test))}
     print(json.dumps(report), flush=True)
     settings = TrainSettings(epochs=args.epochs)
-    for label, config in (("with_features", NetworkConfig()), ("images_only", NetworkConfig(use_features=False))):
+    configs = (("with_features", NetworkConfig(dropout=args.dropout)),
+               ("images_only", NetworkConfig(dropout=args.dropout, use_features=False)))
+    for label, config in configs:
         start = time.time()
         net, history = train_model(sets["train"], config, settings, sets.get("val"))
         report[label] = {name: mean_squared_error(net, s) for name, s in sets.items()}

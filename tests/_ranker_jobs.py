@@ -8,6 +8,7 @@ has 30 particles except class 8. Files: ``run_it010_{classes.mrcs,model,data,opt
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ GOOD, JUNK, SMALL = (1, 2, 3, 4), (5, 6, 7), 8
 COUNTS = {**{k: 30 for k in (*GOOD, *JUNK)}, SMALL: 6}
 
 
+@lru_cache(maxsize=4)
 def class_images(seed: int = 0) -> np.ndarray:
     """``(8, 48, 48)`` class averages (see the module docstring)."""
     from vitrify.core.euler import euler_to_matrix
@@ -40,13 +42,14 @@ def class_images(seed: int = 0) -> np.ndarray:
     return np.stack(images).astype(np.float32)
 
 
-def write_job(folder: Path, *, do_ctf: bool = True, with_model: bool = True, seed: int = 0) -> Path:
+def write_job(folder: Path, *, do_ctf: bool = True, with_model: bool = True, seed: int = 0,
+              model_pixel_angst: float = PIXEL_ANGST) -> Path:
     """Write the job into ``folder``; returns its optimiser.star."""
     from vitrify.io.mrc import write_mrc
     from vitrify.io.star import write_star
 
     folder.mkdir(parents=True, exist_ok=True)
-    images = class_images(seed)
+    images = class_images(seed).copy()
     write_mrc(folder / "run_it010_classes.mrcs", images, PIXEL_ANGST)
     numbers = [k for k in sorted(COUNTS) for _ in range(COUNTS[k])]
     n = len(numbers)
@@ -65,7 +68,7 @@ def write_job(folder: Path, *, do_ctf: bool = True, with_model: bool = True, see
         "rlnAccuracyRotations": [2.0, 2.5, 2.2, 3.0, 20.0, 15.0, 30.0, 2.0],
         "rlnAccuracyTranslationsAngst": [1.0, 1.2, 1.1, 1.5, 8.0, 6.0, 9.0, 1.0],
         "rlnEstimatedResolution": [9.0, 10.0, 9.5, 11.0, 40.0, 35.0, 60.0, 10.0]})
-    general = {"rlnReferenceDimensionality": 2, "rlnOriginalImageSize": BOX_PX, "rlnPixelSize": PIXEL_ANGST,
+    general = {"rlnReferenceDimensionality": 2, "rlnOriginalImageSize": BOX_PX, "rlnPixelSize": model_pixel_angst,
                "rlnNrClasses": k}
     if with_model:
         write_star(folder / "run_it010_model.star", {"model_general": general, "model_classes": classes})

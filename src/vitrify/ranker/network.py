@@ -29,6 +29,8 @@ FORMAT_VERSION = 1
 N_FEATURES = 24
 IMAGE_PX = 64
 DEFAULT_WEIGHTS = "class_ranker_v1.pt"
+#: normalised features are capped at +-10 (a class without a resolution estimate has one of ~80)
+FEATURE_CLAMP = 10.0
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,9 @@ class RankerNet(nn.Module):
 
     def forward(self, images: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Raw scores ``(k, 1)`` of images ``(k, 1, 64, 64)`` and features ``(k, 24)``."""
-        x = self.cnn(images)
-        if not self.config.use_images:
-            x = torch.zeros_like(x)
-        return self.head(torch.cat([x, features * self.feature_mask], dim=1))
+        x = self.cnn(images) if self.config.use_images else images.new_zeros(images.shape[0], 48)
+        features = features.clamp(-FEATURE_CLAMP, FEATURE_CLAMP) * self.feature_mask  # z-scores: outliers capped
+        return self.head(torch.cat([x, features], dim=1))
 
 
 def standardise_images(images: torch.Tensor) -> torch.Tensor:
