@@ -25,6 +25,9 @@ whose FOM and max resolution show what "no signal" looks like to the proc scheme
 and what a selection on rlnCtfMaxResolution keeps. ``--noise-free`` also fits the simulator's
 expected counts (no Poisson noise): the estimator's own error, apart from the data's noise.
 ``--big K`` also times the job on K micrographs of 4096² (outside-like; the ≤ 4 CPU s target).
+``--bound`` prints, per condition, the Cramér-Rao bound of the fit (:mod:`_ctf_bound`, from the
+noise-free twin of every micrograph): the median |error| that an unbiased fit at the bound would
+have, beside the measured one — whether a target is reachable on these data at all.
 Timing figures are CPU time; run under ``flock /tmp/vitrify-bench.lock`` and note ``uptime``.
 """
 
@@ -44,6 +47,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _ctf_bound import bound_median_errors  # noqa: E402
 from _grid import OUTSIDE_LIKE, grid_conditions, simulate_grid  # noqa: E402
 
 
@@ -147,6 +151,48 @@ def selection_rows(e: pd.DataFrame) -> list[str]:
     return lines
 
 
+def bound_rows(grid, all_errors: list[pd.DataFrame]) -> list[dict]:
+    """Per condition: median |error| of a fit at the Cramér-Rao bound beside the measured one (Å)."""
+    import torch
+
+    from vitrify.core.ctf import CtfParams
+    from vitrify.io.mrc import read_mrc
+    from vitrify.io.star import read_star
+    from vitrify.preprocess.ctf_fit import measure_spectrum
+
+    rows = []
+    for s, e in zip(grid.sets, all_errors):
+        optics_row = read_star(s.star)["optics"].iloc[0]
+        optics = CtfParams(pixel_size_angst=float(optics_row["rlnMicrographPixelSize"]),
+                           voltage_kv=float(optics_row["rlnVoltage"]),
+                           cs_mm=float(optics_row["rlnSphericalAberration"]),
+                           amplitude_contrast=float(optics_row["rlnAmplitudeContrast"]))
+        truth = grid.micrographs[grid.micrographs["condition"] == s.condition.name]
+        mean_bounds, astig_bounds = [], []
+        for _, row in truth.iterrows():
+            spectra = [measure_spectrum(torch.as_tensor(read_mrc(s.directory / name)[0]), optics.pixel_size_angst, 512)
+                       for name in (row["rlnMicrographName"],
+                                    row["rlnMicrographName"].replace("Micrographs/", "truth_micrographs/"))]
+            mean_b, astig_b = bound_median_errors(*spectra, optics, float(row["rlnDefocusU"]),
+                                                  float(row["rlnDefocusV"]), float(row["rlnDefocusAngle"]))
+            mean_bounds.append(mean_b)
+            if row["vtfTrueAstigmatism"] > 200:
+                astig_bounds.append(astig_b)
+        big = e[e["true_astig"] > 200]
+        rows.append({"condition": s.condition.name, "dF med": _quantile(e["defocus_err"], 50),
+                     "dF med at bound": float(np.median(mean_bounds)),
+                     "dAst med": _quantile(big["astig_err"], 50),
+                     "dAst med at bound": float(np.median(astig_bounds)) if astig_bounds else float("nan"),
+                     "_mean": mean_bounds, "_astig": astig_bounds})
+    everything = pd.concat(all_errors, ignore_index=True)
+    big = everything[everything["true_astig"] > 200]
+    rows.append({"condition": "ALL", "dF med": _quantile(everything["defocus_err"], 50),
+                 "dF med at bound": float(np.median([b for r in rows for b in r["_mean"]])),
+                 "dAst med": _quantile(big["astig_err"], 50),
+                 "dAst med at bound": float(np.median([b for r in rows for b in r["_astig"]]))})
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+
+
 def noise_control(root: Path, n: int, size: int, threads: int) -> tuple[pd.DataFrame, float]:
     """Micrographs of pure Poisson noise (40 e/Å² at 1.5 Å/px) through the job: FOM and max resolution."""
     from vitrify.io.mrc import write_mrc
@@ -176,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--big", type=int, default=0, help="also time K outside-like micrographs of 4096²")
     parser.add_argument("--noise-free", action="store_true",
                         help="also fit the noise-free expected counts (the estimator's own error)")
+    parser.add_argument("--bound", action="store_true",
+                        help="also the Cramér-Rao bound of the fit per condition (from the noise-free twins)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="", help="work directory (simulations there are reused)")
@@ -208,6 +256,10 @@ def main(argv: list[str] | None = None) -> None:
     print("errors in Å (dF: mean defocus; dAst: astigmatism, true > 200 Å), angle in degrees (true > 500 Å)")
     print_table(rows)
     print("\n".join(selection_rows(everything)))
+    if args.bound:
+        print("median |error| (Å) measured and of an unbiased fit at the Cramér-Rao bound (same micrographs):")
+        frame = pd.DataFrame(bound_rows(grid, all_errors))
+        print(frame.to_string(index=False, float_format="{:.0f}".format))
     if args.noise_free:
         rows = []
         for s in grid.sets:
