@@ -61,7 +61,9 @@ def test_stage_without_its_jobs_names_what_is_missing(tmp_path, capsys, monkeypa
 
 
 def test_stop_forks_send_proc_back_to_wait_after_the_stage(tmp_path):
-    from vitrify.pipeline._auto_stages import route_proc
+    from vitrify.pipeline._auto_stages import match_ranker_input, route_proc
+    from vitrify.pipeline.schemes.control import set_job_option
+    from vitrify.pipeline.schemes.templates import read_template
     from vitrify.pipeline.schemes.star import read_scheme
     from vitrify.pipeline.schemes.templates_data import install_scheme
 
@@ -78,6 +80,11 @@ def test_stop_forks_send_proc_back_to_wait_after_the_stage(tmp_path):
     assert after.next_node("class2d") == "select_parts" and after.next_node("inimodel3d") == "WAIT"
     route_proc(project, "refine")
     again = read_scheme(project / "Schemes/proc/scheme.star")
+    assert match_ranker_input(project) is None                   # 200 VDAM iterations: RELION's own name
+    set_job_option(project, "proc", "class2d", "nr_iter_grad", "40")
+    assert match_ranker_input(project) == "Schemes/proc/class2d/run_it040_optimiser.star"
+    ranker = read_template(project / "Schemes/proc/select_parts/job.star")
+    assert ranker.options["fn_model"].endswith("run_it040_optimiser.star")
     assert len(again.edges) == len(before.edges) + 2             # one fork per stage, added once
     assert all(again.next_node(n) == before.next_node(n) for n in ("class2d", "inimodel3d"))
 

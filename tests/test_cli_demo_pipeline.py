@@ -29,7 +29,7 @@ def test_tiny_demo_runs_to_2d_and_reports_truth(tmp_path):
 
     out = tmp_path / "demo"
     demo = PipelineDemo(movies=2, size_px=768, particles_per_movie=12, frames=4, classes=2, iterations=5,
-                        interval_s=2.0, idle_min=0.1)
+                        interval_s=2.0, idle_min=0.1, batch=1, until="2d")
     summary = run_pipeline_demo(Console(quiet=True), out, demo)
     project = out / "project"
 

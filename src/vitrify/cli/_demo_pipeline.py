@@ -12,7 +12,9 @@ Into ``--out`` it runs, as a user would type them (each a subprocess, output in 
    proc schemes, and the schemes run in rounds as movies become ready (import, motion correction,
    CTF; selection, LoG picking, extraction, 2D classification), up to the last stage vitrify has
    the jobs for, until no movie has come for ``--idle`` minutes. The ``--set`` keys give a
-   small 2D classification (classes, VDAM iterations) and the CTF cut for these small micrographs.
+   small 2D classification (classes, VDAM iterations), the CTF cut for these small micrographs, and
+   the 3D thresholds (particles before the initial model, its iterations); ``--batch`` runs proc
+   again every ``batch`` micrographs (and once more when the session has gone quiet).
 
 The results are compared with the truth by :mod:`vitrify.cli._demo_results`; how the rounds
 kept up with the microscope comes from ``project/Auto/auto.log``.
@@ -54,11 +56,16 @@ class PipelineDemo:
     threads: int = 2
     interval_s: float = 3.0
     idle_min: float = 0.5
+    batch: int = 5
+    until: str | None = None
+    min_particles_3d: int = 200
+    iterations_3d: int = 15
     seed: int = 1
 
     def __post_init__(self) -> None:
         limits = {"movies": (1, 500), "size_px": (256, 8192), "particles_per_movie": (1, 1000),
-                  "frames": (2, 200), "classes": (1, 200), "iterations": (1, 1000), "threads": (1, 256)}
+                  "frames": (2, 200), "classes": (1, 200), "iterations": (1, 1000), "threads": (1, 256),
+                  "batch": (1, 500), "min_particles_3d": (1, 10**7), "iterations_3d": (1, 1000)}
         for name, (low, high) in limits.items():
             value = getattr(self, name)
             if not low <= value <= high:
@@ -84,7 +91,8 @@ def particle_diameter_angst(structure: str) -> float:
 def _auto_sets(demo: PipelineDemo) -> list[str]:
     keys = {"proc__select_mics__select_maxval": f"{demo.max_ctf_resolution_angst:g}",
             "proc__class2d__nr_classes": demo.classes, "proc__class2d__nr_iter_grad": demo.iterations,
-            "proc__class2d__nr_threads": demo.threads}
+            "proc__class2d__nr_threads": demo.threads, "proc__min_nr_parts_3d": demo.min_particles_3d,
+            "proc__inimodel3d__nr_iter": demo.iterations_3d}
     return [arg for key, value in keys.items() for arg in ("--set", f"{key}={value}")]
 
 
@@ -98,7 +106,8 @@ def demo_steps(demo: PipelineDemo, out: Path, diameter_angst: float,
                 "--particles", str(demo.particles_per_movie), "--frames", str(demo.frames),
                 "--seed", str(demo.seed), "--out", "microscope")
     auto = ("auto", "session", "--project", "project", "--particle-diameter", f"{diameter_angst:g}",
-            "--idle", f"{demo.idle_min:g}", "--stable", "1", "--poll", "0.5", *_auto_sets(demo))
+            "--idle", f"{demo.idle_min:g}", "--batch", str(demo.batch), "--stable", "1", "--poll", "0.5",
+            *(("--until", demo.until) if demo.until else ()), *_auto_sets(demo))
     return [
         Step(f"the microscope's data: {demo.movies} movies of {demo.structure} ({demo.size_px}² px, "
              f"{demo.frames} frames, {demo.pixel_size_angst:g} Å/px) with EPU XML + SerialEM mdoc and gain",
@@ -190,6 +199,11 @@ def run_pipeline_demo(console: Console, out: Path, demo: PipelineDemo, *, overwr
                 microscope.join()
             timings.append({"step": step.argvs[0][0], "wall_s": wall, "cpu_s": cpu_seconds() - cpu})
     summary = collect_results(out / "project", out / "microscope" / "truth.star", diameter)
+    if "inimodel3d" in summary["jobs"]:
+        from vitrify.cli._demo_map import map_against_truth
+
+        summary["initial_model"] = map_against_truth(out, out / "project" / summary["jobs"]["inimodel3d"],
+                                                     demo.structure)
     summary.update(settings=asdict(demo), particle_diameter_angst=diameter, out=str(out),
                    commands=[{"cwd": str(s.cwd), "command": c} for s in steps for c in s.commands],
                    steps=timings, wall_s=time.perf_counter() - start, cpu_s=cpu_seconds() - cpu_start,

@@ -85,8 +85,18 @@ def _on_the_fly_text(fly: dict, summary: dict) -> str:
         text += (f"; the last results (round ending at {fly['last_result_s']:.0f} s) came "
                  f"{fly['behind_s']:.0f} s after the last movie")
     stage = fly.get("stage", "?")
-    return text + (f". It ran up to stage {stage}, the last one vitrify has the jobs for (vitrify auto "
-                   "--until; a later stage needs the class ranker, initial model and 3D refinement jobs).")
+    missing = {"2d": "class ranker, initial model, 3D refinement", "3d": "3D refinement"}.get(stage)
+    return text + (f". It ran up to stage {stage}" + (f" (vitrify has no {missing} job yet)." if missing else "."))
+
+
+def _map_text(model: dict, summary: dict) -> str:
+    text = (f"[bold]Initial model.[/] The class ranker kept the good 2D classes and the de novo initial model "
+            f"was built from {model['particles']} particles ({model['box_px']}³ px at "
+            f"{model['pixel_size_angst']:.2f} Å/px). Against the true map (computed from the structure, the "
+            f"model aligned onto it{', hand flipped' if model['hand_flipped'] else ''}) the FSC falls to 0.5 at "
+            f"{model['fsc_05_angst']:.1f} Å and to 0.143 at {model['fsc_0143_angst']:.1f} Å. "
+            f"Open both: {model['chimerax']}")
+    return text
 
 
 def _rounds_table(fly: dict) -> Table:
@@ -131,6 +141,8 @@ def print_pipeline_report(console: Console, summary: dict) -> None:
     if "class2d" in summary:
         console.print(_class_table(summary["class2d"]))
         say(_class_text(summary["class2d"]))
+    if "initial_model" in summary:
+        say(_map_text(summary["initial_model"], summary))
     fly = summary.get("on_the_fly") or {}
     if fly.get("rounds"):
         say(_on_the_fly_text(fly, summary))

@@ -131,6 +131,8 @@ def auto(
     sym: str = typer.Option("C1", "--sym", help="Point-group symmetry for 3D (C1, C2, D2, T, O, I...)."),
     until: Optional[str] = typer.Option(None, "--until", help="Last stage: ctf | 2d | 3d | refine "
                                         "(default: the last one vitrify has the jobs for)."),
+    batch: int = typer.Option(1, "--batch", help="Run proc (picking, 2D, 3D) again once this many more "
+                              "micrographs are ready (and once more when the session goes quiet)."),
     idle: float = typer.Option(10.0, "--idle", help="End after this many minutes without a new movie."),
     stable: float = typer.Option(2.0, "--stable", help="Seconds a movie must stay unchanged before it is read."),
     poll: float = typer.Option(1.0, "--poll", help="Seconds between scans of the session (and job checks)."),
@@ -153,7 +155,8 @@ def auto(
         raise InputError(f"unknown symmetry {sym!r}", field="--sym", expected="C<n>, D<n>, T, O or I<n>")
     if idle < 0:
         raise InputError(f"{idle:g} minutes", field="--idle", expected="minutes >= 0")
-    options = AutoSettings(until=until, idle_s=60.0 * idle, stable_s=stable, poll_s=poll, scheme_poll_s=poll)
+    options = AutoSettings(until=until, batch=batch, idle_s=60.0 * idle, stable_s=stable, poll_s=poll,
+                           scheme_poll_s=poll)
     server = _Dashboard(project, console) if dashboard else None
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm)   # `kill PID` stops as cleanly as Ctrl-C

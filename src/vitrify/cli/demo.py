@@ -143,7 +143,7 @@ def _pipeline_mode(out: Path, options: dict) -> None:
     names = {"structure": "structure", "movies": "movies", "size": "size_px", "pixel_size": "pixel_size_angst",
              "particles": "particles_per_movie", "frames": "frames", "classes": "classes",
              "iterations": "iterations", "max_ctf_resolution": "max_ctf_resolution_angst",
-             "threads": "threads", "interval": "interval_s", "idle": "idle_min", "seed": "seed"}
+             "threads": "threads", "interval": "interval_s", "idle": "idle_min", "until": "until", "seed": "seed"}
     demo = PipelineDemo(**{field: options[key] for key, field in names.items() if options[key] is not None})
     try:
         summary = run_pipeline_demo(_console, out, demo, overwrite=options["overwrite"])
@@ -178,6 +178,8 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(None, "--threads", help="pipeline: threads of 2D classification (2)."),
         interval: float | None = typer.Option(None, "--interval", help="pipeline: seconds between movies (3)."),
         idle: float | None = typer.Option(None, "--idle", help="pipeline: vitrify auto --idle, minutes (0.5)."),
+        until: str | None = typer.Option(None, "--until", help="pipeline: vitrify auto --until (default: the "
+                                         "last stage vitrify has the jobs for)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="pipeline: replace an earlier demo in --out."),
         n: int = typer.Option(1000, "--n", help="particles: number of particles."),
         box: int = typer.Option(64, "--box", help="particles: box size (px)."),

@@ -11,13 +11,14 @@ variable (``auto_stop_after_2d``, ``auto_stop_after_3d``), so RELION's graph sta
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from vitrify.io.errors import InputError
 from vitrify.jobs import registry
 from vitrify.jobs.jobstar_values import is_yes
 from vitrify.pipeline.schemes.build import Addition, add_to_scheme
-from vitrify.pipeline.schemes.control import set_variables
+from vitrify.pipeline.schemes.control import set_job_option, set_variables
 from vitrify.pipeline.schemes.star import read_scheme
 from vitrify.pipeline.schemes.templates import read_template
 
@@ -82,3 +83,30 @@ def route_proc(project_dir: Path, stage: str) -> None:
                                                         output=WAIT_NODE, output2=usual))
         values[variable] = str(name == stage)
     set_variables(project_dir, "proc", values, also_reset=True)
+
+
+_OPTIMISER = re.compile(r"run_it\d+_optimiser\.star$")
+
+
+def match_ranker_input(project_dir: Path) -> str | None:
+    """Point select_parts' ``fn_model`` at the optimiser.star class2d will write (relion_it's job).
+
+    RELION's template names ``run_it200_optimiser.star`` (200 VDAM mini-batches); with another
+    ``nr_iter_grad`` (or EM's ``nr_iter``) the class ranker would look for a file that never
+    comes. Returns the new value (None when nothing needed changing).
+    """
+    proc = project_dir / "Schemes" / "proc"
+    if not (proc / "select_parts" / "job.star").is_file() or not (proc / "class2d" / "job.star").is_file():
+        return None
+    class2d = read_template(proc / "class2d" / "job.star").options
+    key = "nr_iter_grad" if is_yes(class2d.get("do_grad", "Yes")) else "nr_iter"
+    try:
+        iterations = int(float(class2d.get(key, "")))
+    except ValueError:
+        return None
+    current = read_template(proc / "select_parts" / "job.star").options.get("fn_model", "")
+    wanted = _OPTIMISER.sub(f"run_it{iterations:03d}_optimiser.star", current)
+    if not _OPTIMISER.search(current) or wanted == current:
+        return None
+    set_job_option(project_dir, "proc", "select_parts", "fn_model", wanted)
+    return wanted

@@ -37,7 +37,7 @@ from pathlib import Path
 from vitrify.io.atomic import atomic_write
 from vitrify.io.errors import InputError
 from vitrify.jobs.status import JobStatus
-from vitrify.pipeline._auto_stages import STAGES, WAIT_NODE, choose_stage, route_proc
+from vitrify.pipeline._auto_stages import STAGES, WAIT_NODE, choose_stage, match_ranker_input, route_proc
 from vitrify.pipeline._scheme_setup import apply_scheme_options
 from vitrify.pipeline._star import count_table_rows
 from vitrify.pipeline.movie_watch import MovieWatcher
@@ -62,6 +62,9 @@ class AutoSettings:
     ----------
     until
         Last stage (``ctf | 2d | 3d | refine``); None: the last one vitrify has the jobs for.
+    batch
+        Start a proc round once this many more micrographs have a CTF fit than in its last round
+        (a last round follows when the session has been quiet for half of ``idle_s``).
     idle_s
         End after this long without a new ready movie (and nothing left to process).
     stable_s
@@ -73,12 +76,15 @@ class AutoSettings:
     """
 
     until: str | None = None
+    batch: int = 1
     idle_s: float = 600.0
     stable_s: float = 2.0
     poll_s: float = 1.0
     scheme_poll_s: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.batch < 1:
+            raise InputError(f"batch {self.batch}", field="--batch", expected="micrographs >= 1")
         if self.idle_s < 0 or self.stable_s < 0 or self.poll_s <= 0 or self.scheme_poll_s <= 0:
             raise InputError("idle and stable times must be >= 0, polls > 0", field="--idle",
                              expected="minutes >= 0")
@@ -178,7 +184,8 @@ class _Rounds(threading.Thread):
     """Run one scheme in rounds whenever ``wanted()`` differs from what the last round saw."""
 
     def __init__(self, project: Path, name: str, wanted: Callable[[], int], seen: int,
-                 settings: AutoSettings, log: _Log, gate: Callable[[], bool] = lambda: True) -> None:
+                 settings: AutoSettings, log: _Log,
+                 gate: Callable[[int, int], bool] = lambda current, seen: True) -> None:
         super().__init__(name=f"vitrify-auto-{name}", daemon=True)
         self.project, self.scheme, self.wanted, self.seen = project, name, wanted, seen
         self.settings, self.log, self.gate = settings, log, gate
@@ -189,13 +196,14 @@ class _Rounds(threading.Thread):
     @property
     def idle(self) -> bool:
         """Not in a round and nothing new to do."""
-        return not self.in_round and (self.wanted() == self.seen or not self.gate())
+        current = self.wanted()
+        return not self.in_round and (current == self.seen or not self.gate(current, self.seen))
 
     def run(self) -> None:
         try:
             while not self.stop.is_set():
                 current = self.wanted()
-                if current == self.seen or not self.gate():
+                if current == self.seen or not self.gate(current, self.seen):
                     time.sleep(self.settings.poll_s)
                     continue
                 self.round(current)
@@ -272,6 +280,9 @@ def set_up(project: Path, session: Path, prepare: Callable[[], object], stage: s
         pattern = _movies_pattern(project)
         apply_scheme_options(project, {**ROUND_OPTIONS,
                                        "prep__importmovies__fn_in_raw": f"{READY_DIR}/{pattern}"})
+        ranker_input = match_ranker_input(project)
+        if ranker_input:
+            log(f"select_parts reads {ranker_input} (the iterations class2d runs)", echo=False)
         saved = {"session_dir": str(session.resolve()), "movies_pattern": pattern,
                  "set_up": time.strftime("%Y-%m-%d %H:%M:%S")}
         atomic_write(record, json.dumps(saved, indent=1) + "\n")
@@ -296,9 +307,15 @@ class _Session:
             def ctf_fitted() -> int:
                 return _rows(project, "prep", "ctffind", "micrographs_ctf.star", "micrographs")
             seen = self._saved_ctf() if _at_wait(project, "proc") else -1
-            self.workers.append(_Rounds(project, "proc", ctf_fitted, seen, settings, log,
-                                        gate=lambda: ctf_fitted() > 0))
+            self.workers.append(_Rounds(project, "proc", ctf_fitted, seen, settings, log, gate=self._proc_gate))
         self.last_ready = time.monotonic()
+
+    def _proc_gate(self, fitted: int, seen: int) -> bool:
+        """A proc round once ``batch`` more micrographs are fitted, or the session has gone quiet."""
+        if fitted <= 0:
+            return False
+        quiet = time.monotonic() - self.last_ready >= self.settings.idle_s / 2 and self.workers[0].idle
+        return seen < 0 or fitted - seen >= self.settings.batch or quiet
 
     def _saved_ctf(self) -> int:
         try:
