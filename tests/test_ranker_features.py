@@ -173,3 +173,39 @@ def test_first_peak_ctf_is_divided_out(tmp_path):
     err = (rfft2_centered(torch.as_tensor(restored, dtype=torch.float64))
            - rfft2_centered(torch.as_tensor(job.images, dtype=torch.float64)))[..., keep].abs().max()
     assert float(err) < 1e-3 * float(rfft2_centered(torch.as_tensor(job.images, dtype=torch.float64)).abs().max())
+
+
+def test_ground_truth_labels_of_a_pure_class_and_a_junk_class(tmp_path):
+    """labels.label_job on simulated particles: class 1 holds every real particle and its average is
+    the true projection, class 2 holds the junk: purity 1 / 0, agreement ~1, target ~1 / 0."""
+    import pandas as pd
+
+    from vitrify.core.euler import euler_to_matrix
+    from vitrify.core.projector import project_real
+    from vitrify.io.mrc import read_mrc
+    from vitrify.io.star import read_star_optics
+    from vitrify.ranker.inputs import Class2DJob, class_inputs
+    from vitrify.ranker.labels import label_job
+    from vitrify.sim.particles import ParticleOptions, simulate_particles
+
+    sim = simulate_particles(ParticleOptions(n_particles=60, box_px=32, pixel_size_angst=4.0, junk_fraction=0.5,
+                                             junk_kinds=("ice",), seed=3), tmp_path)
+    real = (sim.truth["vtfMapIndex"] > 0).to_numpy()
+    star = read_star_optics(sim.particles_star)
+    star.data["rlnClassNumber"] = np.where(real, 1, 2)
+    row = sim.truth[real].iloc[0]
+    volume = torch.as_tensor(read_mrc(sim.truth_maps[0])[0], dtype=torch.float64)
+    rot = euler_to_matrix(torch.tensor([row["rlnAngleRot"]]), torch.tensor([row["rlnAngleTilt"]]),
+                          torch.tensor([40.0])).double()
+    average = project_real(volume, rot)[0].numpy()  # the true view, rotated in-plane by 40 degrees
+    noise = np.random.default_rng(0).standard_normal((32, 32)) * average.std()
+    classes = pd.DataFrame({"rlnReferenceImage": ["000001@x", "000002@x"],
+                            "rlnClassDistribution": [real.mean(), 1 - real.mean()],
+                            "rlnEstimatedResolution": [12.0, 40.0]})
+    job = Class2DJob(tmp_path / "o.star", {}, {}, classes, {}, star, tmp_path / "d.star", tmp_path / "m.star",
+                     np.stack([average, noise]).astype(np.float32), 4.0, 100.0)
+    labels = label_job(job, class_inputs(job), tmp_path)
+    assert labels.purity.tolist() == [1.0, 0.0]
+    assert labels.n_real.tolist() == [int(real.sum()), 0] and labels.n_junk.tolist() == [0, int((~real).sum())]
+    assert labels.agreement[0] > 0.95 and labels.agreement[1] == 0.0
+    assert labels.job_quality == 1.0 and labels.target[0] > 0.95 and labels.target[1] == 0.0
