@@ -134,7 +134,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="what", required=True)
     a = sub.add_parser("anchor")
-    a.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/anchor_sets/1bd2_snr02"))
+    repo = Path(__file__).resolve().parents[1]
+    shared = next((p for p in (repo.parent / "shared", repo.parent.parent / "shared") if p.exists()), repo.parent)
+    a.add_argument("--data", default=str(shared / "anchor_sets/1bd2_snr02"))
     a.add_argument("--out", default="/tmp/vitrify_bench_initialmodel")
     a.add_argument("--iter", type=int, default=200)
     a.add_argument("--healpix-order", default="1")

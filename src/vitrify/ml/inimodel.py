@@ -91,7 +91,7 @@ def default_max_significant(settings: Settings3D) -> int:
     """Coarse poses kept per particle: ``max_significant`` if given, else ``fine_cap``.
 
     RELION keeps up to 100 K significant coarse poses in VDAM and refines all of them; here every
-    particle's fine pass refines its ``fine_cap`` (20) most probable ones, so that every particle
+    particle's fine pass refines its ``fine_cap`` (8) most probable ones, so that every particle
     is scored at the current resolution at a bounded cost.
     """
     return settings.max_significant if settings.max_significant > 0 else settings.fine_cap

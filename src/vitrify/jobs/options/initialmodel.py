@@ -78,7 +78,8 @@ class Options:
     grad_write_iter: int = setting(10, help="VDAM: write every N iterations.", flag="--grad-write-iter")
     ini_subset: int = setting(-1, help="VDAM: initial mini-batch size (-1: RELION's choice).", flag="--ini-subset")
     fin_subset: int = setting(-1, help="VDAM: final mini-batch size (-1: RELION's choice).", flag="--fin-subset")
-    max_significant: int = setting(-1, help="Most significant poses kept per particle (-1: RELION's 100 K).",
+    max_significant: int = setting(-1, help="Most significant coarse poses kept per particle (-1: --fine-cap; "
+                                            "RELION keeps up to 100 K).",
                                    flag="--max-significant")
     fine_cap: int = setting(8, help="Particles with at most this many significant coarse poses get the fine "
                                      "pass (oversampled children); the others keep their coarse poses.",
