@@ -60,6 +60,19 @@ def test_stage_without_its_jobs_names_what_is_missing(tmp_path, capsys, monkeypa
     assert not (tmp_path / "p").exists()
 
 
+def test_a_session_that_never_gets_metadata_ends_in_one_line(tmp_path, capsys, monkeypatch):
+    from vitrify.cli.main import main
+
+    (tmp_path / "s").mkdir()
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit) as exit_info:       # progress on stdout, then the error alone on stderr
+        main(["auto", str(tmp_path / "s"), "--project", str(tmp_path / "p"), "--until", "ctf", "--idle", "0.02",
+              "--poll", "0.2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and len(err) == 1 and "no complete metadata file appeared within 1.2 s" in err[0]
+    assert not (auto_dir(tmp_path / "p") / "auto.pid").exists()       # nothing left claiming the project
+
+
 def test_stop_forks_send_proc_back_to_wait_after_the_stage(tmp_path):
     from vitrify.pipeline._auto_stages import match_ranker_input, route_proc
     from vitrify.pipeline.schemes.control import set_job_option

@@ -158,8 +158,8 @@ def auto(
     options = AutoSettings(until=until, batch=batch, idle_s=60.0 * idle, stable_s=stable, poll_s=poll,
                            scheme_poll_s=poll)
     server = _Dashboard(project, console) if dashboard else None
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _sigterm)   # `kill PID` stops as cleanly as Ctrl-C
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _sigterm) if in_main else None   # `kill PID` stops as Ctrl-C does
     try:
         result = run_auto(session_dir, project, _prepare(dict(locals()), console), options,
                           say=lambda text: console.print(escape(text), soft_wrap=True, highlight=False),
@@ -170,6 +170,8 @@ def auto(
     finally:
         if server is not None:
             server.stop()
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     _report(result, console)
     if result.state == "failed":
         raise typer.Exit(1)
