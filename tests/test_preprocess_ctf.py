@@ -109,3 +109,26 @@ def test_fit_resolution_is_measured_beyond_the_fitting_band():
     image = _micrograph(1024, 1.0, 15000.0, 15000.0, 0.0, bfactor=10.0)
     fit = estimate_ctf(image, OPTICS, CtfSearch(tile_px=256, resolution_max_angst=5.0))
     assert fit.max_resolution_angst < 4.0
+
+
+@pytest.mark.parametrize("true_mean", [8000.0, 14000.0])
+def test_a_search_locked_on_twice_the_defocus_comes_back(monkeypatch, true_mean):
+    """Few, faint rings can make the 1D search prefer about twice the defocus (its rings include every
+    true zero); the 2D fit from the best candidate at 0.4-0.65 x it must win back the truth, and a right
+    1D answer must not be moved to half of it."""
+    import numpy as np
+
+    from vitrify.preprocess import ctf_fit
+
+    optics = ctf_core.CtfParams(pixel_size_angst=1.5)
+    image = _micrograph(1024, 1.5, true_mean + 300.0, true_mean - 300.0, 40.0, snr=0.3, seed=3)
+    spectrum = ctf_fit.measure_spectrum(image, 1.5, 512)
+    found = ctf_fit.search_mean_defocus(spectrum, optics, CtfSearch())
+    assert abs(found[0] - true_mean) < 300  # the 1D search alone is right here ...
+    right = ctf_fit.fit_spectrum(spectrum, optics)
+    monkeypatch.setattr(ctf_fit, "search_mean_defocus", lambda *_: (2.05 * true_mean, 0.0, found[2]))
+    aliased = ctf_fit.fit_spectrum(spectrum, optics)  # ... now as if it had locked onto 2x the defocus
+    for fit in (right, aliased):
+        assert abs(0.5 * (fit.defocus_u_angst + fit.defocus_v_angst) - true_mean) < 200
+        assert abs(fit.astigmatism_angst - 600.0) < 200
+    assert np.isclose(right.defocus_u_angst, aliased.defocus_u_angst, atol=50.0)
