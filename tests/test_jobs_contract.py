@@ -44,6 +44,8 @@ def _minimal(module_name: str, kind: str | None) -> tuple[list[str], object]:
         "initialmodel": (["--i", "particles.star", "--particle-diameter", "150"],
                          lambda: opts.Options("particles.star", particle_diameter_angst=150.0)),
         "simulate": ([], lambda: opts.Options(kind, _simulator_defaults(kind))),
+        "mask_create": (["--i", "map.mrc"], lambda: opts.Options("map.mrc")),
+        "postprocess": (["--i", "half1.mrc", "--mask", "mask.mrc"], lambda: opts.Options("half1.mrc", mask="mask.mrc")),
         "class_ranker": (["--opt", "run_it025_optimiser.star"], lambda: opts.Options("run_it025_optimiser.star")),
     }
     args, build = table[module_name]
@@ -71,7 +73,8 @@ IDS = [f"{m}-{k}" if k else m for m, k in CASES]
 
 
 def _command_name(module_name: str) -> str:
-    return {"import_": "import", "class_ranker": "class-ranker"}.get(module_name, module_name)
+    names = {"import_": "import", "class_ranker": "class-ranker", "mask_create": "mask-create"}
+    return names.get(module_name, module_name)
 
 
 @pytest.mark.parametrize("module_name", sorted(set(JOB_MODULES.values())))

@@ -15,7 +15,7 @@ import torch
 from vitrify.errors import InputError
 
 __all__ = ["distance_from_centre", "soft_circular_mask", "soft_spherical_mask", "apply_soft_mask",
-           "raised_cosine"]
+           "raised_cosine", "mask_from_map"]
 
 
 def distance_from_centre(n: int, ndim: int, *, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -68,6 +68,39 @@ def apply_soft_mask(x: torch.Tensor, radius_px: float, width_px: float = 5.0, *,
     mask = raised_cosine(distance_from_centre(n, ndim, device=x.device, dtype=x.dtype), radius_px, width_px)
     bg = _BACKGROUNDS[background](x, mask, ndim)
     return x * mask + bg * (1 - mask)
+
+
+def mask_from_map(volume: torch.Tensor, threshold: float, extend_px: float = 0.0,
+                  soft_edge_px: float = 0.0) -> torch.Tensor:
+    """RELION ``relion_mask_create``: binarise at ``threshold``, extend, add a raised-cosine edge.
+
+    Parameters
+    ----------
+    volume
+        ``(n, n, n)`` map (already low-passed if wanted).
+    threshold
+        Voxels ``>= threshold`` start the mask.
+    extend_px
+        Grow the binary mask by this many pixels (negative: shrink it).
+    soft_edge_px
+        Width of the raised-cosine edge outside the extended mask.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, n, n)`` mask in ``[0, 1]``, same device and dtype as ``volume``.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    binary = (volume >= threshold).detach().cpu().numpy()
+    if not binary.any():
+        raise InputError(f"no voxel reaches the threshold {threshold:g}", field="ini_threshold",
+                         expected=f"a threshold below the map maximum {float(volume.max()):g}")
+    if extend_px < 0:
+        binary = distance_transform_edt(binary) > -extend_px
+        extend_px = 0.0
+    outside = torch.as_tensor(distance_transform_edt(~binary), dtype=volume.dtype, device=volume.device)
+    return raised_cosine(outside, float(extend_px), float(soft_edge_px))
 
 
 def _mean_background(x: torch.Tensor, mask: torch.Tensor, ndim: int) -> torch.Tensor:

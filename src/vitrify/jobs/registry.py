@@ -33,6 +33,8 @@ JOB_MODULES: dict[str, str] = {
     "relion.select.class2dauto": "class_ranker",
     "relion.class2d": "class2d",
     "relion.initialmodel": "initialmodel",
+    "relion.maskcreate": "mask_create",
+    "relion.postprocess": "postprocess",
     "vitrify.simulate": "simulate",
 }
 
