@@ -196,3 +196,50 @@ def test_bad_input_is_one_line_and_writes_nothing(job_inputs, tmp_path, capsys, 
     written = {p.name for p in out.iterdir()} if out.exists() else set()
     assert not written & {"postprocess.mrc", "postprocess_masked.mrc", "postprocess.star", "postprocess_fsc.png",
                           "RELION_OUTPUT_NODES.star", "RELION_JOB_EXIT_SUCCESS"}, written
+
+
+def test_unmasked_fsc_follows_the_known_spectral_snr(truth):
+    """Expected half-map FSC per shell = S / (S + N): S the truth's power, N = sigma² n³ per voxel."""
+    from vitrify.core.fourier import shell_index_3d, shell_sums
+
+    noise_rel = 1.0
+    half1, half2 = _halves(truth, noise_rel, seed=11)
+    shells = shell_index_3d(BOX, rfft=False)
+    signal = shell_sums(torch.fft.fftn(truth).abs() ** 2, shells, BOX // 2 + 1)
+    count = shell_sums(torch.ones(truth.shape, dtype=torch.float64), shells, BOX // 2 + 1)
+    noise = (noise_rel * float(truth.std())) ** 2 * BOX**3 * count
+    expected = signal / (signal + noise)
+    measured = fsc(half1, half2)
+    assert float((measured[2:] - expected[2:]).abs().max()) < 0.1
+    reported = resolution_at_threshold(measured, BOX, PIXEL, 0.143)
+    assert _within_shell_or_10pct(reported, resolution_at_threshold(expected, BOX, PIXEL, 0.143))
+
+
+def test_mtf_division_raises_the_amplitudes(job_inputs, tmp_path):
+    mtf = tmp_path / "mtf.star"
+    mtf.write_text("data_\nloop_\n_rlnResolutionInversePixel\n_rlnMtfValue\n0.0 0.5\n0.5 0.5\n")
+    star = {}
+    for name, extra in (("plain", []), ("mtf", ["--mtf", str(mtf)])):
+        out = tmp_path / name
+        assert _cli(["postprocess", "--i", str(job_inputs / "run_half1_class001_unfil.mrc"),
+                     "--mask", str(job_inputs / "mask.mrc"), "--o", str(out), *extra]) == 0
+        star[name] = read_star(out / "postprocess.star")["guinier"]
+    shift = star["mtf"]["rlnLogAmplitudesMTFCorrected"] - star["mtf"]["rlnLogAmplitudesOriginal"]
+    assert np.allclose(shift, np.log(2.0), atol=1e-6)
+    assert "rlnLogAmplitudesMTFCorrected" not in star["plain"]
+
+
+@pytest.mark.parametrize("case", ["nan", "threshold", "missing"])
+def test_mask_create_bad_input_is_one_line(tmp_path, capsys, case):
+    volume = distance_from_centre(32, 3).numpy().astype(np.float32)
+    if case == "nan":
+        volume[1, 2, 3] = np.nan
+    path = tmp_path / "map.mrc"
+    if case != "missing":
+        write_mrc(path, volume, 1.0)
+    threshold = "1e6" if case == "threshold" else "5"
+    capsys.readouterr()
+    code = _cli(["mask-create", "--i", str(path), "--o", str(tmp_path / "m"), "--ini-threshold", threshold])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "m" / "mask.mrc").exists()
