@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-every", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--ship", action="store_true", help="retrain on train + validation and write the weights")
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     parser.add_argument("--report", type=Path, default=None, help="write the figures as JSON here")
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {name: {"jobs": len(js), "classes": len(sets[name]) if name in sets else 0}
               for name, js in (("train", train), ("val", val), ("test", test))}
     print(json.dumps(report), flush=True)
-    settings = TrainSettings(epochs=args.epochs)
+    settings = TrainSettings(epochs=args.epochs, learning_rate=args.lr)
     configs = (("with_features", NetworkConfig(dropout=args.dropout)),
                ("images_only", NetworkConfig(dropout=args.dropout, use_features=False)))
     for label, config in configs:
@@ -132,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
             info = {"trained_on": {"jobs": len(train), "classes": len(sets["train"]),
                                    "validation_jobs": len(val), "validation_classes": report["val"]["classes"],
                                    "structures_held_out": sorted({j.name.split("_", 2)[2] for j in test})},
-                    "epochs": args.epochs, "train_loss": history[-1]["train_loss"], "mse": report[label],
+                    "epochs": args.epochs, "learning_rate": args.lr, "train_loss": history[-1]["train_loss"],
+                    "mse": report[label],
                     "made_by": "benchmarks/ranker_train.py"}
             args.out.parent.mkdir(parents=True, exist_ok=True)
             save_model(net, args.out, info)

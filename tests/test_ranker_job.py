@@ -138,7 +138,7 @@ def test_train_command_learns_the_labelled_job(job_opt, tmp_path):
     features_only = NetworkConfig(use_images=False, dropout=0.0)  # the CNN's share is timed, not tested, here
     torch.manual_seed(0)
     before = mean_squared_error(RankerNet(features_only), data)
-    net, history = train_model(data, features_only, TrainSettings(epochs=25, batch_size=4, seed=1))
+    net, history = train_model(data, features_only, TrainSettings(epochs=25, batch_size=4, learning_rate=1e-3, seed=1))
     assert mean_squared_error(net, data) < min(before, 0.05)
     assert _cli(["class-ranker", "train", "--jobs", str(tmp_path / "jobs.txt"), "--o", str(tmp_path / "m.pt"),
                  "--epochs", "1"]) in (0, None)

@@ -16,7 +16,7 @@ from vitrify.jobs.fields import setting
 from vitrify.jobs.jobstar_values import yes_no
 
 #: default score threshold (vitrify's model; chosen on validation jobs, docs/ranker.md)
-DEFAULT_MIN_SCORE = 0.45
+DEFAULT_MIN_SCORE = 0.23
 DEVICES = ("auto", "cpu", "cuda")
 
 
