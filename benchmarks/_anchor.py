@@ -65,13 +65,39 @@ def view_spread(data_star: str | Path, truth_star: str | Path) -> dict:
             "random_spread_deg": spread(rand)}
 
 
+def class_agreement(classes_mrcs: str | Path, truth_map: str | Path, diameter_angst: float,
+                    order: int = 2) -> dict:
+    """How well the class averages look like the structure: per class, the best normalised
+    cross-correlation (20 Å, masked, over psi and shifts) with the true map's projections along
+    HEALPix directions of ``order`` (the class ranker's label term); median and worst over the
+    non-empty classes."""
+    import torch
+
+    from vitrify.core.euler import euler_to_matrix
+    from vitrify.core.projector import project_real
+    from vitrify.core.sampling import healpix_directions
+    from vitrify.io.mrc import read_mrc
+    from vitrify.ranker.labels import best_correlation
+
+    volume, pixel = read_mrc(truth_map)
+    dirs = healpix_directions(order, dtype=torch.float64)
+    rotations = euler_to_matrix(dirs[:, 0], dirs[:, 1], torch.zeros_like(dirs[:, 0]))
+    projections = project_real(torch.as_tensor(volume, dtype=torch.float64), rotations)
+    averages, _ = read_mrc(classes_mrcs)
+    cc = np.array([best_correlation(torch.as_tensor(a, dtype=torch.float64), projections, pixel,
+                                    diameter_angst / (2 * pixel)) for a in averages])
+    cc = cc[np.abs(averages).reshape(len(averages), -1).max(1) > 0]  # empty classes are all zero
+    return {"agreement_median": float(np.median(cc)), "agreement_min": float(cc.min())}
+
+
 def relion_figures(folder: str | Path) -> dict:
     """RELION-4's recorded run on an anchor set: spread (recomputed), CPU s (user + sys), wall s."""
     folder = Path(folder)
     header, values = (folder / "relion" / "summary.tsv").read_text().splitlines()[:2]
     row = dict(zip(header.split("\t"), values.split("\t")))
     spread = view_spread(folder / "relion" / "run_it200_data.star", folder / "truth.star")
-    return {"spread_deg": spread["spread_deg"], "classes_ge_1pct": spread["classes_ge_1pct"],
+    agree = class_agreement(folder / "relion" / "run_it200_classes.mrcs", folder / "truth_map.mrc", 170.0)
+    return {"spread_deg": spread["spread_deg"], "classes_ge_1pct": spread["classes_ge_1pct"], **agree,
             "cpu_s": float(row["user_s"]) + float(row["sys_s"]), "wall_s": float(row["wall_s"]),
             "readme": RELION_README.get(folder.name)}
 

@@ -51,6 +51,8 @@ RUNS = {  # name -> Options overrides
     # RELION-4's reference run (1,760 s on 2 cores): K = 20, GUI sampling (psi 12, offsets 5 / 2)
     "vdam-k20": {"algorithm": "vdam", "n_classes": 20},
     "em-k20": {"algorithm": "em", "n_classes": 20},
+    # tempered posterior (--posterior-power 0.3): cleaner class averages at low SNR (docs/class2d.md)
+    "vdam-tempered": {"algorithm": "vdam", "posterior_power": 0.3},
 }
 
 
@@ -166,7 +168,7 @@ def _fmt(x, spec: str = ".0f") -> str:
 
 def anchor_main(args, folders: list[Path]) -> None:
     """vitrify beside RELION-4 on the anchor sets (RELION's settings), alone and beside a hog."""
-    from _anchor import relion_figures, view_spread
+    from _anchor import class_agreement, relion_figures, view_spread
 
     rows = []
     for folder in folders:
@@ -175,17 +177,22 @@ def anchor_main(args, folders: list[Path]) -> None:
             res = run_pair(args, name, folder / "particles.star", Path(args.work) / folder.name / name)
             for r in [res] + ([res["hog"]] if "hog" in res else []):
                 r.update(view_spread(r["data"], folder / "truth.star"))
+                classes = Path(r["data"]).with_name(Path(r["data"]).name.replace("_data.star", "_classes.mrcs"))
+                r.update(class_agreement(classes, folder / "truth_map.mrc", args.diameter))
             rows.append((folder.name, name, res, relion))
             print(json.dumps({"set": folder.name, **res}), flush=True)
     print(f"\n# vitrify {args.threads} threads, K {args.k}, {args.vdam_iter} VDAM mini-batches / {args.em_iter} EM "
           f"iterations, diameter {args.diameter:g} Å; RELION-4 from the set's relion/ (2 threads, 2-core machine)")
     print("\n| set | run | vitrify spread ° | RELION-4 spread ° | vitrify CPU s | RELION-4 CPU s | CPU ratio | "
-          "vitrify wall s | RELION-4 wall s | wall ratio | classes >= 1 % (vitrify / RELION) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "vitrify wall s | RELION-4 wall s | wall ratio | classes >= 1 % (vitrify / RELION) | "
+          "class-average agreement median / worst (vitrify; RELION) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, run, r, rel in rows:
         print(f"| {name} | {run} | {r['spread_deg']:.1f} | {rel['spread_deg']:.1f} | {r['cpu_s']:.0f} | "
               f"{rel['cpu_s']:,.0f} | {r['cpu_s'] / rel['cpu_s']:.3f} | {r['wall_s']:.0f} | {rel['wall_s']:,.0f} | "
-              f"{r['wall_s'] / rel['wall_s']:.3f} | {r['classes_ge_1pct']} / {rel['classes_ge_1pct']} |")
+              f"{r['wall_s'] / rel['wall_s']:.3f} | {r['classes_ge_1pct']} / {rel['classes_ge_1pct']} | "
+              f"{r['agreement_median']:.3f} / {r['agreement_min']:.3f}; "
+              f"{rel['agreement_median']:.3f} / {rel['agreement_min']:.3f} |")
     if args.beside_hog:
         print_hog_table([(f"{name} {run}", r) for name, run, r, _ in rows], args)
 

@@ -67,6 +67,24 @@ def test_em_job_separates_the_classes(dataset, tmp_path):
     assert (tmp_path / "run_it008_optimiser.star").exists()
 
 
+def test_tempered_posterior_is_broader_and_still_separates(dataset, tmp_path):
+    """--posterior-power < 1: softer posteriors (lower pmax, more significant poses), same classes."""
+    star, labels = dataset
+    figures = {}
+    for power in (1.0, 0.3):
+        out = run(_options(star, algorithm="em", nr_iter=8, posterior_power=power), tmp_path / str(power))
+        parts = read_star(out)["particles"]
+        cls = parts["rlnClassNumber"].to_numpy()
+        purity = sum(np.bincount(labels.numpy()[cls == c]).max() for c in np.unique(cls)) / len(cls)
+        figures[power] = (parts["rlnMaxValueProbDistribution"].mean(), parts["rlnNrOfSignificantSamples"].mean(),
+                          purity)
+    assert figures[0.3][0] < figures[1.0][0] - 0.1 and figures[0.3][1] > figures[1.0][1]
+    assert figures[0.3][2] > 0.9
+    for bad in (0.0, 1.5):
+        with pytest.raises(InputError):
+            _options(star, posterior_power=bad)
+
+
 def test_cli_class2d_runs_and_reports_bad_input(dataset, tmp_path, capsys):
     from vitrify.cli.main import main
 

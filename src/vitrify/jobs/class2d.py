@@ -51,7 +51,8 @@ def _settings(options: Options, diameter_px: float, device: torch.device) -> Eng
                           class_inactivity_threshold=options.class_inactivity_threshold,
                           replacement_source=options.replacement_source,
                           seed=options.seed, budget_bytes=budget * 2 ** 20, oversampling=options.oversampling,
-                          ini_subset=options.ini_subset, fin_subset=options.fin_subset)
+                          ini_subset=options.ini_subset, fin_subset=options.fin_subset,
+                          posterior_power=options.posterior_power)
 
 
 class _Writer:

@@ -136,6 +136,7 @@ class PassGrid:
     max_significant: int
     fine_cap: int
     budget_bytes: int
+    posterior_power: float = 1.0
 
 
 @dataclass

@@ -81,7 +81,8 @@ class EStepSettings:
 
     ``coarse_radius`` limits the coarse pass window (0: the current window);
     ``oversampling`` 1 adds the fine pass for particles with at most ``fine_cap``
-    significant coarse poses (``<= 0``: ``max_significant`` if set, else 5 K).
+    significant coarse poses (``<= 0``: ``max_significant`` if set, else 5 K);
+    ``posterior_power`` < 1 tempers the posterior (weights as (likelihood x prior)^power).
     """
 
     adaptive_fraction: float = 0.999
@@ -92,6 +93,7 @@ class EStepSettings:
     coarse_radius: int = 0
     fine_cap: int = -1
     profile: bool = False
+    posterior_power: float = 1.0
 
 
 class TemplateCache:
@@ -157,7 +159,7 @@ def build_pass_grid(model: MlModel, sampling: Sampling, window: FourierWindow, s
     return PassGrid(coarse=frame(hyp, pc, shifts) if pc < p else coarse_full, coarse_full=coarse_full,
                     fine=fine, n_classes=model.n_classes, sigma_offset_px=sigma,
                     fraction=settings.adaptive_fraction, max_significant=settings.max_significant,
-                    fine_cap=cap, budget_bytes=settings.budget_bytes)
+                    fine_cap=cap, budget_bytes=settings.budget_bytes, posterior_power=settings.posterior_power)
 
 
 def expectation(model: MlModel, particles: ParticleSet, indices: torch.Tensor, sampling: Sampling,

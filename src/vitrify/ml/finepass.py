@@ -116,6 +116,8 @@ def fine_pass(y: torch.Tensor, q: torch.Tensor, w: torch.Tensor, prev_offset_px:
     eb = bi.repeat_interleave(4 * c)
     etf = tf[:, :, None].expand(m, 4, c).reshape(-1)
     erf = rf[:, None, :].expand(m, 4, c).reshape(-1)
+    if grid.posterior_power != 1.0:  # tempered posterior, as in the coarse pass
+        scores *= grid.posterior_power
     wf, log_norm, pmax, best = _posterior(scores.reshape(-1), eb, b, grid.fraction)
     keep = torch.nonzero(wf > 0).flatten()
     sums.n_hypotheses += m * 4 * c

@@ -55,6 +55,7 @@ class EngineSettings:
     fin_subset: int = -1
     grad_em_iters: int = 0
     oversampling: int = 1
+    posterior_power: float = 1.0
 
 
 @dataclass
@@ -164,6 +165,7 @@ class Classifier2D:
         psi_step = 360.0 / self.sampling.psi_deg.shape[0]
         settings = EStepSettings(adaptive_fraction=s.adaptive_fraction, max_significant=max_sig,
                                  halves=halves, budget_bytes=s.budget_bytes, oversampling=s.oversampling,
+                                 posterior_power=s.posterior_power,
                                  coarse_radius=coarse_radius(model.box_px, psi_step, s.particle_diameter_px,
                                                              s.oversampling))
         model.tau2 = reference_tau2(model.refs, self.window)

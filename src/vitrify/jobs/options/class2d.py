@@ -84,6 +84,8 @@ class Options:
     max_significant: int = setting(-1, help="Most significant poses kept per particle (-1: RELION's default).",
                                    flag="--max-significant")
     oversampling: int = setting(1, help="1: coarse pass + fine pass (RELION); 0: one pass.", flag="--oversampling")
+    posterior_power: float = setting(1.0, help="Posterior weights as (likelihood x prior)^power; < 1 keeps "
+                                               "low-SNR assignments soft (1: RELION).", flag="--posterior-power")
     seed: int = setting(1, help="Random seed.", flag="--seed")
     threads: int = setting(0, help="CPU threads (0: every CPU this process may use).", flag="--threads",
                            read=_read_threads, write=_write_threads)
@@ -123,6 +125,8 @@ class Options:
             bad("--iter", f"{self.nr_iter} iterations", "a positive number")
         if self.oversampling not in (0, 1):
             bad("--oversampling", f"oversampling {self.oversampling}", "0 (coarse pass only) or 1")
+        if not 0 < self.posterior_power <= 1:
+            bad("--posterior-power", f"posterior power {self.posterior_power}", "0 < power <= 1")
         if self.grad_write_iter < 1:
             bad("--grad-write-iter", f"{self.grad_write_iter}", "at least 1")
 
