@@ -80,6 +80,26 @@ def number_text(value: float | int) -> str:
     return repr(value) if isinstance(value, float) else str(int(value))
 
 
+def read_threads(values: Mapping[str, str]) -> int:
+    """Threads from RELION's ``nr_threads`` (at least 1)."""
+    return int(number(values, "nr_threads", 1) or 1)
+
+
+def write_threads(threads: int, _owner: Any) -> dict[str, str]:
+    """``nr_threads`` for ``threads`` (0, every usable CPU, is written as 1)."""
+    return {"nr_threads": number_text(max(threads, 1))}
+
+
+def read_device(values: Mapping[str, str]) -> str:
+    """``cuda`` when RELION's ``use_gpu`` is Yes, else ``cpu``."""
+    return "cuda" if flag(values, "use_gpu", False) else "cpu"
+
+
+def write_device(device: str, _owner: Any) -> dict[str, str]:
+    """``use_gpu`` for ``device``."""
+    return {"use_gpu": yes_no(device == "cuda")}
+
+
 def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Field path → value for every non-dataclass value inside a (nested) dataclass (fields
     derived in ``__post_init__``, ``init=False``, are left out: they follow the others)."""

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from vitrify.io.errors import InputError
 from vitrify.jobs import fields
 from vitrify.jobs.fields import setting
-from vitrify.jobs.jobstar_values import flag, number, number_text, whole_number, yes_no
+from vitrify.jobs.jobstar_values import (flag, number_text, read_device, read_threads, whole_number,
+                                         write_device, write_threads, yes_no)
 
 ALGORITHMS = ("vdam", "em")
 DEFAULT_ITER = {"vdam": 200, "em": 25}
@@ -34,22 +35,6 @@ def _read_iterations(values) -> int:
 
 def _write_iterations(_nr_iter: int, options) -> dict[str, str]:
     return {"nr_iter_grad" if options.algorithm == "vdam" else "nr_iter": number_text(options.iterations)}
-
-
-def _read_threads(values) -> int:
-    return int(number(values, "nr_threads", 1) or 1)
-
-
-def _write_threads(threads: int, _owner) -> dict[str, str]:
-    return {"nr_threads": number_text(max(threads, 1))}
-
-
-def _read_device(values) -> str:
-    return "cuda" if flag(values, "use_gpu", False) else "cpu"
-
-
-def _write_device(device: str, _owner) -> dict[str, str]:
-    return {"use_gpu": yes_no(device == "cuda")}
 
 
 @dataclass(frozen=True)
@@ -88,8 +73,8 @@ class Options:
                                                "low-SNR assignments soft (1: RELION).", flag="--posterior-power")
     seed: int = setting(1, help="Random seed.", flag="--seed")
     threads: int = setting(0, help="CPU threads (0: every CPU this process may use).", flag="--threads",
-                           read=_read_threads, write=_write_threads)
-    device: str = setting("auto", help="auto | cpu | cuda.", flag="--device", read=_read_device, write=_write_device)
+                           read=read_threads, write=write_threads)
+    device: str = setting("auto", help="auto | cpu | cuda.", flag="--device", read=read_device, write=write_device)
     memory_budget_mb: int = setting(0, help="Memory per E-step block in MB (0: 1024 on a GPU, 64 on a CPU).", unit="MB",
                                     flag="--memory-budget")
     continue_from: str = setting("", help="Continue from a run_itNNN_optimiser.star.", flag="--continue",

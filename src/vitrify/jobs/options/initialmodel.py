@@ -13,29 +13,14 @@ from dataclasses import dataclass
 from vitrify.io.errors import InputError
 from vitrify.jobs import fields
 from vitrify.jobs.fields import setting
-from vitrify.jobs.jobstar_values import flag, number, number_text, yes_no
+from vitrify.jobs.jobstar_values import (read_device, read_threads, write_device,
+                                         write_threads)
 
 ALGORITHMS = ("vdam", "em")
 DEFAULT_ITER = {"vdam": 200, "em": 25}
 AUTO = "auto"
 _SYMMETRY = re.compile(r"^(C|D)(\d+)$|^(T|O)$|^I([1-4]?)$")
 SYMMETRY_GROUPS = "C1, Cn, Dn (n >= 1), T, O, I, I1, I2, I3 or I4"
-
-
-def _read_threads(values) -> int:
-    return int(number(values, "nr_threads", 1) or 1)
-
-
-def _write_threads(threads: int, _owner) -> dict[str, str]:
-    return {"nr_threads": number_text(max(threads, 1))}
-
-
-def _read_device(values) -> str:
-    return "cuda" if flag(values, "use_gpu", False) else "cpu"
-
-
-def _write_device(device: str, _owner) -> dict[str, str]:
-    return {"use_gpu": yes_no(device == "cuda")}
 
 
 def is_symmetry_name(name: str) -> bool:
@@ -89,8 +74,8 @@ class Options:
                                 flag="--choose-class")
     seed: int = setting(1, help="Random seed.", flag="--seed")
     threads: int = setting(0, help="CPU threads (0: every CPU this process may use).", flag="--threads",
-                           read=_read_threads, write=_write_threads)
-    device: str = setting("auto", help="auto | cpu | cuda.", flag="--device", read=_read_device, write=_write_device)
+                           read=read_threads, write=write_threads)
+    device: str = setting("auto", help="auto | cpu | cuda.", flag="--device", read=read_device, write=write_device)
     memory_budget_mb: int = setting(0, help="Memory per E-step block in MB (0: 1024 on a GPU, 64 on a CPU).",
                                     unit="MB", flag="--memory-budget")
     root: str = setting("run", help="Output file name root (<root>_itNNN_*).", flag="--root")
