@@ -5,6 +5,7 @@ no request changes the project, and every request needs the token."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -90,6 +91,25 @@ def test_state_lists_jobs_schemes_and_what_failed(server):
     skipped = [f for f in state["failures"] if f["kind"] == "skipped"]
     assert skipped == [{"job": "MotionCorr/job002/", "kind": "skipped",
                         "message": "Movies/mov_z.tiff: the movie is truncated (3 of 8 frames)"}]
+
+
+def test_movies_vitrify_auto_skipped_are_shown_with_the_reason(tmp_path):
+    """``Auto/Ready/movies.json`` (vitrify auto's record): skipped movies come first, and writing the
+    record changes the project signature (the page updates); no record or a broken one: nothing."""
+    from vitrify.pipeline.auto import READY_DIR
+    from vitrify.pipeline.movie_watch import RECORD_FILE
+    from vitrify.web import _jobs
+
+    assert _jobs.skipped_movies(tmp_path) == []
+    before = _jobs.project_signature(tmp_path)
+    record = tmp_path / READY_DIR / RECORD_FILE
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"ready": ["m1.tiff"], "skipped": {"m2.tiff": "truncated (3 of 8 frames)"}}))
+    assert _jobs.project_signature(tmp_path) != before
+    assert _jobs.failures(tmp_path, []) == [{"job": "vitrify auto", "kind": "skipped",
+                                             "message": "m2.tiff: truncated (3 of 8 frames)"}]
+    record.write_text("{not json")
+    assert _jobs.failures(tmp_path, []) == []
 
 
 def test_job_detail_gives_the_log_tails(server):

@@ -11,12 +11,15 @@ marker's time stamp.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import time
 from pathlib import Path
 
 from vitrify.io.errors import InputError
 from vitrify.jobs.status import EXIT_MARKERS, JobStatus, exit_marker_status
+from vitrify.pipeline.auto import READY_DIR
+from vitrify.pipeline.movie_watch import RECORD_FILE
 from vitrify.pipeline.schemes.lock import lock_dir
 from vitrify.web._files import file_key, mtime_s, pipeline_state, tail_text
 
@@ -111,9 +114,23 @@ def error_lines(job_dir: Path, n_lines: int = 12) -> str:
     return ""
 
 
+def skipped_movies(root: Path) -> list[dict]:
+    """Movies ``vitrify auto`` skipped (half-written or unreadable) with the reason, from its
+    ``Auto/Ready/movies.json``; none when the project was not run by ``vitrify auto``."""
+    try:
+        skipped = json.loads((root / READY_DIR / RECORD_FILE).read_text()).get("skipped", {})
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(skipped, dict):
+        return []
+    return [{"job": "vitrify auto", "kind": "skipped", "message": f"{name}: {reason}"}
+            for name, reason in sorted(skipped.items())]
+
+
 def failures(root: Path, jobs: list[dict]) -> list[dict]:
-    """Failed jobs with the end of their error output, then every job's skipped items."""
-    found = []
+    """Movies ``vitrify auto`` skipped, failed jobs with the end of their error output, then every
+    job's skipped items."""
+    found = skipped_movies(root)
     for job in jobs:
         job_dir = root / job["name"]
         if job["status"] == JobStatus.FAILED:
@@ -154,10 +171,11 @@ def _plain(value: object) -> object:
 def project_signature(root: Path) -> str:
     """A short text that changes whenever something the dashboard shows may have changed.
 
-    Built from stat calls only: the pipeline and scheme files, each job directory (its entries
+    Built from stat calls only: the pipeline and scheme files, ``vitrify auto``'s movie record,
+    each job directory (its entries
     change when a job writes an output or marker: writes are atomic renames) and its log sizes.
     """
-    parts = [file_key(root / "default_pipeline.star")]
+    parts = [file_key(root / "default_pipeline.star"), file_key(root / READY_DIR / RECORD_FILE)]
     for scheme in scheme_names(root):
         directory = root / "Schemes" / scheme
         parts += [file_key(directory / "scheme.star"), file_key(directory / "schemer.log"),
