@@ -23,8 +23,8 @@ def _invoke(*args: str):
     return CliRunner().invoke(build_app(), list(args), env={"COLUMNS": "200"})
 
 
-def _one_line_error(capsys, monkeypatch, args: list[str], *words: str) -> None:
-    """Run through ``main`` (InputError -> one line, exit 1) and check the line."""
+def _one_line_error(capsys, monkeypatch, args: list[str], *words: str) -> str:
+    """Run through ``main`` (InputError -> one line, exit 1), check the line and return it."""
     from vitrify.cli.main import main
 
     monkeypatch.setenv("COLUMNS", "1000")
@@ -36,6 +36,7 @@ def _one_line_error(capsys, monkeypatch, args: list[str], *words: str) -> None:
     assert lines[0].startswith("error:") and "Traceback" not in captured.err, lines
     for word in words:
         assert word in lines[0], lines[0]
+    return lines[0]
 
 
 def test_missing_session_is_one_line(tmp_path, capsys, monkeypatch):
@@ -46,9 +47,10 @@ def test_missing_session_is_one_line(tmp_path, capsys, monkeypatch):
 
 def test_unknown_stage_is_one_line(tmp_path, capsys, monkeypatch):
     (tmp_path / "s").mkdir()
-    _one_line_error(capsys, monkeypatch, ["auto", str(tmp_path / "s"), "--project", str(tmp_path / "p"),
-                                          "--until", "4d"],
-                    "--until", "'4d'", "ctf | 2d | 3d | refine")
+    line = _one_line_error(capsys, monkeypatch, ["auto", str(tmp_path / "s"), "--project", str(tmp_path / "p"),
+                                                 "--until", "4d"],
+                           "--until", "'4d'", "ctf | 2d | 3d | refine")
+    assert not (tmp_path / "p").exists(), line   # refused before anything is set up
 
 
 def test_stage_without_its_jobs_names_what_is_missing(tmp_path, capsys, monkeypatch):
@@ -103,8 +105,9 @@ def test_stop_forks_send_proc_back_to_wait_after_the_stage(tmp_path):
 
 
 def test_stop_without_a_run_is_one_line(tmp_path, capsys, monkeypatch):
-    _one_line_error(capsys, monkeypatch, ["auto", "--stop", "--project", str(tmp_path)],
-                    "not a project set up by vitrify auto")
+    line = _one_line_error(capsys, monkeypatch, ["auto", "--stop", "--project", str(tmp_path)],
+                           "not a project set up by vitrify auto")
+    assert str(tmp_path) in line and list(tmp_path.iterdir()) == []   # names the folder, writes nothing
 
 
 def _simulate(tmp_path, n: int):

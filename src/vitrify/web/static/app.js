@@ -45,7 +45,7 @@ function badge(status) {
 // ---- schemes ---------------------------------------------------------------------------------
 async function schemeAction(name, action) {
   if (action === "abort" && !window.confirm(`Abort scheme ${name} and its running job?`)) return;
-  const response = await fetch(`/api/schemes/${encodeURIComponent(name)}/${action}`,
+  const response = await fetch(`api/schemes/${encodeURIComponent(name)}/${action}`,
                                {method: "POST", headers: {"X-Vitrify-Token": TOKEN}});
   const body = await response.json().catch(() => ({}));
   document.getElementById(`scheme-message-${name}`).textContent =
@@ -104,7 +104,7 @@ function renderJobs(jobs) {
 async function renderJobDetail() {
   const box = document.getElementById("job-detail");
   if (!view.job) { box.classList.add("hidden"); return; }
-  const detail = await getJSON("/api/job", {name: view.job});
+  const detail = await getJSON("api/job", {name: view.job});
   box.classList.remove("hidden");
   box.replaceChildren(element("h3", {}, detail.name));
   for (const [file, text] of Object.entries(detail.logs)) {
@@ -188,7 +188,7 @@ function renderMicrographView(rows) {
   const image = document.getElementById("mic-image");
   const row = rows.find(r => r.name === view.micrograph);
   if (!row) { image.removeAttribute("src"); return; }
-  const src = api("/api/micrograph.png", {name: row.name, v: view.signature});
+  const src = api("api/micrograph.png", {name: row.name, v: view.signature});
   if (image.getAttribute("src") !== src) image.setAttribute("src", src);
   const fmt = v => (v === null || v === undefined ? "–" : Number(v).toFixed(1));
   document.getElementById("mic-info").textContent =
@@ -213,7 +213,7 @@ function renderClasses(data) {
   gallery.replaceChildren(...data.classes.map(c => {
     const figure = element("figure", {class: "class" + (c.selected ? " selected" : ""), "data-class": c.number,
                                       "data-score": c.score === null ? "" : c.score});
-    figure.append(element("img", {src: api("/api/class.png", {stack: c.stack, number: c.number, v: view.signature}),
+    figure.append(element("img", {src: api("api/class.png", {stack: c.stack, number: c.number, v: view.signature}),
                                   alt: `class ${c.number}`}));
     const share = c.distribution === null ? "" : ` · ${(100 * c.distribution).toFixed(1)}%`;
     const score = c.score === null ? "" : ` · score ${c.score.toFixed(2)}`;
@@ -229,7 +229,7 @@ function renderMaps(maps) {
     const card = element("div", {class: "map", "data-map": m.map});
     card.append(element("h3", {}, `${m.job} ${m.type}` +
                         (m.resolution_angst ? ` · ${m.resolution_angst.toFixed(2)} Å` : "")));
-    card.append(element("img", {src: api("/api/map.png", {path: m.map, v: view.signature}),
+    card.append(element("img", {src: api("api/map.png", {path: m.map, v: view.signature}),
                                 alt: `central sections of ${m.map}`, class: "slices"}));
     if (m.fsc) {
       const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
@@ -249,7 +249,7 @@ async function refresh() {
   view.refreshing = true;
   try {
     const [state, micrographs, classes, maps] = await Promise.all(
-      ["/api/state", "/api/micrographs", "/api/classes", "/api/maps"].map(p => getJSON(p)));
+      ["api/state", "api/micrographs", "api/classes", "api/maps"].map(p => getJSON(p)));
     view.signature = state.signature;
     renderSchemes(state.schemes);
     renderJobs(state.jobs);
@@ -271,7 +271,7 @@ async function refresh() {
 
 function listen() {
   const status = document.getElementById("live-status");
-  const source = new EventSource(api("/api/events"));
+  const source = new EventSource(api("api/events"));
   source.addEventListener("open", () => { status.textContent = "live"; status.className = "live on"; });
   source.addEventListener("error", () => { status.textContent = "reconnecting…"; status.className = "live off"; });
   source.addEventListener("change", event => {
