@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from vitrify.io.errors import InputError
 from vitrify.jobs import fields
 from vitrify.jobs.fields import setting
+from vitrify.jobs.options._engine_checks import check_engine_options
 from vitrify.jobs.jobstar_values import (flag, number_text, read_device, read_threads, whole_number,
                                          write_device, write_threads, yes_no)
 
@@ -100,20 +101,9 @@ class Options:
             bad("--particle-diameter", "particle diameter must be given", "a diameter in Å > 0")
         if self.psi_step_deg <= 0 or self.psi_step_deg > 180:
             bad("--psi-step", f"psi step {self.psi_step_deg}", "0 < step <= 180 degrees")
-        if self.offset_range_px < 0 or self.offset_step_px <= 0:
-            bad("--offset-range/--offset-step", "negative range or non-positive step", "range >= 0, step > 0")
-        if self.tau2_fudge <= 0:
-            bad("--tau2-fudge", f"T = {self.tau2_fudge}", "T > 0")
-        if self.algorithm == "vdam" and self.seed == 0:
-            bad("--seed", "seed 0 is not allowed with VDAM (RELION)", "a non-zero seed")
-        if self.nr_iter == 0 or self.nr_iter < -1:
-            bad("--iter", f"{self.nr_iter} iterations", "a positive number")
-        if self.oversampling not in (0, 1):
-            bad("--oversampling", f"oversampling {self.oversampling}", "0 (coarse pass only) or 1")
+        check_engine_options(self)
         if not 0 < self.posterior_power <= 1:
             bad("--posterior-power", f"posterior power {self.posterior_power}", "0 < power <= 1")
-        if self.grad_write_iter < 1:
-            bad("--grad-write-iter", f"{self.grad_write_iter}", "at least 1")
 
     @property
     def iterations(self) -> int:

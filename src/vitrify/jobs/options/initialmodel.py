@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from vitrify.io.errors import InputError
 from vitrify.jobs import fields
 from vitrify.jobs.fields import setting
+from vitrify.jobs.options._engine_checks import check_engine_options
 from vitrify.jobs.jobstar_values import (read_device, read_threads, write_device,
                                          write_threads)
 
@@ -96,18 +97,7 @@ class Options:
             bad("--sym", f"unknown point group {self.symmetry!r}", SYMMETRY_GROUPS)
         if self.healpix_order != AUTO and not (self.healpix_order.isdigit() and 0 <= int(self.healpix_order) <= 4):
             bad("--healpix-order", f"HEALPix order {self.healpix_order!r}", "0..4 or auto")
-        if self.offset_range_px < 0 or self.offset_step_px <= 0:
-            bad("--offset-range/--offset-step", "negative range or non-positive step", "range >= 0, step > 0")
-        if self.tau2_fudge <= 0:
-            bad("--tau2-fudge", f"T = {self.tau2_fudge}", "T > 0")
-        if self.algorithm == "vdam" and self.seed == 0:
-            bad("--seed", "seed 0 is not allowed with VDAM (RELION)", "a non-zero seed")
-        if self.nr_iter == 0 or self.nr_iter < -1:
-            bad("--iter", f"{self.nr_iter} iterations", "a positive number")
-        if self.oversampling not in (0, 1):
-            bad("--oversampling", f"oversampling {self.oversampling}", "0 (coarse pass only) or 1")
-        if self.grad_write_iter < 1:
-            bad("--grad-write-iter", f"{self.grad_write_iter}", "at least 1")
+        check_engine_options(self)
         if not 0 <= self.choose_class <= self.n_classes:
             bad("--choose-class", f"class {self.choose_class}", f"0 (largest) or 1..{self.n_classes}")
 
