@@ -44,14 +44,14 @@ class ResumeState:
     psi_deg: np.ndarray
     exact: dict[str, np.ndarray] | None = None  # ParticleSet fields from the state file
 
-    def apply_to(self, particles: ParticleSet) -> None:
-        """Copy the stored assignments into freshly loaded particles (offsets come with the STAR
-        file, or exactly from the state file)."""
+    def apply_to(self, particles: ParticleSet, rows: slice = slice(None)) -> None:
+        """Copy the stored assignments of ``rows`` (all; a rank's shard) into freshly loaded particles
+        (offsets come with the STAR file, or exactly from the state file)."""
         dev = particles.ft.device
-        particles.class_index = torch.as_tensor(self.class_number - 1, dtype=torch.long, device=dev)
-        particles.psi_deg = torch.as_tensor(np.mod(self.psi_deg, 360.0), dtype=torch.float32, device=dev)
+        particles.class_index = torch.as_tensor(self.class_number[rows] - 1, dtype=torch.long, device=dev)
+        particles.psi_deg = torch.as_tensor(np.mod(self.psi_deg[rows], 360.0), dtype=torch.float32, device=dev)
         for name, values in (self.exact or {}).items():
-            setattr(particles, name, torch.as_tensor(values, device=dev))
+            setattr(particles, name, torch.as_tensor(values[rows], device=dev))
 
 
 def _find(path_text: str, near: Path) -> Path:

@@ -135,14 +135,22 @@ def available_bytes(device: torch.device) -> int:
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def check_memory(inp: InputParticles, device: torch.device) -> None:
-    """Refuse (before any compute) a data set whose resident arrays exceed 90% of the memory."""
-    need = resident_bytes(inp.n_particles, inp.box_px)
+def check_memory(inp: InputParticles, device: torch.device, n_held: int | None = None,
+                 ranks_here: int = 1) -> None:
+    """Refuse (before any compute) a data set whose resident arrays exceed 90% of the memory.
+
+    ``n_held`` particles (all by default) are held by each of ``ranks_here`` processes that share
+    this machine's memory (ranks on one GPU each share nothing).
+    """
+    n = inp.n_particles if n_held is None else n_held
+    sharing = 1 if device.type == "cuda" else max(ranks_here, 1)
+    need = resident_bytes(n, inp.box_px) * sharing
     have = available_bytes(device)
     if need > 0.9 * have:
-        raise InputError(f"{inp.n_particles} particles of {inp.box_px} px need ~{need / 2 ** 30:.1f} GiB "
+        held = f"{n} particles" + (f" on each of {sharing} ranks" if sharing > 1 else "")
+        raise InputError(f"{held} of {inp.box_px} px need ~{need / 2 ** 30:.1f} GiB "
                          f"resident; {device.type} memory is {have / 2 ** 30:.1f} GiB", field="--i",
-                         expected="fewer particles or smaller boxes (downscale at extraction)")
+                         expected="fewer particles or smaller boxes (downscale at extraction), or more nodes")
 
 
 def _ctf_chunk(rows: pd.DataFrame, box: int, pixel: float, intact_first_peak: bool) -> torch.Tensor:
@@ -166,24 +174,45 @@ def _finite_images(names: pd.Series, base_dir: Path) -> torch.Tensor:
 
 
 def load_particles(inp: InputParticles, window: FourierWindow, diameter_px: float, do_ctf: bool,
-                   intact_first_peak: bool, device: torch.device) -> ParticleSet:
-    """Read the images chunk by chunk and build the engine's :class:`ParticleSet`."""
-    merged = inp.star.merged
-    n = inp.n_particles
+                   intact_first_peak: bool, device: torch.device,
+                   rows: np.ndarray | None = None) -> ParticleSet:
+    """Read the images chunk by chunk and build the engine's :class:`ParticleSet` of the particles in
+    ``rows`` ``(n,)`` (row numbers of particles.star, in that order; all by default)."""
+    rows = np.arange(inp.n_particles) if rows is None else np.asarray(rows, dtype=np.int64)
+    table = inp.star.merged.iloc[rows]
+    n = len(rows)
     fts, ctfs = [], []
     for start in track(range(0, n, CHUNK), "reading particles", total=-(-n // CHUNK)):
-        rows = merged.iloc[start:start + CHUNK]
-        images = _finite_images(rows["rlnImageName"].astype(str), inp.base_dir)
-        ctf = _ctf_chunk(rows, inp.box_px, inp.pixel_size_angst, intact_first_peak) if do_ctf else None
+        chunk = table.iloc[start:start + CHUNK]
+        images = _finite_images(chunk["rlnImageName"].astype(str), inp.base_dir)
+        ctf = _ctf_chunk(chunk, inp.box_px, inp.pixel_size_angst, intact_first_peak) if do_ctf else None
         ft, c = pack_particles(images.to(device), None if ctf is None else ctf.to(device), window,
                                diameter_px)
         fts.append(ft)
         ctfs.append(c)
+    if not fts:  # a rank without particles (fewer than two per rank)
+        p = int(window.shell.shape[0])
+        fts, ctfs = [torch.zeros(0, p, dtype=torch.complex64, device=device)], [torch.zeros(0, p, device=device)]
     offsets = np.zeros((n, 2), dtype=np.float32)
     for axis, label in enumerate(("rlnOriginXAngst", "rlnOriginYAngst")):
-        if label in merged.columns:
-            offsets[:, axis] = merged[label].to_numpy(np.float64) / inp.pixel_size_angst
+        if label in table.columns:
+            offsets[:, axis] = table[label].to_numpy(np.float64) / inp.pixel_size_angst
     return ParticleSet(ft=torch.cat(fts), ctf=torch.cat(ctfs),
-                       group=torch.as_tensor(inp.group_index, device=device),
+                       group=torch.as_tensor(inp.group_index[rows], device=device),
                        n_groups=int(inp.group_index.max()) + 1,
                        offset_px=torch.as_tensor(offsets, device=device))
+
+
+def start_rows(group_index: np.ndarray, n_use: int = 1000) -> np.ndarray:
+    """Rows the starting model reads (:func:`vitrify.ml.starts.initial_model`: the first ``n_use``
+    particles, and the first ``n_use`` of each optics group for the noise spectra), ascending.
+
+    ``group_index`` ``(N,)`` 0-based optics group per particle. Loaded alone they give the model
+    all particles give (the first rows stay first, each group's first rows stay its first).
+
+    >>> start_rows(np.array([0, 1, 0, 1, 1]), n_use=1).tolist()
+    [0, 1]
+    """
+    picks = [np.arange(min(n_use, len(group_index)))]
+    picks += [np.flatnonzero(group_index == g)[:n_use] for g in np.unique(group_index)]
+    return np.unique(np.concatenate(picks))

@@ -7,22 +7,27 @@ Classifier2D` and writes RELION-4 files at RELION's cadence (every iteration for
 every ``grad_write_iter`` iterations and the last for VDAM; always iteration 0).
 
 Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE`` > 1) the job runs data-parallel: each rank
-joins the torch.distributed group (gloo on CPU, NCCL on GPU, one GPU per local rank), computes
-the E-step of its share of the particles, the sums are all-reduced
-(:class:`vitrify.ml.optimiser.Ranks`), and rank 0 alone writes the files. One process without
-torchrun stays the default.
+joins the torch.distributed group (gloo on CPU, NCCL on GPU, one GPU per local rank), reads only
+its shard of the particles (:func:`vitrify.ml.optimiser.shard_rows`; the starting model from the
+first particles, read by every rank), computes the E-step of the selected particles it holds, the
+sums are all-reduced (:class:`vitrify.ml.optimiser.Ranks`), and when files are due rank 0 gathers
+every particle's assignment and alone writes them. One process without torchrun stays the
+default.
 """
 
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vitrify.io.errors import InputError
 from vitrify.io.star import portable_image_names, portable_name
-from vitrify.jobs._class2d_data import InputParticles, check_memory, load_particles, validate_input
+from vitrify.jobs._class2d_data import (InputParticles, check_memory, load_particles, start_rows,
+                                        validate_input)
 from vitrify.jobs._class2d_output import (
     data_table,
     iteration_paths,
@@ -33,11 +38,12 @@ from vitrify.jobs._class2d_output import (
     write_state,
     write_tables,
 )
-from vitrify.jobs.base import check_abort, job_logger
+from vitrify.jobs.base import JobAborted, check_abort, job_logger
 from vitrify.jobs.options.class2d import (ALGORITHMS, DEFAULT_ITER, Options, job_star_from_options,
                                          options_from_job_star)
-from vitrify.ml.accuracy import expected_accuracy
+from vitrify.ml.accuracy import N_TRIAL, expected_accuracy
 from vitrify.ml.expectation import make_sampling
+from vitrify.ml.model import ParticleSet
 from vitrify.ml.optimiser import Classifier2D, EngineSettings, IterationInfo, Ranks
 from vitrify.ml.starts import initial_model
 from vitrify.ml.window import make_window
@@ -55,23 +61,62 @@ def _settings(options: Options, diameter_px: float, device: torch.device) -> Eng
                           posterior_power=options.posterior_power)
 
 
-class _Writer:
-    """Writes an iteration's files at RELION's cadence."""
+class _Follower:
+    """What a rank other than 0 does after each iteration: its part of the gathers and abort checks."""
 
-    def __init__(self, options: Options, job_dir: Path, inp: InputParticles, clf: Classifier2D) -> None:
-        self.options, self.job_dir, self.inp, self.clf = options, job_dir, inp, clf
-        self.image_names = portable_image_names(inp.star.data["rlnImageName"], inp.base_dir, job_dir)
-        optics = inp.star.optics
-        self.group_names = [str(v) for v in optics.get("rlnOpticsGroupName", optics["rlnOpticsGroup"])]
-        counts = torch.bincount(clf.particles.group.cpu(), minlength=len(self.group_names))
-        self.group_counts = [int(c) for c in counts]
-        self.log = job_logger(job_dir)
-        self.reduced = 0
+    def __init__(self, options: Options, job_dir: Path, clf: Classifier2D) -> None:
+        self.options, self.job_dir, self.clf = options, job_dir, clf
 
     def due(self, info: IterationInfo) -> bool:
         last = info.iteration == self.options.iterations
         return (self.options.algorithm == "em" or last or info.iteration == 0
                 or info.iteration % self.options.grad_write_iter == 0)
+
+    def __call__(self, info: IterationInfo) -> None:
+        if self.due(info):
+            self.write(info.iteration)
+        self.check_abort()
+
+    def write(self, it: int) -> None:
+        self.clf.all_particles()  # sends this rank's assignments to rank 0
+
+    def check_abort(self) -> None:
+        """Raise :class:`JobAborted` on every rank when rank 0 saw an abort request."""
+        ranks = self.clf.ranks
+        asked = ranks.rank == 0 and _abort_requested(self.job_dir)
+        if ranks.any(asked, self.clf.particles.ft.device):
+            raise JobAborted(f"abort requested in {self.job_dir}")
+
+
+def _abort_requested(job_dir: Path) -> bool:
+    try:
+        check_abort(job_dir)
+    except JobAborted:
+        return True
+    return False
+
+
+class _Writer(_Follower):
+    """Rank 0 (or the one process): writes an iteration's files at RELION's cadence."""
+
+    def __init__(self, options: Options, job_dir: Path, inp: InputParticles, clf: Classifier2D,
+                 window, diameter_px: float) -> None:
+        super().__init__(options, job_dir, clf)
+        self.inp, self.window, self.diameter_px = inp, window, diameter_px
+        self.image_names = portable_image_names(inp.star.data["rlnImageName"], inp.base_dir, job_dir)
+        optics = inp.star.optics
+        self.group_names = [str(v) for v in optics.get("rlnOpticsGroupName", optics["rlnOpticsGroup"])]
+        counts = np.bincount(inp.group_index, minlength=len(self.group_names))
+        self.group_counts = [int(c) for c in counts]
+        self.log = job_logger(job_dir)
+        self.reduced = self.gathered = 0
+
+    def check_abort(self) -> None:
+        """Abort on request (under ranks, every rank with rank 0)."""
+        if self.clf.ranks is None:
+            check_abort(self.job_dir)
+        else:
+            super().check_abort()
 
     def __call__(self, info: IterationInfo) -> None:
         model = self.clf.model
@@ -84,15 +129,18 @@ class _Writer:
             self.log.info("iteration %d: %d bytes all-reduced by each of %d ranks", info.iteration,
                           ranks.reduced_bytes - self.reduced, ranks.world)
             self.reduced = ranks.reduced_bytes
-        if self.due(info):
-            self.write(info.iteration)
-        check_abort(self.job_dir)
+        super().__call__(info)
 
     def write(self, it: int) -> dict[str, Path]:
         opt, model, clf = self.options, self.clf.model, self.clf
+        particles = clf.all_particles()  # under ranks: gathered from every rank
+        if clf.ranks is not None:
+            self.log.info("iteration %d: %d bytes of particle assignments gathered to rank 0", it,
+                          clf.ranks.gathered_bytes - self.gathered)
+            self.gathered = clf.ranks.gathered_bytes
         paths = iteration_paths(self.job_dir, opt.root, it)
         model.class_accuracy_psi_deg, model.class_accuracy_offset_px = expected_accuracy(
-            model, clf.particles, clf.window, seed=opt.seed + it)
+            model, self._trial_particles(it), clf.window, seed=opt.seed + it)
         grad = opt.algorithm == "vdam"
         pix = model.pixel_size_angst
         write_gallery(paths["classes_png"], model.refs, model.pdf_class)
@@ -101,12 +149,25 @@ class _Writer:
         write_mrc(paths["classes"], model.refs.cpu().numpy(), pix)
         if grad and clf.moments is not None:
             write_moments(paths, clf.moments, pix)
-        write_state(paths["vitrify_state"], it, model, clf.particles, opt)
+        write_state(paths["vitrify_state"], it, model, particles, opt)
         star = model_blocks(model, paths, self._name, grad, self.group_names, self.group_counts)
-        data = data_table(self.inp.star.data, clf.particles, pix, self.image_names)
+        data = data_table(self.inp.star.data, particles, pix, self.image_names)
         write_tables(paths, self.inp.star.optics, data, star, self._optimiser(paths, it),
                      self._sampling())
         return paths
+
+    def _trial_particles(self, it: int) -> ParticleSet:
+        """The particles :func:`expected_accuracy` draws (under ranks, read again by rank 0 in the
+        order that makes its draw pick them as one process would)."""
+        clf = self.clf
+        if clf.ranks is None:
+            return clf.particles
+        seed = self.options.seed + it
+        rows = torch.randperm(clf.n_total, generator=torch.Generator().manual_seed(seed))[:N_TRIAL]
+        again = torch.randperm(rows.numel(), generator=torch.Generator().manual_seed(seed))
+        o = self.options
+        return load_particles(self.inp, self.window, self.diameter_px, o.do_ctf, o.ctf_intact_first_peak,
+                              clf.particles.ft.device, rows[torch.argsort(again)].numpy())
 
     def _name(self, path: Path) -> str:
         """How this job's STAR files name ``path`` (project-relative in a project, else absolute)."""
@@ -175,7 +236,7 @@ def _join_ranks(device: torch.device, n_particles: int) -> tuple[Ranks | None, t
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Ranks(dist.get_rank(), dist.get_world_size()), device
+    return Ranks(dist.get_rank(), dist.get_world_size(), n_particles), device
 
 
 def run(options: Options, job_dir: str | Path) -> Path:
@@ -209,28 +270,52 @@ def run(options: Options, job_dir: str | Path) -> Path:
 
 def _classify(options: Options, job_dir: Path, inp: InputParticles, diameter_px: float, device: torch.device,
               state, ranks: Ranks | None) -> Path:
-    check_memory(inp, device)
+    start_row, stop_row = (0, inp.n_particles) if ranks is None else ranks.rows
+    here = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if ranks is not None else 1
+    check_memory(inp, device, stop_row - start_row, here)
     window = make_window(inp.box_px)
-    particles = load_particles(inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
+    load = partial(load_particles, inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak,
+                   device)
+    particles = load(None if ranks is None else np.arange(start_row, stop_row))
     sampling = make_sampling(options.psi_step_deg, options.offset_range_px, options.offset_step_px, device)
     if state:
         model, moments, start = state.model, state.moments, state.iteration + 1
-        state.apply_to(particles)
+        state.apply_to(particles, slice(start_row, stop_row))
     else:
-        model = initial_model(particles, window, options.n_classes, diameter_px, inp.pixel_size_angst,
+        first = particles if ranks is None else load(start_rows(inp.group_index))
+        model = initial_model(first, window, options.n_classes, diameter_px, inp.pixel_size_angst,
                               1.0 if options.algorithm == "vdam" else options.tau2_fudge, options.seed,
                               sigma_offset_px=max(options.offset_range_px, 1.0) / 2.0)
         moments, start = None, 1
+        del first
     clf = Classifier2D(_settings(options, diameter_px, device), model, particles, window, sampling, moments,
                        ranks)
-    if ranks is not None and ranks.rank > 0:  # rank 0 writes; the others only follow abort requests
-        clf.run(start, lambda info: check_abort(job_dir))
+    if ranks is not None and ranks.rank > 0:  # rank 0 writes; the others send it their assignments
+        follower = _Follower(options, job_dir, clf)
+        if start == 1:
+            follower.write(0)
+        clf.run(start, follower)
+        _report_memory(clf, None)
         return iteration_paths(job_dir, options.root, options.iterations)["data"]
-    writer = _Writer(options, job_dir, inp, clf)
+    writer = _Writer(options, job_dir, inp, clf, window, diameter_px)
     if start == 1:
         writer.write(0)
     clf.run(start, writer)
+    _report_memory(clf, writer.log)
     return iteration_paths(job_dir, options.root, options.iterations)["data"]
+
+
+def _report_memory(clf: Classifier2D, log) -> None:
+    """Log (``log`` of rank 0) how many particles each rank held and its peak memory (a collective)."""
+    import resource
+
+    dev = clf.particles.ft.device
+    mine = [clf.particles.n_particles, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else 0]
+    rows = [mine] if clf.ranks is None else clf.ranks.all_gather_values(mine, dev)
+    for rank, (held, rss, gpu) in enumerate(rows if log is not None else []):
+        log.info("rank %d of %d held %d of %d particles; peak resident memory %.1f MiB%s", rank, len(rows),
+                 held, clf.n_total, rss / 2 ** 20, f", GPU {gpu / 2 ** 20:.1f} MiB" if gpu else "")
 
 
 __all__ = ["ALGORITHMS", "DEFAULT_ITER", "Options", "job_star_from_options", "options_from_job_star", "run"]

@@ -6,10 +6,13 @@ iteration picks the particles (all for EM; a reshuffled mini-batch for VDAM, see
 solvent and moves the Fourier window. A callback receives every finished iteration
 (the job writes RELION's files there and checks for abort requests).
 
-Data-parallel (:class:`Ranks`, under ``torchrun``): every rank runs the same loop on the same
-model; each rank's E-step takes every ``world``-th particle of the iteration's selection, then
-the E-step sums and the particles' new assignments are all-reduced (torch.distributed), so
-every rank does the same M-step and holds the same model; the job lets rank 0 write.
+Data-parallel (:class:`Ranks`, under ``torchrun``): each rank holds one contiguous shard of
+the particles (:func:`shard_rows`; images, CTFs and assignments of those rows only) and runs the
+same loop on the same model; each iteration's selection is drawn over all particles, each rank
+runs the E-step of the selected particles it holds, then the E-step sums (and two numbers: the
+log-likelihood and pmax totals) are all-reduced (torch.distributed), so every rank does the same
+M-step and holds the same model. Assignments stay on their rank; :meth:`Classifier2D.all_particles`
+gathers them to rank 0 when the job writes.
 """
 
 from __future__ import annotations
@@ -58,14 +61,38 @@ class EngineSettings:
     posterior_power: float = 1.0
 
 
+def shard_rows(n_particles: int, world: int, rank: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of the particles that ``rank`` of ``world`` holds.
+
+    Contiguous shards (reading whole stretches of the stacks), sizes within 2 of each other; every
+    start is even, so a particle's local index has the parity of its row, which picks its half set
+    in VDAM (the E-step's ``index % 2``).
+
+    >>> [shard_rows(61, 3, r) for r in range(3)]
+    [(0, 20), (20, 40), (40, 61)]
+    """
+    def start(r: int) -> int:
+        return n_particles if r >= world else 2 * ((r * n_particles) // (2 * world))
+
+    return start(rank), start(rank + 1)
+
+
 @dataclass
 class Ranks:
     """The ``rank`` of this process among ``world`` data-parallel ranks (an initialised torch.distributed
-    group); ``reduced_bytes`` counts the bytes this rank has all-reduced."""
+    group) over ``n_total`` particles; ``reduced_bytes`` counts the bytes this rank has all-reduced,
+    ``gathered_bytes`` those rank 0 has received from the others."""
 
     rank: int
     world: int
+    n_total: int
     reduced_bytes: int = 0
+    gathered_bytes: int = 0
+
+    @property
+    def rows(self) -> tuple[int, int]:
+        """The rows ``[start, stop)`` of the particles this rank holds."""
+        return shard_rows(self.n_total, self.world, self.rank)
 
     def all_reduce(self, tensor: torch.Tensor) -> None:
         """Sum ``tensor`` over the ranks, in place."""
@@ -74,11 +101,42 @@ class Ranks:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         self.reduced_bytes += tensor.numel() * tensor.element_size()
 
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank when ``flag`` is true on any rank (one collective)."""
+        value = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+        self.all_reduce(value)
+        return bool(value.item() > 0)
+
+    def all_gather_values(self, values: list[float], device: torch.device) -> list[list[float]]:
+        """``values`` of every rank, in rank order, on every rank (a few numbers each)."""
+        import torch.distributed as dist
+
+        mine = torch.tensor(values, dtype=torch.float64, device=device)
+        out = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(out, mine)
+        return [t.tolist() for t in out]
+
+    def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """Gather every rank's rows ``tensor`` ``(rows, ...)``, concatenated in row order, on
+        rank 0 ``(n_total, ...)``; None on the other ranks. Shards are padded to the largest."""
+        import torch.distributed as dist
+
+        sizes = [shard_rows(self.n_total, self.world, r) for r in range(self.world)]
+        longest = max(stop - start for start, stop in sizes)
+        padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        padded[: tensor.shape[0]] = tensor
+        parts = [torch.empty_like(padded) for _ in range(self.world)] if self.rank == 0 else None
+        dist.gather(padded, parts, dst=0)
+        if self.rank > 0:
+            return None
+        self.gathered_bytes += (self.world - 1) * padded.numel() * padded.element_size()
+        return torch.cat([part[: stop - start] for part, (start, stop) in zip(parts, sizes)])
+
 
 #: fields of the E-step sums that are not sums (indices, scratch, timing); FrameSums' psi grid
 _NOT_SUMS = {"shell_of", "pending_model_term", "clock", "psi_deg"}
-#: per-particle results of an E-step pass
-_PARTICLE_RESULTS = ("class_index", "psi_deg", "offset_px", "pmax", "n_significant", "log_likelihood")
+#: per-particle state of the particles (what the job writes and a continued run reads back)
+PARTICLE_FIELDS = ("offset_px", "class_index", "psi_deg", "pmax", "n_significant", "log_likelihood", "group")
 
 
 def _sum_tensors(obj) -> list[torch.Tensor]:
@@ -96,9 +154,9 @@ def _sum_tensors(obj) -> list[torch.Tensor]:
     return out
 
 
-def all_reduce_pass(sums, particles: ParticleSet, indices: torch.Tensor, ranks: Ranks) -> None:
-    """After each rank's E-step on ``indices[rank::world]``: every rank gets the sums of all of
-    ``indices`` and the new assignments of all those particles."""
+def all_reduce_pass(sums, ranks: Ranks) -> None:
+    """After each rank's E-step on the selected particles it holds: every rank gets the sums of
+    the whole selection."""
     for tensor in _sum_tensors(sums):
         ranks.all_reduce(tensor)
     counts = [f.name for f in dataclasses.fields(sums) if isinstance(getattr(sums, f.name), int)]
@@ -107,14 +165,6 @@ def all_reduce_pass(sums, particles: ParticleSet, indices: torch.Tensor, ranks: 
     ranks.all_reduce(totals)
     for name, total in zip(counts, totals.tolist()):
         setattr(sums, name, int(round(total)))
-    others = torch.ones(indices.shape[0], dtype=torch.bool, device=indices.device)
-    others[ranks.rank::ranks.world] = False
-    for name in _PARTICLE_RESULTS:
-        values = getattr(particles, name)
-        mine = values[indices].clone()
-        mine[others] = 0
-        ranks.all_reduce(mine)
-        values[indices] = mine
 
 
 @dataclass
@@ -143,7 +193,8 @@ class Classifier2D:
         self.window = window
         self.sampling = sampling
         self.cache = TemplateCache()
-        self.schedule = VdamSchedule(nr_iter=settings.nr_iter, n_particles=particles.n_particles,
+        self.n_total = particles.n_particles if ranks is None else ranks.n_total
+        self.schedule = VdamSchedule(nr_iter=settings.nr_iter, n_particles=self.n_total,
                                      n_classes=model.n_classes, tau2_fudge=settings.tau2_fudge,
                                      ini_subset=settings.ini_subset, fin_subset=settings.fin_subset,
                                      grad_em_iters=settings.grad_em_iters)
@@ -160,6 +211,25 @@ class Classifier2D:
                 on_iteration(info)
 
     # -- shared pieces -------------------------------------------------------------
+    def held(self, indices: torch.Tensor) -> torch.Tensor:
+        """The local indices of the particles of ``indices`` (rows of all particles) this rank holds."""
+        if self.ranks is None:
+            return indices
+        start, stop = self.ranks.rows
+        return indices[(indices >= start) & (indices < stop)] - start
+
+    def all_particles(self) -> ParticleSet | None:
+        """Every particle's state (:data:`PARTICLE_FIELDS`; no images or CTFs under ranks): this
+        rank's particles alone, or gathered to rank 0 under ranks (None on the others; a collective)."""
+        if self.ranks is None:
+            return self.particles
+        full = {name: self.ranks.gather_rows(getattr(self.particles, name)) for name in PARTICLE_FIELDS}
+        if self.ranks.rank > 0:
+            return None
+        n, dev = self.n_total, self.particles.ft.device
+        return ParticleSet(ft=torch.zeros(n, 0, dtype=torch.complex64, device=dev),
+                           ctf=torch.zeros(n, 0, device=dev), n_groups=self.particles.n_groups, **full)
+
     def _estep(self, indices: torch.Tensor, halves: int, max_sig: int):
         s, model = self.settings, self.model
         psi_step = 360.0 / self.sampling.psi_deg.shape[0]
@@ -169,11 +239,10 @@ class Classifier2D:
                                  coarse_radius=coarse_radius(model.box_px, psi_step, s.particle_diameter_px,
                                                              s.oversampling))
         model.tau2 = reference_tau2(model.refs, self.window)
-        ranks = self.ranks
-        mine = indices if ranks is None else indices[ranks.rank::ranks.world]
-        sums = expectation(model, self.particles, mine, self.sampling, self.window, settings, self.cache)
-        if ranks is not None:
-            all_reduce_pass(sums, self.particles, indices, ranks)
+        sums = expectation(model, self.particles, self.held(indices), self.sampling, self.window, settings,
+                           self.cache)
+        if self.ranks is not None:
+            all_reduce_pass(sums, self.ranks)
         p = self.window.pixels_within(model.current_radius)
         data, weight = sums_to_grids(sums, lambda psi: self.cache.table(psi, self.window, p, model.pad),
                                      model.n_classes)
@@ -189,16 +258,23 @@ class Classifier2D:
             model.refs = flatten_solvent(model.refs, self.settings.particle_diameter_px / 2.0)
         model.current_radius = next_radius(model.data_vs_prior, model.box_px, self.settings.incr_size,
                                            self.settings.minres_map)
-        ll = self.particles.log_likelihood[indices]
-        model.log_likelihood = float(ll.sum())
-        model.ave_pmax = float(self.particles.pmax[indices].mean())
+        if self.ranks is None:
+            model.log_likelihood = float(self.particles.log_likelihood[indices].sum())
+            model.ave_pmax = float(self.particles.pmax[indices].mean())
+            return
+        mine = self.held(indices)
+        totals = torch.stack([self.particles.log_likelihood[mine].sum(),
+                              self.particles.pmax[mine].double().sum()])
+        self.ranks.all_reduce(totals)
+        model.log_likelihood = float(totals[0])
+        model.ave_pmax = float(totals[1]) / max(int(indices.numel()), 1)
 
 
 def em_iteration(clf: Classifier2D, it: int) -> IterationInfo:
     """One EM iteration over all particles: MAP references, then every other parameter."""
     model = clf.model
     model.tau2_fudge = clf.settings.tau2_fudge
-    idx = torch.arange(clf.particles.n_particles, device=clf.particles.ft.device)
+    idx = torch.arange(clf.n_total, device=clf.particles.ft.device)
     sums, data, weight = clf._estep(idx, 1, max(clf.settings.max_significant, 0))
     grids = map_reconstruct(data[0], weight[0], model.tau2, model.tau2_fudge, model.pad,
                             model.current_radius, clf.settings.minres_map)
@@ -216,7 +292,7 @@ def vdam_iteration(clf: Classifier2D, it: int) -> IterationInfo:
         return em_iteration(clf, it)
     model.tau2_fudge = sched.tau2_fudge_at(it)
     size = sched.subset_size(it)
-    n = clf.particles.n_particles
+    n = clf.n_total
     dev = clf.particles.ft.device
     if size < 0:
         idx = torch.arange(n, device=dev)
