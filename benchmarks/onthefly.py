@@ -6,13 +6,15 @@ it (prep every time more movies are ready; proc every ``--batch`` micrographs an
 the session goes quiet). Every ``--sample`` seconds the benchmark counts the movies written,
 linked as ready, motion-corrected and CTF-fitted; the queue is written minus CTF-fitted. It prints
 that table, the scheme rounds, and the time from the last movie to the last CTF fit and to the last
-2D classes. Run it under the shared lock: ``nice -n 5 flock -s /tmp/vitrify-bench.lock python
+2D classes; ``--png`` plots the counts and the queue over time with the rounds (``--json`` keeps the
+samples). Run it under the shared lock: ``nice -n 5 flock -s /tmp/vitrify-bench.lock python
 benchmarks/onthefly.py`` (``flock -x`` for figures measured on an otherwise idle machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -47,6 +49,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--until", default="2d")
     parser.add_argument("--sample", type=float, default=2.0, help="seconds between counts")
     parser.add_argument("--out", type=Path, default=Path("/tmp/vitrify_onthefly"))
+    parser.add_argument("--png", type=Path, default=None, help="plot of the queue over time (PNG)")
+    parser.add_argument("--json", type=Path, default=None, help="samples and rounds (JSON)")
     return parser.parse_args()
 
 
@@ -99,6 +103,45 @@ def _print_rounds(project: Path, start: float, written: list[float]) -> None:
                   f"({last_movie:.0f} s)")
 
 
+def _relative_rounds(project: Path, start: float) -> list[dict]:
+    from vitrify.pipeline.auto import read_log, rounds_from_log
+
+    return [{**r, "start": r["start"] - start, **({"end": r["end"] - start} if "end" in r else {})}
+            for r in rounds_from_log(read_log(project))]
+
+
+def _plot(path: Path, samples: list[dict], rounds: list[dict], written: list[float], title: str) -> None:
+    """Counts over time (top) and the queue, movies written but not yet CTF-fitted (bottom)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [row["t_s"] for row in samples]
+    figure, (counts, queue) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 2))
+    for key, label in (("written", "written by the microscope"), ("ready", "ready (stable, readable)"),
+                       ("motion", "motion-corrected"), ("ctf", "CTF-fitted")):
+        counts.step(t, [row[key] for row in samples], where="post", label=label)
+    for lane, scheme in enumerate(("prep", "proc")):
+        for r in (r for r in rounds if r["scheme"] == scheme and "end" in r):
+            counts.broken_barh([(r["start"], r["end"] - r["start"])], (-6 - 4 * lane, 3),
+                               color=("tab:gray", "tab:purple")[lane], alpha=0.6)
+        counts.text(-0.01, -4.5 - 4 * lane, f"{scheme} rounds", va="center", ha="right", fontsize=8,
+                    transform=counts.get_yaxis_transform())
+    counts.set_yticks([tick for tick in counts.get_yticks() if 0 <= tick <= len(written)])
+    counts.set_ylabel("movies")
+    counts.legend(loc="upper left", fontsize=8)
+    counts.set_title(title, fontsize=9)
+    queue.step(t, [row["written"] - row["ctf"] for row in samples], where="post", color="tab:red")
+    if written:
+        queue.axvline(max(written), color="k", ls=":", lw=1)
+    queue.set_ylabel("queue (written - CTF-fitted)")
+    queue.set_xlabel("seconds since vitrify auto started (dotted: last movie written)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main() -> None:
     """Run the benchmark and print its tables."""
     from vitrify.sim.replay import replay_in_background
@@ -120,6 +163,15 @@ def main() -> None:
           f"{samples[-1]['t_s']:.0f} s in all\n")
     _print_samples(samples, every_s=max(10.0, args.sample))
     _print_rounds(args.out / "project", start, written)
+    rounds = _relative_rounds(args.out / "project", start)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"samples": samples, "rounds": rounds,
+                                         "written_s": [w - start for w in written]}, indent=1) + "\n")
+    if args.png is not None:
+        _plot(args.png, samples, rounds, [w - start for w in written],
+              f"vitrify auto --until {args.until}: {args.movies} movies of {args.size}² px, one every "
+              f"{args.interval:g} s")
+        print(f"plot: {args.png}")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,12 @@ import time
 import pytest
 from typer.testing import CliRunner
 
+from _auto_util import corrected as _corrected
+from _auto_util import ctf_movies as _ctf_movies
+from _auto_util import jobs as _jobs
+from _auto_util import simulate as _simulate
+from _auto_util import auto as _auto
 from vitrify.cli.main import build_app
-from vitrify.io.star import read_star
 from vitrify.jobs import registry
 from vitrify.jobs.status import JobStatus
 from vitrify.pipeline.auto import auto_dir, request_stop
@@ -108,32 +112,6 @@ def test_stop_without_a_run_is_one_line(tmp_path, capsys, monkeypatch):
     line = _one_line_error(capsys, monkeypatch, ["auto", "--stop", "--project", str(tmp_path)],
                            "not a project set up by vitrify auto")
     assert str(tmp_path) in line and list(tmp_path.iterdir()) == []   # names the folder, writes nothing
-
-
-def _simulate(tmp_path, n: int):
-    source = tmp_path / "microscope"
-    result = _invoke("--quiet", "simulate", "movies", "--structure", "adk", "--n", str(n), "--size", "128",
-                     "--frames", "2", "--particles", "1", "--device", "cpu", "--seed", "3", "--out", str(source))
-    assert result.exit_code == 0, result.output
-    return source
-
-
-def _auto(session, project, *extra: str):
-    return _invoke("auto", str(session), "--project", str(project), "--until", "ctf", "--idle", "0.04",
-                   "--stable", "0.5", "--poll", "0.2", *extra)
-
-
-def _ctf_movies(project) -> list[str]:
-    table = read_star(project / "CtfFind" / "job003" / "micrographs_ctf.star")["micrographs"]
-    return sorted(name.rsplit("/", 1)[-1] for name in table["rlnMicrographName"])
-
-
-def _corrected(project) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in (project / "MotionCorr" / "job002").rglob("mov_?????.mrc")}
-
-
-def _jobs(project) -> list[str]:
-    return sorted(read_star(project / "default_pipeline.star")["pipeline_processes"]["rlnPipeLineProcessName"])
 
 
 @pytest.mark.slow

@@ -13,6 +13,10 @@ writes:
   it has seen, proc when prep has fitted the CTF of more micrographs. The schemes' continue-mode
   jobs (import, motion correction, CTF, selection, picking, extraction) process only what is
   new; proc's own operators decide when to classify again (more micrographs selected);
+- a job that fails is run once more (``RunSettings.retries``); if it fails again the scheme goes
+  on with what does not depend on it, and the run's summary names it;
+- a full disk or a session folder gone for ``idle_s`` stops the run with one line saying so
+  (:mod:`vitrify.pipeline._auto_faults`);
 - it ends when no movie has become ready for ``idle_s`` and neither scheme has anything left to
   do, or when asked to stop (:func:`request_stop`, ``Auto/STOP``; Ctrl-C in the command): the
   schemes are aborted through their abort markers (the running job is aborted, its scheme
@@ -36,7 +40,10 @@ from pathlib import Path
 
 from vitrify.io.atomic import atomic_write
 from vitrify.io.errors import InputError
-from vitrify.jobs.status import JobStatus
+from vitrify.jobs.status import EXIT_FAILURE, JobStatus
+from vitrify.pipeline._auto_faults import (
+    SessionPresence, describe_failed_jobs, disk_full_error, is_disk_full, job_ran_out_of_space,
+)
 from vitrify.pipeline._auto_stages import STAGES, WAIT_NODE, choose_stage, match_ranker_input, route_proc
 from vitrify.pipeline._scheme_setup import apply_scheme_options
 from vitrify.pipeline._star import count_table_rows
@@ -139,8 +146,11 @@ class _Log:
     def __call__(self, message: str, *, echo: bool = True) -> None:
         now = time.time()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
-        with self._lock, open(self.path, "a", encoding="utf-8") as handle:   # append-only log
-            handle.write(f"{stamp} +{time.monotonic() - self.start:.1f}s {message}\n")
+        try:
+            with self._lock, open(self.path, "a", encoding="utf-8") as handle:   # append-only log
+                handle.write(f"{stamp} +{time.monotonic() - self.start:.1f}s {message}\n")
+        except OSError:   # a full disk: the message is still said; the run stops on its own check
+            echo = True
         if echo:
             self.say(message)
 
@@ -192,6 +202,7 @@ class _Rounds(threading.Thread):
         self.stop, self.in_round = threading.Event(), False
         self.results: list[RunResult] = []
         self.error: InputError | None = None
+        self.failed_jobs: tuple[str, ...] = ()   # of the last round, when it failed
 
     @property
     def idle(self) -> bool:
@@ -210,6 +221,10 @@ class _Rounds(threading.Thread):
         except InputError as err:
             self.error = err
             self.log(f"{self.scheme}: {err}")
+        except OSError as err:   # the scheme's own files could not be written
+            self.error = (disk_full_error(self.project, f"writing the {self.scheme} scheme's files")
+                          if is_disk_full(err) else InputError(f"{self.scheme}: {err}", path=err.filename))
+            self.log(f"{self.scheme}: {self.error}")
 
     def round(self, current: int) -> None:
         self.in_round, self.seen = True, current
@@ -217,12 +232,18 @@ class _Rounds(threading.Thread):
         self.log(f"{self.scheme} round {number}: {current} in")
         try:
             result = run_scheme(self.project, self.scheme,
-                                RunSettings(poll_s=self.settings.scheme_poll_s, once=True, echo=False))
+                                RunSettings(poll_s=self.settings.scheme_poll_s, once=True, echo=False, retries=1))
         finally:
             self.in_round = False
         self.results.append(result)
         self.log(f"{self.scheme} round {number}: {result.status.lower()} ({result.message})")
-        if result.status == JobStatus.ABORTED:
+        self.failed_jobs = result.failed_jobs if result.status == JobStatus.FAILED else ()
+        full = [job for job in self.failed_jobs if job_ran_out_of_space(self.project / job)]
+        if full:
+            self.error = disk_full_error(self.project, f"{', '.join(full)} ran out of space, also when retried")
+            self.log(f"{self.scheme}: {self.error}")
+            self.stop.set()
+        elif result.status == JobStatus.ABORTED:
             self.stop.set()
 
 
@@ -244,7 +265,10 @@ def _rows(project: Path, scheme: str, node: str, star: str, table: str) -> int:
 
 
 def _at_wait(project: Path, scheme: str) -> bool:
-    return read_scheme(project / "Schemes" / scheme / "scheme.star", validate=False).current_node == WAIT_NODE
+    """The scheme's last round ended back at ``WAIT`` with nothing failed (a failed one is run again)."""
+    folder = project / "Schemes" / scheme
+    return (read_scheme(folder / "scheme.star", validate=False).current_node == WAIT_NODE
+            and not (folder / EXIT_FAILURE).exists())
 
 
 def _movies_pattern(project: Path) -> str:
@@ -298,6 +322,8 @@ class _Session:
                  log: _Log) -> None:
         self.project, self.session, self.stage, self.settings, self.log = project, session, stage, settings, log
         self.watcher = MovieWatcher(session, pattern, project / READY_DIR, settings.stable_s)
+        self.presence = SessionPresence(session, settings.idle_s, log)
+        self.error: InputError | None = None   # met by this thread (a full disk)
         self.reported_skips: dict[str, str] = {}
         imported = _rows(project, "prep", "importmovies", "movies.star", "movies")
         prep = _Rounds(project, "prep", lambda: len(self.watcher.ready),
@@ -329,7 +355,14 @@ class _Session:
                          json.dumps({"proc_ctf": self.workers[1].seen}) + "\n")
 
     def scan(self) -> None:
-        fresh = self.watcher.scan()
+        if not self.presence.present():
+            return
+        try:
+            fresh = self.watcher.scan()
+        except (InputError, OSError):
+            if self.session.is_dir():   # not the folder going away under the scan: a real error
+                raise
+            return
         for number, name in enumerate(fresh, len(self.watcher.ready) - len(fresh) + 1):
             self.log(f"movie ready: {name} ({number} ready)", echo=False)
         if fresh:
@@ -342,25 +375,40 @@ class _Session:
 
     def done(self) -> bool:
         quiet = time.monotonic() - self.last_ready >= self.settings.idle_s
-        return quiet and all(w.idle for w in self.workers)
+        return quiet and self.presence.gone_since is None and all(w.idle for w in self.workers)
 
     def stop_requested(self) -> bool:
         return (auto_dir(self.project) / STOP_FILE).exists()
 
     def failed(self) -> InputError | None:
-        return next((w.error for w in self.workers if w.error is not None), None)
+        errors = [self.error, self.presence.error, *(w.error for w in self.workers)]
+        return next((error for error in errors if error is not None), None)
+
+    def failed_jobs(self) -> str:
+        """The jobs of the schemes' last rounds that failed (after their retry), with why."""
+        return describe_failed_jobs(self.project, [job for w in self.workers for job in w.failed_jobs])
+
+    def step(self) -> None:
+        """One scan of the session and one save of the state; a full disk ends the run."""
+        try:
+            self.scan()
+            self.save_state()
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            self.error = disk_full_error(self.project, f"writing {err.filename or 'the records of vitrify auto'}")
+            self.log(str(self.error))
 
     def loop(self) -> str:
         """Scan until done, stopped or failed; returns ``finished`` | ``stopped`` | ``failed``."""
         for worker in self.workers:
             worker.start()
         while True:
-            self.scan()
-            self.save_state()
-            if self.stop_requested() or any(w.stop.is_set() for w in self.workers):
-                return "stopped"
+            self.step()
             if self.failed() is not None:
                 return "failed"
+            if self.stop_requested() or any(w.stop.is_set() for w in self.workers):
+                return "stopped"
             if self.done():
                 return "finished"
             time.sleep(self.settings.poll_s)
@@ -385,6 +433,17 @@ def _claim(folder: Path) -> None:
                          expected="one vitrify auto per project: stop it first (vitrify auto --stop)")
     atomic_write(folder / PID_FILE, f"{os.getpid()}\n")
     (folder / STOP_FILE).unlink(missing_ok=True)
+
+
+def _outcome(state: str, run: _Session, settings: AutoSettings) -> tuple[str, str]:
+    """The end state and its message; a finished run whose last rounds left failed jobs is failed."""
+    failed_jobs = run.failed_jobs()
+    if state == "finished" and failed_jobs:
+        return "failed", (f"no new movie for {settings.idle_s:g} s; jobs that failed (also when retried): "
+                          f"{failed_jobs}; the rest went on")
+    return state, {"finished": f"no new movie for {settings.idle_s:g} s and nothing left to do",
+                   "stopped": "stopped on request; run the same command again to continue",
+                   "failed": str(run.failed())}[state]
 
 
 def run_auto(session_dir: str | Path, project_dir: str | Path, prepare: Callable[[], object],
@@ -419,10 +478,7 @@ def run_auto(session_dir: str | Path, project_dir: str | Path, prepare: Callable
             run.shut_down()
             raise
         run.shut_down()
-        error = run.failed()
-        message = {"finished": f"no new movie for {settings.idle_s:g} s and nothing left to do",
-                   "stopped": "stopped on request; run the same command again to continue",
-                   "failed": str(error)}[state]
+        state, message = _outcome(state, run, settings)
         log(f"vitrify auto {state}: {message}")
         return AutoResult(state, stage, message, len(run.watcher.ready), dict(run.watcher.skipped),
                           {w.scheme: [r.status for r in w.results] for w in run.workers})

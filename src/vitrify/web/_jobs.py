@@ -18,9 +18,10 @@ from pathlib import Path
 
 from vitrify.io.errors import InputError
 from vitrify.jobs.status import EXIT_MARKERS, JobStatus, exit_marker_status
-from vitrify.pipeline.auto import READY_DIR
+from vitrify.pipeline.auto import AUTO_DIR, LOG_FILE, READY_DIR
 from vitrify.pipeline.movie_watch import RECORD_FILE
 from vitrify.pipeline.schemes.lock import lock_dir
+from vitrify.web._auto import auto_problems, retried_jobs
 from vitrify.web._files import file_key, mtime_s, pipeline_state, tail_text
 
 _EXECUTING = re.compile(r"\+\+\+\+ Executing new job on (\S+)")
@@ -128,13 +129,16 @@ def skipped_movies(root: Path) -> list[dict]:
 
 
 def failures(root: Path, jobs: list[dict]) -> list[dict]:
-    """Movies ``vitrify auto`` skipped, failed jobs with the end of their error output, then every
-    job's skipped items."""
-    found = skipped_movies(root)
+    """Why ``vitrify auto`` stopped (or waits), the movies it skipped, failed jobs with the end of
+    their error output (``also when retried`` when a scheme ran them again), then every job's
+    skipped items."""
+    found = auto_problems(root) + skipped_movies(root)
+    retried = retried_jobs(root) if any(job["status"] == JobStatus.FAILED for job in jobs) else set()
     for job in jobs:
         job_dir = root / job["name"]
         if job["status"] == JobStatus.FAILED:
-            found.append({"job": job["name"], "kind": "failed", "message": error_lines(job_dir)})
+            note = "failed also when retried:\n" if job["name"] in retried else ""
+            found.append({"job": job["name"], "kind": "failed", "message": note + error_lines(job_dir)})
         for item in skipped_items(job_dir):
             found.append({"job": job["name"], "kind": "skipped", "message": f"{item['item']}: {item['reason']}"})
     return found
@@ -171,11 +175,12 @@ def _plain(value: object) -> object:
 def project_signature(root: Path) -> str:
     """A short text that changes whenever something the dashboard shows may have changed.
 
-    Built from stat calls only: the pipeline and scheme files, ``vitrify auto``'s movie record,
-    each job directory (its entries
+    Built from stat calls only: the pipeline and scheme files, ``vitrify auto``'s movie record and
+    log, each job directory (its entries
     change when a job writes an output or marker: writes are atomic renames) and its log sizes.
     """
-    parts = [file_key(root / "default_pipeline.star"), file_key(root / READY_DIR / RECORD_FILE)]
+    parts = [file_key(root / "default_pipeline.star"), file_key(root / READY_DIR / RECORD_FILE),
+             file_key(root / AUTO_DIR / LOG_FILE)]
     for scheme in scheme_names(root):
         directory = root / "Schemes" / scheme
         parts += [file_key(directory / "scheme.star"), file_key(directory / "schemer.log"),

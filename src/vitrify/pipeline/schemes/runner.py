@@ -16,7 +16,9 @@ substituted and job paths translated. Mode ``new`` makes a new job directory eac
 mode ``continue`` continues the job it made before (``run_job(continue_=True)``) unless
 the prepared options differ from that job's options: then it runs from scratch as a new job.
 
-Beyond RELION: when a job fails, the walk goes on and skips only the jobs that read its
+Beyond RELION: a failed job is run again ``RunSettings.retries`` times in the same visit (in its
+own directory: a continue-mode job continues, keeping what it finished; a new-mode job starts
+over) before it counts as failed. When a job has failed, the walk goes on and skips only the jobs that read its
 outputs (directly or through other skipped jobs); the scheme stops (status ``Failed``) when
 it comes back to a failed job without any job having succeeded since the failure, or at once
 with ``stop_on_failure``.
@@ -59,6 +61,8 @@ class RunSettings:
         work that does not depend on it.
     max_failures
         Stop when one job node has failed this many times in a row.
+    retries
+        Run a failed job again this many times before counting it failed (``vitrify auto``: 1).
     abort_grace_s
         How long to wait for an aborted job to end before giving up on it.
     lock_timeout_s
@@ -73,14 +77,16 @@ class RunSettings:
     poll_s: float = 1.0
     stop_on_failure: bool = False
     max_failures: int = 3
+    retries: int = 0
     abort_grace_s: float = 120.0
     lock_timeout_s: float = 5.0
     echo: bool = True
     once: bool = False
 
     def __post_init__(self) -> None:
-        if self.poll_s <= 0 or self.abort_grace_s < 0 or self.lock_timeout_s < 0 or self.max_failures < 1:
-            raise InputError("poll_s must be > 0, max_failures >= 1, abort_grace_s and "
+        if (self.poll_s <= 0 or self.abort_grace_s < 0 or self.lock_timeout_s < 0 or self.max_failures < 1
+                or self.retries < 0):
+            raise InputError("poll_s must be > 0, max_failures >= 1, retries, abort_grace_s and "
                              "lock_timeout_s >= 0",
                              field="RunSettings", expected="positive numbers")
 
@@ -220,6 +226,10 @@ class _Runner:
             return self.finish(JobStatus.FAILED, f"job {node} ({self.failed[node]}) failed and no work "
                                          "independent of it is left")
         status = self.run_job_node(node)
+        for attempt in range(1, self.settings.retries + 1):
+            if status != JobStatus.FAILED:
+                break
+            status = self.retry(node, attempt)
         if status == JobStatus.ABORTED:
             return self.finish(JobStatus.ABORTED, f"job {node} ({self.scheme.jobs[node].name}) was aborted")
         if status == JobStatus.FAILED:
@@ -235,6 +245,13 @@ class _Runner:
         if status == JobStatus.SUCCEEDED:
             self.set_state(ResumeState())
         return None
+
+    def retry(self, node: str, attempt: int) -> str:
+        """Run the node's failed job again in its own directory (continue-mode jobs continue)."""
+        job = self.scheme.jobs[node]
+        self.log(f"job {node} ({job.name}) failed{self.failure_reason(job.name)}; "
+                 f"retrying it ({attempt} of {self.settings.retries})")
+        return self.launch(node, job.name, job.mode == "continue")
 
     def failure_reason(self, job: str) -> str:
         try:
