@@ -135,3 +135,44 @@ def test_auto_through_a_crash_a_full_disk_and_a_lost_session(tmp_path, monkeypat
     last = auto(session, project)
     assert last.exit_code == 0, last.output
     assert jobs(project) == made and corrected(project) == now and "prep 0 round(s)" in last.output
+
+
+def test_a_full_disk_met_by_vitrify_auto_itself_ends_the_run_in_one_line(tmp_path, monkeypatch):
+    """Its own records (``Auto/Ready/movies.json``) cannot be written: the error names the disk; a log
+    that cannot be written still says its lines; the session folder gone is waited for, then an error."""
+    import errno
+
+    from vitrify.pipeline import auto as auto_module
+    from vitrify.pipeline import movie_watch
+    from vitrify.pipeline.schemes.templates_data import install_scheme
+
+    project, session = tmp_path / "p", tmp_path / "s"
+    install_scheme(project, "prep")
+    (session / "Movies").mkdir(parents=True)
+    (session / "Movies" / "mov_1.tiff").write_bytes(b"II*\0not a movie")      # skipped: recorded
+    (project / "Auto").mkdir()
+    (project / "Auto" / "auto.log").mkdir()                                   # the log cannot be written
+    said = []
+    log = auto_module._Log(project / "Auto" / "auto.log", said.append)
+
+    def no_space(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(movie_watch, "atomic_write", no_space)
+    run = auto_module._Session(project, session, "Movies/*.tiff", "ctf",
+                               auto_module.AutoSettings(stable_s=0, poll_s=0.1, idle_s=5), log)
+    run.step()
+    error = run.failed()
+    assert error is not None and str(error).startswith(f"{project}: the disk is full (writing ")
+    assert "movies.json" in str(error) and "MiB free now" in str(error) and any("disk is full" in s for s in said)
+    assert not (project / "Auto" / "Ready" / "movies.json").exists()
+
+    ticks = iter([0.0, 1.0, 6.0])                                            # the session folder goes
+    gone = auto_module._Session(project, session, "Movies/*.tiff", "ctf",
+                                auto_module.AutoSettings(stable_s=0, poll_s=0.1, idle_s=5), log)
+    gone.presence.clock = lambda: next(ticks)
+    session.rename(tmp_path / "away")
+    gone.scan()
+    gone.scan()
+    assert gone.failed() is None and not gone.done()                        # waits up to --idle
+    gone.scan()
+    assert "the session folder has gone (for 6 s)" in str(gone.failed())

@@ -99,12 +99,20 @@ def test_stop_forks_send_proc_back_to_wait_after_the_stage(tmp_path):
     assert after.next_node("class2d") == "select_parts" and after.next_node("inimodel3d") == "WAIT"
     route_proc(project, "refine")
     again = read_scheme(project / "Schemes/proc/scheme.star")
+    assert [again.next_node(n) for n in ("refine3d", "mask_create", "postprocess")] == \
+        ["mask_create", "postprocess", "WAIT"]                   # mask and post-processing after refine3d
+    mask = read_template(project / "Schemes/proc/mask_create/job.star")
+    assert mask.type_label == "relion.maskcreate" and mask.options["fn_in"].endswith("refine3d/run_class001.mrc")
+    post = read_template(project / "Schemes/proc/postprocess/job.star").options
+    assert post["fn_mask"] == "Schemes/proc/mask_create/mask.mrc"
+    route_proc(project, "refine")                                # once
+    assert read_scheme(project / "Schemes/proc/scheme.star").edges == again.edges
     assert match_ranker_input(project) is None                   # 200 VDAM iterations: RELION's own name
     set_job_option(project, "proc", "class2d", "nr_iter_grad", "40")
     assert match_ranker_input(project) == "Schemes/proc/class2d/run_it040_optimiser.star"
     ranker = read_template(project / "Schemes/proc/select_parts/job.star")
     assert ranker.options["fn_model"].endswith("run_it040_optimiser.star")
-    assert len(again.edges) == len(before.edges) + 2             # one fork per stage, added once
+    assert len(again.edges) == len(before.edges) + 2 + 3         # one fork per stage, added once; refine's chain
     assert all(again.next_node(n) == before.next_node(n) for n in ("class2d", "inimodel3d"))
 
 

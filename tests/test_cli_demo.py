@@ -249,3 +249,23 @@ def test_map_against_truth_aligns_a_turned_shifted_mirrored_map(tmp_path):
     assert found["fsc_0143_angst"] == pytest.approx(10.0, abs=0.5)         # Nyquist: the same map
     assert found["fsc_05_angst"] < 11.0 and found["box_px"] == 24 and found["hand_flipped"] is True
     assert (tmp_path / "truth_map.mrc").is_file() and (tmp_path / "initial_model_aligned.mrc").is_file()
+
+
+def test_stage_times_add_up_each_nodes_runs_from_the_scheme_logs(tmp_path):
+    from vitrify.cli._demo_refine import stage_times
+
+    (tmp_path / "Schemes" / "proc").mkdir(parents=True)
+    (tmp_path / "Schemes" / "proc" / "schemer.log").write_text(
+        "2026-12-07 01:00:00 scheme proc: running from node WAIT\n"
+        "2026-12-07 01:00:01 job class2d: running Class2D/job006/\n"
+        "2026-12-07 01:00:31 job class2d: Class2D/job006/ succeeded\n"
+        "2026-12-07 01:00:32 job refine3d: running Refine3D/job009/\n"
+        "2026-12-07 01:02:02 job refine3d: Refine3D/job009/ failed\n"
+        "2026-12-07 01:02:03 job refine3d: running Refine3D/job009/\n"          # retried
+        "2026-12-07 01:03:03 job refine3d: Refine3D/job009/ succeeded\n"
+        "2026-12-07 01:05:00 job class2d: running Class2D/job010/\n"
+        "2026-12-07 01:05:40 job class2d: Class2D/job010/ succeeded\n"
+        "2026-12-07 01:06:00 job inimodel3d: running InitialModel/job011/\n")  # still running: not counted
+    assert stage_times(tmp_path) == [
+        {"node": "class2d", "stage": "2D classification", "runs": 2, "seconds": 70.0},
+        {"node": "refine3d", "stage": "3D refinement", "runs": 2, "seconds": 150.0}]

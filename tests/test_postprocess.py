@@ -121,6 +121,22 @@ def test_mask_create_sphere_geometry(tmp_path, capsys):
     assert halfway.mean() == pytest.approx(0.5, abs=0.15)
 
 
+def test_mask_create_threshold_follows_the_map_scale(tmp_path):
+    """--threshold-of-max 0.2: the same mask from a map at any scale (0.2 x its maximum)."""
+    r = distance_from_centre(32, 3)
+    shell = torch.clamp(1.0 - r / 12.0, min=0.0)                      # a cone: 1 at the centre, 0 at r = 12
+    masks = []
+    for scale in (1.0, 1e-3):
+        write_mrc(tmp_path / "map.mrc", (scale * shell).float().numpy(), 2.0)
+        out = tmp_path / f"m{scale:g}"
+        assert _cli(["mask-create", "--i", str(tmp_path / "map.mrc"), "--o", str(out), "--lowpass", "0",
+                     "--threshold-of-max", "0.2", "--extend-inimask", "0", "--width-soft-edge", "0"]) == 0
+        masks.append(read_mrc(out / "mask.mrc")[0])
+    assert np.array_equal(masks[0], masks[1])
+    inside = masks[0] >= 0.5
+    assert inside[r.numpy() <= 9.5].all() and not inside[r.numpy() >= 9.7].any()   # 1 - r/12 >= 0.2: r <= 9.6
+
+
 def _cli(argv: list[str]) -> int:
     try:
         main(["-q", *argv])

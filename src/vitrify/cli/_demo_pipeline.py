@@ -204,7 +204,14 @@ def run_pipeline_demo(console: Console, out: Path, demo: PipelineDemo, *, overwr
 
         summary["initial_model"] = map_against_truth(out, out / "project" / summary["jobs"]["inimodel3d"],
                                                      demo.structure)
-    summary.update(settings=asdict(demo), particle_diameter_angst=diameter, out=str(out),
+    if "refine3d" in summary["jobs"]:
+        from vitrify.cli._demo_refine import refined_summary
+
+        summary["refined_map"] = refined_summary(out, out / "project", summary["jobs"], demo.structure)
+    from vitrify.cli._demo_refine import stage_times
+
+    summary.update(stage_times=stage_times(out / "project"), settings=asdict(demo),
+                   particle_diameter_angst=diameter, out=str(out),
                    commands=[{"cwd": str(s.cwd), "command": c} for s in steps for c in s.commands],
                    steps=timings, wall_s=time.perf_counter() - start, cpu_s=cpu_seconds() - cpu_start,
                    on_the_fly=on_the_fly(out / "project", microscope.written))

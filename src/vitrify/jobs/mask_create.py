@@ -1,6 +1,7 @@
 """Job ``mask_create``: a soft solvent mask from a map, as RELION's ``relion_mask_create``.
 
-The map is low-passed (``--lowpass``), binarised at ``--ini-threshold``, extended by
+The map is low-passed (``--lowpass``), binarised at ``--ini-threshold`` (or, with
+``--threshold-of-max F``, at ``F`` times the low-passed map's maximum), extended by
 ``--extend-inimask`` pixels and given a raised-cosine edge ``--width-soft-edge`` pixels wide
 (:func:`vitrify.core.masks.mask_from_map`). Output ``mask.mrc`` (values in [0, 1], the pixel size in
 its header), node ``Mask3D.mrc``.
@@ -43,13 +44,14 @@ def run(options: Options, job_dir: str | Path) -> Path:
     volume, pixel = read_map(options.input_map, options.pixel_size_angst)
     if options.lowpass_angst > 0:
         volume = lowpass_filter(volume, options.lowpass_angst, pixel, ndim=3)
-    mask = mask_from_map(volume, options.threshold, options.extend_px, options.soft_edge_px)
+    threshold = options.threshold_of_max * float(volume.max()) if options.threshold_of_max > 0 else options.threshold
+    mask = mask_from_map(volume, threshold, options.extend_px, options.soft_edge_px)
     output = job_dir / "mask.mrc"
     write_mrc(output, mask.numpy(), pixel)
     write_output_nodes(job_dir, [(output, "Mask3D.mrc")])
     logging.getLogger(f"vitrify.job.{job_dir.resolve()}").info(
         "mask: %.1f%% of the box >= 0.5, threshold %g, extend %g px, soft edge %g px",
-        100 * float((mask >= 0.5).double().mean()), options.threshold, options.extend_px, options.soft_edge_px)
+        100 * float((mask >= 0.5).double().mean()), threshold, options.extend_px, options.soft_edge_px)
     return output
 
 

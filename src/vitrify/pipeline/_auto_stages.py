@@ -7,6 +7,11 @@ whole proc scheme). A stage can run when every job template it needs names a job
 has (:mod:`vitrify.jobs.registry`, read without importing any job). The stop is one fork per
 stage, added to proc the way ``relion_schemer --add fork`` does and switched by a bool
 variable (``auto_stop_after_2d``, ``auto_stop_after_3d``), so RELION's graph stays as it is.
+RELION's proc scheme ends at ``refine3d``; for the ``refine`` stage two jobs are added after it
+(:data:`AFTER_REFINE`, templates in ``vitrify/data/auto/``): a solvent mask from the refined map
+(``relion.maskcreate`` at 0.2 of the map's maximum low-passed to 15 Å, extended 3 px, soft edge
+6 px) and the post-processing of the half-maps with it (``relion.postprocess``: FSC-corrected
+resolution, sharpened map).
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ _STAGE_NODES: dict[str, tuple[str, ...]] = {
 _STOP_FORKS: dict[str, tuple[str, str]] = {"2d": ("class2d", "select_parts"),
                                            "3d": ("inimodel3d", "SET_myref_inimodel")}
 WAIT_NODE = "WAIT"
+#: job nodes added after proc's refine3d for the ``refine`` stage, in order (new-mode jobs)
+AFTER_REFINE = ("mask_create", "postprocess")
 
 
 def stop_variable(stage: str) -> str:
@@ -83,6 +90,20 @@ def route_proc(project_dir: Path, stage: str) -> None:
                                                         output=WAIT_NODE, output2=usual))
         values[variable] = str(name == stage)
     set_variables(project_dir, "proc", values, also_reset=True)
+    if stage == "refine":
+        add_after_refine(project_dir)
+
+
+def add_after_refine(project_dir: Path) -> None:
+    """Put :data:`AFTER_REFINE` between proc's refine3d and its ``WAIT`` (once)."""
+    if AFTER_REFINE[-1] in read_scheme(project_dir / "Schemes" / "proc" / "scheme.star").jobs:
+        return
+    templates = Path(__file__).resolve().parents[1] / "data" / "auto"
+    for node in AFTER_REFINE:
+        add_to_scheme(project_dir, "proc", Addition("job", name=node, input1=str(templates / node), mode="new"))
+    chain = ("refine3d", *AFTER_REFINE, WAIT_NODE)
+    for start, end in zip(chain[:-1], chain[1:]):
+        add_to_scheme(project_dir, "proc", Addition("edge", input1=start, output=end))
 
 
 _OPTIMISER = re.compile(r"run_it\d+_optimiser\.star$")

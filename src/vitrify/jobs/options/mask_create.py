@@ -21,6 +21,10 @@ class Options:
                                       flag="--angpix", star="angpix")
     threshold: float = setting(0.02, help="Initial binarisation threshold (voxels >= it are in).",
                                flag="--ini-threshold", star="inimask_threshold")
+    threshold_of_max: float = setting(0.0, help="If > 0: binarise at this fraction of the low-passed map's "
+                                      "maximum instead of --ini-threshold (a threshold that follows the map's "
+                                      "scale, for masks made with nobody to look; cryoSPARC's dynamic mask "
+                                      "uses 0.2).", flag="--threshold-of-max")
     extend_px: float = setting(3.0, help="Extend the binary mask by this many pixels (negative: shrink).",
                                unit="px", flag="--extend-inimask", star="extend_inimask")
     soft_edge_px: float = setting(3.0, help="Width of the raised-cosine soft edge.", unit="px",
@@ -31,6 +35,9 @@ class Options:
             raise InputError("no input map", field="fn_in", expected="an MRC map")
         if self.soft_edge_px < 0:
             raise InputError(f"soft edge {self.soft_edge_px} px", field="width_mask_edge", expected=">= 0 px")
+        if not 0 <= self.threshold_of_max < 1:
+            raise InputError(f"threshold of max {self.threshold_of_max}", field="vitrify_threshold_of_max",
+                             expected="a fraction 0..1 (0: use --ini-threshold)")
         if self.lowpass_angst < 0:
             raise InputError(f"low-pass {self.lowpass_angst} Å", field="lowpass_filter", expected=">= 0 Å")
 

@@ -1,0 +1,71 @@
+"""The end of the demo's pipeline: the refined map against the truth, and the time each stage took.
+
+- :func:`refined_summary`: the FSC of Refine3D's ``run_class001.mrc`` to the true map (aligned as the
+  initial model is, :mod:`vitrify.cli._demo_map`), the resolution vitrify reported (the
+  gold-standard FSC of ``run_model.star`` and PostProcess's ``rlnFinalResolution``, which uses the
+  solvent mask), the particles used (``run_data.star``) and the files to open in ChimeraX;
+- :func:`stage_times`: from the schemes' own logs (``Schemes/*/schemer.log``, one time-stamped line
+  when a job node starts and one when its job ends), how many times each node's job ran and for how
+  long in all.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from pathlib import Path
+
+from vitrify.cli._demo_map import compare_to_truth
+from vitrify.io.errors import InputError
+from vitrify.io.star import read_star
+
+_STARTED = re.compile(r"^(\S+ \S+) job (\S+): (?:running|continuing) (\S+)$")
+_ENDED = re.compile(r"^(\S+ \S+) job (\S+): (\S+) (succeeded|failed|aborted)$")
+#: scheme job nodes in the order of the pipeline, with the stage each belongs to
+STAGE_OF = {"importmovies": "import", "motioncorr": "motion correction", "ctffind": "CTF",
+            "select_mics": "micrograph selection", "autopick": "picking", "extract": "extraction",
+            "class2d": "2D classification", "select_parts": "class ranker", "inimodel3d": "initial model",
+            "refine3d": "3D refinement", "mask_create": "mask", "postprocess": "post-processing"}
+
+
+def _value(path: Path, block: str, label: str) -> float | None:
+    try:
+        table = read_star(path)[block]
+        return float(table[label] if not hasattr(table, "iloc") else table[label].iloc[0])
+    except (InputError, OSError, KeyError, ValueError, TypeError, IndexError):
+        return None
+
+
+def refined_summary(out: Path, project: Path, jobs: dict[str, str], structure: str) -> dict:
+    """The refined map against the truth, the resolution reported, particles used, files to open."""
+    refine = project / jobs["refine3d"]
+    result = compare_to_truth(out, refine / "run_class001.mrc", structure, "refined_map", refine / "run_data.star")
+    result["gold_standard_angst"] = _value(refine / "run_model.star", "model_general", "rlnCurrentResolution")
+    files = [result["truth_map"], result["aligned_map"]]
+    if "postprocess" in jobs:
+        post = project / jobs["postprocess"]
+        result["postprocess_angst"] = _value(post / "postprocess.star", "general", "rlnFinalResolution")
+        result["bfactor_angst2"] = _value(post / "postprocess.star", "general", "rlnBfactorUsedForSharpening")
+        result["postprocess_map"] = str(post / "postprocess.mrc")
+        files.append(result["postprocess_map"])
+    result["chimerax"] = "chimerax " + " ".join(files)
+    return result
+
+
+def _stamp(text: str) -> float:
+    return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M:%S").timestamp()
+
+
+def stage_times(project: Path) -> list[dict]:
+    """``[{"node", "stage", "runs", "seconds"}]`` in pipeline order, from the schemes' logs."""
+    started: dict[str, float] = {}
+    totals: dict[str, list[float]] = {}
+    for log in sorted((project / "Schemes").glob("*/schemer.log")):
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            if (match := _STARTED.match(line)) is not None:
+                started[match.group(2)] = _stamp(match.group(1))
+            elif (match := _ENDED.match(line)) is not None and match.group(2) in started:
+                totals.setdefault(match.group(2), []).append(_stamp(match.group(1)) - started.pop(match.group(2)))
+    order = list(STAGE_OF) + sorted(set(totals) - set(STAGE_OF))
+    return [{"node": node, "stage": STAGE_OF.get(node, node), "runs": len(totals[node]),
+             "seconds": sum(totals[node])} for node in order if node in totals]
