@@ -11,11 +11,14 @@ new job directory, so nothing is reused), as the command line runs them: wall se
 Python start-up, the cluster start and the worker processes' imports. From the 1-worker run's
 ``timing.tsv`` (motioncorr) comes the compute per movie; the scheduler's cost per task comes
 from ``--tasks`` empty tasks on a 2-worker LocalCluster. The cost model then gives the wall time
-of 10,000 movies on 1 to 64 nodes (see :func:`cost_model`). class2d (EM, 3 iterations, K 4, on
-``--particles`` simulated 64² particles) runs as 1 process with 2 threads and as 2 torchrun ranks
-(gloo) of 1 thread; the bytes each rank all-reduces per iteration come from rank 0's run.log;
-:func:`class2d_model` scales an iteration of 1M particles over nodes. Run it under
-``flock -x /tmp/vitrify-bench.lock`` for figures to report.
+of 10,000 movies on 1 to 64 nodes (see :func:`cost_model`). class2d (EM, 2 iterations, K 4, on
+``--particles`` simulated particles of ``--box`` px) runs as 1 process with 2 threads and as 2
+torchrun ranks (gloo) of 1 thread, with the peak memory of each process; ``--before-src`` runs the
+2 ranks again with an older vitrify's ``src`` (memory before the particles were sharded). The bytes
+each rank all-reduces per iteration and gathers per written iteration come from rank 0's run.log
+and are checked against the size of the E-step sums (``_scaleout_class2d.sums_bytes``), which then
+gives the bytes of the modelled configuration; ``class2d_model`` scales an EM iteration of 1M
+particles over GPU nodes. Run it under ``flock -x /tmp/vitrify-bench.lock`` for figures to report.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _scaleout_class2d import class2d_model, class2d_runs, resident_gb, sums_bytes, window_pixels
 
 MOTION = ["--gain", "Sim/Movies/gain.mrc", "--patch-x", "2", "--patch-y", "2", "--dose-per-frame", "2",
           "--device", "cpu"]
@@ -90,46 +95,6 @@ def cost_model(task_s: float, overhead_ms: float, start_s: float, movies: int = 
     return out
 
 
-CLASS2D = ["class2d", "--i", "Particles/particles.star", "--K", "4", "--algorithm", "em", "--iter", "3",
-           "--particle-diameter", "100", "--psi-step", "10", "--device", "cpu", "--seed", "1"]
-
-
-def class2d_runs(root: Path, particles: int) -> tuple[float, float, int]:
-    """(1 process x 2 threads wall s, 2 ranks x 1 thread wall s, bytes all-reduced per rank per iteration)."""
-    vitrify(["simulate", "particles", "--n", str(particles), "--box", "64", "--pixel-size", "2", "--snr", "0.1",
-             "--seed", "1", "--device", "cpu", "--out", "Particles"], root)
-    one = vitrify([*CLASS2D, "--threads", "2", "--o", "class2d_one"], root)
-    env = {**os.environ, "VITRIFY_QUIET": "1", "OMP_NUM_THREADS": "1"}
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "vitrify", "-q", *CLASS2D, "--threads", "1", "--o", "class2d_two"], cwd=root,
-                          env=env, capture_output=True, text=True, check=False)
-    two = time.perf_counter() - start
-    if done.returncode:
-        raise SystemExit(f"torchrun class2d failed:\n{done.stderr[-3000:]}")
-    sent = [int(line.split(" bytes all-reduced")[0].rsplit(" ", 1)[1])
-            for line in (root / "class2d_two/run.log").read_text().splitlines() if "bytes all-reduced" in line]
-    return one, two, max(sent)
-
-
-def class2d_model(particle_s: float, bytes_per_iter: float, fixed_s: float, particles: int = 1_000_000,
-                  gpus_per_node: int = 4, link_gb_s: float = 12.5,
-                  nodes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)) -> list[tuple[int, float, float]]:
-    """(nodes, E-step s, all-reduce s) of one iteration over ``particles``.
-
-    E-step: ``particles × particle_s / (nodes × gpus_per_node)``; all-reduce: a ring over
-    ``nodes × gpus_per_node`` ranks moves ``2 (n - 1) / n × bytes_per_iter`` through each link of
-    ``link_gb_s``; ``fixed_s`` (the M-step, the same on every rank) does not shrink.
-    """
-    out = []
-    for n in nodes:
-        ranks = n * gpus_per_node
-        estep = particles * particle_s / ranks
-        reduce_s = 2 * (ranks - 1) / ranks * bytes_per_iter / (link_gb_s * 1e9)
-        out.append((n, estep + fixed_s, reduce_s))
-    return out
-
-
 def main() -> None:
     """Measure (or only model) and print the tables."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -149,12 +114,16 @@ def main() -> None:
     p.add_argument("--gpus-per-node", type=int, default=4, help="class2d ranks (GPUs) per node (model)")
     p.add_argument("--movie-mb", type=float, default=670.0, help="MB read per movie (model: 4096² x 40 x 8 bit)")
     p.add_argument("--fs-gb-s", type=float, default=20.0, help="shared file system GB/s (model)")
-    p.add_argument("--particles", type=int, default=400, help="class2d particles (0: no class2d runs)")
+    p.add_argument("--particles", type=int, default=3000, help="class2d particles (0: no class2d runs)")
+    p.add_argument("--box", type=int, default=128, help="class2d particle box (px)")
+    p.add_argument("--before-src", type=Path, default=None,
+                   help="src folder of an older vitrify: its 2-rank class2d memory, for comparison")
     p.add_argument("--particle-s", type=float, default=2e-4,
-                   help="E-step s per particle per GPU (class2d model; assumed, not measured here)")
-    p.add_argument("--iter-bytes", type=float, default=1.7e9,
-                   help="bytes all-reduced per iteration (class2d model): 12 B x P window pixels x K x psi x 3 "
-                        "(coarse + fine frames); default K 100, 72 psi, box 128 at full radius (P 6434)")
+                   help="E-step s per particle per GPU (class2d model; assumed: no GPU was measured)")
+    p.add_argument("--mstep-s", type=float, default=2.0, help="M-step s, the same on every rank (model; assumed)")
+    p.add_argument("--model-k", type=int, default=100, help="classes of the modelled class2d")
+    p.add_argument("--model-psi-step", type=float, default=6.0, help="psi step (deg) of the modelled class2d")
+    p.add_argument("--model-box", type=int, default=128, help="box (px) of the modelled class2d, at full radius")
     args = p.parse_args()
     task_s, overhead = args.task_s, args.overhead_ms
     if not args.model_only:
@@ -187,18 +156,59 @@ def main() -> None:
     print(f"stops scaling at {10_000 * task_s / max(fs_s, sched_s) / args.workers_per_node:.0f} nodes "
           f"(file system {fs_s:.0f} s, scheduler {sched_s:.0f} s for 10,000 movies)")
     if not args.model_only and args.particles:
-        one, two, sent = class2d_runs(root, args.particles)
-        print(f"\nclass2d EM, 3 iterations, K 4, {args.particles} particles 64²: 1 process x 2 threads {one:.1f} s, "
-              f"2 ranks x 1 thread {two:.1f} s; {sent} bytes all-reduced per rank per iteration")
-    print(f"\nclass2d model: 1M particles, {args.particle_s:g} s/particle/GPU, {args.gpus_per_node} GPUs/node, "
-          f"{args.iter_bytes:.3g} B all-reduced per iteration, 12.5 GB/s links, 2 s M-step\n")
-    print("| nodes | E-step + M-step s | all-reduce s |\n|---|---|---|")
-    for n, compute, reduce_s in class2d_model(args.particle_s, args.iter_bytes, 2.0,
-                                              gpus_per_node=args.gpus_per_node):
-        print(f"| {n} | {compute:.1f} | {reduce_s:.2f} |")
-    print("the E-step shrinks with the ranks; the M-step (the same on every rank) and the all-reduce do not: "
-          f"past {args.particle_s * 1e6 / (2.0 + 0.2) / args.gpus_per_node:.0f} nodes they take more than the E-step")
+        report_class2d_runs(class2d_runs(root, args.particles, args.box, args.before_src), args)
+    report_class2d_model(args)
 
+
+def _mib(values: list[int]) -> str:
+    return " / ".join(f"{v / 2 ** 20:.0f}" for v in values)
+
+
+def report_class2d_runs(run, args) -> None:
+    """Print what the class2d runs measured and check the bytes against :func:`sums_bytes`."""
+    print(f"\nclass2d EM, 2 iterations, K 4, psi 10°, {args.particles} particles of {args.box}²: "
+          f"1 process x 2 threads {run.one_s:.1f} s, 2 ranks x 1 thread {run.two_s:.1f} s")
+    print("\n| iteration | window radius | bytes all-reduced per rank | predicted (sums_bytes) | "
+          "bytes gathered to rank 0 |\n|---|---|---|---|---|")
+    start_radius = min(args.box // 2 - 1, max(1, round(0.07 * args.box)) + 10)
+    for it, sent in sorted(run.reduced.items()):
+        radius = run.radius.get(it - 1, start_radius)
+        predicted = sums_bytes(4, 36, window_pixels(args.box, radius), args.box)
+        print(f"| {it} | {radius} | {sent:,} | {predicted:,} | {run.gathered.get(it, 0):,} |")
+    print(f"iteration 0 (the start): {run.gathered.get(0, 0):,} bytes gathered to rank 0")
+    print(f"\npeak resident memory MiB: 1 process {_mib(run.rss_one)}; 2 ranks (each holds "
+          f"{' / '.join(map(str, run.held))} particles) {_mib(run.rss_two)}"
+          + (f"; 2 ranks before sharding (each held all {args.particles}) {_mib(run.rss_before)}"
+             if run.rss_before else ""))
+    print(f"packed particles: {resident_gb(args.particles, args.box) * 1e3:.0f} MB for all, "
+          f"{resident_gb(args.particles / 2, args.box) * 1e3:.0f} MB per rank of 2")
+    radius = run.radius.get(1, 0)
+    per_particle = run.one_iteration_s / args.particles
+    model_pixels = window_pixels(args.model_box, args.model_box // 2 - 1)
+    scale = args.model_k * (360 / args.model_psi_step) * model_pixels / (4 * 36 * window_pixels(args.box, radius))
+    print(f"one process, iteration 2 (radius {radius}): {run.one_iteration_s:.2f} s = {per_particle * 1e3:.2f} ms "
+          f"per particle on 2 CPU threads; x {scale:.0f} (K x psi x P of the modelled class2d) = "
+          f"{per_particle * scale:.2f} s per particle on these 2 CPU cores")
+
+
+def report_class2d_model(args) -> None:
+    """Print the class2d cost model for 1M particles on 1 to 64 GPU nodes."""
+    n_psi = round(360 / args.model_psi_step)
+    box = args.model_box
+    iter_bytes = sums_bytes(args.model_k, n_psi, window_pixels(box, box // 2 - 1), box)
+    print(f"\nclass2d model: EM iteration of 1M particles, K {args.model_k}, psi {args.model_psi_step:g}°, "
+          f"box {box} at full radius: {iter_bytes / 1e9:.2f} GB all-reduced per rank (sums_bytes); "
+          f"{args.particle_s:g} s/particle/GPU (assumed), {args.gpus_per_node} GPUs/node, 12.5 GB/s links, "
+          f"{args.mstep_s:g} s M-step (assumed)\n")
+    print("| nodes | ranks | E-step s | M-step s | all-reduce s | iteration s | gather to rank 0 s (written "
+          "iterations) | packed particles per rank GB |\n|---|---|---|---|---|---|---|---|")
+    rows = class2d_model(args.particle_s, iter_bytes, args.mstep_s, gpus_per_node=args.gpus_per_node, box_px=box)
+    for r in rows:
+        print(f"| {r['nodes']} | {r['ranks']} | {r['estep_s']:.1f} | {r['mstep_s']:.1f} | {r['reduce_s']:.2f} | "
+              f"{r['iteration_s']:.1f} | {r['gather_s']:.3f} | {r['gb_per_rank']:.2f} |")
+    fixed = args.mstep_s + 2 * iter_bytes / 12.5e9
+    print(f"it stops scaling where the E-step falls below the M-step + all-reduce ({fixed:.1f} s, which do not "
+          f"shrink): at {1e6 * args.particle_s / fixed / args.gpus_per_node:.0f} nodes")
 
 if __name__ == "__main__":
     main()

@@ -124,12 +124,12 @@ class _Writer(_Follower):
                       "pmax %.3f, replaced %s", info.iteration, info.n_particles, model.current_radius,
                       model.resolution_angst(model.current_radius), info.tau2_fudge, info.stepsize,
                       model.log_likelihood, model.ave_pmax, info.replaced)
+        super().__call__(info)  # files, abort check
         ranks = self.clf.ranks
         if ranks is not None:
             self.log.info("iteration %d: %d bytes all-reduced by each of %d ranks", info.iteration,
                           ranks.reduced_bytes - self.reduced, ranks.world)
             self.reduced = ranks.reduced_bytes
-        super().__call__(info)
 
     def write(self, it: int) -> dict[str, Path]:
         opt, model, clf = self.options, self.clf.model, self.clf
