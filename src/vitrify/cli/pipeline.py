@@ -25,24 +25,48 @@ def _run_job_command(app: typer.Typer) -> None:
         from vitrify.pipeline.project import Project
 
         from vitrify.io.errors import InputError
-        from vitrify.pipeline.pipeliner import secondary_rank
 
-        rank = secondary_rank()
-        if rank:
-            typer.echo(f"MPI rank {rank}: vitrify jobs run on rank 0 only; nothing to do here")
-            raise typer.Exit(0)
         project = Project.open(".")
         try:
             name = job_name_of(job, project.root)
         except InputError:
             name = ""
-        if name in project.pipeline().processes:
+        known = name in project.pipeline().processes
+        if _secondary_rank(project.root / name if known else None):
+            from vitrify.pipeline.pipeliner import execute_rank
+
+            raise typer.Exit(execute_rank(job, continue_=cont))
+        if known:
             status = execute_job(job, continue_=cont)
         else:
             name = project.add_job_from_star(job)
             status = project.run_job(name, wait=True)
         typer.echo(f"{name}: {status}")
         raise typer.Exit(EXIT_CODES.get(status, 1))
+
+
+def _secondary_rank(job_dir: Path | None) -> bool:
+    """True in a rank other than 0 of a job that runs on torch.distributed ranks (torchrun's, or the
+    copies a queue template's launcher started, which meet through ``job_dir``); a launcher's copy
+    other than 0 of any other job exits here."""
+    import os
+
+    from vitrify.jobs.status import ABORT_NOW
+    from vitrify.pipeline.pipeliner import runs_on_ranks, secondary_rank
+    from vitrify.pipeline.ranks import launched_rank, meet_in_job_folder, torch_rank
+
+    rank, world = torch_rank()
+    if world > 1:
+        return rank > 0
+    launched = launched_rank()
+    if launched is not None and job_dir is not None and runs_on_ranks(job_dir / "job.star"):
+        os.environ.update(meet_in_job_folder(job_dir, launched, aborted=lambda: (job_dir / ABORT_NOW).exists()))
+        return launched.rank > 0
+    rank = secondary_rank()
+    if rank:
+        typer.echo(f"MPI rank {rank}: this job runs on rank 0 only; nothing to do here")
+        raise typer.Exit(0)
+    return False
 
 
 #: status → rich style in the table

@@ -48,6 +48,9 @@ from vitrify.ml.optimiser import Classifier2D, EngineSettings, IterationInfo, Ra
 from vitrify.ml.starts import initial_model
 from vitrify.ml.window import make_window
 
+#: the job runs data-parallel on torch.distributed ranks (torchrun; a queue template's N copies)
+RUNS_ON_RANKS = True
+
 
 def _settings(options: Options, diameter_px: float, device: torch.device) -> EngineSettings:
     budget = options.memory_budget_mb or (1024 if device.type == "cuda" else 64)

@@ -4,7 +4,10 @@ Commands are argument lists, never shell strings. The queue template is a script
 RELION's placeholders (``XXXcommandXXX``, ``XXXmpinodesXXX``, ``XXXthreadsXXX``,
 ``XXXcoresXXX``, ``XXXdedicatedXXX``, ``XXXnodesXXX``, ``XXXqueueXXX``,
 ``XXXoutfileXXX``, ``XXXerrfileXXX``, ``XXXnameXXX``, ``XXXextra1XXX`` ...); the filled
-script is written to ``<job>/run_submit.script`` and submitted as ``[*qsub, script]``.
+script is written to ``<job>/run_submit.script`` and submitted as ``[*qsub, script]``. The
+command is the same for every job; a job that runs on torch.distributed ranks (class2d) turns the
+``XXXmpinodesXXX`` copies that ``mpirun -n XXXmpinodesXXX XXXcommandXXX`` (or ``srun``) starts
+into its ranks (:mod:`vitrify.pipeline.ranks`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from vitrify.io.errors import InputError
 from vitrify.jobs.jobstar_values import is_yes
+from vitrify.pipeline.ranks import ADDRESS_FILE
 
 _EXTRA = re.compile(r"XXXextra(\d+)XXX")
 
@@ -79,6 +83,7 @@ def submit_to_queue(root: Path, job_name: str, options: dict[str, str], command:
         raise InputError(f"queue template {template_name!r} not found", path=job_star, field="qsubscript",
                          expected="a submission script with XXXcommandXXX placeholders")
     script = root / job_name / "run_submit.script"
+    (root / job_name / ADDRESS_FILE).unlink(missing_ok=True)  # an earlier run's rank 0 address
     atomic_write(script, fill_template(template.read_text(), placeholder_values(job_name, options, command,
                                                                                 job_star), options))
     script.chmod(0o755)

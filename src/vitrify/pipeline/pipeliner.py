@@ -139,6 +139,33 @@ def execute_options(name: str, module: ModuleType, options: object, *,
         stop_heartbeat()
 
 
+def runs_on_ranks(job_star: str | Path) -> bool:
+    """True when the job of ``job_star`` runs data-parallel on torch.distributed ranks (its module
+    says ``RUNS_ON_RANKS = True``)."""
+    job = read_job_star(job_star)
+    return bool(getattr(resolve_job(job.type_label, job.options), "RUNS_ON_RANKS", False))
+
+
+def execute_rank(job_star: str | Path, *, continue_: bool = False, root: str | Path = ".") -> int:
+    """A torch.distributed rank other than 0 of the job of ``job_star``: its share of the work,
+    without the pipeline's records, markers or logs (rank 0 keeps them). Returns the exit code
+    (a failure's message on stderr: one line for user errors)."""
+    project = _open_here(root)
+    name = job_name_of(Path(job_star), project.root)
+    try:
+        job = read_job_star(project.root / name / "job.star")
+        module = resolve_job(job.type_label, job.options)
+        options = options_from_values(module, job.options)
+        run_job(module.run, continued(options) if continue_ or job.is_continue else options, Path(name))
+    except JobAborted:
+        return 2
+    except Exception as err:  # noqa: BLE001 - reported like rank 0's failures
+        sys.stderr.write(f"error: {err}\n" if isinstance(err, InputError) else
+                         "".join(traceback.format_exception(type(err), err, err.__traceback__)))
+        return 1
+    return 0
+
+
 def _open_here(root: str | Path) -> Project:
     project = Project.open(root)
     if Path.cwd().resolve() != project.root:
