@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vitrify.cli.class2d",
     "vitrify.cli.class_ranker",
     "vitrify.cli.initialmodel",
+    "vitrify.cli.class3d",
     "vitrify.cli.postprocess",
     "vitrify.cli.demo",
     "vitrify.cli.mdcatch",

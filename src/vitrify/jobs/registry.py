@@ -33,6 +33,7 @@ JOB_MODULES: dict[str, str] = {
     "relion.select.class2dauto": "class_ranker",
     "relion.class2d": "class2d",
     "relion.initialmodel": "initialmodel",
+    "relion.class3d": "class3d",
     "relion.maskcreate": "mask_create",
     "relion.postprocess": "postprocess",
     "vitrify.simulate": "simulate",

@@ -176,12 +176,15 @@ def expectation(model: MlModel, particles: ParticleSet, indices: torch.Tensor, s
 
 
 def run_pass(grid: PassGrid, sigma2: torch.Tensor, particles: ParticleSet, indices: torch.Tensor,
-             window: FourierWindow, radius: int, settings: EStepSettings, clock: StageClock) -> EStepSums:
+             window: FourierWindow, radius: int, settings: EStepSettings, clock: StageClock,
+             half_of: torch.Tensor | None = None) -> EStepSums:
     """Blocks of ``particles[indices]`` (one optics group at a time) through a pass's ``grid``.
 
     ``sigma2`` ``(G, n//2+1)`` noise spectra; ``radius`` the current window radius. The same loop
     serves 2D (templates = rotated class images) and 3D (templates = central slices of class
     volumes, :mod:`vitrify.ml.inimodel`). Particles' assignments are updated in place.
+    ``half_of`` ``(N,)`` long gives each particle's half-set in ``0..settings.halves-1`` (default:
+    index parity for 2 halves, else 0); 3D classification seeds K classes with K random subsets.
     """
     p = window.pixels_within(radius)
     dev = particles.ft.device
@@ -197,7 +200,10 @@ def run_pass(grid: PassGrid, sigma2: torch.Tensor, particles: ParticleSet, indic
         inv_s2 = inv_sigma2[g][win.shell[:p]].float()
         for start in range(0, sel.shape[0], bsize):
             idx = sel[start:start + bsize]
-            half = (idx % 2) if settings.halves == 2 else torch.zeros_like(idx)
+            if half_of is not None:
+                half = half_of.to(dev)[idx]
+            else:
+                half = (idx % 2) if settings.halves == 2 else torch.zeros_like(idx)
             batch = Batch(particles.ft[idx, :p], particles.ctf[idx, :p], particles.offset_px[idx], half, g,
                           inv_s2, win.half_weight[:p], win.kx[:p], win.ky[:p], window.box_px)
             res = run_block(batch, grid, sums)

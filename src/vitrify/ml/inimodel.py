@@ -218,8 +218,9 @@ class Refiner3D:
         return data, weight
 
     # -- one pass ------------------------------------------------------------------------------
-    def estep(self, indices: torch.Tensor, halves: int, max_sig: int):
-        """E-step over ``particles[indices]``: sums, 3D data and weight grids."""
+    def estep(self, indices: torch.Tensor, halves: int, max_sig: int, half_of: torch.Tensor | None = None):
+        """E-step over ``particles[indices]``: sums, 3D data and weight grids (``half_of``: see
+        :func:`vitrify.ml.expectation.run_pass`)."""
         s, model = self.settings, self.model
         model.tau2 = reference_tau2(volume_grids(model.refs), self.shells, model.current_radius, model.box_px)
         settings = EStepSettings(adaptive_fraction=s.adaptive_fraction, max_significant=max_sig, halves=halves,
@@ -228,7 +229,7 @@ class Refiner3D:
                                                                 s.particle_diameter_px))
         grid = self.pass_grid(settings)
         sums = run_pass(grid, model.sigma2, self.particles, indices, self.window, model.current_radius, settings,
-                        StageClock())
+                        StageClock(), half_of)
         self.angles_deg[indices] = self.orientations.angles(self.particles.psi_deg[indices]).to(
             self.angles_deg.device)
         data, weight = self.sums_to_grids(sums)

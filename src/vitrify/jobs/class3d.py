@@ -1,0 +1,114 @@
+"""3D classification (RELION ``relion.class3d``): K classes from one reference map, EM (or VDAM).
+
+``run(options, job_dir)`` checks every input before any compute (particles.star and its stacks,
+CTF columns, point group, fewer particles than classes, the reference, which is rescaled when its
+box or pixel size differs, and the solvent mask), loads the particles, low-passes the reference to
+``ini_high`` in every class, seeds the classes by a random assignment in the first iteration
+(:mod:`vitrify.ml.class3d`) and iterates with the 3D engine of the initial model
+(:class:`vitrify.ml.inimodel.Refiner3D`), writing RELION-4 files every iteration
+(:mod:`vitrify.jobs._class3d_output`). ``continue_from`` goes on from a written iteration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vitrify.io.errors import InputError
+from vitrify.jobs._class2d_data import InputParticles, check_memory, load_particles, validate_input
+from vitrify.jobs._class3d_input import Resume, read_mask, read_reference, read_resume
+from vitrify.jobs._class3d_output import Class3DWriter
+from vitrify.jobs.base import job_logger
+from vitrify.jobs.options.class3d import DEFAULT_ITER, Options, job_star_from_options, options_from_job_star
+from vitrify.ml.class3d import Classifier3D, reference_start
+from vitrify.ml.expectation import make_sampling
+from vitrify.ml.inimodel import Settings3D
+from vitrify.ml.window import make_window
+
+
+def _settings(options: Options, diameter_px: float, device: torch.device, has_mask: bool) -> Settings3D:
+    budget = options.memory_budget_mb or (1024 if device.type == "cuda" else 64)
+    return Settings3D(algorithm=options.algorithm, nr_iter=options.iterations, tau2_fudge=options.tau2_fudge,
+                      particle_diameter_px=diameter_px, symmetry=options.symmetry,
+                      healpix_order=options.healpix_order, max_significant=options.max_significant,
+                      fine_cap=options.fine_cap, class_inactivity_threshold=options.class_inactivity_threshold,
+                      seed=options.seed, budget_bytes=budget * 2 ** 20,
+                      flatten_solvent=options.flatten_solvent and not has_mask, ini_subset=options.ini_subset,
+                      fin_subset=options.fin_subset, oversampling=options.oversampling)
+
+
+def check_inputs(options: Options, inp: InputParticles) -> float:
+    """Checks that need the particles (before any compute); returns the diameter in px."""
+    from vitrify.core.symmetry import parse_symmetry
+    from vitrify.ml.schedules import auto_subsets_inimodel
+
+    if options.sigma_ang_deg > 0:
+        raise InputError(f"local angular searches (--sigma-ang {options.sigma_ang_deg:g}) are not available in "
+                         "vitrify class3d yet", field="--sigma-ang", expected="0 (global searches)")
+    try:
+        parse_symmetry(options.symmetry)
+    except InputError as err:
+        raise InputError(str(err.args[0]) if err.args else "unknown point group", field="--sym",
+                         expected="C1, Cn, Dn (n >= 1), T, O, I, I1, I2, I3 or I4") from None
+    diameter_px = options.particle_diameter_angst / inp.pixel_size_angst
+    if diameter_px > inp.box_px:
+        raise InputError(f"particle diameter {options.particle_diameter_angst} Å is {diameter_px:.0f} px",
+                         field="--particle-diameter", expected=f"at most the box, {inp.box_px} px")
+    if options.algorithm == "vdam":
+        need = options.ini_subset if options.ini_subset > 0 else auto_subsets_inimodel(inp.n_particles)[0]
+        if inp.n_particles < need:
+            raise InputError(f"{inp.n_particles} particles are fewer than one mini-batch ({need})", field="--i",
+                             expected=f"at least {need} particles (or a smaller --ini-subset)")
+    return diameter_px
+
+
+def _start(options: Options, resume: Resume | None, volume: torch.Tensor | None, inp: InputParticles, particles,
+           window, diameter_px: float, mask: torch.Tensor | None, device: torch.device):
+    """The iteration-0 model (the low-passed reference ``volume`` in every class) or the continued one."""
+    if resume is not None:
+        resume.apply_to(particles)
+        return resume.model(device)
+    return reference_start(volume.to(device), particles, window, options.n_classes, diameter_px,
+                           inp.pixel_size_angst, options.ini_high_angst, max(options.offset_range_px, 1.0) / 2.0,
+                           None if mask is None else mask.to(device))
+
+
+def run(options: Options, job_dir: str | Path) -> Path:
+    """Run the classification into ``job_dir``; returns the last ``run_itNNN_model.star``."""
+    from vitrify.core.device import resolve_device, tune_host_allocator
+    from vitrify.core.threads import configure_threads
+
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(options.device)
+    configure_threads(options.threads)
+    torch.set_flush_denormal(True)
+    tune_host_allocator()
+    log = job_logger(job_dir)
+    resume = read_resume(options) if options.continue_from else None
+    if resume is not None:
+        options = resume.options
+    inp = validate_input(options.input_star, options.n_classes, options.do_ctf)  # before compute
+    diameter_px = check_inputs(options, inp)
+    mask = read_mask(options.solvent_mask, inp) if options.solvent_mask else None
+    volume = read_reference(options.reference, inp, log) if resume is None else None
+    check_memory(inp, device)
+    window = make_window(inp.box_px)
+    particles = load_particles(inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
+    model = _start(options, resume, volume, inp, particles, window, diameter_px, mask, device)
+    sampling = make_sampling(30.0, options.offset_range_px, options.offset_step_px, device)
+    ref = Classifier3D(_settings(options, diameter_px, device, mask is not None), model, particles, window,
+                       sampling, mask=mask)
+    first = 1 if resume is None else resume.iteration + 1
+    writer = Class3DWriter(options, job_dir, inp, ref, first)
+    if resume is None:
+        writer.write(0)
+    else:
+        ref.angles_deg = torch.tensor(resume.angles_deg, device=ref.angles_deg.device)
+        log.info("continuing from iteration %d of %s", resume.iteration, options.input_star)
+    ref.run(first, writer)
+    return job_dir / f"{options.root}_it{options.iterations:03d}_model.star"
+
+
+__all__ = ["DEFAULT_ITER", "Options", "job_star_from_options", "options_from_job_star", "run"]
