@@ -20,6 +20,7 @@ from vitrify._progress import track
 from vitrify.io.errors import InputError
 from vitrify.io.star import portable_image_names, portable_name
 from vitrify.jobs._class2d_data import InputParticles, check_memory, load_particles, validate_input
+from vitrify.jobs._initialmodel_continue import resume_3d, state_path, write_state_3d
 from vitrify.jobs._initialmodel_output import (data_table_3d, iteration_paths, model_blocks_3d, sampling_block,
                                                write_sections_png, write_volumes)
 from vitrify.jobs.base import check_abort, job_logger
@@ -83,7 +84,7 @@ def _check_reference(path: Path, inp: InputParticles) -> None:
 class _Writer:
     """Writes an iteration's files at RELION's cadence and advances the progress bar."""
 
-    def __init__(self, options: Options, job_dir: Path, inp: InputParticles, ref: Refiner3D) -> None:
+    def __init__(self, options: Options, job_dir: Path, inp: InputParticles, ref: Refiner3D, done: int = 0) -> None:
         self.options, self.job_dir, self.inp, self.ref = options, job_dir, inp, ref
         self.image_names = portable_image_names(inp.star.data["rlnImageName"], inp.base_dir, job_dir)
         optics = inp.star.optics
@@ -91,7 +92,8 @@ class _Writer:
         counts = torch.bincount(ref.particles.group.cpu(), minlength=len(self.group_names))
         self.group_counts = [int(c) for c in counts]
         self.log = job_logger(job_dir)
-        self.bar = iter(track(range(options.iterations), "initial model", total=options.iterations))
+        left = options.iterations - done
+        self.bar = iter(track(range(left), "initial model", total=left))
 
     def __call__(self, info: Iteration3D) -> None:
         model = self.ref.model
@@ -120,6 +122,7 @@ class _Writer:
         write_star(paths["sampling"], {"sampling_general": sampling_block(
             o.order, ref.settings.symmetry, o.step_deg, opt.offset_range_px, opt.offset_step_px, pix)})
         write_star_optics(paths["data"], self.inp.star.optics, data, "particles")
+        write_state_3d(state_path(paths["model"]), it, ref, opt)  # before optimiser.star: the last file
         write_star(paths["optimiser"], {"optimiser_general": self._optimiser(paths, it)})
         return paths
 
@@ -188,6 +191,8 @@ def run(options: Options, job_dir: str | Path) -> Path:
     configure_threads(options.threads)
     torch.set_flush_denormal(True)
     tune_host_allocator()
+    resume = resume_3d(options, device) if options.continue_from else None
+    options = resume.options if resume else options
     inp = validate_input(options.input_star, options.n_classes, options.do_ctf)  # before compute
     diameter_px = check_inputs(options, inp)
     check_memory(inp, device)
@@ -195,7 +200,9 @@ def run(options: Options, job_dir: str | Path) -> Path:
     particles = load_particles(inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
     sampling = make_sampling(30.0, options.offset_range_px, options.offset_step_px, device)
     sigma_offset = max(options.offset_range_px, 1.0) / 2.0
-    if options.reference:
+    if resume:
+        model = resume.model
+    elif options.reference:
         from vitrify.io.mrc import read_mrc
 
         start = torch.as_tensor(read_mrc(options.reference)[0], device=device)
@@ -206,9 +213,12 @@ def run(options: Options, job_dir: str | Path) -> Path:
                                 options.seed, sigma_offset)
     symmetry = "C1" if options.run_c1 else options.symmetry
     ref = Refiner3D(_settings(options, diameter_px, symmetry, device), model, particles, window, sampling)
-    writer = _Writer(options, job_dir, inp, ref)
-    writer.write(0)
-    ref.run(1, writer)
+    writer = _Writer(options, job_dir, inp, ref, resume.iteration if resume else 0)
+    if resume:
+        resume.apply_to(ref)
+    else:
+        writer.write(0)
+    ref.run(resume.iteration + 1 if resume else 1, writer)
     return write_initial_model(options, job_dir, ref)
 
 

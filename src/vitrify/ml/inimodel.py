@@ -29,9 +29,9 @@ from vitrify.ml.schedules import VdamSchedule, auto_subsets_inimodel
 from vitrify.ml.slices import PAD, SLICE_PAD, grid_shells, insert_slices, make_slice_table, read_slices, slice_radius, \
     subset_rows, volume_grids, volumes_from_grids
 from vitrify.ml.templates import sample_templates, scatter_stacked_to_grids
-from vitrify.ml.vdam import choose_replacement, half_gradients, preconditioned_gradient, update_moments
-from vitrify.ml.vdam3d import (data_vs_prior, flat, flatten_solvent, gradient_step, map_reconstruct,
-                               reference_tau2, symmetrise, zero_moments)
+from vitrify.ml.vdam import choose_replacement, preconditioned_gradient
+from vitrify.ml.vdam3d import (data_vs_prior, flatten_solvent, gradient_step, map_reconstruct, reference_tau2,
+                               symmetrise, update_moments_inside, zero_moments)
 from vitrify.ml.window import FourierWindow
 
 AUTO_ORDER = -1
@@ -298,11 +298,9 @@ def vdam_iteration(ref: Refiner3D, it: int) -> Iteration3D:
         gen = torch.Generator().manual_seed(int(s.seed) + it)
         idx = torch.randperm(n, generator=gen)[:size].sort().values.to(dev)
     sums, data, weight = ref.estep(idx, 2, default_max_significant(s))
-    f_grid = volume_grids(model.refs)
-    grads = half_gradients(data, weight, f_grid)
-    inside = ref.shells <= model.current_radius
     active = sums.class_weight > 0
-    update_moments(ref.moments, flat(grads), flat(inside), active)
+    update_moments_inside(ref.moments, data, weight, volume_grids(model.refs), model.current_radius, ref.shells,
+                          active)
     skip = ~active.clone()
     replaced = None
     if sched.replaces_classes(it) and model.n_classes > 1:

@@ -33,8 +33,24 @@ PAD = 2  # 3D grids (RELION's initial model uses --pad 1: measured, it loses ~ha
 SLICE_PAD = 2  # 2D slice grids (in-plane rotation tables of the 2D engine)
 
 
+_LAST_GRIDS: list = []  # [(volumes, version, grids)]: the transforms of the last volumes asked for
+
+
 def volume_grids(volumes: torch.Tensor) -> torch.Tensor:
-    """``(K, n, n, n)`` real centred volumes -> ``(K, g, g, g//2+1)`` complex64 transforms (``g = PAD n``)."""
+    """``(K, n, n, n)`` real centred volumes -> ``(K, g, g, g//2+1)`` complex64 transforms (``g = PAD n``).
+
+    The transform of the last volumes is kept (the same tensor object, unmodified since: its
+    ``_version``), so the several readers of one iteration's volumes (tau2, templates, gradient,
+    update) share one 3D FFT. Callers must not modify the returned grids in place.
+    """
+    if _LAST_GRIDS and _LAST_GRIDS[0][0] is volumes and _LAST_GRIDS[0][1] == volumes._version:
+        return _LAST_GRIDS[0][2]
+    grids = _volume_grids(volumes)
+    _LAST_GRIDS[:] = [(volumes, volumes._version, grids)]
+    return grids
+
+
+def _volume_grids(volumes: torch.Tensor) -> torch.Tensor:
     n = volumes.shape[-1]
     m = PAD * n
     lo = m // 2 - n // 2

@@ -32,8 +32,13 @@ def lowpass3d(refs: torch.Tensor, shell: int, width: int = 2) -> torch.Tensor:
 
 
 def random_orientation_averages(particles: ParticleSet, window: FourierWindow, n_classes: int,
-                                generator: torch.Generator, n_use: int = 1000) -> torch.Tensor:
-    """Volumes ``(K, n, n, n)`` of the first particles inserted with random orientations."""
+                                generator: torch.Generator, n_use: int = 1000,
+                                radius: int | None = None) -> torch.Tensor:
+    """Volumes ``(K, n, n, n)`` of the first particles inserted with random orientations.
+
+    Only the shells up to ``radius`` (default: the window's) are inserted and kept.
+    """
+    radius = window.radius if radius is None else min(int(radius), window.radius)
     dev = particles.ft.device
     n = window.box_px
     m = 2 * n
@@ -44,7 +49,7 @@ def random_orientation_averages(particles: ParticleSet, window: FourierWindow, n
     # particle pixel k sits at 2 k on the padded 2D grid: a padded grid with only those pixels set
     big = FourierWindow(m, window.radius, 2 * window.kx, 2 * window.ky,
                         _padded_flat(window, m), window.shell, window.half_weight, window.shell_end)
-    table = make_slice_table(rots, n, slice_radius(window.radius))
+    table = make_slice_table(rots, n, slice_radius(radius))
     c = particles.ctf[:count]
     data2d = unpack(particles.ft[:count] * c * hw, big)
     w2d = unpack((c * c * hw).to(torch.complex64), big).real
@@ -55,7 +60,7 @@ def random_orientation_averages(particles: ParticleSet, window: FourierWindow, n
         d, w = insert_slices(data2d[sel][None], w2d[sel][None], sub)
         floor = w.mean() * 1e-3
         grid = d / torch.maximum(w, floor.clamp_min(1e-30))
-        grid = torch.where(grid_shells(table.g, dev) <= window.radius, grid, torch.zeros_like(grid))
+        grid = torch.where(grid_shells(table.g, dev) <= radius, grid, torch.zeros_like(grid))
         out.append(volumes_from_grids(grid, n)[0])
     return torch.stack(out)
 
@@ -93,7 +98,8 @@ def initial_model3d(particles: ParticleSet, window: FourierWindow, n_classes: in
     gen = torch.Generator().manual_seed(int(seed))
     n = window.box_px
     ini_shell = max(1, round(0.07 * n))
-    refs = lowpass3d(random_orientation_averages(particles, window, n_classes, gen), ini_shell)
+    # the average is low-passed at ini_shell (+ 2 shells of edge): shells beyond ini_shell + 4 are not inserted
+    refs = lowpass3d(random_orientation_averages(particles, window, n_classes, gen, radius=ini_shell + 4), ini_shell)
     if blobs:
         refs = torch.stack([gaussian_blobs3d(refs[k], diameter_px, gen) for k in range(n_classes)])
         refs = lowpass3d(refs, ini_shell)

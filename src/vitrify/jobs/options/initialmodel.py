@@ -34,10 +34,10 @@ def is_symmetry_name(name: str) -> bool:
 class Options:
     """Options of an InitialModel job (CLI flags and RELION job.star names on the fields)."""
 
-    input_star: str = setting("", help="Input particles.star.", flag="--i", required=True, star="fn_img")
+    input_star: str = setting("", help="Input particles.star.", flag="--i", required="unless --continue", star="fn_img")
     n_classes: int = setting(1, help="Number of classes.", flag="--K", star="nr_classes")
     particle_diameter_angst: float = setting(0.0, help="Mask diameter.", unit="Å", flag="--particle-diameter",
-                                             required=True, star="particle_diameter")
+                                             required="unless --continue", star="particle_diameter")
     symmetry: str = setting("C1", help="Point group of the particle.", flag="--sym", star="sym_name")
     run_c1: bool = setting(True, help="Refine in C1, then find the symmetry axes and apply them (RELION's "
                                       "default).", flag="--run-c1/--no-run-c1", star="do_run_C1")
@@ -80,6 +80,8 @@ class Options:
     memory_budget_mb: int = setting(0, help="Memory per E-step block in MB (0: 1024 on a GPU, 64 on a CPU).",
                                     unit="MB", flag="--memory-budget")
     root: str = setting("run", help="Output file name root (<root>_itNNN_*).", flag="--root")
+    continue_from: str = setting("", help="Continue from a run_itNNN_optimiser.star (--iter: the new total).",
+                                 flag="--continue", star="fn_cont")
 
     def __post_init__(self) -> None:
         def bad(field, message, expected):
@@ -87,11 +89,11 @@ class Options:
 
         if self.algorithm not in ALGORITHMS:
             bad("--algorithm", f"unknown algorithm {self.algorithm!r}", " | ".join(ALGORITHMS))
-        if not self.input_star:
+        if not self.continue_from and not self.input_star:
             bad("--i", "no input particles", "a particles.star file")
         if self.n_classes < 1:
             bad("--K", f"{self.n_classes} classes", "at least 1")
-        if not self.particle_diameter_angst > 0:
+        if not self.continue_from and not self.particle_diameter_angst > 0:
             bad("--particle-diameter", "particle diameter must be given", "a diameter in Å > 0")
         if not is_symmetry_name(self.symmetry):
             bad("--sym", f"unknown point group {self.symmetry!r}", SYMMETRY_GROUPS)
