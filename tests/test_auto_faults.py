@@ -55,6 +55,14 @@ def test_a_job_failing_twice_is_failed_shown_and_the_rest_goes_on(tmp_path, monk
     assert "ended without an exit marker" in shown[0]["message"]
 
 
+def test_a_job_failing_on_bad_input_is_not_run_again(tmp_path):
+    make_scheme(tmp_path, "b", jobs={"bad": ("continue", IMPORT[0], {**IMPORT[1], "fn_in_raw": "Nothing/*.mrc"})},
+                edges=[("bad", "undefined")])
+    result = run_scheme(tmp_path, "b", RETRY)
+    assert result.status == "Failed" and runs(tmp_path, "Import/job001/") == 1
+    assert "failed on bad input: not retried" in (tmp_path / "Schemes/b/schemer.log").read_text()
+
+
 def _stage(source: Path, session: Path, *numbers: int) -> None:
     """Copy movies (with their .xml/.mdoc) and the gain into the session, as the microscope writes them."""
     (session / "Movies").mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from vitrify.jobs import registry
+
 
 def _motion_text(motion: dict) -> str:
     return (f"[bold]Motion correction.[/] The stage drifted about {motion['median_drift_px']:.1f} px during "
@@ -85,8 +87,14 @@ def _on_the_fly_text(fly: dict, summary: dict) -> str:
         text += (f"; the last results (round ending at {fly['last_result_s']:.0f} s) came "
                  f"{fly['behind_s']:.0f} s after the last movie")
     stage = fly.get("stage", "?")
-    missing = {"2d": "class ranker, initial model, 3D refinement", "3d": "3D refinement"}.get(stage)
-    return text + (f". It ran up to stage {stage}" + (f" (vitrify has no {missing} job yet)." if missing else "."))
+    text += f". It ran up to stage {stage}"
+    if stage == "3d" and not registry.is_available("relion.refine3d"):
+        text += " (vitrify has no 3D refinement job yet)"
+    proc = summary.get("schemes", {}).get("proc", {})
+    if stage in ("3d", "refine") and "inimodel3d" not in summary.get("jobs", {}) and "min_nr_parts_3d" in proc:
+        text += (f"; 3D did not start: the class ranker kept {proc.get('current_nr_parts', 0):.0f} particles, "
+                 f"fewer than the {proc['min_nr_parts_3d']:.0f} the proc scheme waits for (min_nr_parts_3d)")
+    return text + "."
 
 
 def _map_text(model: dict, summary: dict) -> str:

@@ -30,11 +30,17 @@ def scheme_jobs(project: Path, scheme: str) -> dict[str, str]:
 
 
 def scheme_states(project: Path) -> dict[str, dict]:
-    """``{scheme: {"state": ..., "current_node": ...}}`` for prep and proc."""
+    """``{scheme: {"state": ..., "current_node": ...}}`` for prep and proc; proc also gives the
+    particles its class ranker kept (``current_nr_parts``) and how many 3D needs (``min_nr_parts_3d``)."""
     from vitrify.pipeline.schemes import control
 
-    return {name: {key: control.scheme_status(project, name)[key] for key in ("state", "current_node")}
-            for name in ("prep", "proc")}
+    states = {}
+    for name in ("prep", "proc"):
+        status = control.scheme_status(project, name)
+        states[name] = {key: status[key] for key in ("state", "current_node")}
+        states[name].update({key: status["variables"][key] for key in ("current_nr_parts", "min_nr_parts_3d")
+                             if key in status["variables"]})
+    return states
 
 
 def failed_jobs(project: Path) -> dict[str, str]:

@@ -439,7 +439,7 @@ def _outcome(state: str, run: _Session, settings: AutoSettings) -> tuple[str, st
     """The end state and its message; a finished run whose last rounds left failed jobs is failed."""
     failed_jobs = run.failed_jobs()
     if state == "finished" and failed_jobs:
-        return "failed", (f"no new movie for {settings.idle_s:g} s; jobs that failed (also when retried): "
+        return "failed", (f"no new movie for {settings.idle_s:g} s; jobs that failed: "
                           f"{failed_jobs}; the rest went on")
     return state, {"finished": f"no new movie for {settings.idle_s:g} s and nothing left to do",
                    "stopped": "stopped on request; run the same command again to continue",

@@ -18,8 +18,10 @@ the prepared options differ from that job's options: then it runs from scratch a
 
 Beyond RELION: a failed job is run again ``RunSettings.retries`` times in the same visit (in its
 own directory: a continue-mode job continues, keeping what it finished; a new-mode job starts
-over) before it counts as failed. When a job has failed, the walk goes on and skips only the jobs that read its
-outputs (directly or through other skipped jobs); the scheme stops (status ``Failed``) when
+over) before it counts as failed, unless it failed on bad input (its ``run.err`` ends with the
+one-line ``error: ...`` of an :class:`InputError`), which another run would not change. When a
+job has failed, the walk goes on and skips only the jobs that read its outputs (directly or
+through other skipped jobs); the scheme stops (status ``Failed``) when
 it comes back to a failed job without any job having succeeded since the failure, or at once
 with ``stop_on_failure``.
 """
@@ -227,7 +229,7 @@ class _Runner:
                                          "independent of it is left")
         status = self.run_job_node(node)
         for attempt in range(1, self.settings.retries + 1):
-            if status != JobStatus.FAILED:
+            if status != JobStatus.FAILED or self.failed_on_bad_input(node):
                 break
             status = self.retry(node, attempt)
         if status == JobStatus.ABORTED:
@@ -252,6 +254,13 @@ class _Runner:
         self.log(f"job {node} ({job.name}) failed{self.failure_reason(job.name)}; "
                  f"retrying it ({attempt} of {self.settings.retries})")
         return self.launch(node, job.name, job.mode == "continue")
+
+    def failed_on_bad_input(self, node: str) -> bool:
+        """True when the node's job ended with a user error (``error: ...``): not worth a retry."""
+        bad = self.failure_reason(self.scheme.jobs[node].name).startswith(": error:")
+        if bad and self.settings.retries:
+            self.log(f"job {node} ({self.scheme.jobs[node].name}) failed on bad input: not retried")
+        return bad
 
     def failure_reason(self, job: str) -> str:
         try:
