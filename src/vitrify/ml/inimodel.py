@@ -24,7 +24,7 @@ from vitrify.ml.expectation import EStepSettings, Sampling, TemplateCache, run_p
 from vitrify.ml.finepass import fine_shifts
 from vitrify.ml.model import MlModel, ParticleSet
 from vitrify.ml.mstep import next_radius, update_class_stats, update_sigma2
-from vitrify.ml.orient3d import N_CHILDREN, fine_layout, grid_layout, make_orientations
+from vitrify.ml.orient3d import N_CHILDREN, fine_layout, make_orientations, select_directions, used_directions
 from vitrify.ml.schedules import VdamSchedule, auto_subsets_inimodel
 from vitrify.ml.slices import PAD, SLICE_PAD, grid_shells, insert_slices, make_slice_table, read_slices, slice_radius, \
     subset_rows, volume_grids, volumes_from_grids
@@ -197,14 +197,11 @@ class Refiner3D:
             psi = o.fine_psi_deg if fine else o.psi_deg
             table = self.cache.table(psi.to(frame.data.device), self.window, p, SLICE_PAD)
             n_psi = psi.shape[0]
-            rows = torch.cat([frame.data, frame.weight], 2)  # (H, R, 3P)
-            if fine:
-                rows = grid_layout(rows.permute(1, 0, 2).reshape(r, -1), k, o.directions_deg.shape[0],
-                                   o.psi_deg.shape[0]).reshape(k, -1, n_psi, h, 3 * p).permute(3, 0, 1, 2, 4)
-            rows = rows.reshape(h, k, -1, n_psi, 3 * p)  # (H, K, D, n_psi, 3P)
-            used = torch.nonzero(rows[..., 2 * p:].abs().sum(dim=(0, 1, 3, 4)) > 0).flatten()  # directions
-            rows = rows[:, :, used].reshape(-1, n_psi, 3 * p)
-            dd, ww = scatter_stacked_to_grids(rows[..., :p], rows[..., p:2 * p], rows[..., 2 * p:], table)
+            used = used_directions(frame.weight, k, o.directions_deg.shape[0], o.psi_deg.shape[0], fine)
+            dsel = select_directions(frame.data, used, k, o.directions_deg.shape[0], o.psi_deg.shape[0], fine)
+            wsel = select_directions(frame.weight, used, k, o.directions_deg.shape[0], o.psi_deg.shape[0], fine)
+            dsel, wsel = dsel.reshape(-1, n_psi, 2 * p), wsel.reshape(-1, n_psi, p)  # (H K D', n_psi, X)
+            dd, ww = scatter_stacked_to_grids(dsel[..., :p], dsel[..., p:], wsel, table)
             table3 = subset_rows(self._slice_table(fine, self.model.current_radius), used)
             dg, wg = insert_slices(dd.reshape(h * k, used.numel(), m, half), ww.reshape(h * k, used.numel(), m, half),
                                    table3)

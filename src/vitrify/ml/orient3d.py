@@ -105,3 +105,33 @@ def grid_layout(rows: torch.Tensor, n_classes: int, n_dirs: int, n_psi: int) -> 
     x = rows.shape[-1]
     t = rows.reshape(n_classes, n_dirs, n_psi, 4, 2, x).permute(0, 1, 3, 2, 4, 5)
     return t.reshape(n_classes, 4 * n_dirs, 2 * n_psi, x)
+
+
+def _by_direction(sums: torch.Tensor, n_classes: int, n_dirs: int, n_psi: int, fine: bool) -> torch.Tensor:
+    """Frame sums ``(H, R, X)`` viewed as ``(H, K, D', n_psi, ..., X)`` without a copy (fine: ``(H, K, D, 4, n_psi,
+    2, X)``, the fine direction ``4 d + a`` split in ``(d, a)`` and the fine psi ``2 i + b`` in ``(i, b)``)."""
+    h, x = sums.shape[0], sums.shape[-1]
+    if not fine:
+        return sums.view(h, n_classes, n_dirs, n_psi, x)
+    return sums.view(h, n_classes, n_dirs, n_psi, 4, 2, x).permute(0, 1, 2, 4, 3, 5, 6)
+
+
+def used_directions(weight: torch.Tensor, n_classes: int, n_dirs: int, n_psi: int, fine: bool) -> torch.Tensor:
+    """Directions ``(U,)`` (fine: ``4 d + a``) of a frame's weight sums ``(H, R, P)`` that received weight."""
+    h, p = weight.shape[0], weight.shape[-1]
+    if not fine:
+        per_dir = weight.view(h, n_classes, n_dirs, -1).abs().sum(dim=(0, 1, 3))
+    else:  # rows in child order: (H, K, D, n_psi, 4, 2, P)
+        per_dir = weight.view(h, n_classes, n_dirs, n_psi, 4, 2, p).abs().sum(dim=(0, 1, 3, 5, 6)).reshape(-1)
+    return torch.nonzero(per_dir > 0).flatten()
+
+
+def select_directions(sums: torch.Tensor, used: torch.Tensor, n_classes: int, n_dirs: int, n_psi: int,
+                      fine: bool) -> torch.Tensor:
+    """Frame sums ``(H, R, X)`` of the directions ``used`` ``(U,)`` as ``(H, K, U, n_psi', X)`` in grid order
+    (fine: directions ``4 d + a``, psi ``2 i + b``; the one copy made is of the used directions only)."""
+    view = _by_direction(sums, n_classes, n_dirs, n_psi, fine)
+    h, x = sums.shape[0], sums.shape[-1]
+    if not fine:
+        return view[:, :, used]
+    return view[:, :, used // 4, used % 4].reshape(h, n_classes, used.numel(), 2 * n_psi, x)
