@@ -90,6 +90,44 @@ def class_agreement(classes_mrcs: str | Path, truth_map: str | Path, diameter_an
     return {"agreement_median": float(np.median(cc)), "agreement_min": float(cc.min())}
 
 
+def fibonacci_views(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` viewing directions spread evenly over the sphere: (rot °, tilt °) arrays."""
+    i = np.arange(k) + 0.5
+    return np.degrees(np.pi * (1 + 5 ** 0.5) * i) % 360.0, np.degrees(np.arccos(1 - 2 * i / k))
+
+
+def write_oracle_references(truth_map: str | Path, k: int, out_path: str | Path) -> Path:
+    """Projections ``(k, n, n)`` of the true map along :func:`fibonacci_views` as a stack for ``--ref``."""
+    import torch
+
+    from vitrify.core.euler import euler_to_matrix
+    from vitrify.core.projector import project_real
+    from vitrify.io.mrc import read_mrc, write_mrc
+
+    volume, pixel = read_mrc(truth_map)
+    rot, tilt = fibonacci_views(k)
+    rotations = euler_to_matrix(torch.as_tensor(rot), torch.as_tensor(tilt), torch.zeros(k, dtype=torch.float64))
+    images = project_real(torch.as_tensor(volume, dtype=torch.float64), rotations)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    write_mrc(out_path, images.float().numpy(), pixel)
+    return Path(out_path)
+
+
+def nearest_view_spread(truth_star: str | Path, k: int) -> float:
+    """The view spread if every particle sat in the class of its nearest of the ``k`` oracle views:
+    the floor no classification into ``k`` classes goes below."""
+    truth = _by_name(truth_star)
+    dirs = _directions(truth["rlnAngleRot"].to_numpy(float), truth["rlnAngleTilt"].to_numpy(float))
+    views = _directions(*fibonacci_views(k))
+    labels = np.argmax(dirs @ views.T, axis=1)
+    total = 0.0
+    for c in np.unique(labels):
+        members = dirs[labels == c]
+        mean = members.sum(0) / (np.linalg.norm(members.sum(0)) + 1e-12)
+        total += len(members) * float(np.median(np.degrees(np.arccos(np.clip(members @ mean, -1, 1)))))
+    return total / len(dirs)
+
+
 def relion_figures(folder: str | Path) -> dict:
     """RELION-4's recorded run on an anchor set: spread (recomputed), CPU s (user + sys), wall s."""
     folder = Path(folder)

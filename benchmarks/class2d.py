@@ -53,6 +53,9 @@ RUNS = {  # name -> Options overrides
     "em-k20": {"algorithm": "em", "n_classes": 20},
     # tempered posterior (--posterior-power 0.3): cleaner class averages at low SNR (docs/class2d.md)
     "vdam-tempered": {"algorithm": "vdam", "posterior_power": 0.3},
+    # anchor sets: one EM iteration started from the true map's projections along K even views
+    # (--ref): how well particles can be told apart by view at all (docs/class2d.md, "Low SNR")
+    "oracle": {"algorithm": "em", "oracle": True},
 }
 
 
@@ -81,9 +84,15 @@ def child(args) -> None:
     from vitrify.jobs.class2d import Options, run
 
     set_quiet(True)
-    overrides = RUNS[args.child]
+    overrides = dict(RUNS[args.child])
     iters = args.vdam_iter if overrides["algorithm"] == "vdam" else args.em_iter
     params = {"n_classes": args.k, **overrides}
+    if params.pop("oracle", False):
+        from _anchor import write_oracle_references
+
+        truth_map = Path(args.star).with_name("truth_map.mrc")
+        stack = write_oracle_references(truth_map, params["n_classes"], Path(args.work) / "oracle_refs.mrcs")
+        params["reference_stack"], iters = str(stack), 1
     opts = Options(input_star=str(args.star), particle_diameter_angst=args.diameter,
                    nr_iter=iters, threads=args.threads, device="cpu", seed=1, **params)
     job_dir = Path(args.work) / args.child
@@ -168,7 +177,7 @@ def _fmt(x, spec: str = ".0f") -> str:
 
 def anchor_main(args, folders: list[Path]) -> None:
     """vitrify beside RELION-4 on the anchor sets (RELION's settings), alone and beside a hog."""
-    from _anchor import class_agreement, relion_figures, view_spread
+    from _anchor import class_agreement, nearest_view_spread, relion_figures, view_spread
 
     rows = []
     for folder in folders:
@@ -193,6 +202,10 @@ def anchor_main(args, folders: list[Path]) -> None:
               f"{r['wall_s'] / rel['wall_s']:.3f} | {r['classes_ge_1pct']} / {rel['classes_ge_1pct']} | "
               f"{r['agreement_median']:.3f} / {r['agreement_min']:.3f}; "
               f"{rel['agreement_median']:.3f} / {rel['agreement_min']:.3f} |")
+    for folder in folders:
+        print(f"\n# {folder.name}: {nearest_view_spread(folder / 'truth.star', args.k):.1f}° if every particle sat "
+              f"in the class of its nearest of {args.k} even views (the floor); the run 'oracle' is one EM "
+              "iteration from the true map's projections along those views")
     if args.beside_hog:
         print_hog_table([(f"{name} {run}", r) for name, run, r, _ in rows], args)
 

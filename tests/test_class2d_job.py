@@ -181,3 +181,42 @@ def test_data_too_large_for_the_memory_is_refused_before_compute(dataset, tmp_pa
     with pytest.raises(InputError, match="resident"):
         run(_options(star, nr_iter=1, algorithm="em"), tmp_path / "job")
     assert not (tmp_path / "job" / "run_it000_classes.mrcs").exists()
+
+
+def test_reference_stack_starts_each_class_from_its_image(dataset, tmp_path):
+    """--ref: class k starts from image k, so one EM iteration puts each particle into the class of
+    its true shape (with blob starts the class numbers would be an arbitrary permutation)."""
+    from _ml_synth import shapes
+
+    from vitrify.io.mrc import write_mrc
+
+    star, labels = dataset
+    write_mrc(tmp_path / "refs.mrcs", shapes(32).numpy(), 3.0)
+    out = run(_options(star, algorithm="em", nr_iter=1, reference_stack=str(tmp_path / "refs.mrcs")),
+              tmp_path / "job")
+    classes = read_star(out)["particles"]["rlnClassNumber"].to_numpy() - 1
+    assert (classes == np.asarray(labels)).mean() > 0.9
+    refs, _ = read_mrc(tmp_path / "job" / "run_it000_classes.mrcs")
+    truth = shapes(32).numpy()
+    corr = [np.corrcoef(refs[k].ravel(), truth[k].ravel())[0, 1] for k in range(3)]
+    assert min(corr) > 0.8  # iteration 0 is the given stack (masked, scaled), not blobs
+
+
+@pytest.mark.parametrize("shape, pixel, nan, expected", [
+    ((2, 32, 32), 3.0, False, "3 images (--K) of 32x32 px"),
+    ((3, 24, 24), 3.0, False, "3 images (--K) of 32x32 px"),
+    ((3, 32, 32), 4.0, False, "the particles' 3 Å"),
+    ((3, 32, 32), 3.0, True, "finite values"),
+])
+def test_reference_stack_bad_input_refused_before_compute(dataset, tmp_path, shape, pixel, nan, expected):
+    from vitrify.io.mrc import write_mrc
+
+    star, _ = dataset
+    images = np.ones(shape, np.float32)
+    if nan:
+        images[0, 0, 0] = np.nan
+    write_mrc(tmp_path / "refs.mrcs", images, pixel)
+    with pytest.raises(InputError) as err:
+        run(_options(star, algorithm="em", nr_iter=1, reference_stack=str(tmp_path / "refs.mrcs")), tmp_path / "job")
+    assert "--ref" in str(err.value) and expected in str(err.value)
+    assert not list((tmp_path / "job").glob("run_it*"))

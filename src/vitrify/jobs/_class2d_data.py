@@ -216,3 +216,31 @@ def start_rows(group_index: np.ndarray, n_use: int = 1000) -> np.ndarray:
     picks = [np.arange(min(n_use, len(group_index)))]
     picks += [np.flatnonzero(group_index == g)[:n_use] for g in np.unique(group_index)]
     return np.unique(np.concatenate(picks))
+
+
+def read_reference_stack(path: str | Path, inp: InputParticles, n_classes: int) -> torch.Tensor:
+    """The ``--ref`` stack ``(K, n, n)``: one finite image per class, the particles' box and pixel size."""
+    from vitrify.io.mrc import read_mrc
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("file not found", path=path, field="--ref", expected="an MRC stack of references")
+    try:
+        images, pixel = read_mrc(path)
+    except InputError:
+        raise
+    except Exception as err:  # a damaged file: name it
+        raise InputError(f"cannot read the stack ({err})", path=path, field="--ref",
+                         expected="an MRC stack of references") from None
+    images = np.asarray(images).reshape((-1,) + np.shape(images)[-2:])
+    box, pix = inp.box_px, inp.pixel_size_angst
+    if images.shape != (n_classes, box, box):
+        raise InputError(f"{images.shape[0]} images of {images.shape[1]}x{images.shape[2]} px", path=path,
+                         field="--ref", expected=f"{n_classes} images (--K) of {box}x{box} px (the particles' box)")
+    if pixel and abs(pixel - pix) > 0.01 * pix:
+        raise InputError(f"pixel size {pixel:.4g} Å", path=path, field="--ref",
+                         expected=f"the particles' {pix:.4g} Å (rescale the references first)")
+    if not np.isfinite(images).all():
+        raise InputError("the stack holds NaN or infinite values", path=path, field="--ref",
+                         expected="finite values")
+    return torch.as_tensor(images, dtype=torch.float32)

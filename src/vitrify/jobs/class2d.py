@@ -26,8 +26,8 @@ import torch
 
 from vitrify.io.errors import InputError
 from vitrify.io.star import portable_image_names, portable_name
-from vitrify.jobs._class2d_data import (InputParticles, check_memory, load_particles, start_rows,
-                                        validate_input)
+from vitrify.jobs._class2d_data import (InputParticles, check_memory, load_particles, read_reference_stack,
+                                        start_rows, validate_input)
 from vitrify.jobs._class2d_output import (
     data_table,
     iteration_paths,
@@ -261,9 +261,11 @@ def run(options: Options, job_dir: str | Path) -> Path:
     if diameter_px > inp.box_px:
         raise InputError(f"particle diameter {options.particle_diameter_angst} Å is {diameter_px:.0f} px",
                          field="--particle-diameter", expected=f"at most the box, {inp.box_px} px")
+    user_refs = (read_reference_stack(options.reference_stack, inp, options.n_classes)
+                 if options.reference_stack and not state else None)
     ranks, device = _join_ranks(device, inp.n_particles)
     try:
-        return _classify(options, job_dir, inp, diameter_px, device, state, ranks)
+        return _classify(options, job_dir, inp, diameter_px, device, state, ranks, user_refs)
     finally:
         if ranks is not None:
             import torch.distributed as dist
@@ -272,7 +274,8 @@ def run(options: Options, job_dir: str | Path) -> Path:
 
 
 def _classify(options: Options, job_dir: Path, inp: InputParticles, diameter_px: float, device: torch.device,
-              state, ranks: Ranks | None) -> Path:
+              state, ranks: Ranks | None, user_refs: torch.Tensor | None = None) -> Path:
+    """Load this rank's particles, start (``user_refs`` ``(K, n, n)`` or blobs) or resume, iterate."""
     start_row, stop_row = (0, inp.n_particles) if ranks is None else ranks.rows
     here = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1) if ranks is not None else 1
     check_memory(inp, device, stop_row - start_row, here)
@@ -288,7 +291,7 @@ def _classify(options: Options, job_dir: Path, inp: InputParticles, diameter_px:
         first = particles if ranks is None else load(start_rows(inp.group_index))
         model = initial_model(first, window, options.n_classes, diameter_px, inp.pixel_size_angst,
                               1.0 if options.algorithm == "vdam" else options.tau2_fudge, options.seed,
-                              sigma_offset_px=max(options.offset_range_px, 1.0) / 2.0)
+                              sigma_offset_px=max(options.offset_range_px, 1.0) / 2.0, user_refs=user_refs)
         moments, start = None, 1
         del first
     clf = Classifier2D(_settings(options, diameter_px, device), model, particles, window, sampling, moments,

@@ -150,13 +150,31 @@ def pack_particles(images: torch.Tensor, ctf_grids: torch.Tensor | None, window:
     return ft, pack(ctf_grids.float(), window.to(images.device)).contiguous()
 
 
+def scaled_user_references(user_refs: torch.Tensor, particles: ParticleSet, window: FourierWindow,
+                           diameter_px: float, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """User references ``(K, n, n)`` masked and scaled to the data.
+
+    Their mean standard deviation is set to that of the low-passed random-psi class averages,
+    the scale the blob starts take; the relative power of the references is kept.
+    """
+    ini_shell = max(1, round(0.07 * window.box_px))
+    averages = lowpass(random_psi_averages(particles, window, user_refs.shape[0], pad, generator), ini_shell)
+    refs = flatten_solvent(user_refs.to(averages.device, torch.float64), diameter_px / 2.0)
+    scale = averages.std(dim=(1, 2)).mean() / refs.std(dim=(1, 2)).mean().clamp_min(1e-30)
+    return (refs * scale).float()
+
+
 def initial_model(particles: ParticleSet, window: FourierWindow, n_classes: int, diameter_px: float,
                   pixel_size_angst: float, tau2_fudge: float, seed: int, sigma_offset_px: float,
-                  pad: int = 2, blobs: bool = True) -> MlModel:
-    """The iteration-0 model: blob references, noise spectra, uniform classes."""
+                  pad: int = 2, blobs: bool = True, user_refs: torch.Tensor | None = None) -> MlModel:
+    """The iteration-0 model: blob references (or ``user_refs`` ``(K, n, n)`` at full resolution),
+    noise spectra, uniform classes."""
     gen = torch.Generator().manual_seed(int(seed))
-    refs, ini_shell = initial_references(particles, window, n_classes, diameter_px, pad, gen, blobs)
     n = window.box_px
+    if user_refs is None:
+        refs, ini_shell = initial_references(particles, window, n_classes, diameter_px, pad, gen, blobs)
+    else:
+        refs, ini_shell = scaled_user_references(user_refs, particles, window, diameter_px, pad, gen), n // 2
     zeros = torch.zeros(n_classes, n // 2 + 1, dtype=torch.float64)
     return MlModel(refs=refs.to(particles.ft.device),
                    pdf_class=torch.full((n_classes,), 1.0 / n_classes, dtype=torch.float64),

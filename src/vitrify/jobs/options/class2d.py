@@ -70,6 +70,9 @@ class Options:
     max_significant: int = setting(-1, help="Most significant poses kept per particle (-1: RELION's default).",
                                    flag="--max-significant")
     oversampling: int = setting(1, help="1: coarse pass + fine pass (RELION); 0: one pass.", flag="--oversampling")
+    reference_stack: str = setting("", help="Start from these 2D references (MRC stack of K images of the particles' "
+                                            "box and pixel size, e.g. projections of a map) instead of blobs.",
+                                   flag="--ref", star="fn_ref")
     posterior_power: float = setting(1.0, help="Posterior weights as (likelihood x prior)^power; < 1 keeps "
                                                "low-SNR assignments soft (1: RELION).", flag="--posterior-power")
     seed: int = setting(1, help="Random seed.", flag="--seed")
