@@ -45,6 +45,8 @@ def _minimal(module_name: str, kind: str | None) -> tuple[list[str], object]:
                          lambda: opts.Options("particles.star", particle_diameter_angst=150.0)),
         "class3d": (["--i", "particles.star", "--ref", "ref.mrc", "--particle-diameter", "150"],
                     lambda: opts.Options("particles.star", "ref.mrc", particle_diameter_angst=150.0)),
+        "refine3d": (["--i", "particles.star", "--ref", "map.mrc", "--particle-diameter", "150"],
+                     lambda: opts.Options("particles.star", "map.mrc", particle_diameter_angst=150.0)),
         "simulate": ([], lambda: opts.Options(kind, _simulator_defaults(kind))),
         "mask_create": (["--i", "map.mrc"], lambda: opts.Options("map.mrc")),
         "postprocess": (["--i", "half1.mrc", "--mask", "mask.mrc"], lambda: opts.Options("half1.mrc", mask="mask.mrc")),

@@ -25,7 +25,8 @@ TYPE_LABELS: dict[str, str] = {
     "import_": "relion.import.movies", "motioncorr": "relion.motioncorr.own",
     "ctffind": "relion.ctffind.ctffind4", "autopick": "relion.autopick", "extract": "relion.extract",
     "select": "relion.select.onvalue", "class2d": "relion.class2d", "class_ranker": "relion.select.class2dauto",
-    "initialmodel": "relion.initialmodel", "class3d": "relion.class3d", "mask_create": "relion.maskcreate",
+    "initialmodel": "relion.initialmodel", "class3d": "relion.class3d", "refine3d": "relion.refine3d",
+    "mask_create": "relion.maskcreate",
     "postprocess": "relion.postprocess",
 }
 #: job module → {options.method: RELION-4 sub-label}; a method not listed keeps TYPE_LABELS' label

@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "vitrify.cli.class_ranker",
     "vitrify.cli.initialmodel",
     "vitrify.cli.class3d",
+    "vitrify.cli.refine3d",
     "vitrify.cli.postprocess",
     "vitrify.cli.demo",
     "vitrify.cli.mdcatch",

@@ -34,6 +34,7 @@ JOB_MODULES: dict[str, str] = {
     "relion.class2d": "class2d",
     "relion.initialmodel": "initialmodel",
     "relion.class3d": "class3d",
+    "relion.refine3d": "refine3d",
     "relion.maskcreate": "mask_create",
     "relion.postprocess": "postprocess",
     "vitrify.simulate": "simulate",

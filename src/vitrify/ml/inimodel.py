@@ -156,12 +156,13 @@ class Refiner3D:
             return fine_layout(t.reshape(k, d, -1, p), o.directions_deg.shape[0], o.psi_deg.shape[0])
         return t.reshape(-1, p)
 
-    def pass_grid(self, settings: EStepSettings) -> PassGrid:
-        """Coarse (and fine) frames of the current volumes in the current window."""
+    def pass_grid(self, settings: EStepSettings, grids: torch.Tensor | None = None) -> PassGrid:
+        """Coarse (and fine) frames of the current volumes (or of their padded transforms ``grids``,
+        :func:`~vitrify.ml.slices.volume_grids`) in the current window."""
         model, win, o = self.model, self.window.to(self.model.refs.device), self.orientations
         p = win.pixels_within(model.current_radius)
         kx, ky, n = win.kx[:p], win.ky[:p], win.box_px
-        grids = volume_grids(model.refs)
+        grids = volume_grids(model.refs) if grids is None else grids
         n_o = o.n_coarse
         log_pdf = torch.log(model.pdf_class.to(grids.device).clamp_min(1e-30)).float()
         shifts = self.sampling.shifts_px.to(grids.device)
@@ -215,16 +216,19 @@ class Refiner3D:
         return data, weight
 
     # -- one pass ------------------------------------------------------------------------------
-    def estep(self, indices: torch.Tensor, halves: int, max_sig: int, half_of: torch.Tensor | None = None):
+    def estep(self, indices: torch.Tensor, halves: int, max_sig: int, half_of: torch.Tensor | None = None,
+              grids: torch.Tensor | None = None):
         """E-step over ``particles[indices]``: sums, 3D data and weight grids (``half_of``: see
-        :func:`vitrify.ml.expectation.run_pass`)."""
+        :func:`vitrify.ml.expectation.run_pass`; ``grids``: the volumes' padded transforms when the caller
+        has them)."""
         s, model = self.settings, self.model
-        model.tau2 = reference_tau2(volume_grids(model.refs), self.shells, model.current_radius, model.box_px)
+        grids = volume_grids(model.refs) if grids is None else grids
+        model.tau2 = reference_tau2(grids, self.shells, model.current_radius, model.box_px)
         settings = EStepSettings(adaptive_fraction=s.adaptive_fraction, max_significant=max_sig, halves=halves,
                                  budget_bytes=s.budget_bytes, oversampling=s.oversampling, fine_cap=s.fine_cap,
                                  coarse_radius=coarse_radius_3d(model.box_px, self.orientations.step_deg,
                                                                 s.particle_diameter_px))
-        grid = self.pass_grid(settings)
+        grid = self.pass_grid(settings, grids)
         sums = run_pass(grid, model.sigma2, self.particles, indices, self.window, model.current_radius, settings,
                         StageClock(), half_of)
         self.angles_deg[indices] = self.orientations.angles(self.particles.psi_deg[indices]).to(
@@ -252,10 +256,13 @@ class Refiner3D:
             return
         model = self.model
         shell = max(1, model.current_radius - self.settings.incr_size)
-        order = auto_order(model.resolution_angst(shell), self.settings.particle_diameter_px * model.pixel_size_angst,
-                           self.orientations.order)
+        self.set_order(auto_order(model.resolution_angst(shell),
+                                  self.settings.particle_diameter_px * model.pixel_size_angst, self.orientations.order))
+
+    def set_order(self, order: int) -> None:
+        """Search orientations of HEALPix ``order`` from the next E-step on (caches rebuilt on change)."""
         if order != self.orientations.order:
-            self.orientations = make_orientations(order, self.settings.symmetry, model.refs.device)
+            self.orientations = make_orientations(order, self.settings.symmetry, self.model.refs.device)
             self.cache = TemplateCache()
             self._slice_tables.clear()
 
