@@ -16,6 +16,8 @@ from vitrify.io.errors import InputError
 EXAMPLE_STRUCTURES: dict[str, tuple[str, str]] = {
     "adk": ("adk_open.pdb", "adenylate kinase, open form (214 residues, ~24 kDa)"),
     "cftr": ("6msm.pdb.bz2", "CFTR, real 3.2 A cryo-EM structure (~150 kDa)"),
+    "adk_closed": ("adk_closed.pdb", "adenylate kinase, closed form (the open form's atoms, 214 residues)"),
+    "1a28": ("1a28.pdb.gz", "progesterone receptor ligand-binding domain, a two-chain complex (~60 kDa)"),
 }
 
 

@@ -40,6 +40,25 @@ def _read_map(path: Path, field: str) -> tuple[np.ndarray, float]:
     return data, float(pixel or 0.0)
 
 
+def read_references(path: str | Path, inp: InputParticles, n_classes: int, log) -> torch.Tensor:
+    """``(R, n, n, n)``: one map (R 1), or K maps listed (``rlnReferenceImage``) in a STAR file, as
+    RELION's ``--ref`` takes them; each on the particles' grid (see :func:`read_reference`)."""
+    path = Path(path)
+    if path.suffix.lower() != ".star":
+        return read_reference(path, inp, log)[None]
+    if not path.exists():
+        raise InputError("file not found", path=path, field="--ref", expected="an MRC map or a STAR file of maps")
+    tables = [t for t in read_star(path).values() if hasattr(t, "columns") and "rlnReferenceImage" in t.columns]
+    if not tables:
+        raise InputError("no rlnReferenceImage column", path=path, field="--ref", expected="a STAR file of maps")
+    names = tables[0]["rlnReferenceImage"].astype(str).tolist()
+    if len(names) != n_classes:
+        raise InputError(f"{len(names)} references for {n_classes} classes", path=path, field="--K",
+                         expected=f"--K {len(names)} (one class per reference)")
+    found = [_find(name, path) if not Path(name).exists() else Path(name) for name in names]
+    return torch.stack([read_reference(p, inp, log) for p in found])
+
+
 def read_reference(path: str | Path, inp: InputParticles, log) -> torch.Tensor:
     """The reference ``(n, n, n)`` on the particles' grid; another box or pixel size is rescaled
     (Fourier resampling, then centre crop or zero padding) and ``log`` says so."""

@@ -17,7 +17,7 @@ import torch
 
 from vitrify.io.errors import InputError
 from vitrify.jobs._class2d_data import InputParticles, check_memory, load_particles, validate_input
-from vitrify.jobs._class3d_input import Resume, read_mask, read_reference, read_resume
+from vitrify.jobs._class3d_input import Resume, read_mask, read_references, read_resume
 from vitrify.jobs._class3d_output import Class3DWriter
 from vitrify.jobs.base import job_logger
 from vitrify.jobs.options.class3d import DEFAULT_ITER, Options, job_star_from_options, options_from_job_star
@@ -92,14 +92,16 @@ def run(options: Options, job_dir: str | Path) -> Path:
     inp = validate_input(options.input_star, options.n_classes, options.do_ctf)  # before compute
     diameter_px = check_inputs(options, inp)
     mask = read_mask(options.solvent_mask, inp) if options.solvent_mask else None
-    volume = read_reference(options.reference, inp, log) if resume is None else None
+    volume = read_references(options.reference, inp, options.n_classes, log) if resume is None else None
     check_memory(inp, device)
     window = make_window(inp.box_px)
     particles = load_particles(inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
     model = _start(options, resume, volume, inp, particles, window, diameter_px, mask, device)
     sampling = make_sampling(30.0, options.offset_range_px, options.offset_step_px, device)
+    start = volume if volume is not None else resume.refs
+    seeds = all(torch.equal(start[0], v) for v in start)  # K classes from one reference: random seeds
     ref = Classifier3D(_settings(options, diameter_px, device, mask is not None), model, particles, window,
-                       sampling, mask=mask)
+                       sampling, mask=mask, seed_classes=seeds)
     first = 1 if resume is None else resume.iteration + 1
     writer = Class3DWriter(options, job_dir, inp, ref, first)
     if resume is None:

@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from vitrify.core.fourier import rescale_3d
+from vitrify.core.fourier import rescale_3d, shell_index_3d
 from vitrify.ml.inimodel import STEPS, Iteration3D, Refiner3D, default_max_significant
 from vitrify.ml.model import MlModel, ParticleSet
 from vitrify.ml.mstep import next_radius, update_class_stats, update_sigma2
@@ -64,13 +64,15 @@ def mask_volumes(refs: torch.Tensor, diameter_px: float, mask: torch.Tensor | No
     return refs * mask.to(refs.device, refs.dtype)
 
 
-def reference_start(volume: torch.Tensor, particles: ParticleSet, window: FourierWindow, n_classes: int,
+def reference_start(volumes: torch.Tensor, particles: ParticleSet, window: FourierWindow, n_classes: int,
                     diameter_px: float, pixel_size_angst: float, ini_high_angst: float, sigma_offset_px: float,
                     mask: torch.Tensor | None = None) -> MlModel:
-    """Iteration-0 model: the reference ``(n, n, n)`` low-passed to ``ini_high_angst`` in all K classes."""
+    """Iteration-0 model: the references low-passed to ``ini_high_angst``; ``volumes`` ``(n, n, n)`` (one
+    reference, in all K classes) or ``(K, n, n, n)`` (one per class)."""
     n = window.box_px
     shell = ini_high_shell(ini_high_angst, n, pixel_size_angst)
-    refs = lowpass3d(volume.float().to(particles.ft.device)[None].expand(n_classes, n, n, n).contiguous(), shell)
+    vols = volumes.float().to(particles.ft.device).reshape(-1, n, n, n)
+    refs = lowpass3d(vols.expand(n_classes, n, n, n).contiguous() if vols.shape[0] == 1 else vols, shell)
     refs = mask_volumes(refs, diameter_px, mask)
     zeros = torch.zeros(n_classes, n // 2 + 1, dtype=torch.float64)
     return MlModel(refs=refs, pdf_class=torch.full((n_classes,), 1.0 / n_classes, dtype=torch.float64),
@@ -92,9 +94,10 @@ def random_classes(n_particles: int, n_classes: int, seed: int) -> torch.Tensor:
 class Classifier3D(Refiner3D):
     """:class:`Refiner3D` with RELION's class3d start (random seeding) and an optional solvent mask."""
 
-    def __init__(self, *args, mask: torch.Tensor | None = None, **kwargs) -> None:
+    def __init__(self, *args, mask: torch.Tensor | None = None, seed_classes: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.mask = None if mask is None else mask.to(self.model.refs.device).float()
+        self.seed_classes = seed_classes and self.model.n_classes > 1
 
     def finish(self, sums, weight: torch.Tensor, mu: float, indices: torch.Tensor) -> None:
         """The engine's finish, with the solvent mask instead of the sphere when one is given."""
@@ -103,13 +106,56 @@ class Classifier3D(Refiner3D):
             self.model.refs = self.model.refs * self.mask
 
     def run(self, start_iteration: int = 1, on_iteration: Callable[[Iteration3D], None] | None = None) -> None:
-        """Iterate to ``nr_iter``; iteration 1 of a K > 1 run is the random-seeding iteration."""
+        """Iterate to ``nr_iter``; iteration 1 of a K > 1 run from one reference is the random-seeding
+        iteration (``seed_classes``; K different references need none)."""
         for it in range(start_iteration, self.settings.nr_iter + 1):
             self.update_sampling(it)
-            step = seed_iteration if it == 1 and self.model.n_classes > 1 else STEPS[self.settings.algorithm]
+            if it == 1 and not self.seed_classes and self.model.n_classes > 1:
+                match_reference_scale(self)
+            step = seed_iteration if it == 1 and self.seed_classes else STEPS[self.settings.algorithm]
             info = step(self, it)
             if on_iteration is not None:
                 on_iteration(info)
+
+
+def consensus_pass(ref: Classifier3D, volume: torch.Tensor, halves: torch.Tensor, n_halves: int):
+    """One E-step of every particle against one map ``(n, n, n)``, reconstructed per half-set ``halves``
+    ``(N,)`` (``0..n_halves-1``): ``(n_halves, n, n, n)`` maps, the sums and the one-class model used."""
+    model, s = ref.model, ref.settings
+    idx = torch.arange(ref.particles.n_particles, device=ref.particles.ft.device)
+    one = replace(model, refs=volume[None], pdf_class=torch.ones(1, dtype=torch.float64), tau2=model.tau2[:1],
+                  data_vs_prior=model.data_vs_prior[:1])
+    one.tau2_fudge = s.tau2_fudge
+    ref.model = one
+    try:
+        sums, data, weight = ref.estep(idx, n_halves, default_max_significant(s), half_of=halves)
+    finally:
+        ref.model = model
+    tau2 = one.tau2.expand(n_halves, -1).contiguous()
+    grids = map_reconstruct(data[:, 0], weight[:, 0], tau2, s.tau2_fudge, one.current_radius, ref.shells,
+                            s.minres_map)
+    return volumes_from_grids(grids, model.box_px), sums, weight[:, 0], one
+
+
+def match_reference_scale(ref: Classifier3D) -> torch.Tensor:
+    """Scale K different references ``(K, n, n, n)`` to the data's greyscale (RELION's first iteration
+    without ``--ref_correct_greyscale`` is a cross-correlation pass for the same reason): the
+    particles are aligned to the references' mean and reconstructed, and each reference gets the
+    least-squares scale onto that map inside the current window. Returns the ``(K,)`` factors."""
+    model = ref.model
+    labels = torch.zeros(ref.particles.n_particles, dtype=torch.long, device=ref.particles.ft.device)
+    consensus = consensus_pass(ref, model.refs.mean(0), labels, 1)[0][0]
+    fc = torch.fft.rfftn(consensus)
+    inside = shell_index_3d(model.box_px, device=fc.device) <= model.current_radius
+    factors = []
+    for k in range(model.n_classes):
+        fk = torch.fft.rfftn(model.refs[k])
+        num = (fc.conj() * fk).real[inside].sum()
+        den = (fk.abs() ** 2)[inside].sum().clamp_min(1e-30)
+        factors.append(float(num / den))
+    scale = torch.tensor(factors)
+    model.refs = model.refs * scale.to(model.refs.device)[:, None, None, None].clamp_min(0.0)
+    return scale
 
 
 def seed_iteration(ref: Classifier3D, it: int) -> Iteration3D:
@@ -119,26 +165,15 @@ def seed_iteration(ref: Classifier3D, it: int) -> Iteration3D:
     k, n = model.n_classes, ref.particles.n_particles
     dev = ref.particles.ft.device
     labels = random_classes(n, k, s.seed).to(dev)
-    idx = torch.arange(n, device=dev)
-    one = replace(model, refs=model.refs[:1], pdf_class=torch.ones(1, dtype=torch.float64),
-                  tau2=model.tau2[:1], data_vs_prior=model.data_vs_prior[:1])
-    ref.model = one
-    try:
-        one.tau2_fudge = s.tau2_fudge
-        sums, data, weight = ref.estep(idx, k, default_max_significant(s), half_of=labels)
-    finally:
-        ref.model = model
+    model.refs, sums, weight, one = consensus_pass(ref, model.refs[0], labels, k)
     model.tau2_fudge = s.tau2_fudge
     tau2 = one.tau2.expand(k, -1).contiguous()
-    grids = map_reconstruct(data[:, 0], weight[:, 0], tau2, model.tau2_fudge, one.current_radius, ref.shells,
-                            s.minres_map)
-    model.refs = volumes_from_grids(grids, model.box_px)
     ref.particles.class_index = labels.clone()
     update_sigma2(one, sums, ref.window, 0.0)  # shares model.sigma2 (updated in place)
     update_class_stats(one, sums, 0.0)
     model.sigma2_offset_px, model.tau2 = one.sigma2_offset_px, tau2
     model.pdf_class = torch.bincount(labels.cpu(), minlength=k).double() / n
-    model.data_vs_prior = data_vs_prior(weight[:, 0], tau2, model.tau2_fudge, ref.shells, model.box_px // 2 + 1)
+    model.data_vs_prior = data_vs_prior(weight, tau2, model.tau2_fudge, ref.shells, model.box_px // 2 + 1)
     model.refs = symmetrise(model.refs, s.symmetry)
     if s.flatten_solvent or ref.mask is not None:
         model.refs = mask_volumes(model.refs, s.particle_diameter_px, ref.mask)

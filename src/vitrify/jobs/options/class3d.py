@@ -67,7 +67,8 @@ class Options:
     """Options of a Class3D job (CLI flags and RELION job.star names on the fields)."""
 
     input_star: str = setting("", help="Input particles.star.", flag="--i", required="unless --continue", star="fn_img")
-    reference: str = setting("", help="Reference map (MRC); another box or pixel size is rescaled.", flag="--ref",
+    reference: str = setting("", help="Reference map (MRC; or a STAR file of K maps, one per class); another box "
+                                      "or pixel size is rescaled.", flag="--ref",
                              required="unless --continue", star="fn_ref")
     solvent_mask: str = setting("", help="Solvent mask (MRC, values in [0, 1], the particles' box); default a "
                                          "soft sphere of the particle diameter.", flag="--solvent-mask", star="fn_mask")

@@ -16,7 +16,7 @@ from vitrify.jobs.jobstar_values import number_text, text, whole_number
 
 KINDS = ("particles", "micrographs", "movies")
 STRUCTURE_HELP = ("Atomic model: PDB/mmCIF file (.gz/.bz2 allowed) or a bundled example "
-                  "(adk, cftr). Repeat for heterogeneity (one map per structure).")
+                  "(adk, cftr, adk_closed, 1a28). Repeat for heterogeneity (one map per structure).")
 
 
 def _read_structures(values) -> tuple[str, ...]:
