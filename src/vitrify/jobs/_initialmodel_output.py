@@ -73,24 +73,26 @@ def central_sections(volume: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_sections_png(path: Path, refs: torch.Tensor, pdf: torch.Tensor) -> None:
-    """PNG with one row per class: central xy, xz, yz sections, labelled with the class size."""
-    import matplotlib
+def write_sections_png(path: Path, refs: torch.Tensor, pdf: torch.Tensor, scale: int = 2) -> None:
+    """PNG with one row per class: central xy, xz, yz sections (``scale`` x enlarged), labelled with the class size.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn with Pillow (a matplotlib dependency): milliseconds, where importing pyplot alone costs
+    2 s of CPU, a few per cent of a whole initial model.
+    """
+    from PIL import Image, ImageDraw
 
     vols = refs.detach().cpu().float().numpy()
-    k = vols.shape[0]
-    fig, axes = plt.subplots(k, 1, figsize=(4.5, 1.6 * k), squeeze=False)
-    for i in range(k):
-        ax = axes[i, 0]
-        ax.imshow(central_sections(vols[i]), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-        ax.set_axis_off()
-        ax.set_title(f"class {i + 1}: {100 * float(pdf[i]):.1f}%  (xy | xz | yz)", fontsize=7)
+    label_px = 14
+    tiles = [np.kron(central_sections(v), np.ones((scale, scale), dtype=np.float32)) for v in vols]
+    height, width = tiles[0].shape
+    image = Image.new("L", (width, len(tiles) * (height + label_px)), 255)
+    draw = ImageDraw.Draw(image)
+    for i, tile in enumerate(tiles):
+        top = i * (height + label_px)
+        draw.text((2, top + 1), f"class {i + 1}: {100 * float(pdf[i]):.1f}%  (xy | xz | yz)", fill=0)
+        image.paste(Image.fromarray((255 * tile).clip(0, 255).astype(np.uint8)), (0, top + label_px))
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
-    plt.close(fig)
+        image.save(tmp, format="PNG")
 
 
 def sampling_block(order: int, symmetry: str, psi_step_deg: float, offset_range_px: float, offset_step_px: float,
