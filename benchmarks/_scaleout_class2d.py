@@ -41,8 +41,8 @@ class Class2DRun:
     one_iteration_s: float         # the one process's iteration 2 (E-step, M-step, files), run.log clock
 
 
-def _class2d_args(box: int) -> list[str]:
-    return ["class2d", "--i", "Particles/particles.star", "--K", "4", "--algorithm", "em", "--iter", "2",
+def _class2d_args(box: int, iterations: int) -> list[str]:
+    return ["class2d", "--i", "Particles/particles.star", "--K", "4", "--algorithm", "em", "--iter", str(iterations),
             "--particle-diameter", str(int(0.78 * box)), "--psi-step", "10", "--device", "cpu", "--seed", "1"]
 
 
@@ -66,7 +66,7 @@ def _log_numbers(log: str, pattern: str) -> dict[int, int]:
     return {int(m.group(1)): int(m.group(2)) for m in re.finditer(pattern, log)}
 
 
-def class2d_runs(root: Path, particles: int, box: int, before_src: Path | None) -> Class2DRun:
+def class2d_runs(root: Path, particles: int, box: int, before_src: Path | None, iterations: int = 2) -> Class2DRun:
     """Simulate ``particles`` of ``box`` px and run class2d as 1 process and as 2 ranks (see module doc)."""
     env = {**os.environ, "VITRIFY_QUIET": "1"}
     subprocess.run([sys.executable, "-m", "vitrify", "-q", "simulate", "particles", "--n", str(particles),
@@ -75,7 +75,7 @@ def class2d_runs(root: Path, particles: int, box: int, before_src: Path | None) 
     peak = [sys.executable, str(HERE / "_peak_rss.py"), "-q"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                 str(HERE / "_peak_rss.py"), "-q"]
-    args = _class2d_args(box)
+    args = _class2d_args(box, iterations)
     src = Path(__file__).resolve().parents[1] / "src"
     one = _run([*peak, *args, "--threads", "2", "--o", "class2d_one"], root, root / "rss_one", src, 2)
     two = _run([*torchrun, *args, "--threads", "1", "--o", "class2d_two"], root, root / "rss_two", src, 1)
@@ -86,11 +86,12 @@ def class2d_runs(root: Path, particles: int, box: int, before_src: Path | None) 
         before = _rss(root / "rss_before")
     log = (root / "class2d_two/run.log").read_text()
     clock = _iteration_clock((root / "class2d_one/run.log").read_text())
+    iteration_s = clock[2] - clock[1] if 2 in clock else float("nan")
     held = [int(m.group(1)) for m in re.finditer(r"rank \d+ of \d+ held (\d+) of", log)]
     return Class2DRun(one, two, _log_numbers(log, r"iteration (\d+): (\d+) bytes all-reduced"),
                       _log_numbers(log, r"iteration (\d+): (\d+) bytes of particle assignments gathered"),
                       _log_numbers(log, r"iteration (\d+): \d+ particles, radius (\d+)"),
-                      _rss(root / "rss_one"), _rss(root / "rss_two"), before, held, clock[2] - clock[1])
+                      _rss(root / "rss_one"), _rss(root / "rss_two"), before, held, iteration_s)
 
 
 def _iteration_clock(log: str) -> dict[int, float]:

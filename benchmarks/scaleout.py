@@ -116,6 +116,8 @@ def main() -> None:
     p.add_argument("--fs-gb-s", type=float, default=20.0, help="shared file system GB/s (model)")
     p.add_argument("--particles", type=int, default=3000, help="class2d particles (0: no class2d runs)")
     p.add_argument("--box", type=int, default=128, help="class2d particle box (px)")
+    p.add_argument("--class2d-iter", type=int, default=2, help="class2d EM iterations (2: the per-particle time)")
+    p.add_argument("--skip-movies", action="store_true", help="no motioncorr/ctffind runs (class2d only)")
     p.add_argument("--before-src", type=Path, default=None,
                    help="src folder of an older vitrify: its 2-rank class2d memory, for comparison")
     p.add_argument("--particle-s", type=float, default=2e-4,
@@ -129,6 +131,7 @@ def main() -> None:
     if not args.model_only:
         root = args.out or Path(tempfile.mkdtemp(prefix="vitrify-scaleout-"))
         root.mkdir(parents=True, exist_ok=True)
+    if not args.model_only and not args.skip_movies:
         make_project(root, args.movies, args.size, args.frames)
         print(f"{args.movies} movies {args.size}² x {args.frames} frames in {root}\n")
         print("| job | workers | wall s | movies/min | speed-up |\n|---|---|---|---|---|")
@@ -156,7 +159,7 @@ def main() -> None:
     print(f"stops scaling at {10_000 * task_s / max(fs_s, sched_s) / args.workers_per_node:.0f} nodes "
           f"(file system {fs_s:.0f} s, scheduler {sched_s:.0f} s for 10,000 movies)")
     if not args.model_only and args.particles:
-        report_class2d_runs(class2d_runs(root, args.particles, args.box, args.before_src), args)
+        report_class2d_runs(class2d_runs(root, args.particles, args.box, args.before_src, args.class2d_iter), args)
     report_class2d_model(args)
 
 
@@ -166,7 +169,7 @@ def _mib(values: list[int]) -> str:
 
 def report_class2d_runs(run, args) -> None:
     """Print what the class2d runs measured and check the bytes against :func:`sums_bytes`."""
-    print(f"\nclass2d EM, 2 iterations, K 4, psi 10°, {args.particles} particles of {args.box}²: "
+    print(f"\nclass2d EM, {args.class2d_iter} iteration(s), K 4, psi 10°, {args.particles} particles of {args.box}²: "
           f"1 process x 2 threads {run.one_s:.1f} s, 2 ranks x 1 thread {run.two_s:.1f} s")
     print("\n| iteration | window radius | bytes all-reduced per rank | predicted (sums_bytes) | "
           "bytes gathered to rank 0 |\n|---|---|---|---|---|")
@@ -183,6 +186,8 @@ def report_class2d_runs(run, args) -> None:
     print(f"packed particles: {resident_gb(args.particles, args.box) * 1e3:.0f} MB for all, "
           f"{resident_gb(args.particles / 2, args.box) * 1e3:.0f} MB per rank of 2")
     radius = run.radius.get(1, 0)
+    if run.one_iteration_s != run.one_iteration_s:  # NaN: one iteration only
+        return
     per_particle = run.one_iteration_s / args.particles
     model_pixels = window_pixels(args.model_box, args.model_box // 2 - 1)
     scale = args.model_k * (360 / args.model_psi_step) * model_pixels / (4 * 36 * window_pixels(args.box, radius))
