@@ -5,8 +5,9 @@ with the same seed: each rank reads only its shard of the particles and runs the
 selected particles it holds, the E-step sums are all-reduced, rank 0 gathers the assignments and
 writes. The outputs must agree: ≥ 98 % of the particles in the same class and the class averages
 within float tolerance (the sums are only added in a different order). A run continued under
-torchrun goes on as the uninterrupted one. More ranks than particles is a user error, reported
-before any rank joins. The shards themselves (rows, halves, the starting model's rows) are checked
+torchrun goes on as the uninterrupted one. A NaN image that only rank 1 reads stops both ranks
+with its message (rank 0 reports it instead of waiting). More ranks than particles is a user
+error, reported before any rank joins. The shards themselves (rows, halves, the starting model's rows) are checked
 without torchrun.
 """
 
@@ -69,6 +70,26 @@ def test_two_gloo_ranks_classify_as_one_process(tmp_path):
     assert (c["rlnClassNumber"].to_numpy() == b["rlnClassNumber"].to_numpy()).all()
     np.testing.assert_allclose(mrcfile.read(tmp_path / "cont" / "run_it004_classes.mrcs"), refs_two,
                                atol=1e-5 * float(np.abs(refs_two).max()))
+
+
+@pytest.mark.slow
+def test_a_bad_image_in_one_ranks_shard_stops_every_rank_with_its_message(tmp_path):
+    """Rank 1 alone reads the NaN image (the second half); rank 0 must not wait for it."""
+    vitrify = [sys.executable, "-m", "vitrify"]
+    _run([*vitrify, "simulate", "particles", "--n", "4", "--box", "32", "--pixel-size", "4", "--seed", "1",
+          "--device", "cpu", "--out", "sim"], tmp_path)
+    with mrcfile.open(tmp_path / "sim/particles.mrcs", "r+") as stack:
+        stack.data[3, 5, 5] = np.nan
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "OMP_NUM_THREADS": "1", "VITRIFY_QUIET": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "vitrify", "class2d", "--i", "sim/particles.star", "--K", "1", "--particle-diameter",
+                           "100", "--threads", "1", "--o", "bad"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=240, check=False)
+    assert done.returncode != 0
+    log = (tmp_path / "bad" / "run.log").read_text()  # rank 0's
+    assert "particles.mrcs" in log and "(read by rank 1)" in log and "finite" in log, log[-2000:]
+    assert (tmp_path / "bad" / "RELION_JOB_EXIT_FAILURE").exists()
 
 
 def test_more_ranks_than_particles_is_a_user_error(monkeypatch):

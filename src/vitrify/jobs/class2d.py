@@ -282,7 +282,7 @@ def _classify(options: Options, job_dir: Path, inp: InputParticles, diameter_px:
     window = make_window(inp.box_px)
     load = partial(load_particles, inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak,
                    device)
-    particles = load(None if ranks is None else np.arange(start_row, stop_row))
+    particles = load(None) if ranks is None else _load_shard(load, ranks)
     sampling = make_sampling(options.psi_step_deg, options.offset_range_px, options.offset_step_px, device)
     if state:
         model, moments, start = state.model, state.moments, state.iteration + 1
@@ -309,6 +309,19 @@ def _classify(options: Options, job_dir: Path, inp: InputParticles, diameter_px:
     clf.run(start, writer)
     _report_memory(clf, writer.log)
     return iteration_paths(job_dir, options.root, options.iterations)["data"]
+
+
+def _load_shard(load, ranks: Ranks) -> ParticleSet:
+    """Read this rank's shard; a rank that cannot read its particles (a NaN image, a bad stack)
+    stops every rank with its message, so that none waits for it (and rank 0 reports it)."""
+    try:
+        particles, error = load(np.arange(*ranks.rows)), ""
+    except InputError as err:
+        particles, error = None, str(err)
+    for rank, text in enumerate(ranks.all_gather_text(error)):
+        if text:
+            raise InputError(text if rank == ranks.rank else f"{text} (read by rank {rank})")
+    return particles
 
 
 def _report_memory(clf: Classifier2D, log) -> None:

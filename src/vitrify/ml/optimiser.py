@@ -116,6 +116,14 @@ class Ranks:
         dist.all_gather(out, mine)
         return [t.tolist() for t in out]
 
+    def all_gather_text(self, text: str) -> list[str]:
+        """``text`` of every rank, in rank order, on every rank (a message, an error)."""
+        import torch.distributed as dist
+
+        out: list[object] = [None] * self.world
+        dist.all_gather_object(out, text)
+        return [str(t) for t in out]
+
     def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor | None:
         """Gather every rank's rows ``tensor`` ``(rows, ...)``, concatenated in row order, on
         rank 0 ``(n_total, ...)``; None on the other ranks. Shards are padded to the largest."""
