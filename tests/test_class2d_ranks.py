@@ -134,3 +134,22 @@ def test_the_starting_rows_alone_give_the_starting_model_of_all_particles():
     wrong = ParticleSet(ft=full.ft[-len(rows):], ctf=full.ctf[-len(rows):], group=group[-len(rows):], n_groups=2,
                         offset_px=torch.zeros(len(rows), 2))  # other rows: another model (the check can fail)
     assert not torch.equal(initial_sigma2(wrong, window, n_per_group=8), initial_sigma2(full, window, n_per_group=8))
+
+
+def test_each_rank_can_check_only_the_stacks_of_its_own_rows(tmp_path):
+    from _ml_synth import write_star_dataset
+
+    from vitrify.io.star import read_star_optics, write_star_optics
+    from vitrify.jobs._class2d_data import check_rows, validate_input
+
+    star, _ = write_star_dataset(tmp_path, n_per_class=2, n=32)
+    table = read_star_optics(star, "particles")
+    data = table.data.copy()
+    data.loc[data.index[-1], "rlnImageName"] = "000001@missing.mrcs"  # the last row: the last rank's shard
+    write_star_optics(star, table.optics, data, "particles")
+    with pytest.raises(InputError, match="missing.mrcs"):
+        validate_input(star, 2, True)
+    inp = validate_input(star, 2, True, check_stacks=False)  # ranks: metadata here, stacks per shard
+    check_rows(inp, np.arange(len(data) - 1))
+    with pytest.raises(InputError, match="missing.mrcs: image stack not found"):
+        check_rows(inp, np.arange(len(data) - 1, len(data)))

@@ -40,6 +40,7 @@ class InputParticles:
     pixel_size_angst: float
     base_dir: Path
     group_index: np.ndarray  # (N,) 0-based optics group per particle
+    path: Path = Path("particles.star")  # the STAR file (named by errors)
 
     @property
     def n_particles(self) -> int:
@@ -83,8 +84,12 @@ def _check_stacks(names: pd.Series, base_dir: Path, box_px: int, path: Path) -> 
                              expected=f"{box_px}x{box_px} (rlnImageSize of {path.name})")
 
 
-def validate_input(path: str | Path, n_classes: int, do_ctf: bool) -> InputParticles:
-    """Read and check particles.star; raises :class:`InputError` on anything wrong."""
+def validate_input(path: str | Path, n_classes: int, do_ctf: bool, check_stacks: bool = True) -> InputParticles:
+    """Read and check particles.star; raises :class:`InputError` on anything wrong.
+
+    ``check_stacks`` False leaves the image stacks to :func:`check_rows` (data-parallel ranks each
+    check the stacks of their own shard).
+    """
     path = Path(path)
     if not path.exists():
         raise InputError("file not found", path=path, expected="a RELION particles STAR file")
@@ -115,10 +120,17 @@ def validate_input(path: str | Path, n_classes: int, do_ctf: bool) -> InputParti
         base = _base_dir(path, names.iloc[0])
     except InputError as err:
         raise err.with_path(path) from None
-    _check_stacks(names, base, box, path)
+    if check_stacks:
+        _check_stacks(names, base, box, path)
     groups = merged["rlnOpticsGroup"].astype(int).to_numpy()
     _, group_index = np.unique(groups, return_inverse=True)
-    return InputParticles(star, box, float(pixels[0]), base, group_index.astype(np.int64))
+    return InputParticles(star, box, float(pixels[0]), base, group_index.astype(np.int64), path)
+
+
+def check_rows(inp: InputParticles, rows: np.ndarray) -> None:
+    """Check the stacks of the particles in ``rows`` ``(n,)`` as :func:`validate_input` checks all."""
+    names = inp.star.merged["rlnImageName"].astype(str).iloc[np.asarray(rows, dtype=np.int64)]
+    _check_stacks(names, inp.base_dir, inp.box_px, inp.path)
 
 
 def resident_bytes(n_particles: int, box_px: int) -> int:

@@ -26,8 +26,8 @@ import torch
 
 from vitrify.io.errors import InputError
 from vitrify.io.star import portable_image_names, portable_name
-from vitrify.jobs._class2d_data import (InputParticles, check_memory, load_particles, read_reference_stack,
-                                        start_rows, validate_input)
+from vitrify.jobs._class2d_data import (InputParticles, check_memory, check_rows, load_particles,
+                                        read_reference_stack, start_rows, validate_input)
 from vitrify.jobs._class2d_output import (
     data_table,
     iteration_paths,
@@ -256,7 +256,8 @@ def run(options: Options, job_dir: str | Path) -> Path:
     tune_host_allocator()
     state = resume_state(options, device) if options.continue_from else None
     options = state.options if state else options
-    inp = validate_input(options.input_star, options.n_classes, options.do_ctf)  # before compute
+    alone = int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1  # ranks check their shard's stacks
+    inp = validate_input(options.input_star, options.n_classes, options.do_ctf, check_stacks=alone)  # before compute
     diameter_px = options.particle_diameter_angst / inp.pixel_size_angst
     if diameter_px > inp.box_px:
         raise InputError(f"particle diameter {options.particle_diameter_angst} Å is {diameter_px:.0f} px",
@@ -282,7 +283,7 @@ def _classify(options: Options, job_dir: Path, inp: InputParticles, diameter_px:
     window = make_window(inp.box_px)
     load = partial(load_particles, inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak,
                    device)
-    particles = load(None) if ranks is None else _load_shard(load, ranks)
+    particles = load(None) if ranks is None else _load_shard(load, inp, ranks)
     sampling = make_sampling(options.psi_step_deg, options.offset_range_px, options.offset_step_px, device)
     if state:
         model, moments, start = state.model, state.moments, state.iteration + 1
@@ -311,11 +312,13 @@ def _classify(options: Options, job_dir: Path, inp: InputParticles, diameter_px:
     return iteration_paths(job_dir, options.root, options.iterations)["data"]
 
 
-def _load_shard(load, ranks: Ranks) -> ParticleSet:
-    """Read this rank's shard; a rank that cannot read its particles (a NaN image, a bad stack)
+def _load_shard(load, inp: InputParticles, ranks: Ranks) -> ParticleSet:
+    """Check and read this rank's shard; a rank that cannot read its particles (a NaN image, a bad stack)
     stops every rank with its message, so that none waits for it (and rank 0 reports it)."""
+    rows = np.arange(*ranks.rows)
     try:
-        particles, error = load(np.arange(*ranks.rows)), ""
+        check_rows(inp, rows)
+        particles, error = load(rows), ""
     except InputError as err:
         particles, error = None, str(err)
     for rank, text in enumerate(ranks.all_gather_text(error)):
