@@ -11,7 +11,6 @@ failures are checked without a launcher.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -73,6 +72,8 @@ def _executable(path: Path, text: str) -> None:
 
 @pytest.mark.slow
 def test_queue_template_runs_class2d_on_the_launchers_copies(tmp_path, monkeypatch):
+    from _ml_synth import write_star_dataset
+
     from vitrify.io.star import read_star
     from vitrify.jobs.options.class2d import Options, job_star_from_options
     from vitrify.pipeline.project import Project
@@ -90,12 +91,10 @@ def test_queue_template_runs_class2d_on_the_launchers_copies(tmp_path, monkeypat
     monkeypatch.setenv("VITRIFY_QUIET", "1")
     root = tmp_path / "project"
     project = Project.open(root)
-    subprocess.run([sys.executable, "-m", "vitrify", "simulate", "particles", "--n", "60", "--box", "32",
-                    "--pixel-size", "4", "--seed", "1", "--device", "cpu", "--out", "sim"], cwd=root,
-                   check=True, capture_output=True)
+    write_star_dataset(root / "sim", n_per_class=20, n=32)  # 60 particles
     (root / "qsub.sh").write_text(TEMPLATE)
     options = Options(input_star="sim/particles.star", n_classes=2, nr_iter=1, algorithm="em",
-                      particle_diameter_angst=100.0, psi_step_deg=15.0, threads=1, device="cpu", seed=1)
+                      particle_diameter_angst=84.0, psi_step_deg=15.0, threads=1, device="cpu", seed=1)
     name = project.add_job("relion.class2d", {**job_star_from_options(options), "do_queue": "Yes", "nr_mpi": "2",
                                               "qsub": "sbatch", "qsubscript": "qsub.sh"})
     monkeypatch.chdir(root)

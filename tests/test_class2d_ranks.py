@@ -75,16 +75,16 @@ def test_two_gloo_ranks_classify_as_one_process(tmp_path):
 @pytest.mark.slow
 def test_a_bad_image_in_one_ranks_shard_stops_every_rank_with_its_message(tmp_path):
     """Rank 1 alone reads the NaN image (the second half); rank 0 must not wait for it."""
-    vitrify = [sys.executable, "-m", "vitrify"]
-    _run([*vitrify, "simulate", "particles", "--n", "4", "--box", "32", "--pixel-size", "4", "--seed", "1",
-          "--device", "cpu", "--out", "sim"], tmp_path)
+    from _ml_synth import write_star_dataset
+
+    write_star_dataset(tmp_path / "sim", n_per_class=2, n=32)  # 6 particles: rows 0-1 rank 0, 2-5 rank 1
     with mrcfile.open(tmp_path / "sim/particles.mrcs", "r+") as stack:
-        stack.data[3, 5, 5] = np.nan
+        stack.data[5, 5, 5] = np.nan
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1", "VITRIFY_QUIET": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            "-m", "vitrify", "class2d", "--i", "sim/particles.star", "--K", "1", "--particle-diameter",
-                           "100", "--threads", "1", "--o", "bad"], cwd=tmp_path, env=env, capture_output=True,
+                           "84", "--threads", "1", "--o", "bad"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=240, check=False)
     assert done.returncode != 0
     log = (tmp_path / "bad" / "run.log").read_text()  # rank 0's
