@@ -14,6 +14,8 @@ goes on from that iteration's files.
 
 from __future__ import annotations
 
+import resource
+import time
 from pathlib import Path
 
 import torch
@@ -46,12 +48,14 @@ class _Writer:
 
     def __call__(self, state: RefineState) -> None:
         gold = self.setup.gold
-        self.log.info("iteration %d%s: order %d%s, offsets %.2f/%.2f px, window %d shells, resolution %.2f Å "
-                      "(best %.2f), pose changes %.2f° / %.2f px, pmax %.3f / %.3f", state.iteration,
+        self.log.info("iteration %d%s: next order %d%s, offsets %.2f/%.2f px, window %d shells, resolution %.2f Å "
+                      "(best %.2f), pose changes %.2f° / %.2f px, pmax %.3f / %.3f, cpu %.1f s, peak %.0f MB",
+                      state.iteration,
                       " (final)" if state.final else "", state.healpix_order,
                       " local" if state.local(gold.settings) else "", state.offset_range_px, state.offset_step_px,
                       state.radius, state.resolution_angst, state.best_resolution_angst, state.change_deg,
-                      state.change_offset_px, gold.halves[0].model.ave_pmax, gold.halves[1].model.ave_pmax)
+                      state.change_offset_px, gold.halves[0].model.ave_pmax, gold.halves[1].model.ave_pmax,
+                      time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
         while state.log:
             self.log.info(state.log.pop(0))
         next(self.bar, None)

@@ -29,6 +29,8 @@ from vitrify.ml.estep import EStepSums, phase_table, truncated_posterior
 from vitrify.ml.slices import PAD, fold_plane0
 
 FINE_CHILDREN = 27
+INSERT_FRACTION = 0.01  # fine rotations holding less of a particle's posterior are not back-projected
+MAX_STENCIL_STEPS = 2.0  # coarse stencil radius (steps): 33 rotations
 
 
 @dataclass(frozen=True)
@@ -144,11 +146,11 @@ class LocalGrid:
 
 def _scores(y: torch.Tensor, q: torch.Tensor, templates: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """``Re<y s_t, P_m> - 1/2 <q, |P_m|^2>``: ``(B, T, M)`` from ``y``, ``q`` ``(B, P)``, templates
-    ``(B, M, P)``, phase table ``(B, T, P)``."""
+    ``(B, M, P)``, phase table ``(B, T, P)`` (batched real GEMMs over ``[Re | Im]`` rows)."""
     ys = y[:, None, :] * table
-    cross = torch.einsum("btp,bmp->btm", ys.real, templates.real) + torch.einsum("btp,bmp->btm", ys.imag,
-                                                                                   templates.imag)
-    power = torch.einsum("bp,bmp->bm", q, templates.real ** 2 + templates.imag ** 2)
+    rows = torch.cat([templates.real, templates.imag], -1)  # (B, M, 2P)
+    cross = torch.bmm(torch.cat([ys.real, ys.imag], -1), rows.transpose(1, 2))
+    power = torch.bmm((templates.real ** 2 + templates.imag ** 2), q[:, :, None])[..., 0]  # (B, M)
     return cross - 0.5 * power[:, None, :]
 
 
@@ -194,7 +196,7 @@ def local_grid(order: int, sigma_deg: float, offset_range_px: float, offset_step
     from vitrify.ml.expectation import make_sampling
 
     step = angular_step_deg(order)
-    coarse = lattice_stencil(step, min(3.0 * sigma_deg / step, 4.0), device)
+    coarse = lattice_stencil(step, min(3.0 * sigma_deg / step, MAX_STENCIL_STEPS), device)
     fine = cube_stencil(step / 2.0, device)
     shifts = make_sampling(30.0, offset_range_px, offset_step_px, device).shifts_px
     ax = torch.tensor([-0.5, 0.0, 0.5], device=device) * offset_step_px
@@ -258,10 +260,11 @@ def _block(ref, grid, rots, idx, inv_sigma2, w, p, n, lg: LocalGrid, acc, sums: 
     parts.log_likelihood[idx] = log_norm
     parts.n_significant[idx] = n_sig
     ftable = phase_table(foffs.reshape(-1, 2), w.kx[:p], w.ky[:p], n).reshape(*foffs.shape[:2], p)
-    wd = torch.einsum("bmt,btp->bmp", weights.to(torch.complex64), y[:, None, :] * ftable)  # (B, 27, P)
     wm = weights.sum(2)  # (B, 27)
-    keep = wm > 1e-4
+    keep = wm >= INSERT_FRACTION
     bi, mi = torch.nonzero(keep, as_tuple=True)
+    ys = y[:, None, :] * ftable  # (B, 9, P)
+    wd = torch.complex(torch.bmm(weights, ys.real), torch.bmm(weights, ys.imag))  # (B, 27, P)
     insert_templates(wd[bi, mi], wm[bi, mi, None] * q[bi], rf[bi, mi], w.kx[:p], w.ky[:p], grid.shape[0], acc)
     _noise_terms(ref, grid, rf, weights, foffs, x, ctf, groups, w, p, n, sums)
     sums.class_weight += float(weights.sum())
