@@ -30,6 +30,7 @@ from vitrify.ml.slices import PAD, fold_plane0
 
 FINE_CHILDREN = 27
 INSERT_FRACTION = 0.01  # fine rotations holding less of a particle's posterior are not back-projected
+MAX_INSERTED = 6  # nor those beyond its 6 most probable (data and weight alike: their ratio stays unbiased)
 MAX_STENCIL_STEPS = 2.0  # coarse stencil radius (steps): 33 rotations
 
 
@@ -148,8 +149,8 @@ def _scores(y: torch.Tensor, q: torch.Tensor, templates: torch.Tensor, table: to
     """``Re<y s_t, P_m> - 1/2 <q, |P_m|^2>``: ``(B, T, M)`` from ``y``, ``q`` ``(B, P)``, templates
     ``(B, M, P)``, phase table ``(B, T, P)`` (batched real GEMMs over ``[Re | Im]`` rows)."""
     ys = y[:, None, :] * table
-    rows = torch.cat([templates.real, templates.imag], -1)  # (B, M, 2P)
-    cross = torch.bmm(torch.cat([ys.real, ys.imag], -1), rows.transpose(1, 2))
+    rows = torch.cat([templates.real, templates.imag], -1).transpose(1, 2).contiguous()  # (B, 2P, M)
+    cross = torch.bmm(torch.cat([ys.real, ys.imag], -1), rows)
     power = torch.bmm((templates.real ** 2 + templates.imag ** 2), q[:, :, None])[..., 0]  # (B, M)
     return cross - 0.5 * power[:, None, :]
 
@@ -261,7 +262,8 @@ def _block(ref, grid, rots, idx, inv_sigma2, w, p, n, lg: LocalGrid, acc, sums: 
     parts.n_significant[idx] = n_sig
     ftable = phase_table(foffs.reshape(-1, 2), w.kx[:p], w.ky[:p], n).reshape(*foffs.shape[:2], p)
     wm = weights.sum(2)  # (B, 27)
-    keep = wm >= INSERT_FRACTION
+    top = torch.topk(wm, MAX_INSERTED, dim=1)
+    keep = torch.zeros_like(wm, dtype=torch.bool).scatter_(1, top.indices, top.values >= INSERT_FRACTION)
     bi, mi = torch.nonzero(keep, as_tuple=True)
     ys = y[:, None, :] * ftable  # (B, 9, P)
     wd = torch.complex(torch.bmm(weights, ys.real), torch.bmm(weights, ys.imag))  # (B, 27, P)

@@ -205,7 +205,7 @@ class GoldStandard:
             st.best_resolution_angst, st.iters_wo_gain = st.resolution_angst, 0
         else:
             st.iters_wo_gain += 1
-        if st.change_deg < 0.98 * st.smallest_change_deg or st.change_offset_px < 0.98 * st.smallest_change_offset_px:
+        if self._large_changes():
             st.iters_wo_large_changes = 0
         else:
             st.iters_wo_large_changes += 1
@@ -223,6 +223,15 @@ class GoldStandard:
                           f"{st.healpix_order}")
             return
         self._finer_sampling()
+
+    def _large_changes(self) -> bool:
+        """Poses still move: the mean angular change shrank by more than 10 % and exceeds 1.5 fine steps
+        (or the offsets shrank by more than 10 % and exceed 1.5 fine offset steps)."""
+        st = self.state
+        fine_deg, fine_px = angular_step_deg(st.healpix_order) / 2.0, st.offset_step_px / 2.0
+        angles = st.change_deg < 0.9 * st.smallest_change_deg and st.change_deg > 1.5 * fine_deg
+        offsets = st.change_offset_px < 0.9 * st.smallest_change_offset_px and st.change_offset_px > 1.5 * fine_px
+        return angles or offsets
 
     def fine_enough(self) -> bool:
         """The fine angular step is below the arc of half a resolution element at the particle's
