@@ -19,7 +19,7 @@ baseline (4 σ of noise: pure noise gives no picks) replaces RELION's internal d
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -42,6 +42,8 @@ class LogPickOptions:
     n_scales: int = 5
     min_roundness: float = 0.2                # smaller / larger Hessian eigenvalue of a pick
     dark_area_contrast: float = 0.015         # no picks on a darker area (carbon); 0: off
+    crowded_coverage: float = 0.55            # picks' discs cover more of the free area: pick again smaller
+    crowded_scale: float = 0.6                # diameters × this in a crowded field (and the NMS distance)
 
     def __post_init__(self) -> None:
         if not 0 < self.diameter_min_angst <= self.diameter_max_angst:
@@ -283,7 +285,14 @@ def suppress_close(points: np.ndarray, scores: np.ndarray, min_distance: float) 
 
 
 def pick_log(micrograph: torch.Tensor, pixel_size_angst: float, opts: LogPickOptions) -> Picks:
-    """Pick particles on one micrograph.
+    """Pick particles on one micrograph; in a crowded field, again at smaller scales.
+
+    When the picks' discs (at the largest diameter) cover more than ``opts.crowded_coverage`` of
+    the area left free of carbon, neighbouring particles touch or overlap and blobs of the given
+    diameters merge two or three of them into one: the micrograph is picked again with the
+    diameters and the suppression distance scaled by ``opts.crowded_scale`` (a particle's own
+    dense core still answers the smaller kernels), and the second picks are kept when there are
+    more of them.
 
     Parameters
     ----------
@@ -296,6 +305,20 @@ def pick_log(micrograph: torch.Tensor, pixel_size_angst: float, opts: LogPickOpt
         Coordinates in the input micrograph's pixels, best FOM first. An empty
         micrograph (no peak above threshold) gives empty arrays.
     """
+    picks, free_fraction = _pick_once(micrograph, pixel_size_angst, opts)
+    area = free_fraction * micrograph.shape[0] * micrograph.shape[1] * pixel_size_angst ** 2
+    disc = math.pi * (0.5 * opts.diameter_max_angst) ** 2
+    if opts.crowded_scale >= 1.0 or len(picks) * disc <= opts.crowded_coverage * max(area, 1e-30):
+        return picks
+    smaller = replace(opts, diameter_min_angst=opts.diameter_min_angst * opts.crowded_scale,
+                      diameter_max_angst=opts.diameter_max_angst * opts.crowded_scale, crowded_scale=1.0)
+    again, _ = _pick_once(micrograph, pixel_size_angst, smaller)
+    return again if len(again) > len(picks) else picks
+
+
+def _pick_once(micrograph: torch.Tensor, pixel_size_angst: float, opts: LogPickOptions) -> tuple[Picks, float]:
+    """One pass of LoG picking at ``opts``' diameters on ``micrograph (ny, nx)``; also the fraction of
+    the micrograph not on carbon (1 where no dark area is found)."""
     if not torch.isfinite(micrograph).all():
         raise InputError("micrograph has non-finite pixels", field="pixel values",
                          expected="finite numbers")
@@ -313,6 +336,7 @@ def pick_log(micrograph: torch.Tensor, pixel_size_angst: float, opts: LogPickOpt
     crop = (slice(None), slice(pad, pad + shape[0]), slice(pad, pad + shape[1]))
     fom, scale = responses[crop].max(dim=0)
     round_at_best = roundness[crop].gather(0, scale[None])[0]
+    free = 1.0
     lower = opts.baseline_sigma + opts.threshold_adjust
     upper = opts.upper_threshold
     min_dist = opts.min_distance_fraction * opts.diameter_min_angst / work_px
@@ -323,6 +347,7 @@ def pick_log(micrograph: torch.Tensor, pixel_size_angst: float, opts: LogPickOpt
     if opts.dark_area_contrast > 0 and level > 2 * math.sqrt(noise_in):
         dark = dark_area(padded, pad, opts.diameter_max_angst / work_px, level, opts.dark_area_contrast)
         keep &= ~dark[peaks[:, 0], peaks[:, 1]]
+        free = 1.0 - float(dark.float().mean())
     peaks = peaks[keep].cpu().numpy()
     values = fom[peaks[:, 0], peaks[:, 1]].cpu().numpy() if len(peaks) else np.zeros(0)
     kept = suppress_close(peaks.astype(float), values, min_dist) if len(peaks) else np.zeros(0, int)
@@ -331,7 +356,7 @@ def pick_log(micrograph: torch.Tensor, pixel_size_angst: float, opts: LogPickOpt
     factor_x = micrograph.shape[1] / shape[1]
     size = diameters[scale[peaks[:, 0], peaks[:, 1]].cpu()].numpy() if len(peaks) else np.zeros(0)
     return Picks(x_px=peaks[:, 1] * factor_x, y_px=peaks[:, 0] * factor_y,
-                 figure_of_merit=values.astype(np.float64), diameter_angst=np.asarray(size, float))
+                 figure_of_merit=values.astype(np.float64), diameter_angst=np.asarray(size, float)), free
 
 
 def match_picks(picked_xy: np.ndarray, true_xy: np.ndarray, tolerance_px: float) -> tuple[float, float]:
