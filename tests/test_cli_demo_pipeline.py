@@ -36,7 +36,8 @@ def test_tiny_demo_runs_to_2d_and_reports_truth(tmp_path):
     # vitrify auto ran the schemes in rounds through the pipeliner; proc went back to WAIT after 2D
     proc = control.scheme_status(project, "proc")
     assert proc["state"] == "finished" and proc["current_node"] == "WAIT"
-    assert summary["schemes"]["proc"] == {"state": "finished", "current_node": "WAIT"}
+    assert summary["schemes"]["proc"] == {"state": "finished", "current_node": "WAIT", "current_nr_parts": 0.0,
+                                          "min_nr_parts_3d": demo.min_particles_3d}   # stopped after 2D
     assert summary["schemes"]["prep"]["current_node"] == "WAIT"
     assert {j["node"]: j["has_started"] for j in proc["jobs"]}["select_parts"] is False
     statuses = {record.name: record.status for record in Project.open(project).jobs()}

@@ -58,14 +58,18 @@ class PipelineDemo:
     idle_min: float = 0.5
     batch: int = 5
     until: str | None = None
-    min_particles_3d: int = 200
+    min_particles_3d: int = 150
     iterations_3d: int = 15
+    ini_subset_3d: int = 100
+    refine_local_sampling: str = "3.7 degrees"
+    refine_iterations: int = 10
     seed: int = 1
 
     def __post_init__(self) -> None:
         limits = {"movies": (1, 500), "size_px": (256, 8192), "particles_per_movie": (1, 1000),
                   "frames": (2, 200), "classes": (1, 200), "iterations": (1, 1000), "threads": (1, 256),
-                  "batch": (1, 500), "min_particles_3d": (1, 10**7), "iterations_3d": (1, 1000)}
+                  "batch": (1, 500), "min_particles_3d": (1, 10**7), "iterations_3d": (1, 1000),
+                  "ini_subset_3d": (1, 10**6), "refine_iterations": (1, 1000)}
         for name, (low, high) in limits.items():
             value = getattr(self, name)
             if not low <= value <= high:
@@ -92,7 +96,10 @@ def _auto_sets(demo: PipelineDemo) -> list[str]:
     keys = {"proc__select_mics__select_maxval": f"{demo.max_ctf_resolution_angst:g}",
             "proc__class2d__nr_classes": demo.classes, "proc__class2d__nr_iter_grad": demo.iterations,
             "proc__class2d__nr_threads": demo.threads, "proc__min_nr_parts_3d": demo.min_particles_3d,
-            "proc__inimodel3d__nr_iter": demo.iterations_3d}
+            "proc__inimodel3d__nr_iter": demo.iterations_3d,
+            "proc__inimodel3d__vitrify_ini_subset": demo.ini_subset_3d,
+            "proc__refine3d__auto_local_sampling": demo.refine_local_sampling,
+            "proc__refine3d__vitrify_max_iter": demo.refine_iterations}
     return [arg for key, value in keys.items() for arg in ("--set", f"{key}={value}")]
 
 

@@ -114,8 +114,9 @@ def _refined_text(refined: dict) -> str:
     if refined.get("postprocess_angst") is not None:
         reported.append(f"{refined['postprocess_angst']:.1f} Å after post-processing with the automatic solvent "
                         f"mask (B-factor {refined.get('bfactor_angst2') or 0:.0f} Å²)")
+    ended = f"; it {refined['ended']}" if refined.get("ended") else ""
     return (f"[bold]3D refinement.[/] Auto-refine from the initial model used {refined['particles']} particles "
-            f"({refined['box_px']}³ px at {refined['pixel_size_angst']:.2f} Å/px). vitrify reports "
+            f"({refined['box_px']}³ px at {refined['pixel_size_angst']:.2f} Å/px{ended}). vitrify reports "
             f"{'; '.join(reported) or 'no resolution'}. Against the true map (aligned"
             f"{', hand flipped' if refined['hand_flipped'] else ''}) the refined map's FSC falls to 0.5 at "
             f"{refined['fsc_05_angst']:.1f} Å and to 0.143 at {refined['fsc_0143_angst']:.1f} Å. "

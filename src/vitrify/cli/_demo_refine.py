@@ -41,6 +41,7 @@ def refined_summary(out: Path, project: Path, jobs: dict[str, str], structure: s
     refine = project / jobs["refine3d"]
     result = compare_to_truth(out, refine / "run_class001.mrc", structure, "refined_map", refine / "run_data.star")
     result["gold_standard_angst"] = _value(refine / "run_model.star", "model_general", "rlnCurrentResolution")
+    result["ended"] = _how_it_ended(refine / "run.log")
     files = [result["truth_map"], result["aligned_map"]]
     if "postprocess" in jobs:
         post = project / jobs["postprocess"]
@@ -50,6 +51,17 @@ def refined_summary(out: Path, project: Path, jobs: dict[str, str], structure: s
         files.append(result["postprocess_map"])
     result["chimerax"] = "chimerax " + " ".join(files)
     return result
+
+
+def _how_it_ended(run_log: Path) -> str:
+    """``converged at iteration 12: ...`` or ``stopped at the iteration limit (10)`` from the job's log."""
+    try:
+        lines = run_log.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    ends = [line.split(" INFO ", 1)[-1] for line in lines if "converged at iteration" in line
+            or "stopped at the iteration limit" in line]
+    return ends[-1].strip() if ends else ""
 
 
 def _stamp(text: str) -> float:
