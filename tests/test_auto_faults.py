@@ -182,3 +182,23 @@ def test_a_full_disk_met_by_vitrify_auto_itself_ends_the_run_in_one_line(tmp_pat
     assert gone.failed() is None and not gone.done()                        # waits up to --idle
     gone.scan()
     assert "the session folder has gone (for 6 s)" in str(gone.failed())
+
+
+def test_the_dashboard_shows_a_session_gone_while_waited_for_and_the_last_stop_reason(tmp_path):
+    from vitrify.web._auto import auto_problems
+
+    log = tmp_path / "Auto" / "auto.log"
+    log.parent.mkdir()
+    lines = ["vitrify auto: /s -> /p, until stage ctf, idle 600 s",
+             "the session folder /s has gone (unmounted or moved?): no new movie is read; ...",
+             "the session folder /s is back after 5 s: reading movies again",
+             "the session folder /s has gone (unmounted or moved?): no new movie is read; ..."]
+
+    def write(*messages: str) -> list[str]:
+        log.write_text("".join(f"2026-12-07 01:00:00.000 +1.0s {m}\n" for m in messages))
+        return [p["message"] for p in auto_problems(tmp_path)]
+    assert write(*lines[:3]) == []                                           # gone, then back: nothing
+    assert write(*lines) == [lines[3]]                                       # gone now: shown while waited for
+    assert write(*lines, "vitrify auto failed: /s: the session folder has gone (for 600 s)") == \
+        ["/s: the session folder has gone (for 600 s)"]                      # the run's stop reason
+    assert write(*lines, "vitrify auto failed: x", "vitrify auto: /s -> /p, until stage ctf") == []   # a new run
