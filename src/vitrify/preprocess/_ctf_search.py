@@ -5,7 +5,7 @@
    through the *same* filter: minus their moving average over one CTF² period of that
    candidate (local background; ``sin²`` averages to ½ over a whole period whatever its
    phase), the data also divided by it (rings as a fraction of the background). Scored by
-   Pearson correlation over the band: no background model to go wrong when rings are faint,
+   the projection on the unit-norm model over the band: no background model to go wrong when rings are faint,
    and no local-minimum trap (every candidate is tried, then the best is refined finely).
 2. :func:`refine_astigmatism_2d` — on the 2D spectrum (relative to its ring-free radial
    background, whitened per radius, the model weighted by the ring envelope) a coarse grid
@@ -105,7 +105,7 @@ def _projection_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def search_defocus_1d(profile: np.ndarray, counts: np.ndarray, s: np.ndarray, band: np.ndarray,
                       optics: Optics, px_per: float, defocus_range: tuple[float, float, float],
                       ) -> tuple[float, float]:
-    """Best mean defocus (Å) and its correlation: exhaustive search, then a finer one around the best.
+    """Best mean defocus (Å) and its score: exhaustive search, then a finer one around the best.
 
     Parameters
     ----------

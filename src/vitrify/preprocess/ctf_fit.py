@@ -173,7 +173,7 @@ def _band_limits(spectrum: Spectrum, search: CtfSearch, pixel_size_angst: float)
 
 
 def search_mean_defocus(spectrum: Spectrum, optics: CtfParams, search: CtfSearch) -> tuple[float, float, float]:
-    """Step 2: mean defocus (Å), phase shift (°) and 1D correlation, over every candidate (and phase)."""
+    """Step 2: mean defocus (Å), phase shift (°) and 1D score, over every candidate (and phase)."""
     s_lo, s_hi = _band_limits(spectrum, search, optics.pixel_size_angst)
     band = (spectrum.s >= s_lo) & (spectrum.s <= s_hi)
     ranges = (search.defocus_min_angst, search.defocus_max_angst, search.defocus_step_angst)
