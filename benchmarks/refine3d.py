@@ -53,7 +53,7 @@ def diameter_angst(data: Path) -> float:
 
 
 def refine(data: Path, job: Path, sym: str, diameter: float, threads: int, extra: list[str]) -> dict:
-    """Run ``vitrify refine3d``; wall, CPU and peak memory of the subprocess."""
+    """Run ``vitrify refine3d``; wall and CPU of the subprocess, its peak memory from run.log."""
     cmd = [sys.executable, "-m", "vitrify", "-q", "refine3d", "--i", str(data / "particles.star"),
            "--ref", str(data / "truth_map.mrc"), "--o", str(job), "--particle-diameter", f"{diameter:.1f}",
            "--sym", sym, "--threads", str(threads), *extra]
@@ -65,7 +65,13 @@ def refine(data: Path, job: Path, sym: str, diameter: float, threads: int, extra
     if proc.returncode:
         raise SystemExit(f"refine3d failed on {data}:\n{proc.stderr[-2000:]}")
     return {"wall": wall, "cpu": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
-            "peak_mb": after.ru_maxrss / 1024, "command": " ".join(cmd)}
+            "peak_mb": peak_mb(job), "command": " ".join(cmd)}
+
+
+def peak_mb(job: Path) -> float:
+    """The job's peak resident memory (MB), the last ``peak`` of run.log (the process's own maximum)."""
+    found = re.findall(r"peak ([\d.]+) MB", (job / "run.log").read_text())
+    return float(found[-1]) if found else math.nan
 
 
 def iterations(job: Path) -> list[tuple[float, float]]:

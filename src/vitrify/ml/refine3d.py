@@ -152,12 +152,19 @@ class GoldStandard:
 
     # -- maps --------------------------------------------------------------------------------
     def _half_fsc(self, results: list[HalfResult], radius: int) -> torch.Tensor:
-        """Gold-standard FSC of the halves' unregularised averages (in the solvent mask when given)."""
+        """Gold-standard FSC of the halves' unregularised averages: in Fourier space on the particles' grid
+        (C1, no mask); for a point group of the symmetrised averages (the searches cover the asymmetric
+        unit, so each half's raw sums hold one copy of every view: RELION symmetrises its back-projectors
+        before comparing); in the solvent mask when ``--solvent-flatten-fsc``."""
         a, b = results
-        if self.fsc_mask is None:
+        sym = self.settings.symmetry.strip().upper() != "C1"
+        if self.fsc_mask is None and not sym:
             return grid_fsc(a.data, a.weight, b.data, b.weight, self.n)
         v = [unregularised_volume(r.data, r.weight, self._shells(), radius, self.n) for r in results]
-        return half_map_fsc(v[0], v[1], self.fsc_mask.to(v[0].device))
+        if sym:
+            v = [symmetrise(x[None], self.settings.symmetry)[0] for x in v]
+        mask = None if self.fsc_mask is None else self.fsc_mask.to(v[0].device)
+        return half_map_fsc(v[0], v[1], mask)
 
     def _shells(self) -> torch.Tensor:
         return self.halves[0].shells
