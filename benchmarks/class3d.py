@@ -85,10 +85,11 @@ def reference(data: Path, start: str) -> Path:
 
 def run_job(data: Path, job: Path, args: argparse.Namespace, diameter_angst: float) -> dict:
     """``vitrify class3d`` in a child process: wall, CPU and peak RSS of the child."""
-    cmd = [sys.executable, "-m", "vitrify", "-q", "class3d", "--i", str(data / "particles.star"), "--ref",
+    particles = data / ("truth.star" if args.sigma_ang > 0 else "particles.star")  # poses for local searches
+    cmd = [sys.executable, "-m", "vitrify", "-q", "class3d", "--i", str(particles), "--ref",
            str(reference(data, args.start)), "--o", str(job), "--K", "2", "--particle-diameter", str(diameter_angst),
            "--ini-high", str(args.ini_high), "--iter", str(args.iter), "--healpix-order", str(args.healpix_order),
-           "--threads", str(args.threads), "--seed", str(args.seed)]
+           "--threads", str(args.threads), "--seed", str(args.seed), "--sigma-ang", str(args.sigma_ang)]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, "VITRIFY_QUIET": "1"})
     _, status, usage = os.wait4(proc.pid, 0)
@@ -145,24 +146,29 @@ def main() -> None:
     parser.add_argument("--ini-high", type=float, default=60.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sigma-ang", type=float, default=0.0,
+                        help="> 0: local searches around the true poses (truth.star as input, standing in for a "
+                             "consensus refinement's poses)")
     parser.add_argument("--start", choices=("one", "two"), default="one",
                         help="one: K classes from state 1's map (RELION's usual start); two: each state's map")
     args = parser.parse_args()
     rows = []
     for name in args.sets.split(","):
         data = simulate(name, args, args.out / f"{name}_n{args.n}_box{args.box}_snr{args.snr}")
-        job = args.out / f"{name}_job_it{args.iter}_o{args.healpix_order}_{args.start}"
+        search = f"local{args.sigma_ang:g}" if args.sigma_ang > 0 else "global"
+        job = args.out / f"{name}_job_it{args.iter}_o{args.healpix_order}_{args.start}_{search}"
         cost = run_job(data, job, args, SETS[name][2])
-        row = {"set": name, "start": args.start, "n": args.n, "box": args.box, "snr": args.snr,
+        row = {"set": name, "start": args.start, "search": search, "n": args.n, "box": args.box, "snr": args.snr,
                **evaluate(data, job, args.iter), **cost}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print("| set | start | particles | box | SNR | right class | state 1: FSC 0.5 / 0.143 (class %) | "
+    print("| set | start | search | particles | box | SNR | right class | state 1: FSC 0.5 / 0.143 (class %) | "
           "state 2: FSC 0.5 / 0.143 (class %) | wall s | CPU s | peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         s1, s2 = r["state1"], r["state2"]
-        print(f"| {r['set']} | {r['start']} | {r['n']} | {r['box']} | {r['snr']} | {r['right_class_pct']:.1f} % | "
+        print(f"| {r['set']} | {r['start']} | {r['search']} | {r['n']} | {r['box']} | {r['snr']} | "
+              f"{r['right_class_pct']:.1f} % | "
               f"{s1['fsc05_angst']:.1f} / {s1['fsc0143_angst']:.1f} Å ({s1['fraction_pct']:.0f} %) | "
               f"{s2['fsc05_angst']:.1f} / {s2['fsc0143_angst']:.1f} Å ({s2['fraction_pct']:.0f} %) | "
               f"{r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['peak_mb']:.0f} |")

@@ -52,7 +52,7 @@ def test_bad_inputs_fail_in_one_line_before_any_output(few, tmp_path, capsys):
         "fewer particles than classes": (["--K", "30"], "30 classes requested for 20 particles"),
         "missing reference": (["--ref", str(tmp_path / "nothing.mrc")], "file not found"),
         "unknown point group": (["--sym", "X7"], "C1, Cn, Dn"),
-        "local searches": (["--sigma-ang", "5"], "local angular searches"),
+        "local searches without poses": (["--sigma-ang", "5"], "need the particles' poses"),
     }
     for name, (args, text) in cases.items():
         out = tmp_path / name.replace(" ", "_")
@@ -147,3 +147,17 @@ def test_two_references_sort_a_complex_from_its_subunit(complex_and_subunit, tmp
                           "--healpix-order", "0", "--ini-high", "40"], capsys)
     assert code == 0, output
     assert _right_class(folder, job, 5) >= 0.85
+
+
+def test_local_searches_from_poses_sort_a_complex_from_its_subunit(complex_and_subunit, tmp_path, capsys):
+    """One reference, K 2, local searches (--sigma-ang 5, HEALPix order 2) around poses given with the
+    particles (here the true ones, as a consensus refinement would give): the random seeds separate into
+    the two states; >= 90 % of the particles in their state's class after 4 iterations (measured 96.5 %;
+    chance: 50 %)."""
+    folder = complex_and_subunit
+    job = tmp_path / "job"
+    code, output = _main(["class3d", "--i", str(folder / "truth.star"), "--ref", str(folder / "truth_map.mrc"),
+                          "--o", str(job), "--K", "2", "--particle-diameter", "110", "--iter", "4",
+                          "--healpix-order", "2", "--sigma-ang", "5"], capsys)
+    assert code == 0, output
+    assert max(_right_class(folder, job, 4), 1 - _right_class(folder, job, 4)) >= 0.9

@@ -43,9 +43,12 @@ def check_inputs(options: Options, inp: InputParticles) -> float:
     from vitrify.core.symmetry import parse_symmetry
     from vitrify.ml.schedules import auto_subsets_inimodel
 
-    if options.sigma_ang_deg > 0:
-        raise InputError(f"local angular searches (--sigma-ang {options.sigma_ang_deg:g}) are not available in "
-                         "vitrify class3d yet", field="--sigma-ang", expected="0 (global searches)")
+    poses = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+    if options.sigma_ang_deg > 0 and not all(c in inp.star.data.columns for c in poses):
+        raise InputError(f"local angular searches (--sigma-ang {options.sigma_ang_deg:g}) need the particles' poses",
+                         path=options.input_star, field="rlnAngleRot/Tilt/Psi",
+                         expected="particles with poses (a refinement's or classification's data.star), or "
+                                  "--sigma-ang 0")
     try:
         parse_symmetry(options.symmetry)
     except InputError as err:
@@ -101,7 +104,10 @@ def run(options: Options, job_dir: str | Path) -> Path:
     start = volume if volume is not None else resume.refs
     seeds = all(torch.equal(start[0], v) for v in start)  # K classes from one reference: random seeds
     ref = Classifier3D(_settings(options, diameter_px, device, mask is not None), model, particles, window,
-                       sampling, mask=mask, seed_classes=seeds)
+                       sampling, mask=mask, seed_classes=seeds, sigma_ang_deg=options.sigma_ang_deg)
+    if options.sigma_ang_deg > 0 and resume is None:
+        poses = inp.star.data[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(dtype="float64")
+        ref.angles_deg = torch.tensor(poses, device=ref.angles_deg.device)
     first = 1 if resume is None else resume.iteration + 1
     writer = Class3DWriter(options, job_dir, inp, ref, first)
     if resume is None:

@@ -94,10 +94,22 @@ def random_classes(n_particles: int, n_classes: int, seed: int) -> torch.Tensor:
 class Classifier3D(Refiner3D):
     """:class:`Refiner3D` with RELION's class3d start (random seeding) and an optional solvent mask."""
 
-    def __init__(self, *args, mask: torch.Tensor | None = None, seed_classes: bool = True, **kwargs) -> None:
+    def __init__(self, *args, mask: torch.Tensor | None = None, seed_classes: bool = True, sigma_ang_deg: float = 0.0,
+                 **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.mask = None if mask is None else mask.to(self.model.refs.device).float()
         self.seed_classes = seed_classes and self.model.n_classes > 1
+        self.sigma_ang_deg = float(sigma_ang_deg)
+
+    def estep(self, indices: torch.Tensor, halves: int, max_sig: int, half_of: torch.Tensor | None = None,
+              grids: torch.Tensor | None = None):
+        """The engine's global E-step, or with ``sigma_ang_deg`` > 0 local searches around the particles'
+        previous poses (:func:`vitrify.ml.class3d_local.local_class_estep`)."""
+        if self.sigma_ang_deg <= 0:
+            return super().estep(indices, halves, max_sig, half_of, grids)
+        from vitrify.ml.class3d_local import local_class_estep
+
+        return local_class_estep(self, indices, halves, self.sigma_ang_deg, half_of)
 
     def finish(self, sums, weight: torch.Tensor, mu: float, indices: torch.Tensor) -> None:
         """The engine's finish, with the solvent mask instead of the sphere when one is given."""

@@ -5,7 +5,7 @@ RELION-4's GUI runs ``relion_refine --i particles.star --ref ref.mrc --ini_high 
 --flatten_solvent --zero_mask --ctf --oversampling 1`` (its "7.5 degrees" sampling is HEALPix
 order 2 with one oversampling step; its job.star ``offset_step`` 1 is halved by the GUI, as
 for Class2D, so ``--offset-step 1`` here is job.star ``offset_step`` 0.5). Local searches
-(``do_local_ang_searches``, ``sigma_angles``) are refused for now: see docs/class3d.md.
+(``do_local_ang_searches``, ``sigma_angles`` / 3 = ``--sigma-ang``) search around the input poses.
 """
 
 from __future__ import annotations
@@ -49,17 +49,18 @@ def _write_algorithm(grad: bool, _owner) -> dict[str, str]:
 
 
 def _read_local(values) -> float:
-    """``sigma_angles`` when ``do_local_ang_searches`` is Yes, else 0 (global searches)."""
+    """RELION's GUI passes ``--sigma_ang sigma_angles / 3`` when ``do_local_ang_searches`` is Yes (its
+    ``sigma_angles`` is the search range, 3 sigma); 0 (global searches) otherwise."""
     if not flag(values, "do_local_ang_searches", False):
         return 0.0
     try:
-        return float(text(values, "sigma_angles", "5"))
+        return float(text(values, "sigma_angles", "5")) / 3.0
     except ValueError:
         raise InputError("not a number", field="sigma_angles", expected="an angle in degrees") from None
 
 
 def _write_local(sigma: float, _owner) -> dict[str, str]:
-    return {"do_local_ang_searches": yes_no(sigma > 0), "sigma_angles": number_text(sigma if sigma > 0 else 5.0)}
+    return {"do_local_ang_searches": yes_no(sigma > 0), "sigma_angles": number_text(3.0 * sigma if sigma > 0 else 5.0)}
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Options:
     healpix_order: int = setting(2, help="Coarse HEALPix order (2: 15°, oversampled to RELION's '7.5 degrees').",
                                  flag="--healpix-order", read=_read_sampling, write=_write_sampling)
     sigma_ang_deg: float = setting(0.0, help="Local angular searches around the input poses with this sigma "
-                                             "(0: global searches).", unit="deg", flag="--sigma-ang",
+                                             "(RELION --sigma_ang; 0: global).", unit="deg", flag="--sigma-ang",
                                    read=_read_local, write=_write_local)
     offset_range_px: float = setting(5.0, help="Offset search range.", unit="px", flag="--offset-range",
                                      star="offset_range")
