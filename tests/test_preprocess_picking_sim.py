@@ -71,11 +71,11 @@ def test_empty_ice_and_carbon_give_almost_no_picks():
 
 def test_crowded_field_of_touching_particles():
     """CFTR at 200 per 1024² field (the grid's dense-200: centres from 65 Å apart, 147 Å particles): blobs
-    of the given diameters merge neighbours (recall 0.47 before); picked again at 0.6 x the diameters."""
+    of the given diameters merge neighbours (recall 0.47 before); picked again at 0.55 x the diameters."""
     image, truth, diameter = _field("cftr", 50, 1, min_distance_angst=65.0, defocus_max_angst=25000.0)
     picks = pick_log(image, PIXEL_ANGST, LogPickOptions(0.8 * diameter, diameter))
     precision, recall = match_picks(np.stack([picks.x_px, picks.y_px], 1), truth, 0.25 * diameter / PIXEL_ANGST)
     single = pick_log(image, PIXEL_ANGST, LogPickOptions(0.8 * diameter, diameter, crowded_scale=1.0))
     _, recall_single = match_picks(np.stack([single.x_px, single.y_px], 1), truth, 0.25 * diameter / PIXEL_ANGST)
     assert len(truth) >= 45 and recall_single < 0.5, (len(truth), recall_single)   # measured 0.38
-    assert precision >= 0.85 and recall >= 0.7, (precision, recall)                 # measured 0.91, 0.78
+    assert precision >= 0.9 and recall >= 0.7, (precision, recall)                  # measured 0.95, 0.78

@@ -43,7 +43,7 @@ class LogPickOptions:
     min_roundness: float = 0.2                # smaller / larger Hessian eigenvalue of a pick
     dark_area_contrast: float = 0.015         # no picks on a darker area (carbon); 0: off
     crowded_coverage: float = 0.55            # picks' discs cover more of the free area: pick again smaller
-    crowded_scale: float = 0.6                # diameters × this in a crowded field (and the NMS distance)
+    crowded_scale: float = 0.55               # diameters × this in a crowded field (same NMS distance)
 
     def __post_init__(self) -> None:
         if not 0 < self.diameter_min_angst <= self.diameter_max_angst:
@@ -290,9 +290,9 @@ def pick_log(micrograph: torch.Tensor, pixel_size_angst: float, opts: LogPickOpt
     When the picks' discs (at the largest diameter) cover more than ``opts.crowded_coverage`` of
     the area left free of carbon, neighbouring particles touch or overlap and blobs of the given
     diameters merge two or three of them into one: the micrograph is picked again with the
-    diameters and the suppression distance scaled by ``opts.crowded_scale`` (a particle's own
-    dense core still answers the smaller kernels), and the second picks are kept when there are
-    more of them.
+    diameters scaled by ``opts.crowded_scale`` (a particle's own dense core still answers the
+    smaller kernels) but the same suppression distance in Å (two picks that close are one particle
+    twice), and the second picks are kept when there are more of them.
 
     Parameters
     ----------
@@ -311,7 +311,8 @@ def pick_log(micrograph: torch.Tensor, pixel_size_angst: float, opts: LogPickOpt
     if opts.crowded_scale >= 1.0 or len(picks) * disc <= opts.crowded_coverage * max(area, 1e-30):
         return picks
     smaller = replace(opts, diameter_min_angst=opts.diameter_min_angst * opts.crowded_scale,
-                      diameter_max_angst=opts.diameter_max_angst * opts.crowded_scale, crowded_scale=1.0)
+                      diameter_max_angst=opts.diameter_max_angst * opts.crowded_scale, crowded_scale=1.0,
+                      min_distance_fraction=opts.min_distance_fraction / opts.crowded_scale)
     again, _ = _pick_once(micrograph, pixel_size_angst, smaller)
     return again if len(again) > len(picks) else picks
 
