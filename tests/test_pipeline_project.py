@@ -90,15 +90,15 @@ def test_bad_requests_are_input_errors(tmp_path):
 
 def test_unavailable_job_type_fails_with_message_and_marker(tmp_path):
     project = Project.open(tmp_path)
-    name = project.add_job("relion.refine3d", {"fn_img": "Select/job002/particles.star"})
+    name = project.add_job("relion.polish", {"fn_data": "Refine3D/job002/run_data.star"})
     assert project.run_job(name, wait=True) == "Failed"
     job_dir = tmp_path / name
     assert (job_dir / "RELION_JOB_EXIT_FAILURE").exists()
     assert not (job_dir / "RELION_JOB_EXIT_SUCCESS").exists()
     err = " ".join((job_dir / "run.err").read_text().split())
-    assert "job type relion.refine3d is not available in vitrify yet" in err
+    assert "job type relion.polish is not available in vitrify yet" in err
     assert read_pipeline(tmp_path / "default_pipeline.star").processes[name].status == "Failed"
-    assert "run-job --job Refine3D/job001/job.star" in (job_dir / "note.txt").read_text()
+    assert "run-job --job Polish/job001/job.star" in (job_dir / "note.txt").read_text()
 
 
 def test_import_job_runs_and_records_output_nodes(tmp_path):
@@ -132,7 +132,8 @@ def test_registry_resolves_relion_labels():
     assert registry.resolve_job("relion.select", {"do_class_ranker": "No"}).__name__ == "vitrify.jobs.select"
     assert registry.resolve_job("relion.initialmodel", {}).__name__ == "vitrify.jobs.initialmodel"
     assert registry.resolve_job("relion.class3d", {}).__name__ == "vitrify.jobs.class3d"
-    for label in ("relion.refine3d",):
+    assert registry.resolve_job("relion.refine3d", {}).__name__ == "vitrify.jobs.refine3d"
+    for label in ("relion.polish", "relion.ctfrefine", "relion.multibody"):
         with pytest.raises(InputError, match=f"job type {label} is not available in vitrify yet"):
             registry.resolve_job(label, {})
     with pytest.raises(InputError, match="do_other = yes"):
