@@ -5,7 +5,7 @@ white noise at ``--snr``) of two states of a real structure shipped in an instal
 of each (the simulator draws each particle's state at random), runs ``vitrify class3d --K 2`` in a
 child process from the first state's true map (``--start one``; the job low-passes it to
 ``--ini-high`` 60 Å, as RELION does; ``--start two``: from both states' maps, one per class) with
-RELION's defaults otherwise (EM, T 4, offsets 5 / 1 px) unless ``--iter`` /
+RELION's defaults otherwise (EM, T 4; offsets 5 px in coarse steps of 1 px) unless ``--iter`` /
 ``--healpix-order`` say otherwise, and prints one table row per set:
 
 - % of particles in the right class (classes matched to the states by the better permutation);
@@ -89,7 +89,8 @@ def run_job(data: Path, job: Path, args: argparse.Namespace, diameter_angst: flo
     cmd = [sys.executable, "-m", "vitrify", "-q", "class3d", "--i", str(particles), "--ref",
            str(reference(data, args.start)), "--o", str(job), "--K", "2", "--particle-diameter", str(diameter_angst),
            "--ini-high", str(args.ini_high), "--iter", str(args.iter), "--healpix-order", str(args.healpix_order),
-           "--threads", str(args.threads), "--seed", str(args.seed), "--sigma-ang", str(args.sigma_ang)]
+           "--threads", str(args.threads), "--seed", str(args.seed), "--sigma-ang", str(args.sigma_ang),
+           "--offset-range", "5", "--offset-step", "1"]  # coarse 1 px (finer than RELION's 2), as recorded
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, "VITRIFY_QUIET": "1"})
     _, status, usage = os.wait4(proc.pid, 0)

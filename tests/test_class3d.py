@@ -144,7 +144,7 @@ def test_two_references_sort_a_complex_from_its_subunit(complex_and_subunit, tmp
     job = tmp_path / "job"
     code, output = _main(["class3d", "--i", str(folder / "particles.star"), "--ref", str(tmp_path / "refs.star"),
                           "--o", str(job), "--K", "2", "--particle-diameter", "110", "--iter", "5",
-                          "--healpix-order", "0", "--ini-high", "40"], capsys)
+                          "--healpix-order", "0", "--ini-high", "40", "--offset-step", "1"], capsys)
     assert code == 0, output
     assert _right_class(folder, job, 5) >= 0.85
 
@@ -158,6 +158,6 @@ def test_local_searches_from_poses_sort_a_complex_from_its_subunit(complex_and_s
     job = tmp_path / "job"
     code, output = _main(["class3d", "--i", str(folder / "truth.star"), "--ref", str(folder / "truth_map.mrc"),
                           "--o", str(job), "--K", "2", "--particle-diameter", "110", "--iter", "4",
-                          "--healpix-order", "2", "--sigma-ang", "5"], capsys)
+                          "--healpix-order", "2", "--sigma-ang", "5", "--offset-step", "1"], capsys)
     assert code == 0, output
     assert max(_right_class(folder, job, 4), 1 - _right_class(folder, job, 4)) >= 0.9

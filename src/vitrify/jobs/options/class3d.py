@@ -3,8 +3,8 @@
 RELION-4's GUI runs ``relion_refine --i particles.star --ref ref.mrc --ini_high 60 --K <K>
 --tau2_fudge 4 --iter 25 --healpix_order 2 --offset_range 5 --offset_step 2 --sym C1
 --flatten_solvent --zero_mask --ctf --oversampling 1`` (its "7.5 degrees" sampling is HEALPix
-order 2 with one oversampling step; its job.star ``offset_step`` 1 is halved by the GUI, as
-for Class2D, so ``--offset-step 1`` here is job.star ``offset_step`` 0.5). Local searches
+order 2 with one oversampling step; its job.star ``offset_step`` 1 is doubled by the GUI for the
+coarse pass, as for Class2D: ``--offset-step 2`` here, 1 px after oversampling). Local searches
 (``do_local_ang_searches``, ``sigma_angles`` / 3 = ``--sigma-ang``) search around the input poses.
 """
 
@@ -90,8 +90,8 @@ class Options:
                                    read=_read_local, write=_write_local)
     offset_range_px: float = setting(5.0, help="Offset search range.", unit="px", flag="--offset-range",
                                      star="offset_range")
-    offset_step_px: float = setting(1.0, help="Offset search step.", unit="px", flag="--offset-step",
-                                    star="offset_step", scale=2.0)
+    offset_step_px: float = setting(2.0, help="Offset search step (coarse; oversampled to half).", unit="px",
+                                    flag="--offset-step", star="offset_step", scale=2.0)
     do_ctf: bool = setting(True, help="CTF correction.", flag="--ctf/--no-ctf", star="do_ctf_correction")
     ctf_intact_first_peak: bool = setting(False, help="Ignore CTFs until first peak.",
                                           flag="--ctf-intact-first-peak", star="ctf_intact_first_peak")
