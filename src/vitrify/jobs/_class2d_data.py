@@ -256,3 +256,38 @@ def read_reference_stack(path: str | Path, inp: InputParticles, n_classes: int) 
         raise InputError("the stack holds NaN or infinite values", path=path, field="--ref",
                          expected="finite values")
     return torch.as_tensor(images, dtype=torch.float32)
+
+
+def diameter_in_px(diameter_angst: float, inp: InputParticles) -> float:
+    """``--particle-diameter`` in pixels; refused when it exceeds the box."""
+    diameter_px = diameter_angst / inp.pixel_size_angst
+    if diameter_px > inp.box_px:
+        raise InputError(f"particle diameter {diameter_angst} Å is {diameter_px:.0f} px", field="--particle-diameter",
+                         expected=f"at most the box, {inp.box_px} px")
+    return diameter_px
+
+
+def check_point_group(name: str) -> None:
+    """``--sym``: a point group vitrify knows (one line listing them otherwise)."""
+    from vitrify.core.symmetry import parse_symmetry
+
+    try:
+        parse_symmetry(name)
+    except InputError as err:
+        raise InputError(str(err.args[0]) if err.args else "unknown point group", field="--sym",
+                         expected="C1, Cn, Dn (n >= 1), T, O, I, I1, I2, I3 or I4") from None
+
+
+def check_engine3d_inputs(options, inp: InputParticles) -> float:
+    """The 3D engine jobs' checks that need the particles (point group, diameter, one VDAM mini-batch),
+    before any compute; returns the diameter in px."""
+    from vitrify.ml.schedules import auto_subsets_inimodel
+
+    check_point_group(options.symmetry)
+    diameter_px = diameter_in_px(options.particle_diameter_angst, inp)
+    if options.algorithm == "vdam":
+        need = options.ini_subset if options.ini_subset > 0 else auto_subsets_inimodel(inp.n_particles)[0]
+        if inp.n_particles < need:
+            raise InputError(f"{inp.n_particles} particles are fewer than one mini-batch ({need})", field="--i",
+                             expected=f"at least {need} particles (or a smaller --ini-subset)")
+    return diameter_px

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from vitrify.io.errors import InputError
-from vitrify.jobs._class2d_data import InputParticles
+from vitrify.jobs._class2d_data import InputParticles, diameter_in_px
 
 ANGLE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 MASK_TOLERANCE = 1e-3
@@ -124,10 +124,7 @@ def input_angles(inp: InputParticles) -> torch.Tensor | None:
 
 def check_particles(inp: InputParticles, diameter_angst: float, local_from_start: bool) -> float:
     """Checks that need the particles; returns the diameter in px."""
-    diameter_px = diameter_angst / inp.pixel_size_angst
-    if diameter_px > inp.box_px:
-        raise InputError(f"particle diameter {diameter_angst} Å is {diameter_px:.0f} px", field="--particle-diameter",
-                         expected=f"at most the box, {inp.box_px} px")
+    diameter_px = diameter_in_px(diameter_angst, inp)
     if inp.n_particles < 2:
         raise InputError(f"{inp.n_particles} particle(s)", field="--i", expected="at least 2 (two half-sets)")
     if local_from_start and input_angles(inp) is None:

@@ -26,7 +26,7 @@ import torch
 
 from vitrify.io.errors import InputError
 from vitrify.io.star import portable_image_names, portable_name
-from vitrify.jobs._class2d_data import (InputParticles, check_memory, check_rows, load_particles,
+from vitrify.jobs._class2d_data import (InputParticles, check_memory, check_rows, diameter_in_px, load_particles,
                                         read_reference_stack, start_rows, validate_input)
 from vitrify.jobs._class2d_output import (
     data_table,
@@ -258,10 +258,7 @@ def run(options: Options, job_dir: str | Path) -> Path:
     options = state.options if state else options
     alone = int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1  # ranks check their shard's stacks
     inp = validate_input(options.input_star, options.n_classes, options.do_ctf, check_stacks=alone)  # before compute
-    diameter_px = options.particle_diameter_angst / inp.pixel_size_angst
-    if diameter_px > inp.box_px:
-        raise InputError(f"particle diameter {options.particle_diameter_angst} Å is {diameter_px:.0f} px",
-                         field="--particle-diameter", expected=f"at most the box, {inp.box_px} px")
+    diameter_px = diameter_in_px(options.particle_diameter_angst, inp)
     user_refs = (read_reference_stack(options.reference_stack, inp, options.n_classes)
                  if options.reference_stack and not state else None)
     ranks, device = _join_ranks(device, inp.n_particles)

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from vitrify.io.errors import InputError
-from vitrify.jobs._class2d_data import InputParticles, check_memory, load_particles, validate_input
+from vitrify.jobs._class2d_data import (InputParticles, check_engine3d_inputs, check_memory, load_particles,
+                                        validate_input)
 from vitrify.jobs._class3d_input import Resume, read_mask, read_references, read_resume
 from vitrify.jobs._class3d_output import Class3DWriter
 from vitrify.jobs.base import job_logger
@@ -40,30 +41,13 @@ def _settings(options: Options, diameter_px: float, device: torch.device, has_ma
 
 def check_inputs(options: Options, inp: InputParticles) -> float:
     """Checks that need the particles (before any compute); returns the diameter in px."""
-    from vitrify.core.symmetry import parse_symmetry
-    from vitrify.ml.schedules import auto_subsets_inimodel
-
     poses = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
     if options.sigma_ang_deg > 0 and not all(c in inp.star.data.columns for c in poses):
         raise InputError(f"local angular searches (--sigma-ang {options.sigma_ang_deg:g}) need the particles' poses",
                          path=options.input_star, field="rlnAngleRot/Tilt/Psi",
                          expected="particles with poses (a refinement's or classification's data.star), or "
                                   "--sigma-ang 0")
-    try:
-        parse_symmetry(options.symmetry)
-    except InputError as err:
-        raise InputError(str(err.args[0]) if err.args else "unknown point group", field="--sym",
-                         expected="C1, Cn, Dn (n >= 1), T, O, I, I1, I2, I3 or I4") from None
-    diameter_px = options.particle_diameter_angst / inp.pixel_size_angst
-    if diameter_px > inp.box_px:
-        raise InputError(f"particle diameter {options.particle_diameter_angst} Å is {diameter_px:.0f} px",
-                         field="--particle-diameter", expected=f"at most the box, {inp.box_px} px")
-    if options.algorithm == "vdam":
-        need = options.ini_subset if options.ini_subset > 0 else auto_subsets_inimodel(inp.n_particles)[0]
-        if inp.n_particles < need:
-            raise InputError(f"{inp.n_particles} particles are fewer than one mini-batch ({need})", field="--i",
-                             expected=f"at least {need} particles (or a smaller --ini-subset)")
-    return diameter_px
+    return check_engine3d_inputs(options, inp)
 
 
 def _start(options: Options, resume: Resume | None, volume: torch.Tensor | None, inp: InputParticles, particles,

@@ -19,7 +19,8 @@ import torch
 from vitrify._progress import track
 from vitrify.io.errors import InputError
 from vitrify.io.star import portable_image_names, portable_name
-from vitrify.jobs._class2d_data import InputParticles, check_memory, load_particles, validate_input
+from vitrify.jobs._class2d_data import (InputParticles, check_engine3d_inputs, check_memory, load_particles,
+                                        validate_input)
 from vitrify.jobs._initialmodel_continue import resume_3d, state_path, write_state_3d
 from vitrify.jobs._initialmodel_output import (data_table_3d, iteration_paths, model_blocks_3d, sampling_block,
                                                write_sections_png, write_volumes)
@@ -28,7 +29,6 @@ from vitrify.jobs.options.initialmodel import (ALGORITHMS, DEFAULT_ITER, Options
                                               options_from_job_star)
 from vitrify.ml.expectation import make_sampling
 from vitrify.ml.inimodel import Iteration3D, Refiner3D, Settings3D
-from vitrify.ml.schedules import auto_subsets_inimodel
 from vitrify.ml.window import make_window
 
 
@@ -44,22 +44,7 @@ def _settings(options: Options, diameter_px: float, symmetry: str, device: torch
 
 def check_inputs(options: Options, inp: InputParticles) -> float:
     """Checks that need the particles (before any compute); returns the diameter in px."""
-    from vitrify.core.symmetry import parse_symmetry
-
-    try:
-        parse_symmetry(options.symmetry)
-    except InputError as err:
-        raise InputError(str(err.args[0]) if err.args else "unknown point group", field="--sym",
-                         expected="C1, Cn, Dn (n >= 1), T, O, I, I1, I2, I3 or I4") from None
-    diameter_px = options.particle_diameter_angst / inp.pixel_size_angst
-    if diameter_px > inp.box_px:
-        raise InputError(f"particle diameter {options.particle_diameter_angst} Å is {diameter_px:.0f} px",
-                         field="--particle-diameter", expected=f"at most the box, {inp.box_px} px")
-    if options.algorithm == "vdam":
-        need = options.ini_subset if options.ini_subset > 0 else auto_subsets_inimodel(inp.n_particles)[0]
-        if inp.n_particles < need:
-            raise InputError(f"{inp.n_particles} particles are fewer than one mini-batch ({need})", field="--i",
-                             expected=f"at least {need} particles (or a smaller --ini-subset)")
+    diameter_px = check_engine3d_inputs(options, inp)
     if options.reference:
         _check_reference(Path(options.reference), inp)
     return diameter_px
