@@ -136,4 +136,6 @@ def check_particles(inp: InputParticles, diameter_angst: float, local_from_start
 
 def ini_shell(box_px: int, pixel_size_angst: float, ini_high_angst: float) -> float:
     """The Fourier shell of ``--ini-high`` (at most Nyquist)."""
-    return min(box_px / 2.0, box_px * pixel_size_angst / ini_high_angst) if math.isfinite(ini_high_angst) else 0.0
+    if not math.isfinite(ini_high_angst) or ini_high_angst <= 0:
+        return 0.0
+    return min(box_px / 2.0, box_px * pixel_size_angst / ini_high_angst)

@@ -78,7 +78,8 @@ def prepare(options: Options, device: torch.device, log) -> Setup:
     state = RefineState(healpix_order=options.healpix_order, offset_range_px=options.offset_range_px,
                         offset_step_px=settings.offset_step_px,
                         radius=int(min(inp.box_px // 2 - 1, math.floor(shell) + settings.incr_size)))
-    start = lowpass_to_resolution(reference.volume, options.ini_high_angst, inp.pixel_size_angst) * solvent
+    # masked first, then low-passed: nothing beyond --ini-high on the box's grid is shared by the halves
+    start = lowpass_to_resolution(reference.volume * solvent, options.ini_high_angst, inp.pixel_size_angst)
     halves, index = make_halves(particles, subsets, (start.to(device), start.to(device)), window,
                                 engine_settings(options, diameter_px, device), state, inp.pixel_size_angst,
                                 max(options.offset_range_px, 1.0) / 2.0)

@@ -30,6 +30,9 @@ from vitrify.jobs.base import check_abort, job_logger
 from vitrify.jobs.options.refine3d import Options, job_star_from_options, options_from_job_star
 from vitrify.ml.refine3d import FinalMaps, RefineState
 
+#: ``vitrify pipeline run-job --continue`` continues from this job's own directory (its last optimiser.star)
+CONTINUES_FROM_JOB_DIR = True
+
 
 class _Writer:
     """Writes each iteration's files and the final ones; logs and advances the progress bar."""

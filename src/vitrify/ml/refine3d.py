@@ -170,11 +170,14 @@ class GoldStandard:
         return self.halves[0].shells
 
     def _finish_maps(self, volumes: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Point-group average, joined low resolution, solvent mask."""
-        sym = [symmetrise(v[None], self.settings.symmetry)[0] for v in volumes]
+        """Point-group average, solvent mask, then the joined low resolution: the shared (averaged) part stays
+        below ``join_halves_shell`` on the box's grid (masking after the join, RELION's order, spreads the
+        shared low resolution over the mask's Fourier width into both halves' next shells; on pure noise
+        that shared content made the halves agree 1-2 shells further)."""
+        mask = self.solvent_mask.to(volumes[0].device)
+        sym = [symmetrise(v[None], self.settings.symmetry)[0] * mask for v in volumes]
         a, b = join_low_resolution(sym[0], sym[1], self.settings.join_halves_shell)
-        mask = self.solvent_mask.to(a.device)
-        return [a * mask, b * mask]
+        return [a, b]
 
     def iterate(self) -> RefineState:
         """One gold-standard iteration (both halves); updates the maps, resolution and convergence."""

@@ -59,10 +59,15 @@ def job_name_of(job_star: Path, root: Path) -> str:
                          expected=f"a path below {root}") from None
 
 
-def continued(options: object) -> object:
-    """``options`` with the continue switches of :data:`CONTINUE_FIELDS` that it has turned on."""
+def continued(options: object, module: ModuleType | None = None, job_dir: Path | None = None) -> object:
+    """``options`` with the continue switches of :data:`CONTINUE_FIELDS` that it has turned on; a job
+    whose module says ``CONTINUES_FROM_JOB_DIR`` (refine3d: ``--continue <job dir>`` goes on from its last
+    optimiser.star) gets ``continue_from = job_dir`` unless job.star names a file."""
     names = {f.name for f in dataclasses.fields(options)} if dataclasses.is_dataclass(options) else set()
     changes = {k: v for k, v in CONTINUE_FIELDS.items() if k in names}
+    if (job_dir is not None and getattr(module, "CONTINUES_FROM_JOB_DIR", False) and "continue_from" in names
+            and not getattr(options, "continue_from")):
+        changes["continue_from"] = str(job_dir)
     return dataclasses.replace(options, **changes) if changes else options
 
 
@@ -93,7 +98,7 @@ def _prepare(job_star: Path, continue_: bool):
         write_job_star(job_star, JobStar(job.type_label, job.options, True))
     module = resolve_job(job.type_label, job.options)
     options = options_from_values(module, job.options)  # RELION options + vitrify_* rows
-    return module, (continued(options) if continue_ or job.is_continue else options)
+    return module, (continued(options, module, job_star.parent) if continue_ or job.is_continue else options)
 
 
 def execute_job(job_star: str | Path, *, continue_: bool = False, root: str | Path = ".") -> JobStatus:
@@ -156,7 +161,8 @@ def execute_rank(job_star: str | Path, *, continue_: bool = False, root: str | P
         job = read_job_star(project.root / name / "job.star")
         module = resolve_job(job.type_label, job.options)
         options = options_from_values(module, job.options)
-        run_job(module.run, continued(options) if continue_ or job.is_continue else options, Path(name))
+        run_job(module.run, continued(options, module, Path(name)) if continue_ or job.is_continue else options,
+                Path(name))
     except JobAborted:
         return 2
     except Exception as err:  # noqa: BLE001 - reported like rank 0's failures
