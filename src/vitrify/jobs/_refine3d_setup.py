@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from vitrify.jobs._class2d_data import InputParticles, check_memory, load_particles, validate_input
 from vitrify.jobs._refine3d_input import (check_particles, ini_shell, input_angles, random_subsets, read_reference,
                                           read_solvent_mask)
+from vitrify.jobs._ranks import attach_half_ranks, half_shards, join_ranks
 from vitrify.jobs.options.refine3d import Options
 from vitrify.ml.refine3d import GoldStandard, RefineSettings, RefineState
 
@@ -24,6 +27,7 @@ class Setup:
     subsets: torch.Tensor
     index: list
     gold: GoldStandard
+    ranks: object = None  # vitrify.ml.optimiser.Ranks under torchrun (each half's engine holds its part)
 
 
 def engine_settings(options: Options, diameter_px: float, device: torch.device):
@@ -68,11 +72,14 @@ def prepare(options: Options, device: torch.device, log) -> Setup:
     reference = read_reference(options.reference, inp)
     solvent, fsc_mask = masks(options, inp, diameter_px)
     subsets = split_halves(inp.n_particles, options.seed, random_subsets(inp))
-    check_memory(inp, device)
+    ranks, device = join_ranks(device, inp.n_particles, [int((subsets == h).sum()) for h in (1, 2)])
+    rows, local_subsets, index = half_shards(subsets, ranks)  # this rank's rows (all alone)
+    check_memory(inp, device, len(rows), 1 if ranks is None else int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if reference.note:
         log.info(reference.note)
     window = make_window(inp.box_px)
-    particles = load_particles(inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
+    load = partial(load_particles, inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
+    particles = load(rows)
     settings = refine_settings(options, inp, diameter_px)
     shell = ini_shell(inp.box_px, inp.pixel_size_angst, options.ini_high_angst)
     state = RefineState(healpix_order=options.healpix_order, offset_range_px=options.offset_range_px,
@@ -80,16 +87,16 @@ def prepare(options: Options, device: torch.device, log) -> Setup:
                         radius=int(min(inp.box_px // 2 - 1, math.floor(shell) + settings.incr_size)))
     # masked first, then low-passed: nothing beyond --ini-high on the box's grid is shared by the halves
     start = lowpass_to_resolution(reference.volume * solvent, options.ini_high_angst, inp.pixel_size_angst)
-    halves, index = make_halves(particles, subsets, (start.to(device), start.to(device)), window,
+    halves, local = make_halves(particles, local_subsets, (start.to(device), start.to(device)), window,
                                 engine_settings(options, diameter_px, device), state, inp.pixel_size_angst,
                                 max(options.offset_range_px, 1.0) / 2.0)
-    apply_input_angles(halves, index, input_angles(inp))
+    attach_half_ranks(halves, index, ranks, inp.group_index, load)
+    apply_input_angles(halves, [torch.as_tensor(rows)[i.cpu()] for i in local], input_angles(inp))
     for h, ref in enumerate(halves, 1):
-        log.info("half %d: %d particles; reference greyscale x %.4g", h, ref.particles.n_particles,
-                 correct_greyscale(ref))
+        log.info("half %d: %d particles; reference greyscale x %.4g", h, ref.n_total, correct_greyscale(ref))
     gold = GoldStandard(settings, halves, state, solvent.to(device), None if fsc_mask is None else fsc_mask.to(device),
                         local_estep_function())
-    return Setup(options, inp, diameter_px, subsets, index, gold)
+    return Setup(options, inp, diameter_px, subsets, index, gold, ranks)
 
 
 def apply_input_angles(halves, index, angles: torch.Tensor | None) -> None:

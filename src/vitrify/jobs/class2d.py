@@ -28,6 +28,7 @@ from vitrify.io.errors import InputError
 from vitrify.io.star import portable_image_names, portable_name
 from vitrify.jobs._class2d_data import (InputParticles, check_memory, check_rows, diameter_in_px, load_particles,
                                         read_reference_stack, start_rows, validate_input)
+from vitrify.jobs._ranks import join_ranks as _join_ranks
 from vitrify.jobs._class2d_output import (
     data_table,
     iteration_paths,
@@ -222,24 +223,6 @@ class _Writer(_Follower):
 
     def _diameter_angst(self) -> float:
         return self.clf.settings.particle_diameter_px * self.clf.model.pixel_size_angst
-
-
-def _join_ranks(device: torch.device, n_particles: int) -> tuple[Ranks | None, torch.device]:
-    """The data-parallel ranks under torchrun (None alone) and this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return None, device
-    if n_particles < world:
-        raise InputError(f"{world} ranks for {n_particles} particles", field="torchrun --nproc-per-node",
-                         expected=f"at most {n_particles} ranks")
-    import torch.distributed as dist
-
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Ranks(dist.get_rank(), dist.get_world_size(), n_particles), device
 
 
 def run(options: Options, job_dir: str | Path) -> Path:

@@ -7,20 +7,27 @@ box or pixel size differs, and the solvent mask), loads the particles, low-passe
 (:mod:`vitrify.ml.class3d`) and iterates with the 3D engine of the initial model
 (:class:`vitrify.ml.inimodel.Refiner3D`), writing RELION-4 files every iteration
 (:mod:`vitrify.jobs._class3d_output`). ``continue_from`` goes on from a written iteration.
+
+Under ``torchrun --nproc-per-node N`` it runs data-parallel (:mod:`vitrify.jobs._ranks`): each rank
+reads its shard of the particles (and the first rows for the starting noise spectra), the E-step
+sums are all-reduced, rank 0 gathers the assignments and alone writes.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vitrify.io.errors import InputError
 from vitrify.jobs._class2d_data import (InputParticles, check_engine3d_inputs, check_memory, load_particles,
-                                        validate_input)
+                                        start_rows, validate_input)
 from vitrify.jobs._class3d_input import Resume, read_mask, read_references, read_resume
 from vitrify.jobs._class3d_output import Class3DWriter
-from vitrify.jobs.base import job_logger
+from vitrify.jobs._ranks import (Follower, join_ranks, leave_ranks, lend_gathered, on_rank0, rank_logger,
+                                 shard_rows_of, world_size)
 from vitrify.jobs.options.class3d import DEFAULT_ITER, Options, job_star_from_options, options_from_job_star
 from vitrify.ml.class3d import Classifier3D, reference_start
 from vitrify.ml.expectation import make_sampling
@@ -72,7 +79,10 @@ def run(options: Options, job_dir: str | Path) -> Path:
     configure_threads(options.threads)
     torch.set_flush_denormal(True)
     tune_host_allocator()
-    log = job_logger(job_dir)
+    log = rank_logger(job_dir)
+    if options.continue_from and world_size() > 1:
+        raise InputError("--continue runs in one process", field="torchrun --nproc-per-node",
+                         expected="no torchrun (or 1 rank) to continue a classification")
     resume = read_resume(options) if options.continue_from else None
     if resume is not None:
         options = resume.options
@@ -80,27 +90,55 @@ def run(options: Options, job_dir: str | Path) -> Path:
     diameter_px = check_inputs(options, inp)
     mask = read_mask(options.solvent_mask, inp) if options.solvent_mask else None
     volume = read_references(options.reference, inp, options.n_classes, log) if resume is None else None
-    check_memory(inp, device)
+    ranks, device = join_ranks(device, inp.n_particles)
+    try:
+        return _classify(options, job_dir, inp, diameter_px, mask, volume, resume, ranks, device, log)
+    finally:
+        leave_ranks(ranks)
+
+
+def _classify(options: Options, job_dir: Path, inp: InputParticles, diameter_px: float, mask, volume, resume,
+              ranks, device: torch.device, log) -> Path:
+    """Load this rank's particles, start or resume, iterate; rank 0 (or the one process) writes."""
+    rows = shard_rows_of(ranks, inp.n_particles)
+    check_memory(inp, device, len(rows))
     window = make_window(inp.box_px)
-    particles = load_particles(inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
-    model = _start(options, resume, volume, inp, particles, window, diameter_px, mask, device)
+    load = partial(load_particles, inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
+    particles = load(rows)
+    start_set = particles if ranks is None or resume is not None else load(start_rows(inp.group_index))
+    model = _start(options, resume, volume, inp, start_set, window, diameter_px, mask, device)
+    del start_set  # under ranks: the first rows, read by every rank for the starting noise spectra
     sampling = make_sampling(30.0, options.offset_range_px, options.offset_step_px, device)
     start = volume if volume is not None else resume.refs
     seeds = all(torch.equal(start[0], v) for v in start)  # K classes from one reference: random seeds
     ref = Classifier3D(_settings(options, diameter_px, device, mask is not None), model, particles, window,
-                       sampling, mask=mask, seed_classes=seeds, sigma_ang_deg=options.sigma_ang_deg)
+                       sampling, mask=mask, seed_classes=seeds, sigma_ang_deg=options.sigma_ang_deg, ranks=ranks)
     if options.sigma_ang_deg > 0 and resume is None:
-        poses = inp.star.data[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(dtype="float64")
+        poses = inp.star.data[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"]].to_numpy(dtype="float64")[rows]
         ref.angles_deg = torch.tensor(poses, device=ref.angles_deg.device)
     first = 1 if resume is None else resume.iteration + 1
+    if ranks is not None and ranks.rank > 0:  # rank 0 writes; the others send it their assignments
+        follower = Follower(job_dir, [ref], partial(_due, options))
+        follower.write()
+        ref.run(first, follower)
+        return job_dir / f"{options.root}_it{options.iterations:03d}_model.star"
     writer = Class3DWriter(options, job_dir, inp, ref, first)
+    if ranks is not None:
+        writer.group_counts = [int(c) for c in np.bincount(inp.group_index, minlength=len(writer.group_names))]
+        lend_gathered(writer, "write", [ref])
     if resume is None:
         writer.write(0)
     else:
         ref.angles_deg = torch.tensor(resume.angles_deg, device=ref.angles_deg.device)
         log.info("continuing from iteration %d of %s", resume.iteration, options.input_star)
-    ref.run(first, writer)
+    ref.run(first, on_rank0(writer, job_dir, [ref], log))
     return job_dir / f"{options.root}_it{options.iterations:03d}_model.star"
+
+
+def _due(options: Options, info) -> bool:
+    """Whether rank 0 writes after iteration ``info`` (Class3DWriter's cadence)."""
+    it = info.iteration
+    return options.algorithm == "em" or it == options.iterations or it % options.grad_write_iter == 0
 
 
 __all__ = ["DEFAULT_ITER", "Options", "job_star_from_options", "options_from_job_star", "run"]

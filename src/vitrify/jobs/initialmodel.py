@@ -8,22 +8,30 @@ every ``grad_write_iter`` and the last). It ends with ``initial_model.mrc``: the
 ``choose_class``); for a point group other than C1 refined in C1 (``run_c1``, RELION's default) its
 symmetry axes are found, the map is turned into RELION's standard orientation and symmetrised, as
 ``relion_align_symmetry --apply_sym --select_largest_class`` does.
+
+Under ``torchrun --nproc-per-node N`` it runs data-parallel (:mod:`vitrify.jobs._ranks`): each rank
+reads its shard of the particles (and the first rows for the blob start), the E-step sums are
+all-reduced, rank 0 gathers the assignments and alone writes.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vitrify._progress import track
 from vitrify.io.errors import InputError
 from vitrify.io.star import portable_image_names, portable_name
 from vitrify.jobs._class2d_data import (InputParticles, check_engine3d_inputs, check_memory, load_particles,
-                                        validate_input)
+                                        start_rows, validate_input)
 from vitrify.jobs._initialmodel_continue import resume_3d, state_path, write_state_3d
 from vitrify.jobs._initialmodel_output import (data_table_3d, iteration_paths, model_blocks_3d, sampling_block,
                                                write_sections_png, write_volumes)
+from vitrify.jobs._ranks import (Follower, join_ranks, leave_ranks, lend_gathered, on_rank0, shard_rows_of,
+                                 world_size)
 from vitrify.jobs.base import check_abort, job_logger
 from vitrify.jobs.options.initialmodel import (ALGORITHMS, DEFAULT_ITER, Options, job_star_from_options,
                                               options_from_job_star)
@@ -168,7 +176,6 @@ def run(options: Options, job_dir: str | Path) -> Path:
     """Run the initial model into ``job_dir``; returns ``initial_model.mrc``."""
     from vitrify.core.device import resolve_device, tune_host_allocator
     from vitrify.core.threads import configure_threads
-    from vitrify.ml.starts3d import initial_model3d, reference_model3d
 
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
@@ -176,13 +183,31 @@ def run(options: Options, job_dir: str | Path) -> Path:
     configure_threads(options.threads)
     torch.set_flush_denormal(True)
     tune_host_allocator()
+    if options.continue_from and world_size() > 1:
+        raise InputError("--continue runs in one process", field="torchrun --nproc-per-node",
+                         expected="no torchrun (or 1 rank) to continue an initial model")
     resume = resume_3d(options, device) if options.continue_from else None
     options = resume.options if resume else options
     inp = validate_input(options.input_star, options.n_classes, options.do_ctf)  # before compute
     diameter_px = check_inputs(options, inp)
-    check_memory(inp, device)
+    ranks, device = join_ranks(device, inp.n_particles)
+    try:
+        return _run(options, job_dir, inp, diameter_px, resume, ranks, device)
+    finally:
+        leave_ranks(ranks)
+
+
+def _run(options: Options, job_dir: Path, inp: InputParticles, diameter_px: float, resume, ranks,
+         device: torch.device) -> Path:
+    """Load this rank's particles, start or resume, iterate; rank 0 (or the one process) writes."""
+    from vitrify.ml.starts3d import initial_model3d, reference_model3d
+
+    rows = shard_rows_of(ranks, inp.n_particles)
+    check_memory(inp, device, len(rows))
     window = make_window(inp.box_px)
-    particles = load_particles(inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
+    load = partial(load_particles, inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
+    particles = load(rows)
+    start_set = particles if ranks is None else load(start_rows(inp.group_index))  # the start's rows
     sampling = make_sampling(30.0, options.offset_range_px, options.offset_step_px, device)
     sigma_offset = max(options.offset_range_px, 1.0) / 2.0
     if resume:
@@ -191,20 +216,35 @@ def run(options: Options, job_dir: str | Path) -> Path:
         from vitrify.io.mrc import read_mrc
 
         start = torch.as_tensor(read_mrc(options.reference)[0], device=device)
-        model = reference_model3d(start, particles, window, options.n_classes, diameter_px, inp.pixel_size_angst,
+        model = reference_model3d(start, start_set, window, options.n_classes, diameter_px, inp.pixel_size_angst,
                                   sigma_offset)
     else:
-        model = initial_model3d(particles, window, options.n_classes, diameter_px, inp.pixel_size_angst,
+        model = initial_model3d(start_set, window, options.n_classes, diameter_px, inp.pixel_size_angst,
                                 options.seed, sigma_offset)
+    del start_set
     symmetry = "C1" if options.run_c1 else options.symmetry
-    ref = Refiner3D(_settings(options, diameter_px, symmetry, device), model, particles, window, sampling)
+    ref = Refiner3D(_settings(options, diameter_px, symmetry, device), model, particles, window, sampling, ranks)
+    if ranks is not None and ranks.rank > 0:  # rank 0 writes; the others send it their assignments
+        follower = Follower(job_dir, [ref], partial(_due, options))
+        follower.write()
+        ref.run(1, follower)
+        return job_dir / "initial_model.mrc"
     writer = _Writer(options, job_dir, inp, ref, resume.iteration if resume else 0)
+    if ranks is not None:
+        writer.group_counts = [int(c) for c in np.bincount(inp.group_index, minlength=len(writer.group_names))]
+        lend_gathered(writer, "write", [ref])
     if resume:
         resume.apply_to(ref)
     else:
         writer.write(0)
-    ref.run(resume.iteration + 1 if resume else 1, writer)
+    ref.run(resume.iteration + 1 if resume else 1, on_rank0(writer, job_dir, [ref], writer.log))
     return write_initial_model(options, job_dir, ref)
+
+
+def _due(options: Options, info: Iteration3D) -> bool:
+    """Whether rank 0 writes after iteration ``info`` (_Writer's cadence)."""
+    it = info.iteration
+    return options.algorithm == "em" or it == options.iterations or it % options.grad_write_iter == 0
 
 
 __all__ = ["ALGORITHMS", "DEFAULT_ITER", "Options", "job_star_from_options", "options_from_job_star", "run"]

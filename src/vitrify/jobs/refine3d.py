@@ -10,6 +10,10 @@ the end writes ``run_class001.mrc``, the unfiltered half maps, ``run_model.star`
 gold-standard FSC and the resolution at FSC 0.143), ``run_data.star``, ``run_optimiser.star`` and PNGs
 of the FSC and of central sections. ``--continue run_itNNN_optimiser.star`` (or the job directory)
 goes on from that iteration's files.
+
+Under ``torchrun --nproc-per-node N`` the refinement runs data-parallel (:mod:`vitrify.jobs._ranks`):
+each rank reads its shard of each half set, each half's E-step sums are all-reduced over the ranks
+(the halves stay independent), and rank 0 gathers the poses and alone writes.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from vitrify.io.star import portable_image_names, portable_name
 from vitrify.jobs._refine3d_setup import Setup, prepare
 from vitrify.jobs._refine3d_output import (data_star_table, final_paths, iteration_paths, merged_particles,
                                            model_star, optimiser_block, write_fsc_png, write_map)
+from vitrify.jobs._ranks import Follower, lend_gathered, on_rank0, rank_logger, world_size
 from vitrify.jobs.base import check_abort, job_logger
 from vitrify.jobs.options.refine3d import Options, job_star_from_options, options_from_job_star
 from vitrify.ml.refine3d import FinalMaps, RefineState
@@ -140,17 +145,39 @@ def run(options: Options, job_dir: str | Path) -> Path:
     torch.set_flush_denormal(True)
     tune_host_allocator()
     job_dir.mkdir(parents=True, exist_ok=True)
-    log = job_logger(job_dir)
     if options.continue_from:
         from vitrify.jobs._refine3d_continue import resume
 
-        setup = resume(options, device, log)
+        if world_size() > 1:
+            raise InputError("--continue runs in one process", field="torchrun --nproc-per-node",
+                             expected="no torchrun (or 1 rank) to continue a refinement")
+        setup = resume(options, device, job_logger(job_dir))
     else:
-        setup = prepare(options, device, log)
+        setup = prepare(options, device, rank_logger(job_dir))
+    try:
+        return _refine(setup, job_dir)
+    finally:
+        from vitrify.jobs._ranks import leave_ranks
+
+        leave_ranks(setup.ranks)
+
+
+def _refine(setup: Setup, job_dir: Path) -> Path:
+    """Iterate and write (rank 0 or alone); the other ranks send rank 0 their poses when it writes."""
+    gold, ranks = setup.gold, setup.ranks
+    if ranks is not None and ranks.rank > 0:
+        follower = Follower(job_dir, gold.halves, lambda _state: True)
+        if gold.state.iteration == 0:
+            follower.write()
+        gold.run(follower)
+        follower.write()  # the final files
+        return final_paths(job_dir, setup.options.root)["class001"]
     writer = _Writer(setup, job_dir)
-    if setup.gold.state.iteration == 0:
+    lend_gathered(writer, "write_iteration", gold.halves)
+    lend_gathered(writer, "write_final", gold.halves)
+    if gold.state.iteration == 0:
         writer.write_iteration(0)
-    final = setup.gold.run(writer)
+    final = gold.run(on_rank0(writer, job_dir, gold.halves, writer.log))
     return writer.write_final(final)
 
 

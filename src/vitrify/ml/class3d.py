@@ -109,7 +109,7 @@ class Classifier3D(Refiner3D):
             return super().estep(indices, halves, max_sig, half_of, grids)
         from vitrify.ml.class3d_local import local_class_estep
 
-        return local_class_estep(self, indices, halves, self.sigma_ang_deg, half_of)
+        return self.reduce(*local_class_estep(self, indices, halves, self.sigma_ang_deg, half_of))
 
     def finish(self, sums, weight: torch.Tensor, mu: float, indices: torch.Tensor) -> None:
         """The engine's finish, with the solvent mask instead of the sphere when one is given."""
@@ -174,9 +174,10 @@ def seed_iteration(ref: Classifier3D, it: int) -> Iteration3D:
     """RELION's first class3d iteration: each particle aligned to the common reference and
     reconstructed into one random class (K random subsets -> K different maps)."""
     model, s = ref.model, ref.settings
-    k, n = model.n_classes, ref.particles.n_particles
+    k, n = model.n_classes, ref.n_total
     dev = ref.particles.ft.device
-    labels = random_classes(n, k, s.seed).to(dev)
+    every = random_classes(n, k, s.seed)  # drawn over all particles; under ranks each holds its rows'
+    labels = every[slice(*ref.ranks.rows) if ref.ranks is not None else slice(None)].to(dev)
     model.refs, sums, weight, one = consensus_pass(ref, model.refs[0], labels, k)
     model.tau2_fudge = s.tau2_fudge
     tau2 = one.tau2.expand(k, -1).contiguous()
@@ -184,14 +185,14 @@ def seed_iteration(ref: Classifier3D, it: int) -> Iteration3D:
     update_sigma2(one, sums, ref.window, 0.0)  # shares model.sigma2 (updated in place)
     update_class_stats(one, sums, 0.0)
     model.sigma2_offset_px, model.tau2 = one.sigma2_offset_px, tau2
-    model.pdf_class = torch.bincount(labels.cpu(), minlength=k).double() / n
+    model.pdf_class = torch.bincount(every, minlength=k).double() / n
     model.data_vs_prior = data_vs_prior(weight, tau2, model.tau2_fudge, ref.shells, model.box_px // 2 + 1)
     model.refs = symmetrise(model.refs, s.symmetry)
     if s.flatten_solvent or ref.mask is not None:
         model.refs = mask_volumes(model.refs, s.particle_diameter_px, ref.mask)
     model.current_radius = next_radius(model.data_vs_prior, model.box_px, s.incr_size, s.minres_map)
-    model.log_likelihood = float(ref.particles.log_likelihood.sum())
-    model.ave_pmax = float(ref.particles.pmax.mean())
+    ll, pmax = ref.totals([float(ref.particles.log_likelihood.sum()), float(ref.particles.pmax.double().sum())])
+    model.log_likelihood, model.ave_pmax = ll, pmax / max(n, 1)
     return Iteration3D(it, n, True, tau2_fudge=model.tau2_fudge, healpix_order=ref.orientations.order,
                        extra={"seeded": True})
 

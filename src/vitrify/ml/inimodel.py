@@ -8,6 +8,11 @@ their 8 oversampled children: :mod:`vitrify.ml.slices`, :mod:`vitrify.ml.orient3
 coarse pass, posterior and fine pass; orientations x particles never exist at once), inserts
 the template-frame sums into 3D grids and applies the algorithm's M-step
 (:mod:`vitrify.ml.vdam3d`), the point-group average, solvent flattening and the next window.
+
+Data-parallel (``ranks``, a :class:`vitrify.ml.optimiser.Ranks`, as 2D classification): each rank
+holds the shard ``ranks.rows`` of the particles, selections are drawn over all ``n_total``
+particles and each rank runs the E-step of those it holds; the E-step sums and the 3D grids are
+all-reduced (:meth:`Refiner3D.reduce`), so every rank does the same M-step.
 """
 
 from __future__ import annotations
@@ -111,10 +116,11 @@ class Refiner3D:
     """EM / VDAM on K 3D classes from prepared particles (initial model; the engine of 3D jobs)."""
 
     def __init__(self, settings: Settings3D, model: MlModel, particles: ParticleSet, window: FourierWindow,
-                 sampling: Sampling) -> None:
+                 sampling: Sampling, ranks=None) -> None:
         self.settings, self.model, self.particles, self.window, self.sampling = \
             settings, model, particles, window, sampling
-        n = particles.n_particles
+        self.ranks = ranks
+        n = self.n_total
         ini, fin = auto_subsets_inimodel(n)
         self.schedule = VdamSchedule(nr_iter=settings.nr_iter, n_particles=n, n_classes=model.n_classes,
                                      stepsize=settings.stepsize, stepsize_start=settings.stepsize_start,
@@ -127,9 +133,36 @@ class Refiner3D:
         self.moments = zero_moments(model.n_classes, self.g, dev) if settings.algorithm == "vdam" else None
         order = settings.healpix_order if settings.healpix_order >= 0 else 1
         self.orientations = make_orientations(order, settings.symmetry, dev)
-        self.angles_deg = torch.zeros(n, 3, dtype=torch.float64, device=dev)
+        self.angles_deg = torch.zeros(particles.n_particles, 3, dtype=torch.float64, device=dev)
         self.cache = TemplateCache()
         self._slice_tables: dict[tuple, object] = {}
+
+    # -- ranks -----------------------------------------------------------------------------
+    @property
+    def n_total(self) -> int:
+        """Particles of the run (of every rank)."""
+        return self.particles.n_particles if self.ranks is None else self.ranks.n_total
+
+    def held(self, indices: torch.Tensor) -> torch.Tensor:
+        """The local indices of the particles of ``indices`` (rows of all particles) this rank holds."""
+        if self.ranks is None:
+            return indices
+        start, stop = self.ranks.rows
+        return indices[(indices >= start) & (indices < stop)] - start
+
+    def reduce(self, sums, data: torch.Tensor, weight: torch.Tensor):
+        """``(sums, data, weight)`` of this rank's particles summed over the ranks (in place)."""
+        if self.ranks is not None:
+            from vitrify.ml.optimiser import all_reduce_pass
+
+            all_reduce_pass(sums, self.ranks, frames=False)
+            self.ranks.all_reduce(data)
+            self.ranks.all_reduce(weight)
+        return sums, data, weight
+
+    def totals(self, values: list[float]) -> list[float]:
+        """``values`` (sums over this rank's particles) summed over the ranks."""
+        return values if self.ranks is None else self.ranks.sum_values(values, self.model.refs.device)
 
     # -- templates and sums ----------------------------------------------------------------
     def _slice_table(self, fine: bool, radius: int):
@@ -234,7 +267,7 @@ class Refiner3D:
         self.angles_deg[indices] = self.orientations.angles(self.particles.psi_deg[indices]).to(
             self.angles_deg.device)
         data, weight = self.sums_to_grids(sums)
-        return sums, data, weight
+        return self.reduce(sums, data, weight)
 
     def finish(self, sums, weight: torch.Tensor, mu: float, indices: torch.Tensor) -> None:
         """Noise, class fractions, SSNR, solvent flattening and the next window."""
@@ -247,8 +280,9 @@ class Refiner3D:
         if s.flatten_solvent:
             model.refs = flatten_solvent(model.refs, s.particle_diameter_px / 2.0)
         model.current_radius = next_radius(model.data_vs_prior, model.box_px, s.incr_size, s.minres_map)
-        model.log_likelihood = float(self.particles.log_likelihood[indices].sum())
-        model.ave_pmax = float(self.particles.pmax[indices].mean())
+        ll, pmax, count = self.totals([float(self.particles.log_likelihood[indices].sum()),
+                                       float(self.particles.pmax[indices].double().sum()), float(indices.numel())])
+        model.log_likelihood, model.ave_pmax = ll, pmax / max(count, 1.0)
 
     def update_sampling(self, it: int) -> None:
         """Auto-sampling: every 10 iterations, the order the current resolution needs."""
@@ -287,7 +321,7 @@ def em_iteration(ref: Refiner3D, it: int) -> Iteration3D:
     empty = (sums.class_weight <= 0).to(vols.device)
     model.refs = torch.where(empty[:, None, None, None], model.refs, vols)
     ref.finish(sums, weight, 0.0, idx)
-    return Iteration3D(it, idx.numel(), True, tau2_fudge=model.tau2_fudge, healpix_order=ref.orientations.order)
+    return Iteration3D(it, ref.n_total, True, tau2_fudge=model.tau2_fudge, healpix_order=ref.orientations.order)
 
 
 def vdam_iteration(ref: Refiner3D, it: int) -> Iteration3D:
@@ -295,12 +329,13 @@ def vdam_iteration(ref: Refiner3D, it: int) -> Iteration3D:
     model, sched, s = ref.model, ref.schedule, ref.settings
     model.tau2_fudge = sched.tau2_fudge_at(it)
     size = sched.subset_size(it)
-    n, dev = ref.particles.n_particles, ref.particles.ft.device
+    n, dev = ref.n_total, ref.particles.ft.device
     if size < 0:
         idx = torch.arange(n, device=dev)
     else:
         gen = torch.Generator().manual_seed(int(s.seed) + it)
         idx = torch.randperm(n, generator=gen)[:size].sort().values.to(dev)
+    n_selected, idx = idx.numel(), ref.held(idx)  # under ranks: those of the selection this rank holds
     sums, data, weight = ref.estep(idx, 2, default_max_significant(s))
     active = sums.class_weight > 0
     update_moments_inside(ref.moments, data, weight, volume_grids(model.refs), model.current_radius, ref.shells,
@@ -317,7 +352,7 @@ def vdam_iteration(ref: Refiner3D, it: int) -> Iteration3D:
     model.refs = gradient_step(model.refs, ref.moments, steps, model.tau2_fudge, model.current_radius, skip,
                                ref.shells)
     ref.finish(sums, weight, s.mu if size > 0 else 0.0, idx)
-    return Iteration3D(it, idx.numel(), size < 0, stepsize=sched.stepsize_at(it), tau2_fudge=model.tau2_fudge,
+    return Iteration3D(it, n_selected, size < 0, stepsize=sched.stepsize_at(it), tau2_fudge=model.tau2_fudge,
                        healpix_order=ref.orientations.order, replaced=replaced)
 
 

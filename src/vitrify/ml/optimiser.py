@@ -94,12 +94,26 @@ class Ranks:
         """The rows ``[start, stop)`` of the particles this rank holds."""
         return shard_rows(self.n_total, self.world, self.rank)
 
+    def part(self, n_total: int) -> "Ranks":
+        """The same ranks over another set of ``n_total`` particles (one half set of a gold-standard
+        refinement: each rank holds the shard :func:`shard_rows` of that set); counters start at 0."""
+        return Ranks(self.rank, self.world, n_total)
+
     def all_reduce(self, tensor: torch.Tensor) -> None:
-        """Sum ``tensor`` over the ranks, in place."""
+        """Sum ``tensor`` (real or complex, contiguous) over the ranks, in place."""
         import torch.distributed as dist
 
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        flat = tensor if tensor.is_contiguous() else tensor.contiguous()
+        dist.all_reduce(torch.view_as_real(flat) if flat.is_complex() else flat, op=dist.ReduceOp.SUM)
+        if flat is not tensor:
+            tensor.copy_(flat)
         self.reduced_bytes += tensor.numel() * tensor.element_size()
+
+    def sum_values(self, values: list[float], device: torch.device) -> list[float]:
+        """``values`` summed over the ranks (float64; one collective)."""
+        totals = torch.tensor(values, dtype=torch.float64, device=device)
+        self.all_reduce(totals)
+        return totals.tolist()
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True on every rank when ``flag`` is true on any rank (one collective)."""
@@ -162,10 +176,11 @@ def _sum_tensors(obj) -> list[torch.Tensor]:
     return out
 
 
-def all_reduce_pass(sums, ranks: Ranks) -> None:
+def all_reduce_pass(sums, ranks: Ranks, frames: bool = True) -> None:
     """After each rank's E-step on the selected particles it holds: every rank gets the sums of
-    the whole selection."""
-    for tensor in _sum_tensors(sums):
+    the whole selection (``frames`` False: all but the template-frame sums, which the 3D engine
+    all-reduces after inserting them into its 3D grids, a smaller array)."""
+    for tensor in _sum_tensors(sums if frames else dataclasses.replace(sums, frames={})):
         ranks.all_reduce(tensor)
     counts = [f.name for f in dataclasses.fields(sums) if isinstance(getattr(sums, f.name), int)]
     totals = torch.tensor([getattr(sums, name) for name in counts], dtype=torch.float64,

@@ -11,6 +11,9 @@ follow. The FSC's 0.143 crossing is the current resolution; the next window is t
 changes have stopped shrinking, the angular sampling gets one order finer (offset range and step
 halve) until it is finer than the resolution needs; then the refinement has converged and a final
 iteration to Nyquist joins both halves' sums into one map (the half maps are written unfiltered).
+
+Data-parallel (each half's ``Refiner3D.ranks``): every rank holds a shard of each half and the sums
+of a half are all-reduced over the ranks for that half alone, so the halves stay independent.
 """
 
 from __future__ import annotations
@@ -134,17 +137,20 @@ class GoldStandard:
         prev_angles, prev_offsets = ref.angles_deg.clone(), ref.particles.offset_px.clone()
         grids = volume_grids(ref.model.refs)
         if self.state.local(self.settings) and self.local_estep is not None:
-            sums, data, weight = self.local_estep(ref, grids, self.local_sigma_deg())
+            sums, data, weight = ref.reduce(*self.local_estep(ref, grids, self.local_sigma_deg()))
         else:
             idx = torch.arange(ref.particles.n_particles, device=ref.particles.ft.device)
             sums, data, weight = ref.estep(idx, 1, default_max_significant(ref.settings), grids=grids)
         update_sigma2(ref.model, sums, ref.window, 0.0)
         update_class_stats(ref.model, sums, 0.0)
-        ref.model.log_likelihood = float(ref.particles.log_likelihood.sum())
-        ref.model.ave_pmax = float(ref.particles.pmax.mean())
-        change_deg = pose_change_deg(prev_angles, ref.angles_deg, self.settings.symmetry)
-        change_px = float((ref.particles.offset_px - prev_offsets).norm(dim=1).mean())
-        return HalfResult(data[0, 0], weight[0, 0], change_deg, change_px)
+        n = ref.particles.n_particles
+        ll, pmax, change_deg, change_px = ref.totals([
+            float(ref.particles.log_likelihood.sum()), float(ref.particles.pmax.double().sum()),
+            n * pose_change_deg(prev_angles, ref.angles_deg, self.settings.symmetry),
+            float((ref.particles.offset_px - prev_offsets).norm(dim=1).double().sum())])
+        total = max(ref.n_total, 1)
+        ref.model.log_likelihood, ref.model.ave_pmax = ll, pmax / total
+        return HalfResult(data[0, 0], weight[0, 0], change_deg / total, change_px / total)
 
     def local_sigma_deg(self) -> float:
         """Angular sigma of the local searches: ``local_sigma_steps`` fine steps (RELION: 2)."""
@@ -374,7 +380,7 @@ def correct_greyscale(ref: Refiner3D, n_use: int = 400, rounds: int = 2) -> floa
     factor; the particles' assignments are left as they were.
     """
     parts, model = ref.particles, ref.model
-    idx = torch.arange(min(n_use, parts.n_particles), device=parts.ft.device)
+    idx = ref.held(torch.arange(min(n_use, ref.n_total), device=parts.ft.device))
     saved = [t.clone() for t in (parts.offset_px, parts.psi_deg, parts.pmax, parts.n_significant,
                                  parts.log_likelihood, ref.angles_deg)]
     order = ref.orientations.order
