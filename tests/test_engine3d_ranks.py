@@ -181,3 +181,39 @@ def test_each_rank_holds_a_shard_of_each_half_set():
     assert [int((p[1] == 1).sum()) for p in parts] == [2, 4]  # shard_rows(6, 2, r): even starts
     alone = half_shards(subsets, None)
     assert alone[0].tolist() == list(range(12)) and torch.equal(alone[1], subsets)
+
+
+@pytest.mark.slow
+def test_queue_template_runs_refine3d_on_the_launchers_copies(adk, tmp_path, monkeypatch):
+    """RELION's queue submission (do_queue, nr_mpi 2, an mpirun template) starts refine3d's 2 ranks."""
+    from test_class2d_queue import MPIRUN, SBATCH, TEMPLATE, _executable
+
+    from vitrify.io.star import read_star
+    from vitrify.jobs.options.refine3d import Options, job_star_from_options
+    from vitrify.pipeline.project import Project
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _executable(bin_dir / "sbatch", SBATCH)
+    _executable(bin_dir / "mpirun", MPIRUN)
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_JOB_ID", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("VITRIFY_QUIET", "1")
+    root = tmp_path / "project"
+    project = Project.open(root)
+    (root / "sim").symlink_to(adk / "sim")
+    (root / "qsub.sh").write_text(TEMPLATE)
+    options = Options(input_star="sim/particles.star", reference="sim/truth_map.mrc", particle_diameter_angst=80.0,
+                      max_iter=1, healpix_order=1, local_order=2, max_order=2, threads=1, device="cpu")
+    name = project.add_job("relion.refine3d", {**job_star_from_options(options), "do_queue": "Yes", "nr_mpi": "2",
+                                               "qsub": "sbatch", "qsubscript": "qsub.sh"})
+    monkeypatch.chdir(root)
+    assert project.run_job(name, wait=True) == "Succeeded", (root / name / "run.err").read_text()[-2000:]
+    assert "#SBATCH --ntasks=2" in (root / name / "run_submit.script").read_text()
+    log = (root / name / "run.log").read_text()
+    assert "bytes all-reduced by each of 2 ranks" in log and log.count("final resolution") == 1
+    data = read_star(root / name / "run_data.star")["particles"]
+    assert len(data) == 96 and (data["rlnMaxValueProbDistribution"].to_numpy() > 0).all()  # both ranks' poses

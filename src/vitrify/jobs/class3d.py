@@ -34,6 +34,9 @@ from vitrify.ml.expectation import make_sampling
 from vitrify.ml.inimodel import Settings3D
 from vitrify.ml.window import make_window
 
+#: the job runs data-parallel on torch.distributed ranks (torchrun; a queue template's N copies)
+RUNS_ON_RANKS = True
+
 
 def _settings(options: Options, diameter_px: float, device: torch.device, has_mask: bool) -> Settings3D:
     budget = options.memory_budget_mb or (1024 if device.type == "cuda" else 64)

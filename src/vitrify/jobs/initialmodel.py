@@ -39,6 +39,9 @@ from vitrify.ml.expectation import make_sampling
 from vitrify.ml.inimodel import Iteration3D, Refiner3D, Settings3D
 from vitrify.ml.window import make_window
 
+#: the job runs data-parallel on torch.distributed ranks (torchrun; a queue template's N copies)
+RUNS_ON_RANKS = True
+
 
 def _settings(options: Options, diameter_px: float, symmetry: str, device: torch.device) -> Settings3D:
     budget = options.memory_budget_mb or (1024 if device.type == "cuda" else 64)

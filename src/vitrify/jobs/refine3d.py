@@ -38,6 +38,9 @@ from vitrify.ml.refine3d import FinalMaps, RefineState
 #: ``vitrify pipeline run-job --continue`` continues from this job's own directory (its last optimiser.star)
 CONTINUES_FROM_JOB_DIR = True
 
+#: the job runs data-parallel on torch.distributed ranks (torchrun; a queue template's N copies)
+RUNS_ON_RANKS = True
+
 
 class _Writer:
     """Writes each iteration's files and the final ones; logs and advances the progress bar."""
