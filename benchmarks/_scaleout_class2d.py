@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -31,6 +32,8 @@ class Class2DRun:
 
     one_s: float
     two_s: float
+    one_cpu_s: float               # CPU s of the command and its descendants (RUSAGE_CHILDREN)
+    two_cpu_s: float
     reduced: dict[int, int]        # iteration -> bytes all-reduced by each rank
     gathered: dict[int, int]       # written iteration -> bytes gathered to rank 0
     radius: dict[int, int]         # iteration -> window radius after it
@@ -46,16 +49,20 @@ def _class2d_args(box: int, iterations: int) -> list[str]:
             "--particle-diameter", str(int(0.78 * box)), "--psi-step", "10", "--device", "cpu", "--seed", "1"]
 
 
-def _run(command: list[str], root: Path, rss_dir: Path, src: Path | None, threads: int) -> float:
+def _run(command: list[str], root: Path, rss_dir: Path, src: Path | None, threads: int) -> tuple[float, float]:
+    """(wall s, CPU s of the command and its descendants)."""
     rss_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "VITRIFY_QUIET": "1", "OMP_NUM_THREADS": str(threads), "VITRIFY_RSS_DIR": str(rss_dir)}
     if src is not None:
         env["PYTHONPATH"] = str(src)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def _rss(rss_dir: Path) -> list[int]:
@@ -77,8 +84,8 @@ def class2d_runs(root: Path, particles: int, box: int, before_src: Path | None, 
                 str(HERE / "_peak_rss.py"), "-q"]
     args = _class2d_args(box, iterations)
     src = Path(__file__).resolve().parents[1] / "src"
-    one = _run([*peak, *args, "--threads", "2", "--o", "class2d_one"], root, root / "rss_one", src, 2)
-    two = _run([*torchrun, *args, "--threads", "1", "--o", "class2d_two"], root, root / "rss_two", src, 1)
+    (one, one_cpu) = _run([*peak, *args, "--threads", "2", "--o", "class2d_one"], root, root / "rss_one", src, 2)
+    (two, two_cpu) = _run([*torchrun, *args, "--threads", "1", "--o", "class2d_two"], root, root / "rss_two", src, 1)
     before: list[int] = []
     if before_src is not None:
         _run([*torchrun, *args, "--threads", "1", "--o", "class2d_before"], root, root / "rss_before",
@@ -88,7 +95,7 @@ def class2d_runs(root: Path, particles: int, box: int, before_src: Path | None, 
     clock = _iteration_clock((root / "class2d_one/run.log").read_text())
     iteration_s = clock[2] - clock[1] if 2 in clock else float("nan")
     held = [int(m.group(1)) for m in re.finditer(r"rank \d+ of \d+ held (\d+) of", log)]
-    return Class2DRun(one, two, _log_numbers(log, r"iteration (\d+): (\d+) bytes all-reduced"),
+    return Class2DRun(one, two, one_cpu, two_cpu, _log_numbers(log, r"iteration (\d+): (\d+) bytes all-reduced"),
                       _log_numbers(log, r"iteration (\d+): (\d+) bytes of particle assignments gathered"),
                       _log_numbers(log, r"iteration (\d+): \d+ particles, radius (\d+)"),
                       _rss(root / "rss_one"), _rss(root / "rss_two"), before, held, iteration_s)

@@ -1,4 +1,4 @@
-"""Scale-out benchmark: motioncorr/ctffind with 1 and 2 Dask workers, class2d 1 process vs 2 ranks, cost models.
+"""Scale-out benchmark: motioncorr/ctffind on 1 and 2 Dask workers, class2d/refine3d 1 process vs 2 ranks, models.
 
 Usage::
 
@@ -18,34 +18,44 @@ torchrun ranks (gloo) of 1 thread, with the peak memory of each process; ``--bef
 each rank all-reduces per iteration and gathers per written iteration come from rank 0's run.log
 and are checked against the size of the E-step sums (``_scaleout_class2d.sums_bytes``), which then
 gives the bytes of the modelled configuration; ``class2d_model`` scales an EM iteration of 1M
-particles over GPU nodes. Run it under ``flock -x /tmp/vitrify-bench.lock`` for figures to report.
+particles over GPU nodes. refine3d (``--refine3d-particles`` of ``--refine3d-box`` px, global searches,
+``--refine3d-iter`` iterations and the final one) runs likewise as 1 process x 2 threads and 2 ranks x
+1 thread (:mod:`_scaleout_3d`): wall and CPU seconds, peak memory, bytes all-reduced per iteration (the
+3D grids, ``_scaleout_3d.grid_bytes``, and the rest). Wall and CPU seconds (``RUSAGE_CHILDREN``) of
+every command. Run it under ``flock -x /tmp/vitrify-bench.lock`` for figures to report.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _scaleout_3d import refine3d_runs, report_refine3d
 from _scaleout_class2d import class2d_model, class2d_runs, resident_gb, sums_bytes, window_pixels
 
 MOTION = ["--gain", "Sim/Movies/gain.mrc", "--patch-x", "2", "--patch-y", "2", "--dose-per-frame", "2",
           "--device", "cpu"]
 
 
-def vitrify(args: list[str], cwd: Path) -> float:
-    """Wall seconds of ``vitrify -q ARGS`` in ``cwd`` (fails loudly)."""
+def vitrify(args: list[str], cwd: Path) -> tuple[float, float]:
+    """(wall s, CPU s of it and its descendants: Dask's worker processes) of ``vitrify -q ARGS`` in ``cwd``
+    (fails loudly)."""
     env = {**os.environ, "VITRIFY_QUIET": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "vitrify", "-q", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise SystemExit(f"vitrify {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return time.perf_counter() - start
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def make_project(root: Path, movies: int, size: int, frames: int) -> None:
@@ -117,6 +127,9 @@ def main() -> None:
     p.add_argument("--particles", type=int, default=3000, help="class2d particles (0: no class2d runs)")
     p.add_argument("--box", type=int, default=128, help="class2d particle box (px)")
     p.add_argument("--class2d-iter", type=int, default=2, help="class2d EM iterations (2: the per-particle time)")
+    p.add_argument("--refine3d-particles", type=int, default=1000, help="refine3d particles (0: no refine3d runs)")
+    p.add_argument("--refine3d-box", type=int, default=64, help="refine3d particle box (px)")
+    p.add_argument("--refine3d-iter", type=int, default=2, help="refine3d iterations (then the final one)")
     p.add_argument("--skip-movies", action="store_true", help="no motioncorr/ctffind runs (class2d only)")
     p.add_argument("--before-src", type=Path, default=None,
                    help="src folder of an older vitrify: its 2-rank class2d memory, for comparison")
@@ -134,15 +147,15 @@ def main() -> None:
     if not args.model_only and not args.skip_movies:
         make_project(root, args.movies, args.size, args.frames)
         print(f"{args.movies} movies {args.size}² x {args.frames} frames in {root}\n")
-        print("| job | workers | wall s | movies/min | speed-up |\n|---|---|---|---|---|")
+        print("| job | workers | wall s | CPU s | movies/min | speed-up |\n|---|---|---|---|---|---|")
         for job, first in (("motioncorr", 10), ("ctffind", 30)):
             walls = {}
             for w in args.workers:
                 out = f"{'MotionCorr' if job == 'motioncorr' else 'CtfFind'}/job{first + w:03d}"
                 inputs = ["--i", "Import/job001/movies.star", *MOTION] if job == "motioncorr" else \
                     ["--i", "MotionCorr/job011/corrected_micrographs.star", "--box", "256", "--device", "cpu"]
-                walls[w] = vitrify([job, *inputs, "--workers", str(w), "--o", out], root)
-                print(f"| {job} | {w} | {walls[w]:.1f} | {60 * args.movies / walls[w]:.1f} | "
+                walls[w], cpu = vitrify([job, *inputs, "--workers", str(w), "--o", out], root)
+                print(f"| {job} | {w} | {walls[w]:.1f} | {cpu:.1f} | {60 * args.movies / walls[w]:.1f} | "
                       f"{walls[args.workers[0]] / walls[w]:.2f} |")
         measured = task_seconds(root / "MotionCorr/job011") / args.movies
         start, overhead = scheduler_overhead_ms(args.tasks)
@@ -160,6 +173,9 @@ def main() -> None:
           f"(file system {fs_s:.0f} s, scheduler {sched_s:.0f} s for 10,000 movies)")
     if not args.model_only and args.particles:
         report_class2d_runs(class2d_runs(root, args.particles, args.box, args.before_src, args.class2d_iter), args)
+    if not args.model_only and args.refine3d_particles:
+        run3d = refine3d_runs(root, args.refine3d_particles, args.refine3d_box, args.refine3d_iter)
+        report_refine3d(run3d, args.refine3d_particles, args.refine3d_box, args.refine3d_iter)
     report_class2d_model(args)
 
 
@@ -170,7 +186,8 @@ def _mib(values: list[int]) -> str:
 def report_class2d_runs(run, args) -> None:
     """Print what the class2d runs measured and check the bytes against :func:`sums_bytes`."""
     print(f"\nclass2d EM, {args.class2d_iter} iteration(s), K 4, psi 10°, {args.particles} particles of {args.box}²: "
-          f"1 process x 2 threads {run.one_s:.1f} s, 2 ranks x 1 thread {run.two_s:.1f} s")
+          f"1 process x 2 threads {run.one_s:.1f} s wall / {run.one_cpu_s:.1f} s CPU, 2 ranks x 1 thread "
+          f"{run.two_s:.1f} s wall / {run.two_cpu_s:.1f} s CPU")
     print("\n| iteration | window radius | bytes all-reduced per rank | predicted (sums_bytes) | "
           "bytes gathered to rank 0 |\n|---|---|---|---|---|")
     start_radius = min(args.box // 2 - 1, max(1, round(0.07 * args.box)) + 10)
