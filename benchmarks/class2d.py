@@ -56,7 +56,23 @@ RUNS = {  # name -> Options overrides
     # anchor sets: one EM iteration started from the true map's projections along K even views
     # (--ref): how well particles can be told apart by view at all (docs/class2d.md, "Low SNR")
     "oracle": {"algorithm": "em", "oracle": True},
+    # junk separation (docs/class2d.md, "Junk"): an empty reference class for boxes of pure noise
+    "vdam-noise": {"algorithm": "vdam", "noise_class": True},
+    "vdam-worst": {"algorithm": "vdam", "replacement_source": "worst"},
+    "vdam-noise-worst": {"algorithm": "vdam", "noise_class": True, "replacement_source": "worst"},
 }
+
+
+def structure_file(name: str) -> str:
+    """A bundled example's name as is; another ``mdanalysistests`` structure of the ranker's set
+    (``1osm``, ``1hvr``, ...; ``benchmarks/ranker_data.py``) as its file path."""
+    from vitrify.io.structures import EXAMPLE_STRUCTURES
+
+    if name in EXAMPLE_STRUCTURES or Path(name).is_file():
+        return name
+    from ranker_data import structure_path
+
+    return structure_path(name)
 
 
 def simulate(args) -> Path:
@@ -66,7 +82,7 @@ def simulate(args) -> Path:
     out = Path(args.data)
     star = out / "particles.star"
     if not star.exists():
-        opts = ParticleOptions(structures=(args.structure,), n_particles=args.n, box_px=args.box,
+        opts = ParticleOptions(structures=(structure_file(args.structure),), n_particles=args.n, box_px=args.box,
                                pixel_size_angst=args.pixel, snr=args.snr, junk_fraction=args.junk, seed=1)
         simulate_particles(opts, out)
     return star
@@ -117,37 +133,57 @@ def directions(rot_deg: np.ndarray, tilt_deg: np.ndarray) -> np.ndarray:
     return np.stack([np.cos(r) * np.sin(t), np.sin(r) * np.sin(t), np.cos(t)], 1)
 
 
+def _median_spread(dirs: np.ndarray) -> float:
+    """Median angle (°) between unit directions ``(m, 3)`` and their mean direction."""
+    mean = dirs.sum(0)
+    mean /= np.linalg.norm(mean) + 1e-12
+    return float(np.median(np.degrees(np.arccos(np.clip(dirs @ mean, -1, 1)))))
+
+
+def junk_by_kind(cls: np.ndarray, kinds: np.ndarray, junk_classes: list) -> dict:
+    """Fraction of each junk kind's particles (``kinds`` != "none") that end in ``junk_classes``."""
+    out = {}
+    for kind in sorted(set(kinds) - {"none"}):
+        sel = kinds == kind
+        out[kind] = float(np.isin(cls[sel], junk_classes).mean())
+    return out
+
+
 def quality(data_star: str, truth_star: Path) -> dict:
-    """Classes >= 1%, median angular spread of true directions per class, junk separation."""
+    """Classes >= 1%, angular spread of the true particles' directions per class, junk separation.
+
+    ``median_spread_deg``: median over classes >= 1 % and < 90 % junk of the median angle to the
+    class's mean direction; ``weighted_spread_deg``: the anchor sets' measure (size-weighted mean
+    over the classes >= 1 % of that median) on the true particles of the classes that are not
+    junk-only; ``junk_in_junk_classes``: junk fraction in classes of >= 90 % junk, also by kind.
+    """
     from vitrify.io.star import read_star
 
     parts = read_star(data_star)["particles"]
     truth = read_star(truth_star)["particles"]
     cls = parts["rlnClassNumber"].to_numpy()
     junk = truth["vtfMapIndex"].to_numpy() == 0
+    kinds = truth["vtfJunkKind"].astype(str).to_numpy() if "vtfJunkKind" in truth else np.where(junk, "junk", "none")
     dirs = directions(truth["rlnAngleRot"].to_numpy(float), truth["rlnAngleTilt"].to_numpy(float))
     n = len(cls)
     big = [c for c in np.unique(cls) if (cls == c).sum() >= 0.01 * n]
-    spreads = []
+    spreads, acc, total = [], 0.0, 0
     for c in big:
         members = (cls == c) & ~junk
         if members.sum() < 5 or junk[cls == c].mean() >= 0.9:
             continue
-        mean = dirs[members].sum(0)
-        mean /= np.linalg.norm(mean) + 1e-12
-        spreads.append(np.median(np.degrees(np.arccos(np.clip(dirs[members] @ mean, -1, 1)))))
+        spreads.append(_median_spread(dirs[members]))
+        acc, total = acc + members.sum() * spreads[-1], total + members.sum()
     junk_classes = [c for c in np.unique(cls) if junk[cls == c].mean() >= 0.9]
     junk_sep = float(np.isin(cls[junk], junk_classes).mean()) if junk.any() else float("nan")
     rng = np.random.default_rng(0)
     rand = rng.integers(0, len(big) or 1, n)
-    rand_spread = []
-    for c in np.unique(rand):
-        m = (rand == c) & ~junk
-        mean = dirs[m].sum(0)
-        mean /= np.linalg.norm(mean) + 1e-12
-        rand_spread.append(np.median(np.degrees(np.arccos(np.clip(dirs[m] @ mean, -1, 1)))))
+    rand_spread = [_median_spread(dirs[(rand == c) & ~junk]) for c in np.unique(rand)]
+    good_in_junk = float(np.isin(cls[~junk], junk_classes).mean())
     return {"classes_ge_1pct": len(big), "median_spread_deg": float(np.median(spreads)) if spreads else None,
-            "random_spread_deg": float(np.median(rand_spread)), "junk_in_junk_classes": junk_sep}
+            "weighted_spread_deg": acc / total if total else None,
+            "random_spread_deg": float(np.median(rand_spread)), "junk_in_junk_classes": junk_sep,
+            "junk_by_kind": junk_by_kind(cls, kinds, junk_classes), "good_in_junk_classes": good_in_junk}
 
 
 def run_child(args, name: str, star: Path, work: Path) -> dict:
@@ -239,14 +275,16 @@ def simulated_main(args) -> None:
         rows.append(res)
         print(json.dumps(res), flush=True)
     print("\n| run | wall s | CPU s | s / 1k particle-passes (wall, CPU) | passes | peak MB | classes >=1% | "
-          "median spread ° (random) | junk in junk classes |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "median spread ° (random) | weighted spread ° | junk in junk classes | by kind | good in junk classes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         spread = _fmt(r["median_spread_deg"], ".1f")
         per = 1000 / max(r["passes"], 1)
+        kinds = ", ".join(f"{k} {v:.2f}" for k, v in r["junk_by_kind"].items())
         print(f"| {r['run']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {per * r['wall_s']:.2f}, "
               f"{per * r['cpu_s']:.2f} | {r['passes']} | {r['peak_mb']:.0f} | {r['classes_ge_1pct']} | {spread} "
-              f"({r['random_spread_deg']:.1f}) | {r['junk_in_junk_classes']:.2f} |")
+              f"({r['random_spread_deg']:.1f}) | {_fmt(r['weighted_spread_deg'], '.1f')} | "
+              f"{r['junk_in_junk_classes']:.2f} | {kinds} | {r['good_in_junk_classes']:.3f} |")
     if args.beside_hog:
         print_hog_table([(r["run"], r) for r in rows], args)
 

@@ -23,6 +23,9 @@ from vitrify.ml.model import MlModel, ParticleSet
 from vitrify.ml.templates import RotationTable, make_rotation_table, sample_templates
 from vitrify.ml.window import FourierWindow
 
+#: log prior of the templates of an all-zero reference beyond its first (no weight, no NaN)
+NEG_PRIOR = -1.0e4
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -120,7 +123,13 @@ def build_hypotheses(model: MlModel, sampling: Sampling, window: FourierWindow, 
     templates = sample_templates(grids, table)  # (K, R, P)
     k, r, p = templates.shape
     pdf = model.pdf_class.to(templates.device).clamp_min(1e-30)
-    log_prior = torch.log(pdf).float().repeat_interleave(r)
+    log_prior = torch.log(pdf).float()[:, None].repeat(1, r)  # (K, R)
+    # an all-zero reference (the noise class) looks the same at every psi: its whole in-plane prior
+    # mass goes to its first template, so that the significance cap does not drop its r tied poses
+    flat = (model.refs.flatten(1).abs().amax(1) == 0).to(templates.device)
+    log_prior[flat, 0] += math.log(r)
+    log_prior[flat, 1:] = NEG_PRIOR
+    log_prior = log_prior.flatten()
     return Hypotheses(templates=templates.reshape(k * r, p), log_prior_class=log_prior,
                       shifts_px=sampling.shifts_px, psi_deg=sampling.psi_deg, n_classes=k, n_psi=r,
                       sigma_offset_px=float(sigma_offset_px))

@@ -30,7 +30,7 @@ from vitrify.ml.model import MlModel, ParticleSet
 from vitrify.ml.mstep import (data_vs_prior, map_reconstruct, next_radius,
                               reference_tau2, sums_to_grids, update_class_stats, update_sigma2)
 from vitrify.ml.schedules import VdamSchedule
-from vitrify.ml.starts import flatten_solvent
+from vitrify.ml.starts import aligned_average_grids, average_from_grids, flatten_solvent, misfit
 from vitrify.ml.vdam import (Moments, choose_replacement, gradient_step, half_gradients,
                              preconditioned_gradient, update_moments)
 from vitrify.ml.window import FourierWindow
@@ -59,6 +59,7 @@ class EngineSettings:
     grad_em_iters: int = 0
     oversampling: int = 1
     posterior_power: float = 1.0
+    noise_class: bool = False
 
 
 def shard_rows(n_particles: int, world: int, rank: int) -> tuple[int, int]:
@@ -221,6 +222,8 @@ class Classifier2D:
                                      n_classes=model.n_classes, tau2_fudge=settings.tau2_fudge,
                                      ini_subset=settings.ini_subset, fin_subset=settings.fin_subset,
                                      grad_em_iters=settings.grad_em_iters)
+        if settings.noise_class:  # the last class stays an empty (all-zero) reference
+            model.refs[-1] = 0.0
         m = model.pad * model.box_px
         self.moments = moments if moments is not None else (
             Moments.zeros(model.n_classes, m, model.refs.device) if settings.algorithm == "vdam" else None)
@@ -303,6 +306,8 @@ def em_iteration(clf: Classifier2D, it: int) -> IterationInfo:
                             model.current_radius, clf.settings.minres_map)
     refs = images_from_padded(grids, model.box_px)
     empty = (sums.class_weight <= 0).to(refs.device)
+    if clf.settings.noise_class:
+        empty[-1] = True
     model.refs = torch.where(empty[:, None, None], torch.zeros_like(refs), refs)
     clf._finish(sums, weight, 0.0, idx)
     return IterationInfo(it, idx.numel(), True, tau2_fudge=model.tau2_fudge)
@@ -331,13 +336,15 @@ def vdam_iteration(clf: Classifier2D, it: int) -> IterationInfo:
     active = sums.class_weight > 0
     update_moments(clf.moments, grads, inside, active)
     skip = ~active.clone()
+    learned = model.n_classes - int(s.noise_class)  # the noise class is neither replaced nor copied
+    skip[learned:] = True
     replaced = None
     if sched.replaces_classes(it):
         err = (preconditioned_gradient(clf.moments).abs() ** 2).mean(dim=(-2, -1)).double()
-        replaced = choose_replacement(err, model.pdf_class.to(err.device), s.class_inactivity_threshold,
-                                      s.replacement_source)
+        replaced = choose_replacement(err[:learned], model.pdf_class[:learned].to(err.device),
+                                      s.class_inactivity_threshold, s.replacement_source)
         if replaced is not None:
-            _replace_class(clf, *replaced)
+            REPLACE[s.replacement_source](clf, *replaced, idx)
             skip[replaced[0]] = True
     steps = torch.tensor([sched.effective_stepsize(it, float(p)) for p in model.pdf_class])
     model.refs = gradient_step(model.refs, clf.moments, steps, model.tau2_fudge, model.pad,
@@ -347,7 +354,7 @@ def vdam_iteration(clf: Classifier2D, it: int) -> IterationInfo:
                          tau2_fudge=model.tau2_fudge, replaced=replaced)
 
 
-def _replace_class(clf: Classifier2D, a: int, b: int) -> None:
+def _replace_class(clf: Classifier2D, a: int, b: int, indices: torch.Tensor | None = None) -> None:
     """Copy class ``b`` into the inactive class ``a`` (reference, moments, fraction, spectra)."""
     model, mom = clf.model, clf.moments
     model.refs[a] = model.refs[b]
@@ -358,6 +365,32 @@ def _replace_class(clf: Classifier2D, a: int, b: int) -> None:
     model.pdf_class = pdf / pdf.sum()
     model.tau2[a] = model.tau2[b]
     model.data_vs_prior[a] = model.data_vs_prior[b]
+
+
+def _seed_from_worst(clf: Classifier2D, a: int, b: int, indices: torch.Tensor) -> None:
+    """Restart the inactive class ``a`` from the particles of this mini-batch ``indices`` that the
+    model explains worst (the ``len / K`` largest :func:`misfit`): their average at their current
+    poses, low-passed as the starting references; fresh moments, fraction 1/K."""
+    model, mom = clf.model, clf.moments
+    mine = clf.held(indices)
+    n_use = max(2, int(indices.numel()) // model.n_classes)
+    worst = mine[torch.argsort(misfit(clf.particles, mine, clf.window, model.sigma2), descending=True)[:n_use]]
+    data, weight = aligned_average_grids(clf.particles, worst, clf.window, model.pad)
+    if clf.ranks is not None:
+        clf.ranks.all_reduce(data)
+        clf.ranks.all_reduce(weight)
+    ref = average_from_grids(data, weight, model.box_px, max(1, round(0.07 * model.box_px)))
+    model.refs[a] = flatten_solvent(ref[None], clf.settings.particle_diameter_px / 2.0)[0].to(model.refs.dtype)
+    mom.m1[:, a] = 0.0
+    mom.m2[a] = 1.0
+    pdf = model.pdf_class.clone()
+    pdf[a] = 1.0 / model.n_classes
+    model.pdf_class = pdf / pdf.sum()
+
+
+#: replacement source -> what fills the inactive class a (b: the class the source rule chose)
+REPLACE: dict[str, Callable[..., None]] = {"largest": _replace_class, "gradient": _replace_class,
+                                           "worst": _seed_from_worst}
 
 
 STEPS: dict[str, Callable[[Classifier2D, int], IterationInfo]] = {

@@ -117,7 +117,9 @@ def _largest_source(grad_error: torch.Tensor, pdf_class: torch.Tensor) -> torch.
     return torch.where(grad_error > 0, pdf_class.to(grad_error.dtype), torch.zeros_like(grad_error))
 
 
-REPLACEMENT_SOURCES = {"largest": _largest_source, "gradient": _gradient_source}
+#: ``"worst"`` picks the inactive class as ``"largest"`` does but refills it from the worst-fitting
+#: particles (:mod:`vitrify.ml.optimiser`), not from a copy
+REPLACEMENT_SOURCES = {"largest": _largest_source, "gradient": _gradient_source, "worst": _largest_source}
 
 
 def choose_replacement(grad_error: torch.Tensor, pdf_class: torch.Tensor, threshold: float,

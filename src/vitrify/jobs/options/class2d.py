@@ -62,8 +62,10 @@ class Options:
                                           star="ctf_intact_first_peak")
     class_inactivity_threshold: float = setting(0.1, help="VDAM class replacement.",
                                                 flag="--class-inactivity-threshold")
-    replacement_source: str = setting("largest", help="VDAM: class copied into an inactive one: largest | gradient "
-                                                      "(RELION).", flag="--replace-from")
+    replacement_source: str = setting(
+        "largest", flag="--replace-from",
+        help="VDAM: what refills an inactive class: a copy of the largest class (largest) | of RELION's "
+             "gradient choice (gradient) | the average of the mini-batch's worst-fitting particles (worst).")
     grad_write_iter: int = setting(10, help="VDAM: write every N iterations.", flag="--grad-write-iter")
     ini_subset: int = setting(-1, help="VDAM: initial mini-batch size (-1: RELION's choice).", flag="--ini-subset")
     fin_subset: int = setting(-1, help="VDAM: final mini-batch size (-1: RELION's choice).", flag="--fin-subset")
@@ -75,6 +77,8 @@ class Options:
                                    flag="--ref", star="fn_ref")
     posterior_power: float = setting(1.0, help="Posterior weights as (likelihood x prior)^power; < 1 keeps "
                                                "low-SNR assignments soft (1: RELION).", flag="--posterior-power")
+    noise_class: bool = setting(False, help="Keep the last class an empty (all-zero) reference: a class for boxes of "
+                                           "pure noise.", flag="--noise-class/--no-noise-class")
     seed: int = setting(1, help="Random seed.", flag="--seed")
     threads: int = setting(0, help="CPU threads (0: every CPU this process may use).", flag="--threads",
                            read=read_threads, write=write_threads)

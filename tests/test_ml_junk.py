@@ -1,0 +1,114 @@
+"""Junk in 2D classification: the empty (noise) class and refilling inactive classes from the
+worst-fitting particles, on tiny simulated data with known junk."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from _ml_synth import make_dataset
+
+from vitrify.ml.expectation import make_sampling
+from vitrify.ml.model import ParticleSet
+from vitrify.ml.optimiser import Classifier2D, EngineSettings
+from vitrify.ml.starts import aligned_average_grids, average_from_grids, initial_model, pack_particles
+from vitrify.ml.window import make_window
+
+N_BOX = 32
+
+
+def _classifier(images: torch.Tensor, k: int, algorithm: str, iters: int, **kw) -> Classifier2D:
+    win = make_window(N_BOX)
+    ft, ctf = pack_particles(images, None, win, 28.0, 3.0)
+    n = images.shape[0]
+    parts = ParticleSet(ft=ft, ctf=ctf, group=torch.zeros(n, dtype=torch.long), n_groups=1,
+                        offset_px=torch.zeros(n, 2))
+    model = initial_model(parts, win, k, 28.0, 3.0, 2.0, seed=3, sigma_offset_px=3.0)
+    settings = EngineSettings(algorithm=algorithm, nr_iter=iters, particle_diameter_px=28.0,
+                              ini_subset=60, fin_subset=200, **kw)
+    return Classifier2D(settings, model, parts, win, make_sampling(10.0, 3.0, 1.0))
+
+
+def _shapes_and_noise(n_per_class: int, n_noise: int, snr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Three shapes (labels 0-2) and boxes of pure noise (label 3) with the shapes' noise level."""
+    images, labels, _, _ = make_dataset(n_per_class, N_BOX, snr=snr)
+    g = torch.Generator().manual_seed(11)
+    noise = torch.randn(n_noise, N_BOX, N_BOX, generator=g) / math.sqrt(snr)
+    return torch.cat([images, noise]), torch.cat([labels, torch.full((n_noise,), 3)])
+
+
+def test_noise_class_stays_empty_and_gathers_the_boxes_of_pure_noise():
+    images, labels = _shapes_and_noise(60, 60, snr=0.3)
+    for algorithm, iters in (("em", 4), ("vdam", 20)):
+        clf = _classifier(images, 4, algorithm, iters, noise_class=True)
+        clf.run()
+        cls = clf.particles.class_index
+        assert float(clf.model.refs[3].abs().max()) == 0.0  # never learned, never replaced
+        assert float((cls[labels == 3] == 3).float().mean()) >= 0.9, algorithm
+        assert float((cls[labels < 3] == 3).float().mean()) <= 0.05, algorithm
+
+
+def test_aligned_average_recovers_the_shape_from_particles_at_their_poses():
+    from _ml_synth import shapes, transform
+
+    g = torch.Generator().manual_seed(5)
+    psi = torch.rand(40, generator=g) * 360
+    shift = (torch.rand(40, 2, generator=g) * 2 - 1) * 2.0
+    truth = shapes(N_BOX)[0]
+    images = transform(truth.expand(40, N_BOX, N_BOX), psi, shift)
+    win = make_window(N_BOX)
+    ft, ctf = pack_particles(images, None, win, 28.0, 3.0)
+    parts = ParticleSet(ft=ft, ctf=ctf, group=torch.zeros(40, dtype=torch.long), n_groups=1, offset_px=shift,
+                        psi_deg=psi)
+    data, weight = aligned_average_grids(parts, torch.arange(40), win, 2)
+    average = average_from_grids(data, weight, N_BOX, N_BOX // 2 - 2)
+    mirrored = ParticleSet(ft=ft, ctf=ctf, group=parts.group, n_groups=1, offset_px=shift, psi_deg=-psi)
+    wrong = average_from_grids(*aligned_average_grids(mirrored, torch.arange(40), win, 2), N_BOX, N_BOX // 2 - 2)
+
+    def cc(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        return float((a * b).sum() / (a.norm() * b.norm()))
+
+    assert cc(average, truth) > 0.98 > cc(wrong, truth) + 0.1  # poses as the E-step writes them
+
+
+def _carbon_edges(n_images: int, snr: float, seed: int = 13) -> torch.Tensor:
+    """Soft steps at random angles with the lower noise level an image normalised over a carbon
+    background gets (its background standard deviation includes the step)."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.arange(N_BOX, dtype=torch.float32) - N_BOX // 2
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    angle = torch.rand(n_images, 1, 1, generator=g) * 2 * math.pi
+    step = torch.sigmoid((x * torch.cos(angle) + y * torch.sin(angle)) / 1.5)
+    return 4.0 * step + 0.85 * torch.randn(n_images, N_BOX, N_BOX, generator=g) / math.sqrt(snr)
+
+
+def test_misfit_ranks_carbon_edges_above_particles_where_the_likelihood_does_not():
+    from vitrify.ml.starts import misfit
+
+    images, labels, _, _ = make_dataset(60, N_BOX, snr=0.3)
+    carbon = _carbon_edges(30, snr=0.3)
+    clf = _classifier(torch.cat([images, carbon]), 3, "em", 3)
+    clf.run()
+    rows = torch.arange(clf.particles.n_particles)
+    is_junk = rows >= labels.shape[0]
+    bad = misfit(clf.particles, rows, clf.window, clf.model.sigma2)
+    top = torch.argsort(bad, descending=True)[:30]
+    top_ll = torch.argsort(clf.particles.log_likelihood)[:30]  # lowest log-likelihood
+    assert float(is_junk[top].float().mean()) >= 0.75
+    assert float(is_junk[top_ll].float().mean()) <= 0.2  # lower noise: a smaller residual
+
+
+def test_zero_reference_keeps_its_prior_mass_under_the_significance_cap():
+    """Boxes of pure noise against a faint class and an all-zero one: the zero class's r x T tied
+    poses carry its whole prior mass in one template, so a cap of a few significant poses does not
+    drop it (it did: the faint class's best poses filled the cap)."""
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(80, N_BOX, N_BOX, generator=g) * 2.0
+    clf = _classifier(noise, 2, "vdam", 1, max_significant=4)
+    clf.model.refs[0] = clf.model.refs[0] * 0.05  # faint: explains noise about as well as nothing
+    clf.model.refs[1] = 0.0
+    sums, _, _ = clf._estep(torch.arange(80), 2, 4)
+    share = sums.class_weight / sums.class_weight.sum()
+    assert float(share[1]) > 0.4
+    assert float((clf.particles.class_index == 1).float().mean()) > 0.4
