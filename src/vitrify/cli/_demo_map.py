@@ -16,9 +16,23 @@ from pathlib import Path
 from vitrify.io.errors import InputError
 
 
-def compare_to_truth(out: Path, path: Path, structure: str, name: str, data_star: Path | None) -> dict:
-    """FSC of the map ``path`` to the truth once aligned (resolutions at 0.5 and 0.143, particles in
-    ``data_star``); writes ``out/truth_map.mrc`` and ``out/<name>_aligned.mrc``."""
+def truth_mask(truth, pixel_size_angst: float):
+    """``(n, n, n)`` soft mask of the true map by the recipe of vitrify auto's automatic mask (low-pass
+    15 Å, 0.2 of the maximum, extended 3 px, soft edge 6 px): the region a masked FSC to the truth covers."""
+    from vitrify.core.filters import lowpass_filter
+    from vitrify.core.masks import mask_from_map
+
+    low = lowpass_filter(truth.float(), 15.0, pixel_size_angst, ndim=3)
+    return mask_from_map(low, 0.2 * float(low.max()), 3.0, 6.0)
+
+
+def compare_to_truth(out: Path, path: Path, structure: str, name: str, data_star: Path | None,
+                     start=None) -> dict:
+    """FSC of the map ``path`` to the truth once aligned (resolutions at 0.5 and 0.143, unmasked and in
+    :func:`truth_mask`; particles in ``data_star``); writes ``out/truth_map.mrc`` and
+    ``out/<name>_aligned.mrc``. ``start``: the alignment of a map in the same frame (the refinement of
+    this one, or the model it started from) to refine instead of searching all rotations; the result's
+    ``"alignment"`` is this map's."""
     import torch
 
     from vitrify.core.fsc import fsc, resolution_at_threshold
@@ -31,23 +45,26 @@ def compare_to_truth(out: Path, path: Path, structure: str, name: str, data_star
     if not path.is_file():
         raise InputError("the job wrote no map", path=path)
     volume, pixel = read_mrc(path)
-    box = int(volume.shape[-1])
-    truth = torch.as_tensor(simulate_map(load_structure(structure), MapOptions(box, float(pixel)))).float()
-    aligned = align_maps(torch.as_tensor(volume).float(), truth)
-    curve = fsc(aligned.aligned, truth)
+    box, pixel = int(volume.shape[-1]), float(pixel)
+    truth = torch.as_tensor(simulate_map(load_structure(structure), MapOptions(box, pixel))).float()
+    aligned = align_maps(torch.as_tensor(volume).float(), truth, start=start)
+    mask = truth_mask(truth, pixel)
+    curve, masked = fsc(aligned.aligned, truth), fsc(aligned.aligned * mask, truth * mask)
     truth_path, aligned_path = out / "truth_map.mrc", out / f"{name}_aligned.mrc"
-    write_mrc(truth_path, truth.numpy(), float(pixel))
-    write_mrc(aligned_path, aligned.aligned.numpy(), float(pixel))
+    write_mrc(truth_path, truth.numpy(), pixel)
+    write_mrc(aligned_path, aligned.aligned.numpy(), pixel)
     particles = len(read_star(data_star)["particles"]) if data_star is not None and data_star.is_file() else 0
-    return {"map": str(path), "box_px": box, "pixel_size_angst": float(pixel), "particles": particles,
-            "fsc_05_angst": resolution_at_threshold(curve, box, float(pixel), 0.5),
-            "fsc_0143_angst": resolution_at_threshold(curve, box, float(pixel), 0.143),
+    return {"map": str(path), "box_px": box, "pixel_size_angst": pixel, "particles": particles,
+            "fsc_05_angst": resolution_at_threshold(curve, box, pixel, 0.5),
+            "fsc_0143_angst": resolution_at_threshold(curve, box, pixel, 0.143),
+            "masked_fsc_05_angst": resolution_at_threshold(masked, box, pixel, 0.5),
+            "masked_fsc_0143_angst": resolution_at_threshold(masked, box, pixel, 0.143),
             "hand_flipped": bool(aligned.mirrored), "truth_map": str(truth_path), "aligned_map": str(aligned_path),
-            "chimerax": f"chimerax {truth_path} {aligned_path}"}
+            "chimerax": f"chimerax {truth_path} {aligned_path}", "alignment": aligned}
 
 
-def map_against_truth(out: Path, job_dir: Path, structure: str) -> dict:
+def map_against_truth(out: Path, job_dir: Path, structure: str, start=None) -> dict:
     """FSC of ``job_dir/initial_model.mrc`` to the truth (resolutions at 0.5 and 0.143, particles used)."""
     data = sorted(job_dir.glob("run_it*_data.star"))[-1:]
     return compare_to_truth(out, job_dir / "initial_model.mrc", structure, "initial_model",
-                            data[0] if data else None)
+                            data[0] if data else None, start)

@@ -185,6 +185,24 @@ def on_the_fly(project: Path, written: list[float]) -> dict:
                        | {"status": r.get("status", "unfinished")} for r in rounds]}
 
 
+def maps_against_truth(out: Path, jobs: dict[str, str], structure: str) -> dict:
+    """``{"refined_map": ..., "initial_model": ...}`` for the 3D jobs that ran. The refined map is aligned
+    onto the truth first (all rotations, both hands); the initial model it started from shares its frame,
+    so its alignment only refines the refined map's."""
+    from vitrify.cli._demo_map import map_against_truth
+    from vitrify.cli._demo_refine import refined_summary
+
+    found: dict = {}
+    start = None
+    if "refine3d" in jobs:
+        found["refined_map"] = refined_summary(out, out / "project", jobs, structure)
+        start = found["refined_map"].pop("alignment")
+    if "inimodel3d" in jobs:
+        found["initial_model"] = map_against_truth(out, out / "project" / jobs["inimodel3d"], structure, start)
+        found["initial_model"].pop("alignment")
+    return found
+
+
 def run_pipeline_demo(console: Console, out: Path, demo: PipelineDemo, *, overwrite: bool = False) -> dict:
     """Run the whole demo into ``out``; returns the summary (also written to ``out/demo_report.json``)."""
     import json
@@ -206,15 +224,7 @@ def run_pipeline_demo(console: Console, out: Path, demo: PipelineDemo, *, overwr
                 microscope.join()
             timings.append({"step": step.argvs[0][0], "wall_s": wall, "cpu_s": cpu_seconds() - cpu})
     summary = collect_results(out / "project", out / "microscope" / "truth.star", diameter)
-    if "inimodel3d" in summary["jobs"]:
-        from vitrify.cli._demo_map import map_against_truth
-
-        summary["initial_model"] = map_against_truth(out, out / "project" / summary["jobs"]["inimodel3d"],
-                                                     demo.structure)
-    if "refine3d" in summary["jobs"]:
-        from vitrify.cli._demo_refine import refined_summary
-
-        summary["refined_map"] = refined_summary(out, out / "project", summary["jobs"], demo.structure)
+    summary.update(maps_against_truth(out, summary["jobs"], demo.structure))
     from vitrify.cli._demo_refine import stage_times
 
     summary.update(stage_times=stage_times(out / "project"), settings=asdict(demo),

@@ -107,19 +107,28 @@ def _map_text(model: dict, summary: dict) -> str:
     return text
 
 
+_VERDICT = {True: "the truth supports it", False: "[bold red]finer than the truth supports (overstated)[/]",
+            None: "not reported"}
+
+
 def _refined_text(refined: dict) -> str:
-    reported = []
-    if refined.get("gold_standard_angst") is not None:
-        reported.append(f"{refined['gold_standard_angst']:.1f} Å by the gold-standard FSC of the two halves")
-    if refined.get("postprocess_angst") is not None:
-        reported.append(f"{refined['postprocess_angst']:.1f} Å after post-processing with the automatic solvent "
-                        f"mask (B-factor {refined.get('bfactor_angst2') or 0:.0f} Å²)")
+    """The refinement's paragraph: what vitrify reported, what the truth supports, the files."""
+    gold, post = refined.get("gold_standard_angst"), refined.get("postprocess_angst")
+    reported = [f"{gold:.1f} Å by the gold-standard FSC of the two halves (unmasked; "
+                f"{_VERDICT[refined.get('gold_standard_honest')]})" if gold is not None else
+                "no gold-standard resolution"]
+    if post is not None:
+        reported.append(f"{post:.1f} Å after post-processing with the automatic solvent mask (B-factor "
+                        f"{refined.get('bfactor_angst2') or 0:.0f} Å²; {_VERDICT[refined.get('postprocess_honest')]})")
     ended = f"; it {refined['ended']}" if refined.get("ended") else ""
     return (f"[bold]3D refinement.[/] Auto-refine from the initial model used {refined['particles']} particles "
             f"({refined['box_px']}³ px at {refined['pixel_size_angst']:.2f} Å/px{ended}). vitrify reports "
-            f"{'; '.join(reported) or 'no resolution'}. Against the true map (aligned"
+            f"{'; '.join(reported)}. Against the true map (aligned"
             f"{', hand flipped' if refined['hand_flipped'] else ''}) the refined map's FSC falls to 0.5 at "
-            f"{refined['fsc_05_angst']:.1f} Å and to 0.143 at {refined['fsc_0143_angst']:.1f} Å. "
+            f"{refined['fsc_05_angst']:.1f} Å and to 0.143 at {refined['fsc_0143_angst']:.1f} Å; in the true map's "
+            f"mask to 0.5 at {refined['masked_fsc_05_angst']:.1f} Å and to 0.143 at "
+            f"{refined['masked_fsc_0143_angst']:.1f} Å (a half-map FSC of 0.143 stands for an FSC of 0.5 to the "
+            f"truth: the unmasked figure checks the gold-standard one, the masked figure the post-processed one). "
             f"Open them: {refined['chimerax']}")
 
 

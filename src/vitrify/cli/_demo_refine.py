@@ -1,9 +1,11 @@
 """The end of the demo's pipeline: the refined map against the truth, and the time each stage took.
 
 - :func:`refined_summary`: the FSC of Refine3D's ``run_class001.mrc`` to the true map (aligned as the
-  initial model is, :mod:`vitrify.cli._demo_map`), the resolution vitrify reported (the
-  gold-standard FSC of ``run_model.star`` and PostProcess's ``rlnFinalResolution``, which uses the
-  solvent mask), the particles used (``run_data.star``) and the files to open in ChimeraX;
+  initial model is, :mod:`vitrify.cli._demo_map`; unmasked and in the true map's mask), the
+  resolution vitrify reported (the gold-standard FSC of ``run_model.star`` and PostProcess's
+  ``rlnFinalResolution``, which uses the solvent mask) and whether the truth supports each
+  (:func:`supported_by_truth`: a half-map FSC of 0.143 stands for an FSC of 0.5 to the truth), the
+  particles used (``run_data.star``) and the files to open in ChimeraX;
 - :func:`stage_times`: from the schemes' own logs (``Schemes/*/schemer.log``, one time-stamped line
   when a job node starts and one when its job ends), how many times each node's job ran and for how
   long in all.
@@ -36,10 +38,13 @@ def _value(path: Path, block: str, label: str) -> float | None:
         return None
 
 
-def refined_summary(out: Path, project: Path, jobs: dict[str, str], structure: str) -> dict:
-    """The refined map against the truth, the resolution reported, particles used, files to open."""
+def refined_summary(out: Path, project: Path, jobs: dict[str, str], structure: str, start=None) -> dict:
+    """The refined map against the truth, the resolution reported, particles used, files to open
+    (``start``: an alignment onto the truth to refine instead of a global search, as
+    :func:`vitrify.cli._demo_map.compare_to_truth`)."""
     refine = project / jobs["refine3d"]
-    result = compare_to_truth(out, refine / "run_class001.mrc", structure, "refined_map", refine / "run_data.star")
+    result = compare_to_truth(out, refine / "run_class001.mrc", structure, "refined_map", refine / "run_data.star",
+                              start)
     result["gold_standard_angst"] = _value(refine / "run_model.star", "model_general", "rlnCurrentResolution")
     result["ended"] = _how_it_ended(refine / "run.log")
     files = [result["truth_map"], result["aligned_map"]]
@@ -50,7 +55,27 @@ def refined_summary(out: Path, project: Path, jobs: dict[str, str], structure: s
         result["postprocess_map"] = str(post / "postprocess.mrc")
         files.append(result["postprocess_map"])
     result["chimerax"] = "chimerax " + " ".join(files)
+    box, pixel = result["box_px"], result["pixel_size_angst"]
+    result["gold_standard_honest"] = supported_by_truth(result["gold_standard_angst"], result["fsc_05_angst"],
+                                                        box, pixel)
+    result["postprocess_honest"] = supported_by_truth(result.get("postprocess_angst"),
+                                                      result["masked_fsc_05_angst"], box, pixel)
     return result
+
+
+def supported_by_truth(reported_angst: float | None, truth_05_angst: float, box_px: int,
+                       pixel_size_angst: float) -> bool | None:
+    """Whether a reported (half-map FSC 0.143) resolution is one the truth supports: not finer than where
+    the map's FSC to the true map falls to 0.5 (the equivalent criterion) by more than one Fourier shell
+    and 10 % (issue 18's tolerance). None when nothing was reported.
+
+    >>> supported_by_truth(10.9, 18.8, 70, 3.214), supported_by_truth(18.0, 18.8, 70, 3.214)
+    (False, True)
+    """
+    if reported_angst is None or not reported_angst > 0:
+        return None
+    shells = box_px * pixel_size_angst / reported_angst - box_px * pixel_size_angst / truth_05_angst
+    return bool(shells <= 1.0 or reported_angst >= 0.9 * truth_05_angst)
 
 
 def _how_it_ended(run_log: Path) -> str:

@@ -112,12 +112,16 @@ def _refine(score_fn, start: torch.Tensor, step_deg: float, levels: int) -> tupl
 
 
 def align_maps(volume: torch.Tensor, reference: torch.Tensor, *, try_hands: bool = True, order: int = 1,
-               search_box: int = 20, max_shift_px: int = 4, top: int = 3) -> Alignment:
+               search_box: int = 20, max_shift_px: int = 4, top: int = 3, start: Alignment | None = None) -> Alignment:
     """Align ``volume`` ``(n, n, n)`` onto ``reference`` ``(n, n, n)`` (rotation, shift, hand).
 
     The ``top`` best rotations of the global search (per hand) are refined on the small copies;
-    the best of them is refined again at full size.
+    the best of them is refined again at full size. With ``start`` (the alignment of a map in the
+    same frame, e.g. a refinement of this one) the global search is skipped: its hand and rotation
+    are refined at full size only.
     """
+    if start is not None:
+        return _finish(volume, reference, start.rotation.double(), start.mirrored, max_shift_px, 4.0, 4)
     n = volume.shape[-1]
     grid = orientation_grid(order, dtype=torch.float64, device=volume.device)
     mats = euler_to_matrix(grid[:, 0], grid[:, 1], grid[:, 2]).to(volume.dtype)
@@ -135,8 +139,15 @@ def align_maps(volume: torch.Tensor, reference: torch.Tensor, *, try_hands: bool
             if best is None or score > best[0]:
                 best = (score, rot, mirrored)
     _, rot, mirrored = best
+    return _finish(volume, reference, rot, mirrored, max_shift_px)
+
+
+def _finish(volume: torch.Tensor, reference: torch.Tensor, rot: torch.Tensor, mirrored: bool,
+            max_shift_px: int, step_deg: float = 1.0, levels: int = 2) -> Alignment:
+    """Refine rotation ``(3, 3)`` float64 at full size (steps from ``step_deg``, halved ``levels`` times),
+    find the shift, apply both."""
     vol = torch.flip(volume, dims=[0]) if mirrored else volume
-    rot, score = _refine(lambda r: _scores(vol, reference, r, max_shift_px)[0], rot, 1.0, 2)
+    rot, score = _refine(lambda r: _scores(vol, reference, r, max_shift_px)[0], rot, step_deg, levels)
     _, shift = _scores(vol, reference, rot[None].to(volume.dtype), max_shift_px)
     # the correlation peaks at d where the rotated map is the reference moved by +d: move it back
     aligned = torch.roll(rotate_volume(vol, rot[None].to(volume.dtype))[0],
