@@ -38,3 +38,25 @@ def test_insert_slices_matches_the_corner_scatter():
         assert want[1].abs().max() > 0
         torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-5)
+
+
+def test_frame_to_slices_matches_the_per_direction_scatter():
+    from vitrify.ml.inimodel import frame_to_slices
+    from vitrify.ml.orient3d import make_orientations, select_directions
+    from vitrify.ml.templates import make_rotation_table, scatter_stacked_to_grids
+    from vitrify.ml.window import make_window
+
+    gen = torch.Generator().manual_seed(4)
+    o, win, h, k = make_orientations(0), make_window(12), 2, 2
+    d, n_psi = o.directions_deg.shape[0], o.psi_deg.shape[0]
+    p = win.pixels_within(4)
+    for fine, psi, rows in ((False, o.psi_deg, k * d * n_psi), (True, o.fine_psi_deg, 8 * k * d * n_psi)):
+        table = make_rotation_table(psi, win, 2, p)
+        data, weight = torch.randn(h, rows, 2 * p, generator=gen), torch.rand(h, rows, p, generator=gen)
+        dirs = torch.arange(4 * d if fine else d)
+        dsel = select_directions(data, dirs, k, d, n_psi, fine).reshape(-1, psi.shape[0], 2 * p)
+        wsel = select_directions(weight, dirs, k, d, n_psi, fine).reshape(-1, psi.shape[0], p)
+        want = scatter_stacked_to_grids(dsel[..., :p], dsel[..., p:], wsel, table)
+        got = frame_to_slices(data, weight, k, d, fine, table)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-4)

@@ -29,11 +29,11 @@ from vitrify.ml.expectation import EStepSettings, Sampling, TemplateCache, run_p
 from vitrify.ml.finepass import fine_shifts
 from vitrify.ml.model import MlModel, ParticleSet
 from vitrify.ml.mstep import next_radius, update_class_stats, update_sigma2
-from vitrify.ml.orient3d import N_CHILDREN, fine_layout, make_orientations, select_directions, used_directions
+from vitrify.ml.orient3d import N_CHILDREN, fine_layout, make_orientations
 from vitrify.ml.schedules import VdamSchedule, auto_subsets_inimodel
 from vitrify.ml.slices import PAD, SLICE_PAD, grid_shells, insert_slices, make_slice_table, read_slices, slice_radius, \
     volume_grids, volumes_from_grids
-from vitrify.ml.templates import sample_templates, scatter_stacked_to_grids
+from vitrify.ml.templates import sample_templates, symmetrise_column0
 from vitrify.ml.vdam import choose_replacement, preconditioned_gradient
 from vitrify.ml.vdam3d import (data_vs_prior, flatten_solvent, gradient_step, map_reconstruct, reference_tau2,
                                symmetrise, update_moments_inside, zero_moments)
@@ -230,16 +230,9 @@ class Refiner3D:
             h, r, p = frame.weight.shape
             psi = o.fine_psi_deg if fine else o.psi_deg
             table = self.cache.table(psi.to(frame.data.device), self.window, p, SLICE_PAD)
-            n_psi = psi.shape[0]
-            used = used_directions(frame.weight, k, o.directions_deg.shape[0], o.psi_deg.shape[0], fine)
-            dsel = select_directions(frame.data, used, k, o.directions_deg.shape[0], o.psi_deg.shape[0], fine)
-            wsel = select_directions(frame.weight, used, k, o.directions_deg.shape[0], o.psi_deg.shape[0], fine)
-            dsel, wsel = dsel.reshape(-1, n_psi, 2 * p), wsel.reshape(-1, n_psi, p)  # (H K D', n_psi, X)
-            dd, ww = scatter_stacked_to_grids(dsel[..., :p], dsel[..., p:], wsel, table)
+            dd, ww = frame_to_slices(frame.data, frame.weight, k, o.directions_deg.shape[0], fine, table)
             table3 = self._slice_table(fine, self.model.current_radius)  # all directions: its insertion matrix is kept
-            dg, wg = insert_slices(_all_directions(dd.reshape(h * k, used.numel(), m, half), used, table3.n_rotations),
-                                   _all_directions(ww.reshape(h * k, used.numel(), m, half), used, table3.n_rotations),
-                                   table3)
+            dg, wg = insert_slices(dd.reshape(h * k, -1, m, half), ww.reshape(h * k, -1, m, half), table3)
             dg, wg = dg.reshape(h, k, g, g, g // 2 + 1), wg.reshape(h, k, g, g, g // 2 + 1)
             data = dg if data is None else data + dg
             weight = wg if weight is None else weight + wg
@@ -310,13 +303,38 @@ class Refiner3D:
                 on_iteration(info)
 
 
-def _all_directions(grids: torch.Tensor, used: torch.Tensor, n_dirs: int) -> torch.Tensor:
-    """2D slice grids ``(C, U, m, h)`` of the directions ``used`` ``(U,)`` placed among ``n_dirs`` (zeros elsewhere)."""
-    if used.numel() == n_dirs:
-        return grids
-    out = grids.new_zeros(grids.shape[0], n_dirs, *grids.shape[2:])
-    out[:, used] = grids
-    return out
+def frame_to_slices(data: torch.Tensor, weight: torch.Tensor, n_classes: int, n_dirs: int, fine: bool,
+                    table) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame sums -> padded 2D slice grids of every direction, by the in-plane adjoint.
+
+    ``data`` ``(H, R, 2P)`` stacked ``[Re | Im]`` and ``weight`` ``(H, R, P)`` in the frame's row order
+    (coarse: ``(K, D, n_psi)``; fine: child order ``(K, D, n_psi, 4, 2)``, :mod:`vitrify.ml.orient3d`);
+    ``table`` the :class:`~vitrify.ml.templates.RotationTable` of the frame's psi grid. Returns
+    ``(H K D', m, m//2+1)`` complex data and real weight grids (``D' = D``, fine ``4 D`` directions
+    ``4 d + a``), as :func:`~vitrify.ml.templates.scatter_stacked_to_grids` of the directions one by one,
+    but with one strided copy into the product's ``(n_psi' P, 3 C)`` operand (no selection, no concatenation).
+    """
+    h, r, p = weight.shape
+    n_psi = r // (n_classes * n_dirs * (N_CHILDREN if fine else 1))
+    dirs, n_rows = (4 * n_dirs, 2 * n_psi) if fine else (n_dirs, n_psi)
+    c = h * n_classes * dirs
+    dense = torch.empty(n_rows * p, 3 * c, device=data.device, dtype=torch.float32)
+    view = dense.view(n_rows, p, 3, c)
+    if fine:  # rows (i, b, P) <- (H, K, D, i, a, b, [Re|Im], P); columns (H, K, D, a)
+        view[:, :, :2].unflatten(3, (h, n_classes, n_dirs, 4)).unflatten(0, (n_psi, 2)).copy_(
+            data.view(h, n_classes, n_dirs, n_psi, 4, 2, 2, p).permute(3, 5, 7, 6, 0, 1, 2, 4))
+        view[:, :, 2].unflatten(2, (h, n_classes, n_dirs, 4)).unflatten(0, (n_psi, 2)).copy_(
+            weight.view(h, n_classes, n_dirs, n_psi, 4, 2, p).permute(3, 5, 6, 0, 1, 2, 4))
+    else:  # rows (i, P) <- (H, K, D, i, [Re|Im], P); columns (H, K, D)
+        view[:, :, :2].unflatten(3, (h, n_classes, n_dirs)).copy_(
+            data.view(h, n_classes, n_dirs, n_psi, 2, p).permute(3, 5, 4, 0, 1, 2))
+        view[:, :, 2].unflatten(2, (h, n_classes, n_dirs)).copy_(
+            weight.view(h, n_classes, n_dirs, n_psi, p).permute(3, 4, 0, 1, 2))
+    view[:, :, 1].mul_(torch.where(table.conj, -1.0, 1.0).reshape(n_rows, p, 1))
+    out = torch.sparse.mm(table.matrices[1], dense)  # (m*half, 3C)
+    m, half = table.grid_shape
+    grids = torch.complex(out[:, :c].t(), out[:, c:2 * c].t()).reshape(c, m, half)
+    return symmetrise_column0(grids), symmetrise_column0(out[:, 2 * c:].t().reshape(c, m, half).contiguous())
 
 
 def em_iteration(ref: Refiner3D, it: int) -> Iteration3D:
