@@ -83,21 +83,48 @@ def reference(data: Path, start: str) -> Path:
     return path
 
 
-def run_job(data: Path, job: Path, args: argparse.Namespace, diameter_angst: float) -> dict:
-    """``vitrify class3d`` in a child process: wall, CPU and peak RSS of the child."""
-    particles = data / ("truth.star" if args.sigma_ang > 0 else "particles.star")  # poses for local searches
-    cmd = [sys.executable, "-m", "vitrify", "-q", "class3d", "--i", str(particles), "--ref",
-           str(reference(data, args.start)), "--o", str(job), "--K", "2", "--particle-diameter", str(diameter_angst),
-           "--ini-high", str(args.ini_high), "--iter", str(args.iter), "--healpix-order", str(args.healpix_order),
-           "--threads", str(args.threads), "--seed", str(args.seed), "--sigma-ang", str(args.sigma_ang),
-           "--offset-range", "5", "--offset-step", "1"]  # coarse 1 px (finer than RELION's 2), as recorded
+def run_child(cmd: list[str]) -> dict:
+    """``cmd`` in a child process: wall, CPU (user + sys) and peak RSS of the child."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, "VITRIFY_QUIET": "1"})
     _, status, usage = os.wait4(proc.pid, 0)
     if status != 0:
-        raise SystemExit(f"class3d failed ({status}): {' '.join(cmd)}")
+        raise SystemExit(f"{cmd[4]} failed ({status}): {' '.join(cmd)}")
     return {"wall_s": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime,
             "peak_mb": usage.ru_maxrss / 1024.0, "command": " ".join(cmd[1:])}
+
+
+def consensus(data: Path, job: Path, args: argparse.Namespace, diameter_angst: float) -> dict:
+    """``--poses refine3d``: a C1 consensus ``vitrify refine3d`` of all particles from state 1's map
+    (low-passed to 40 Å by the job), RELION's usual route before classifying with local searches."""
+    if (job / "run_data.star").exists():
+        return {"wall_s": 0.0, "cpu_s": 0.0, "peak_mb": 0.0, "command": "(reused)"}
+    return run_child([sys.executable, "-m", "vitrify", "-q", "refine3d", "--i", str(data / "particles.star"),
+                      "--ref", str(data / "truth_map.mrc"), "--o", str(job), "--particle-diameter",
+                      str(diameter_angst), "--threads", str(args.threads), "--offset-range", "5", "--offset-step", "1"])
+
+
+def run_job(data: Path, job: Path, args: argparse.Namespace, diameter_angst: float) -> dict:
+    """``vitrify class3d`` in a child process: wall, CPU and peak RSS of the child (with ``--poses
+    refine3d``: of the consensus refinement and the classification together)."""
+    particles, ref, cost = data / "particles.star", reference(data, args.start), None
+    if args.sigma_ang > 0 and args.poses == "truth":
+        particles = data / "truth.star"  # the true poses stand in for a consensus refinement's
+    elif args.poses == "refine3d":
+        refined = job.parent / f"{job.name}_consensus"
+        cost = consensus(data, refined, args, diameter_angst)
+        particles, ref = refined / "run_data.star", refined / "run_class001.mrc"
+    cmd = [sys.executable, "-m", "vitrify", "-q", "class3d", "--i", str(particles), "--ref",
+           str(ref), "--o", str(job), "--K", "2", "--particle-diameter", str(diameter_angst),
+           "--ini-high", str(args.ini_high), "--iter", str(args.iter), "--healpix-order", str(args.healpix_order),
+           "--threads", str(args.threads), "--seed", str(args.seed), "--sigma-ang", str(args.sigma_ang),
+           "--offset-range", "5", "--offset-step", "1"]  # coarse 1 px (finer than RELION's 2), as recorded
+    out = run_child(cmd)
+    if cost is not None:
+        out = {"wall_s": out["wall_s"] + cost["wall_s"], "cpu_s": out["cpu_s"] + cost["cpu_s"],
+               "peak_mb": max(out["peak_mb"], cost["peak_mb"]), "command": f"{cost['command']} ; {out['command']}",
+               "consensus_cpu_s": cost["cpu_s"]}
+    return out
 
 
 def shift_onto(volume: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
@@ -134,6 +161,51 @@ def evaluate(data: Path, job: Path, iteration: int) -> dict:
     return out
 
 
+def oracle(data: Path, resolutions_angst: list[float]) -> dict[str, float]:
+    """The ceiling of any classifier: % of particles whose image is nearer (least squares, one scale per
+    map) to its own state's true map than to the other's, projected at the TRUE pose with the true CTF,
+    images and projections low-passed to each resolution (0: none). It shows at which resolution the
+    states' difference is carried (the CTF leaves little of it at low resolution)."""
+    import mrcfile
+
+    from vitrify.core.ctf import CtfParams
+    from vitrify.core.euler import euler_to_matrix
+    from vitrify.core.filters import lowpass_filter
+    from vitrify.core.projector import make_projector
+    from vitrify.io.mrc import read_mrc
+    from vitrify.io.star import read_star
+    from vitrify.sim.render import apply_ctf, project_particles
+
+    star = read_star(data / "truth.star")
+    p, optics = star["particles"], star["optics"]
+    pixel = float(optics["rlnImagePixelSize"].iloc[0])
+    col = lambda name: torch.tensor(p[name].to_numpy(), dtype=torch.float32)  # noqa: E731
+    rot = euler_to_matrix(col("rlnAngleRot"), col("rlnAngleTilt"), col("rlnAnglePsi"))
+    origins_px = torch.stack([col("rlnOriginXAngst"), col("rlnOriginYAngst")], 1) / pixel
+    ctf = CtfParams(pixel_size_angst=pixel, voltage_kv=float(optics["rlnVoltage"].iloc[0]),
+                    cs_mm=float(optics["rlnSphericalAberration"].iloc[0]),
+                    amplitude_contrast=float(optics["rlnAmplitudeContrast"].iloc[0]),
+                    defocus_u_angst=col("rlnDefocusU"), defocus_v_angst=col("rlnDefocusV"),
+                    defocus_angle_deg=col("rlnDefocusAngle"))
+    images = torch.as_tensor(mrcfile.read(data / "particles.mrcs").astype(np.float32))
+    projections = [apply_ctf(project_particles(make_projector(torch.as_tensor(read_mrc(data / name)[0]).float()),
+                                               rot, origins_px), ctf)
+                   for name in ("truth_map.mrc", "truth_map_002.mrc")]
+    truth = p["vtfMapIndex"].to_numpy()
+    out = {}
+    for res in resolutions_angst:
+        filt = (lambda x: lowpass_filter(x, res, pixel)) if res > 0 else (lambda x: x)  # noqa: E731
+        x = filt(images)
+        misfit = []
+        for proj in projections:
+            proj = filt(proj)
+            scale = float((proj * x).sum() / (proj * proj).sum())
+            misfit.append(((x - scale * proj) ** 2).sum((1, 2)))
+        nearest = np.where((misfit[0] <= misfit[1]).numpy(), 1, 2)
+        out["none" if res <= 0 else f"{res:g} A"] = 100.0 * float((nearest == truth).mean())
+    return out
+
+
 def main() -> None:
     """Simulate, classify and print one JSON line per set, then the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -150,13 +222,24 @@ def main() -> None:
     parser.add_argument("--sigma-ang", type=float, default=0.0,
                         help="> 0: local searches around the true poses (truth.star as input, standing in for a "
                              "consensus refinement's poses)")
+    parser.add_argument("--poses", choices=("truth", "refine3d"), default="truth",
+                        help="with --sigma-ang: truth: the true poses; refine3d: a consensus vitrify refine3d first")
     parser.add_argument("--start", choices=("one", "two"), default="one",
                         help="one: K classes from state 1's map (RELION's usual start); two: each state's map")
+    parser.add_argument("--oracle", action="store_true",
+                        help="print only the ceiling: right class at the true poses with the true maps (per low-pass)")
     args = parser.parse_args()
     rows = []
+    if args.oracle:
+        for name in args.sets.split(","):
+            data = simulate(name, args, args.out / f"{name}_n{args.n}_box{args.box}_snr{args.snr}")
+            print(json.dumps({"set": name, "box": args.box, "oracle_right_class_pct_by_lowpass":
+                              oracle(data, [0.0, 10.0, 12.0, 15.0, 20.0, 30.0, 60.0])}), flush=True)
+        return
     for name in args.sets.split(","):
         data = simulate(name, args, args.out / f"{name}_n{args.n}_box{args.box}_snr{args.snr}")
         search = f"local{args.sigma_ang:g}" if args.sigma_ang > 0 else "global"
+        search += "_refine3d" if args.poses == "refine3d" else ""
         job = args.out / f"{name}_job_it{args.iter}_o{args.healpix_order}_{args.start}_{search}"
         cost = run_job(data, job, args, SETS[name][2])
         row = {"set": name, "start": args.start, "search": search, "n": args.n, "box": args.box, "snr": args.snr,
