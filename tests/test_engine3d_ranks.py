@@ -35,6 +35,28 @@ JOBS = {
     "initialmodel": ["initialmodel", "--i", "sim/particles.star", "--iter", "4", "--ini-subset", "40",
                      "--fin-subset", "96", "--healpix-order", "1", "--grad-write-iter", "2", "--seed", "1", *COMMON],
 }
+#: each job continued from an iteration of its 2-rank run (``two/JOB``) for one more iteration
+CONTINUE = {"refine3d": ("run_it001_optimiser.star", ["--iter", "2"]),
+            "class3d": ("run_it001_optimiser.star", ["--iter", "2"]),
+            "initialmodel": ("run_it002_optimiser.star", [])}
+
+
+def _continued(job: str, out: str) -> list[str]:
+    name, extra = CONTINUE[job]
+    return [job, "--continue", f"two/{job}/{name}", *extra, "--threads", "1", "--o", f"{out}/{job}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("job, maps, data", [
+    ("refine3d", ("run_class001.mrc", "run_half1_class001_unfil.mrc"), "run_data.star"),
+    ("class3d", ("run_it002_class001.mrc", "run_it002_class002.mrc"), "run_it002_data.star"),
+    ("initialmodel", ("initial_model.mrc",), "run_it004_data.star")])
+def test_a_run_continued_on_two_ranks_goes_on_as_one_process(runs, job, maps, data):
+    """Each rank takes its shard's assignments (refine3d: of each half) from the iteration's files."""
+    one, two = _pair(runs, job, "one_c", "two_c")
+    for name in maps:
+        _same_maps(one, two, name)
+    _same_poses(one, two, data, POSES)
 
 
 def _main(argv: list[str], capsys=None) -> tuple[int, str]:
@@ -68,9 +90,11 @@ def adk(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def runs(adk: Path) -> Path:
     """Every job of :data:`JOBS` run as one process (into ``one/JOB``) and on two gloo ranks (``two/JOB``,
-    one torchrun launch for all three)."""
+    one torchrun launch for all three), then continued (:data:`CONTINUE`) on two ranks (``two_c/JOB``, the same
+    launch) and as one process (``one_c/JOB``)."""
     out = adk
     commands = [json.dumps([*args, "--o", f"two/{job}"]) for job, args in JOBS.items()]
+    commands += [json.dumps(_continued(job, "two_c")) for job in JOBS]
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1", "VITRIFY_QUIET": "1"}
     script = Path(__file__).with_name("_ranks_jobs.py")
@@ -86,11 +110,17 @@ def runs(adk: Path) -> Path:
         os.chdir(cwd)
     _, err = ranks.communicate(timeout=600)
     assert ranks.returncode == 0, err[-3000:]
+    try:
+        os.chdir(out)
+        for job in JOBS:
+            assert _main(_continued(job, "one_c"))[0] == 0, job
+    finally:
+        os.chdir(cwd)
     return out
 
 
-def _pair(runs: Path, job: str) -> tuple[Path, Path]:
-    one, two = runs / "one" / job, runs / "two" / job
+def _pair(runs: Path, job: str, one: str = "one", two: str = "two") -> tuple[Path, Path]:
+    one, two = runs / one / job, runs / two / job
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     return one, two
 

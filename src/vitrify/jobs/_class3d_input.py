@@ -112,11 +112,11 @@ class Resume:
         return MlModel(refs=self.refs.to(device), pixel_size_angst=float(s["pixel_size_angst"]), pad=2,
                        **arrays, **scalars)
 
-    def apply_to(self, particles: ParticleSet) -> None:
-        """The particles' assignments of the written iteration."""
+    def apply_to(self, particles: ParticleSet, rows: slice = slice(None)) -> None:
+        """The particles' assignments of the written iteration (under ranks: of this rank's ``rows``)."""
         dev = particles.ft.device
         for name in STATE_PARTICLE_FIELDS:
-            setattr(particles, name, torch.as_tensor(self.state[f"particles_{name}"], device=dev))
+            setattr(particles, name, torch.as_tensor(self.state[f"particles_{name}"][rows], device=dev))
 
 
 def read_resume(options) -> Resume:

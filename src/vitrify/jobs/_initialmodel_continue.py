@@ -70,8 +70,9 @@ class Resume3D:
     model: MlModel
     state: dict
 
-    def apply_to(self, ref) -> None:
-        """Put the stored particles' assignments, orientations and moments into ``ref`` (a new Refiner3D)."""
+    def apply_to(self, ref, rows: slice = slice(None)) -> None:
+        """Put the stored particles' assignments, orientations and moments into ``ref`` (a new Refiner3D;
+        under ranks: of its ``rows``)."""
         from vitrify.ml.orient3d import make_orientations
         from vitrify.ml.vdam import Moments
 
@@ -79,9 +80,9 @@ class Resume3D:
         order = int(st["healpix_order"])
         if order != ref.orientations.order:
             ref.orientations = make_orientations(order, ref.settings.symmetry, dev)
-        ref.angles_deg = torch.as_tensor(st["angles_deg"], device=dev)
+        ref.angles_deg = torch.as_tensor(st["angles_deg"][rows], device=dev)
         for name in PARTICLE_FIELDS:
-            setattr(ref.particles, name, torch.as_tensor(st[f"particles_{name}"], device=dev))
+            setattr(ref.particles, name, torch.as_tensor(st[f"particles_{name}"][rows], device=dev))
         if ref.moments is not None and "moments_index" in st:
             shape = tuple(int(v) for v in st["moments_shape"])
             m1 = torch.zeros(2, int(np.prod(shape[1:])), dtype=torch.complex64, device=dev)

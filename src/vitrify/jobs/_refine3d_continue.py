@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,7 @@ def resume(options, device: torch.device, log):
     """A :class:`vitrify.jobs.refine3d.Setup` at the iteration of ``options.continue_from``."""
     from vitrify.io.mrc import read_mrc
     from vitrify.jobs._class2d_data import check_memory, load_particles, validate_input
+    from vitrify.jobs._ranks import attach_half_ranks, half_shards, join_ranks
     from vitrify.jobs._refine3d_input import input_angles, random_subsets
     from vitrify.jobs._refine3d_setup import (Setup, apply_input_angles, engine_settings, local_estep_function,
                                               masks, refine_settings)
@@ -124,19 +126,24 @@ def resume(options, device: torch.device, log):
         raise InputError("no rlnRandomSubset column", path=files["data"], field="rlnRandomSubset",
                          expected="the half-set of every particle")
     solvent, fsc_mask = masks(options, inp, diameter_px)
-    check_memory(inp, device)
+    ranks, device = join_ranks(device, inp.n_particles, [int((subsets == h).sum()) for h in (1, 2)])
+    rows, local_subsets, index = half_shards(subsets, ranks)  # this rank's rows of each half (all alone)
+    check_memory(inp, device, len(rows))
     window = make_window(inp.box_px)
-    particles = load_particles(inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
+    load = partial(load_particles, inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
+    particles = load(rows)
     volumes = tuple(torch.as_tensor(read_mrc(files[f"half{h}"])[0]).float().to(device) for h in (1, 2))
     models = [read_star(files[f"half{h}_model"]) for h in (1, 2)]
     offsets = tuple(float(m["model_general"]["rlnSigmaOffsetsAngst"]) / inp.pixel_size_angst for m in models)
     engine = engine_settings(options, diameter_px, device)
-    halves, index = make_halves(particles, subsets, volumes, window, engine, state, inp.pixel_size_angst, offsets)
+    halves, local = make_halves(particles, local_subsets, volumes, window, engine, state, inp.pixel_size_angst,
+                                offsets)
+    attach_half_ranks(halves, index, ranks, inp.group_index, load)
     for ref, m in zip(halves, models):
         ref.model.sigma2 = _noise(m, particles.n_groups, inp.box_px, ref.model.sigma2)[0]
-    apply_input_angles(halves, index, input_angles(inp))
+    apply_input_angles(halves, [torch.as_tensor(rows)[i.cpu()] for i in local], input_angles(inp))
     log.info("continuing from %s (iteration %d, order %d, resolution %.2f Å)", path.name, state.iteration,
              state.healpix_order, state.resolution_angst)
     gold = GoldStandard(refine_settings(options, inp, diameter_px), halves, state, solvent.to(device),
                         None if fsc_mask is None else fsc_mask.to(device), local_estep_function())
-    return Setup(options, inp, diameter_px, subsets, index, gold)
+    return Setup(options, inp, diameter_px, subsets, index, gold, ranks)

@@ -27,7 +27,7 @@ from vitrify.jobs._class2d_data import (InputParticles, check_engine3d_inputs, c
 from vitrify.jobs._class3d_input import Resume, read_mask, read_references, read_resume
 from vitrify.jobs._class3d_output import Class3DWriter
 from vitrify.jobs._ranks import (Follower, join_ranks, leave_ranks, lend_gathered, on_rank0, rank_logger,
-                                 shard_rows_of, world_size)
+                                 shard_rows_of)
 from vitrify.jobs.options.class3d import DEFAULT_ITER, Options, job_star_from_options, options_from_job_star
 from vitrify.ml.class3d import Classifier3D, reference_start
 from vitrify.ml.expectation import make_sampling
@@ -61,10 +61,11 @@ def check_inputs(options: Options, inp: InputParticles) -> float:
 
 
 def _start(options: Options, resume: Resume | None, volume: torch.Tensor | None, inp: InputParticles, particles,
-           window, diameter_px: float, mask: torch.Tensor | None, device: torch.device):
-    """The iteration-0 model (the low-passed reference ``volume`` in every class) or the continued one."""
+           window, diameter_px: float, mask: torch.Tensor | None, device: torch.device, rows: slice = slice(None)):
+    """The iteration-0 model (the low-passed reference ``volume`` in every class) or the continued one (the
+    particles' assignments of ``rows``)."""
     if resume is not None:
-        resume.apply_to(particles)
+        resume.apply_to(particles, rows)
         return resume.model(device)
     return reference_start(volume.to(device), particles, window, options.n_classes, diameter_px,
                            inp.pixel_size_angst, options.ini_high_angst, max(options.offset_range_px, 1.0) / 2.0,
@@ -83,9 +84,6 @@ def run(options: Options, job_dir: str | Path) -> Path:
     torch.set_flush_denormal(True)
     tune_host_allocator()
     log = rank_logger(job_dir)
-    if options.continue_from and world_size() > 1:
-        raise InputError("--continue runs in one process", field="torchrun --nproc-per-node",
-                         expected="no torchrun (or 1 rank) to continue a classification")
     resume = read_resume(options) if options.continue_from else None
     if resume is not None:
         options = resume.options
@@ -109,7 +107,8 @@ def _classify(options: Options, job_dir: Path, inp: InputParticles, diameter_px:
     load = partial(load_particles, inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
     particles = load(rows)
     start_set = particles if ranks is None or resume is not None else load(start_rows(inp.group_index))
-    model = _start(options, resume, volume, inp, start_set, window, diameter_px, mask, device)
+    model = _start(options, resume, volume, inp, start_set, window, diameter_px, mask, device,
+                   slice(rows[0], rows[-1] + 1) if len(rows) else slice(0, 0))
     del start_set  # under ranks: the first rows, read by every rank for the starting noise spectra
     sampling = make_sampling(30.0, options.offset_range_px, options.offset_step_px, device)
     start = volume if volume is not None else resume.refs
@@ -122,7 +121,10 @@ def _classify(options: Options, job_dir: Path, inp: InputParticles, diameter_px:
     first = 1 if resume is None else resume.iteration + 1
     if ranks is not None and ranks.rank > 0:  # rank 0 writes; the others send it their assignments
         follower = Follower(job_dir, [ref], partial(_due, options))
-        follower.write()
+        if resume is None:
+            follower.write()
+        else:
+            ref.angles_deg = torch.tensor(resume.angles_deg[rows], device=ref.angles_deg.device)
         ref.run(first, follower)
         return job_dir / f"{options.root}_it{options.iterations:03d}_model.star"
     writer = Class3DWriter(options, job_dir, inp, ref, first)
@@ -132,7 +134,7 @@ def _classify(options: Options, job_dir: Path, inp: InputParticles, diameter_px:
     if resume is None:
         writer.write(0)
     else:
-        ref.angles_deg = torch.tensor(resume.angles_deg, device=ref.angles_deg.device)
+        ref.angles_deg = torch.tensor(resume.angles_deg[rows], device=ref.angles_deg.device)
         log.info("continuing from iteration %d of %s", resume.iteration, options.input_star)
     ref.run(first, on_rank0(writer, job_dir, [ref], log))
     return job_dir / f"{options.root}_it{options.iterations:03d}_model.star"

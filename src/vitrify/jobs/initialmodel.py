@@ -30,8 +30,7 @@ from vitrify.jobs._class2d_data import (InputParticles, check_engine3d_inputs, c
 from vitrify.jobs._initialmodel_continue import resume_3d, state_path, write_state_3d
 from vitrify.jobs._initialmodel_output import (data_table_3d, iteration_paths, model_blocks_3d, sampling_block,
                                                write_sections_png, write_volumes)
-from vitrify.jobs._ranks import (Follower, join_ranks, leave_ranks, lend_gathered, on_rank0, shard_rows_of,
-                                 world_size)
+from vitrify.jobs._ranks import (Follower, join_ranks, leave_ranks, lend_gathered, on_rank0, shard_rows_of)
 from vitrify.jobs.base import check_abort, job_logger
 from vitrify.jobs.options.initialmodel import (ALGORITHMS, DEFAULT_ITER, Options, job_star_from_options,
                                               options_from_job_star)
@@ -186,9 +185,6 @@ def run(options: Options, job_dir: str | Path) -> Path:
     configure_threads(options.threads)
     torch.set_flush_denormal(True)
     tune_host_allocator()
-    if options.continue_from and world_size() > 1:
-        raise InputError("--continue runs in one process", field="torchrun --nproc-per-node",
-                         expected="no torchrun (or 1 rank) to continue an initial model")
     resume = resume_3d(options, device) if options.continue_from else None
     options = resume.options if resume else options
     inp = validate_input(options.input_star, options.n_classes, options.do_ctf)  # before compute
@@ -210,7 +206,7 @@ def _run(options: Options, job_dir: Path, inp: InputParticles, diameter_px: floa
     window = make_window(inp.box_px)
     load = partial(load_particles, inp, window, diameter_px, options.do_ctf, options.ctf_intact_first_peak, device)
     particles = load(rows)
-    start_set = particles if ranks is None else load(start_rows(inp.group_index))  # the start's rows
+    start_set = particles if ranks is None or resume else load(start_rows(inp.group_index))  # the start's rows
     sampling = make_sampling(30.0, options.offset_range_px, options.offset_step_px, device)
     sigma_offset = max(options.offset_range_px, 1.0) / 2.0
     if resume:
@@ -229,15 +225,18 @@ def _run(options: Options, job_dir: Path, inp: InputParticles, diameter_px: floa
     ref = Refiner3D(_settings(options, diameter_px, symmetry, device), model, particles, window, sampling, ranks)
     if ranks is not None and ranks.rank > 0:  # rank 0 writes; the others send it their assignments
         follower = Follower(job_dir, [ref], partial(_due, options))
-        follower.write()
-        ref.run(1, follower)
+        if resume:
+            resume.apply_to(ref, slice(*ranks.rows))
+        else:
+            follower.write()
+        ref.run(resume.iteration + 1 if resume else 1, follower)
         return job_dir / "initial_model.mrc"
     writer = _Writer(options, job_dir, inp, ref, resume.iteration if resume else 0)
     if ranks is not None:
         writer.group_counts = [int(c) for c in np.bincount(inp.group_index, minlength=len(writer.group_names))]
         lend_gathered(writer, "write", [ref])
     if resume:
-        resume.apply_to(ref)
+        resume.apply_to(ref, slice(None) if ranks is None else slice(*ranks.rows))
     else:
         writer.write(0)
     ref.run(resume.iteration + 1 if resume else 1, on_rank0(writer, job_dir, [ref], writer.log))

@@ -30,7 +30,7 @@ from vitrify.io.star import portable_image_names, portable_name
 from vitrify.jobs._refine3d_setup import Setup, prepare
 from vitrify.jobs._refine3d_output import (data_star_table, final_paths, iteration_paths, merged_particles,
                                            model_star, optimiser_block, write_fsc_png, write_map)
-from vitrify.jobs._ranks import Follower, lend_gathered, on_rank0, rank_logger, world_size
+from vitrify.jobs._ranks import Follower, lend_gathered, on_rank0, rank_logger
 from vitrify.jobs.base import check_abort, job_logger
 from vitrify.jobs.options.refine3d import Options, job_star_from_options, options_from_job_star
 from vitrify.ml.refine3d import FinalMaps, RefineState
@@ -151,10 +151,7 @@ def run(options: Options, job_dir: str | Path) -> Path:
     if options.continue_from:
         from vitrify.jobs._refine3d_continue import resume
 
-        if world_size() > 1:
-            raise InputError("--continue runs in one process", field="torchrun --nproc-per-node",
-                             expected="no torchrun (or 1 rank) to continue a refinement")
-        setup = resume(options, device, job_logger(job_dir))
+        setup = resume(options, device, rank_logger(job_dir))
     else:
         setup = prepare(options, device, rank_logger(job_dir))
     try:
