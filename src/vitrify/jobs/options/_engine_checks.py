@@ -1,10 +1,47 @@
-"""Checks shared by the likelihood-engine jobs' Options (class2d, initialmodel)."""
+"""Checks shared by the likelihood-engine jobs' Options (class2d, initialmodel, class3d, refine3d)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from vitrify.io.errors import InputError
+
+_SYMMETRY = re.compile(r"^(C|D)(\d+)$|^(T|O)$|^I([1-4]?)$")
+SYMMETRY_GROUPS = "C1, Cn, Dn (n >= 1), T, O, I, I1, I2, I3 or I4"
+
+
+def is_symmetry_name(name: str) -> bool:
+    """Whether ``name`` is a point group RELION knows (C1, Cn, Dn, T, O, I, I1..I4).
+
+    >>> is_symmetry_name("d2"), is_symmetry_name("C0")
+    (True, False)
+    """
+    m = _SYMMETRY.match(str(name).strip().upper())
+    return m is not None and not (m.group(2) is not None and int(m.group(2)) < 1)
+
+
+def check_reference_options(options: Any, reference_expected: str) -> None:
+    """The inputs of a job that starts from a reference map (class3d, refine3d).
+
+    ``options`` has ``continue_from``, ``input_star``, ``reference``, ``particle_diameter_angst``,
+    ``symmetry`` and ``ini_high_angst``; without ``--continue`` the particles, the reference
+    (``reference_expected`` says what it should be) and the diameter are required. The first bad one
+    raises :class:`~vitrify.io.errors.InputError` naming the flag and what was expected.
+    """
+    fresh = not options.continue_from
+    checks = (
+        (fresh and not options.input_star, "--i", "no input particles", "a particles.star file"),
+        (fresh and not options.reference, "--ref", "no reference map", reference_expected),
+        (fresh and not options.particle_diameter_angst > 0, "--particle-diameter", "particle diameter must be given",
+         "a diameter in Å > 0"),
+        (not is_symmetry_name(options.symmetry), "--sym", f"unknown point group {options.symmetry!r}",
+         SYMMETRY_GROUPS),
+        (not options.ini_high_angst > 0, "--ini-high", f"low-pass {options.ini_high_angst} Å", "a resolution in Å > 0"),
+    )
+    for failed, field, message, expected in checks:
+        if failed:
+            raise InputError(message, field=field, expected=expected)
 
 
 def check_engine_options(options: Any) -> None:

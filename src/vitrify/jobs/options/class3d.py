@@ -18,8 +18,7 @@ from vitrify.jobs import fields
 from vitrify.jobs.fields import setting
 from vitrify.jobs.jobstar_values import (flag, number_text, read_device, read_threads, text, write_device,
                                          write_threads, yes_no)
-from vitrify.jobs.options._engine_checks import check_engine_options
-from vitrify.jobs.options.initialmodel import SYMMETRY_GROUPS, is_symmetry_name
+from vitrify.jobs.options._engine_checks import check_engine_options, check_reference_options
 
 DEFAULT_ITER = {"em": 25, "vdam": 100}
 
@@ -121,19 +120,9 @@ class Options:
         def bad(field, message, expected):
             raise InputError(message, field=field, expected=expected)
 
-        if not self.continue_from:
-            if not self.input_star:
-                bad("--i", "no input particles", "a particles.star file")
-            if not self.reference:
-                bad("--ref", "no reference map", "an MRC map")
-            if not self.particle_diameter_angst > 0:
-                bad("--particle-diameter", "particle diameter must be given", "a diameter in Å > 0")
+        check_reference_options(self, "an MRC map")
         if self.n_classes < 1:
             bad("--K", f"{self.n_classes} classes", "at least 1")
-        if not is_symmetry_name(self.symmetry):
-            bad("--sym", f"unknown point group {self.symmetry!r}", SYMMETRY_GROUPS)
-        if not self.ini_high_angst > 0:
-            bad("--ini-high", f"low-pass {self.ini_high_angst} Å", "a resolution in Å > 0")
         if not 0 <= self.healpix_order <= 4:
             bad("--healpix-order", f"HEALPix order {self.healpix_order}", "0..4")
         if self.sigma_ang_deg < 0:

@@ -7,29 +7,18 @@ RELION-4's GUI runs ``relion_refine --grad --denovo_3dref --K <K> --sym C1 --hea
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from vitrify.io.errors import InputError
 from vitrify.jobs import fields
 from vitrify.jobs.fields import setting
-from vitrify.jobs.options._engine_checks import check_engine_options
+from vitrify.jobs.options._engine_checks import SYMMETRY_GROUPS, check_engine_options, is_symmetry_name
 from vitrify.jobs.jobstar_values import (read_device, read_threads, write_device,
                                          write_threads)
 
 ALGORITHMS = ("vdam", "em")
 DEFAULT_ITER = {"vdam": 200, "em": 25}
 AUTO = "auto"
-_SYMMETRY = re.compile(r"^(C|D)(\d+)$|^(T|O)$|^I([1-4]?)$")
-SYMMETRY_GROUPS = "C1, Cn, Dn (n >= 1), T, O, I, I1, I2, I3 or I4"
-
-
-def is_symmetry_name(name: str) -> bool:
-    """Whether ``name`` is a point group RELION knows (C1, Cn, Dn, T, O, I, I1..I4)."""
-    m = _SYMMETRY.match(str(name).strip().upper())
-    return m is not None and not (m.group(2) is not None and int(m.group(2)) < 1)
-
-
 @dataclass(frozen=True)
 class Options:
     """Options of an InitialModel job (CLI flags and RELION job.star names on the fields)."""

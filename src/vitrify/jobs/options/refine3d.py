@@ -20,7 +20,7 @@ from vitrify.io.errors import InputError
 from vitrify.jobs import fields
 from vitrify.jobs.fields import setting
 from vitrify.jobs.jobstar_values import read_device, read_threads, write_device, write_threads
-from vitrify.jobs.options.initialmodel import SYMMETRY_GROUPS, is_symmetry_name
+from vitrify.jobs.options._engine_checks import check_reference_options
 
 #: RELION's GUI sampling choices (the fine step after oversampling): HEALPix order = index
 SAMPLINGS = ("30 degrees", "15 degrees", "7.5 degrees", "3.7 degrees", "1.8 degrees", "0.9 degrees",
@@ -105,17 +105,7 @@ class Options:
         def bad(field, message, expected):
             raise InputError(message, field=field, expected=expected)
 
-        if not self.continue_from:
-            if not self.input_star:
-                bad("--i", "no input particles", "a particles.star file")
-            if not self.reference:
-                bad("--ref", "no reference map", "an MRC map (e.g. an initial model)")
-            if not self.particle_diameter_angst > 0:
-                bad("--particle-diameter", "particle diameter must be given", "a diameter in Å > 0")
-        if not is_symmetry_name(self.symmetry):
-            bad("--sym", f"unknown point group {self.symmetry!r}", SYMMETRY_GROUPS)
-        if not self.ini_high_angst > 0:
-            bad("--ini-high", f"{self.ini_high_angst} Å", "a resolution in Å > 0")
+        check_reference_options(self, "an MRC map (e.g. an initial model)")
         if not 0 <= self.healpix_order <= self.max_order <= 7:
             bad("--healpix-order", f"orders {self.healpix_order} .. {self.max_order}",
                 "0 <= --healpix-order <= --max-order <= 7")
