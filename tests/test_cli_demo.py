@@ -110,6 +110,9 @@ def test_the_demo_is_simulate_then_vitrify_auto_with_the_microscope_started_firs
     assert auto[:4] == ("auto", "session", "--project", "project")
     assert auto[auto.index("--particle-diameter") + 1] == "80" and auto[auto.index("--idle") + 1] == "0.2"
     assert "--until" not in auto                       # the last stage vitrify has jobs for
+    assert "proc__extract__rescale=50" not in auto                            # MDCatch's box unless asked
+    small = demo_steps(PipelineDemo(small_box_px=50, inimodel_order="1"), tmp_path, 80.0)[1].argvs[0]
+    assert {"proc__extract__rescale=50", "proc__inimodel3d__vitrify_healpix_order=1"} <= set(small)
     assert [p.parent.name for p in steps[1].watch] == ["prep", "proc"]
     steps[1].before()
     assert calls == [1]
@@ -162,7 +165,8 @@ def test_prepare_out_replaces_only_an_earlier_demo(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("movies", 0), ("size_px", 64), ("pixel_size_angst", 0.0),
-                                          ("max_ctf_resolution_angst", 2.0)])
+                                          ("max_ctf_resolution_angst", 2.0), ("small_box_px", 49),
+                                          ("inimodel_order", "7")])
 def test_pipeline_settings_are_validated(field, value):
     with pytest.raises(InputError):
         PipelineDemo(**{field: value})

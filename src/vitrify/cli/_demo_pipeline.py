@@ -63,6 +63,8 @@ class PipelineDemo:
     ini_subset_3d: int = 100
     refine_local_sampling: str = "3.7 degrees"
     refine_iterations: int = 10
+    small_box_px: int = 0
+    inimodel_order: str = "auto"
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -80,6 +82,11 @@ class PipelineDemo:
         if not 0 <= self.interval_s <= 3600 or not 0 < self.idle_min <= 600:
             raise InputError(f"interval {self.interval_s:g} s, idle {self.idle_min:g} min", field="--interval",
                              expected="0..3600 s between movies, idle 0..600 min")
+        if self.small_box_px and not (self.small_box_px % 2 == 0 and 24 <= self.small_box_px <= 512):
+            raise InputError(f"{self.small_box_px} px", field="--small-box", expected="0 (MDCatch's choice) or an even "
+                             "box of 24..512 px")
+        if self.inimodel_order not in ("auto", "0", "1", "2", "3", "4"):
+            raise InputError(f"{self.inimodel_order!r}", field="--inimodel-order", expected="auto or 0..4")
         if self.max_ctf_resolution_angst <= 2 * self.pixel_size_angst:
             raise InputError(f"{self.max_ctf_resolution_angst} Å is finer than Nyquist",
                              field="--max-ctf-resolution", expected=f"> {2 * self.pixel_size_angst:g} Å")
@@ -100,6 +107,10 @@ def _auto_sets(demo: PipelineDemo) -> list[str]:
             "proc__inimodel3d__vitrify_ini_subset": demo.ini_subset_3d,
             "proc__refine3d__auto_local_sampling": demo.refine_local_sampling,
             "proc__refine3d__vitrify_max_iter": demo.refine_iterations}
+    if demo.inimodel_order != "auto":
+        keys["proc__inimodel3d__vitrify_healpix_order"] = demo.inimodel_order
+    if demo.small_box_px:
+        keys["proc__extract__rescale"] = demo.small_box_px
     return [arg for key, value in keys.items() for arg in ("--set", f"{key}={value}")]
 
 
