@@ -82,26 +82,36 @@ def rotation_angle_deg(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _points(rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded-grid points ``(..., P, 3)`` (x, y, z; x >= 0) of window pixels for rotations ``(..., 3, 3)``
-    and whether each was mirrored (read/write the conjugate): ``PAD (kx A[0] + ky A[1])``."""
-    a = rotations.float()
-    pts = PAD * (kx[:, None] * a[..., None, 0, :] + ky[:, None] * a[..., None, 1, :])
+    and whether each was mirrored (read/write the conjugate): ``PAD (kx A[0] + ky A[1])`` (one matmul)."""
+    k = torch.stack([kx, ky], -1).float() * PAD  # (P, 2)
+    pts = torch.matmul(k, rotations[..., :2, :].float())  # (..., P, 3)
     conj = pts[..., 0] < 0
-    return torch.where(conj[..., None], -pts, pts), conj
+    return pts * (1.0 - 2.0 * conj.to(pts.dtype))[..., None], conj
+
+
+def template_volume(grid: torch.Tensor) -> torch.Tensor:
+    """``(1, 2, g, g, g//2+1)`` float32 ``[Re, Im]`` of a padded transform ``(g, g, g//2+1)``, centred in y and
+    z: what :func:`read_templates` samples (build it once per map, not once per block)."""
+    return torch.fft.fftshift(torch.stack([grid.real, grid.imag]), dim=(1, 2))[None].float().contiguous()
 
 
 def read_templates(grid: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor) -> torch.Tensor:
-    """Templates ``(B, M, P)`` complex64 of a padded transform ``(g, g, g//2+1)`` at rotations ``(B, M, 3, 3)``."""
-    g = grid.shape[0]
-    half = g // 2 + 1
-    vol = torch.fft.fftshift(torch.stack([grid.real, grid.imag]), dim=(1, 2))[None]  # (1, 2, g, g, half), centred
+    """Templates ``(B, M, P)`` complex64 of a padded transform ``(g, g, g//2+1)`` (or its
+    :func:`template_volume`) at rotations ``(B, M, 3, 3)``."""
+    vol = template_volume(grid) if grid.is_complex() else grid
+    g, half = vol.shape[2], vol.shape[4]
     pts, conj = _points(rotations, kx, ky)
     b, m, p = pts.shape[:3]
-    norm = torch.stack([pts[..., 0] / (half - 1), (pts[..., 1] + g // 2) / (g - 1), (pts[..., 2] + g // 2) / (g - 1)],
-                       -1) * 2 - 1
+    scale = torch.tensor([2.0 / (half - 1), 2.0 / (g - 1), 2.0 / (g - 1)], device=pts.device)
+    shift = torch.tensor([-1.0, g // 2 * 2.0 / (g - 1) - 1.0, g // 2 * 2.0 / (g - 1) - 1.0], device=pts.device)
+    norm = torch.addcmul(shift, pts, scale)
     out = F.grid_sample(vol, norm.reshape(1, -1, 1, 1, 3), mode="bilinear", padding_mode="zeros",
                         align_corners=True).reshape(2, b, m, p)
-    t = torch.complex(out[0], out[1])
-    return torch.where(conj, t.conj(), t)
+    sign = 1.0 - 2.0 * conj.to(out.dtype)
+    return torch.complex(out[0], out[1] * sign)
+
+
+_CORNERS = ((0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1))
 
 
 def insert_templates(data: torch.Tensor, weight: torch.Tensor, rotations: torch.Tensor, kx: torch.Tensor,
@@ -110,23 +120,21 @@ def insert_templates(data: torch.Tensor, weight: torch.Tensor, rotations: torch.
     rotations ``(L, 3, 3)`` into ``acc`` ``(g * g * (g//2+1), 3)`` (Re, Im, weight; fold the x = 0 plane after)."""
     half = g // 2 + 1
     pts, conj = _points(rotations, kx, ky)
-    d = torch.where(conj, data.conj(), data)
-    src = torch.stack([d.real, d.imag, weight.float()], -1).reshape(-1, 3)
+    sign = 1.0 - 2.0 * conj.to(torch.float32)
+    src = torch.stack([data.real, data.imag * sign, weight.float()], -1).reshape(-1, 3)
     pts = pts.reshape(-1, 3)
     base = torch.floor(pts)
     frac = pts - base
     base = base.long()
-    for bx in (0, 1):
-        wx = frac[:, 0] if bx else 1 - frac[:, 0]
-        x = base[:, 0] + bx
-        for by in (0, 1):
-            wy = wx * (frac[:, 1] if by else 1 - frac[:, 1])
-            y = torch.remainder(base[:, 1] + by, g)
-            for bz in (0, 1):
-                w = wy * (frac[:, 2] if bz else 1 - frac[:, 2]) * (x < half)
-                z = torch.remainder(base[:, 2] + bz, g)
-                idx = z * (g * half) + y * half + x.clamp(max=half - 1)
-                acc.index_add_(0, idx, src * w[:, None])
+    fw = (1 - frac, frac)  # per axis: weight of the lower and the upper corner
+    wrap = (lambda v: v & (g - 1)) if g & (g - 1) == 0 else (lambda v: torch.remainder(v, g))
+    ys = (wrap(base[:, 1]) * half, wrap(base[:, 1] + 1) * half)
+    zs = (wrap(base[:, 2]) * (g * half), wrap(base[:, 2] + 1) * (g * half))
+    xs = (base[:, 0].clamp(max=half - 1), (base[:, 0] + 1).clamp(max=half - 1))
+    wx = (fw[0][:, 0], fw[1][:, 0] * (base[:, 0] + 1 < half).float())
+    wyz = {(by, bz): fw[by][:, 1] * fw[bz][:, 2] for by in (0, 1) for bz in (0, 1)}
+    for bx, by, bz in _CORNERS:
+        acc.index_add_(0, zs[bz] + ys[by] + xs[bx], src * (wx[bx] * wyz[by, bz])[:, None])
 
 
 # -- one block --------------------------------------------------------------------------------
@@ -145,10 +153,16 @@ class LocalGrid:
     n_coarse_pixels: int
 
 
-def _scores(y: torch.Tensor, q: torch.Tensor, templates: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """``Re<y s_t, P_m> - 1/2 <q, |P_m|^2>``: ``(B, T, M)`` from ``y``, ``q`` ``(B, P)``, templates
-    ``(B, M, P)``, phase table ``(B, T, P)`` (batched real GEMMs over ``[Re | Im]`` rows)."""
-    ys = y[:, None, :] * table
+def _shifted(y: torch.Tensor, centres_px: torch.Tensor, shifts_px: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor,
+             n: int) -> torch.Tensor:
+    """``y`` ``(B, P)`` translated by ``centres_px`` ``(B, 2)`` + ``shifts_px`` ``(T, 2)``: ``(B, T, P)`` complex64
+    (the phase ramp of a sum is the product of the ramps: one ``(B, P)`` and one shared ``(T, P)`` table)."""
+    return (y * phase_table(centres_px, kx, ky, n))[:, None, :] * phase_table(shifts_px, kx, ky, n)[None]
+
+
+def _scores_shifted(ys: torch.Tensor, q: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
+    """``Re<ys_t, P_m> - 1/2 <q, |P_m|^2>``: ``(B, T, M)`` from translated ``ys`` ``(B, T, P)``, ``q`` ``(B, P)``
+    and templates ``(B, M, P)`` (batched real GEMMs over ``[Re | Im]`` rows)."""
     rows = torch.cat([templates.real, templates.imag], -1).transpose(1, 2).contiguous()  # (B, 2P, M)
     cross = torch.bmm(torch.cat([ys.real, ys.imag], -1), rows)
     power = torch.bmm((templates.real ** 2 + templates.imag ** 2), q[:, :, None])[..., 0]  # (B, M)
@@ -161,32 +175,33 @@ def local_block(grid: torch.Tensor, prev_rot: torch.Tensor, prev_off: torch.Tens
     """Local search of ``B`` particles: best rotations ``(B, 3, 3)``, offsets ``(B, 2)``, pmax, log-likelihood,
     significant count, the fine rotations ``(B, 27, 3, 3)``, weights ``(B, 27, 9)`` and fine offsets ``(B, 9, 2)``.
 
-    ``x``, ``ctf`` ``(B, P)`` window pixels; ``inv_sigma2``, ``hw``, ``kx``, ``ky`` ``(P,)``.
+    ``grid`` padded transform ``(g, g, g//2+1)`` or its :func:`template_volume`; ``x``, ``ctf`` ``(B, P)``
+    window pixels; ``inv_sigma2``, ``hw``, ``kx``, ``ky`` ``(P,)``.
     """
+    vol = template_volume(grid) if grid.is_complex() else grid
     pc = lg.n_coarse_pixels
     y = x * ctf * hw * inv_sigma2
     q = ctf * ctf * hw * inv_sigma2
     rc = prev_rot[:, None] @ lg.coarse.rotations.to(prev_rot)[None]  # (B, Mc, 3, 3)
-    tc = read_templates(grid, rc, kx[:pc], ky[:pc])
+    tc = read_templates(vol, rc, kx[:pc], ky[:pc])
     offs = prev_off[:, None, :] + lg.shifts_px[None]  # (B, T, 2)
-    table = phase_table(offs.reshape(-1, 2), kx[:pc], ky[:pc], n).reshape(*offs.shape[:2], pc)
-    s = _scores(y[:, :pc], q[:, :pc], tc, table)
+    s = _scores_shifted(_shifted(y[:, :pc], prev_off, lg.shifts_px, kx[:pc], ky[:pc], n), q[:, :pc], tc)
     s = s - (lg.coarse.angles_deg.to(s) ** 2 / (2 * lg.sigma_deg ** 2))[None, None, :] \
         - ((offs ** 2).sum(-1) / (2 * lg.sigma_offset_px ** 2))[..., None]
     b, t, m = s.shape
     best = s.reshape(b, -1).argmax(1)
     best_t, best_m = best // m, best % m
-    centre = rc[torch.arange(b), best_m]  # (B, 3, 3)
+    ar = torch.arange(b)
+    centre = rc[ar, best_m]  # (B, 3, 3)
     rf = centre[:, None] @ lg.fine.rotations.to(centre)[None]  # (B, 27, 3, 3)
-    tf = read_templates(grid, rf, kx, ky)
-    foffs = offs[torch.arange(b), best_t][:, None, :] + lg.fine_shifts_px[None]  # (B, 9, 2)
-    ftable = phase_table(foffs.reshape(-1, 2), kx, ky, n).reshape(b, -1, kx.shape[0])
-    sf = _scores(y, q, tf, ftable)  # (B, 9, 27)
+    tf = read_templates(vol, rf, kx, ky)
+    best_off = offs[ar, best_t]
+    foffs = best_off[:, None, :] + lg.fine_shifts_px[None]  # (B, 9, 2)
+    sf = _scores_shifted(_shifted(y, best_off, lg.fine_shifts_px, kx, ky, n), q, tf)  # (B, 9, 27)
     prior = rotation_angle_deg(rf, prev_rot[:, None].to(rf)) ** 2 / (2 * lg.sigma_deg ** 2)
     sf = sf - prior[:, None, :].float() - ((foffs ** 2).sum(-1) / (2 * lg.sigma_offset_px ** 2))[..., None]
     w, log_norm, pmax, n_sig, top = truncated_posterior(sf.reshape(b, -1), 0.999, -1)
     top_t, top_m = top // FINE_CHILDREN, top % FINE_CHILDREN
-    ar = torch.arange(b)
     return (rf[ar, top_m], foffs[ar, top_t], pmax, log_norm, n_sig, rf, w.reshape(b, 9, FINE_CHILDREN).transpose(1, 2),
             foffs, y, q)
 
@@ -223,8 +238,8 @@ def local_estep(ref, grids: torch.Tensor, sigma_deg: float, budget_bytes: int = 
     range_px = float(ref.sampling.shifts_px.abs().max()) if ref.sampling.shifts_px.numel() else 0.0
     sigma_off = max(model.sigma2_offset_px, 1e-6) ** 0.5
     lg = local_grid(ref.orientations.order, sigma_deg, range_px, step, sigma_off, p, pc, dev)
-    grid = grids[0]
-    g = grid.shape[0]
+    grid = template_volume(grids[0])
+    g = grid.shape[2]
     acc = torch.zeros(g * g * (g // 2 + 1), 3, device=dev)
     sums = _empty_sums(parts.n_groups, radius, w.shell[:p], dev)
     inv_sigma2 = 1.0 / model.sigma2.to(dev).clamp_min(1e-30)
@@ -260,14 +275,13 @@ def _block(ref, grid, rots, idx, inv_sigma2, w, p, n, lg: LocalGrid, acc, sums: 
     parts.pmax[idx] = pmax.float()
     parts.log_likelihood[idx] = log_norm
     parts.n_significant[idx] = n_sig
-    ftable = phase_table(foffs.reshape(-1, 2), w.kx[:p], w.ky[:p], n).reshape(*foffs.shape[:2], p)
     wm = weights.sum(2)  # (B, 27)
     top = torch.topk(wm, MAX_INSERTED, dim=1)
     keep = torch.zeros_like(wm, dtype=torch.bool).scatter_(1, top.indices, top.values >= INSERT_FRACTION)
     bi, mi = torch.nonzero(keep, as_tuple=True)
-    ys = y[:, None, :] * ftable  # (B, 9, P)
-    wd = torch.complex(torch.bmm(weights, ys.real), torch.bmm(weights, ys.imag))  # (B, 27, P)
-    insert_templates(wd[bi, mi], wm[bi, mi, None] * q[bi], rf[bi, mi], w.kx[:p], w.ky[:p], grid.shape[0], acc)
+    ys = _shifted(y, foffs[:, 0] - lg.fine_shifts_px[0], lg.fine_shifts_px, w.kx[:p], w.ky[:p], n)  # (B, 9, P)
+    wd = torch.bmm(weights.contiguous().to(torch.complex64), ys)  # (B, 27, P)
+    insert_templates(wd[bi, mi], wm[bi, mi, None] * q[bi], rf[bi, mi], w.kx[:p], w.ky[:p], grid.shape[2], acc)
     _noise_terms(ref, grid, rf, weights, foffs, x, ctf, groups, w, p, n, sums)
     sums.class_weight += float(weights.sum())
     sums.offset_sq += float((weights.sum(1).double() * (foffs.double() ** 2).sum(-1)).sum())
