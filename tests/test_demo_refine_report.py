@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -113,3 +114,31 @@ def test_supported_by_truth_allows_one_shell_or_ten_percent():
     assert supported_by_truth(19.0, 20.0, 70, 3.2) is True         # 0.6 shell finer
     assert supported_by_truth(17.5, 20.0, 70, 3.2) is False        # 1.6 shells and 12.5 % finer
     assert supported_by_truth(25.0, 20.0, 70, 3.2) is True         # coarser is always honest
+
+
+def test_pose_errors_against_the_truth_up_to_one_rotation_and_the_hand():
+    from vitrify.cli._demo_truth import pose_errors
+    from vitrify.core.euler import euler_to_matrix, matrix_to_euler
+
+    rng = np.random.default_rng(5)
+    n = 60
+    true_angles = rng.uniform([-180, 0, -180], [180, 180, 180], (n, 3))
+    truth = pd.DataFrame({"rlnMicrographName": ["Movies/mov_00001.tiff"] * n, "rlnCoordinateX": rng.uniform(0, 900, n),
+                          "rlnCoordinateY": rng.uniform(0, 900, n), "rlnAngleRot": true_angles[:, 0],
+                          "rlnAngleTilt": true_angles[:, 1], "rlnAnglePsi": true_angles[:, 2]})
+    true_r = euler_to_matrix(*(torch.as_tensor(true_angles[:, i]) for i in range(3)))
+    frame = euler_to_matrix(torch.tensor(40.0), torch.tensor(70.0), torch.tensor(-20.0)).double()  # the map's own frame
+    jitter = euler_to_matrix(*(torch.as_tensor(rng.normal(0, 2, n)) for _ in range(3)))
+    refined_r = true_r @ frame @ jitter
+    wrong = rng.permutation(n)[:15]                                    # a quarter assigned at random
+    refined_r[wrong] = euler_to_matrix(*(torch.as_tensor(rng.uniform(-180, 180, 15)) for _ in range(3)))
+    mirror = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))
+    for flipped, rotations in ((False, refined_r), (True, mirror @ refined_r @ mirror)):
+        rot, tilt, psi = matrix_to_euler(rotations)
+        data = truth.assign(rlnMicrographName="MotionCorr/job002/Movies/mov_00001.mrc",
+                            rlnCoordinateX=truth["rlnCoordinateX"] + 3.0, rlnAngleRot=rot.numpy(),
+                            rlnAngleTilt=tilt.numpy(), rlnAnglePsi=psi.numpy())
+        found = pose_errors(data, truth, tolerance_px=10.0)
+        assert found["matched"] == n and found["hand_flipped"] is flipped
+        assert n - 15 - 3 <= found["within_10_deg"] <= n - 15 + 3 and found["median_deg"] < 6.0, found
+    assert pose_errors(truth.assign(rlnMicrographName="Movies/mov_00002.tiff"), truth, 10.0)["matched"] == 0

@@ -196,7 +196,8 @@ def on_the_fly(project: Path, written: list[float]) -> dict:
                        | {"status": r.get("status", "unfinished")} for r in rounds]}
 
 
-def maps_against_truth(out: Path, jobs: dict[str, str], structure: str) -> dict:
+def maps_against_truth(out: Path, jobs: dict[str, str], structure: str,
+                       truth: tuple[Path, float, float] | None = None) -> dict:
     """``{"refined_map": ..., "initial_model": ...}`` for the 3D jobs that ran. The refined map is aligned
     onto the truth first (all rotations, both hands); the initial model it started from shares its frame,
     so its alignment only refines the refined map's."""
@@ -206,7 +207,7 @@ def maps_against_truth(out: Path, jobs: dict[str, str], structure: str) -> dict:
     found: dict = {}
     start = None
     if "refine3d" in jobs:
-        found["refined_map"] = refined_summary(out, out / "project", jobs, structure)
+        found["refined_map"] = refined_summary(out, out / "project", jobs, structure, truth=truth)
         start = found["refined_map"].pop("alignment")
     if "inimodel3d" in jobs:
         found["initial_model"] = map_against_truth(out, out / "project" / jobs["inimodel3d"], structure, start)
@@ -235,7 +236,8 @@ def run_pipeline_demo(console: Console, out: Path, demo: PipelineDemo, *, overwr
                 microscope.join()
             timings.append({"step": step.argvs[0][0], "wall_s": wall, "cpu_s": cpu_seconds() - cpu})
     summary = collect_results(out / "project", out / "microscope" / "truth.star", diameter)
-    summary.update(maps_against_truth(out, summary["jobs"], demo.structure))
+    truth = (out / "microscope" / "truth.star", summary.get("match_tolerance_px", 0.0), summary.get("pixel_scale", 1.0))
+    summary.update(maps_against_truth(out, summary["jobs"], demo.structure, truth))
     from vitrify.cli._demo_refine import stage_times
 
     summary.update(stage_times=stage_times(out / "project"), settings=asdict(demo),

@@ -121,6 +121,11 @@ def _refined_text(refined: dict) -> str:
         reported.append(f"{post:.1f} Å after post-processing with the automatic solvent mask (B-factor "
                         f"{refined.get('bfactor_angst2') or 0:.0f} Å²; {_VERDICT[refined.get('postprocess_honest')]})")
     ended = f"; it {refined['ended']}" if refined.get("ended") else ""
+    poses = refined.get("poses") or {}
+    if poses.get("matched"):
+        ended += (f"; {poses['within_10_deg']} of the {poses['matched']} particles matched to the truth have a pose "
+                  f"within 10° of their true one, median error {poses['median_deg']:.0f}°, up to one rotation "
+                  f"of the whole map")
     return (f"[bold]3D refinement.[/] Auto-refine from the initial model used {refined['particles']} particles "
             f"({refined['box_px']}³ px at {refined['pixel_size_angst']:.2f} Å/px{ended}). vitrify reports "
             f"{'; '.join(reported)}. Against the true map (aligned"

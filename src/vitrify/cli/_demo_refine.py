@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from vitrify.cli._demo_map import compare_to_truth
+from vitrify.cli._demo_truth import pose_errors
 from vitrify.io.errors import InputError
 from vitrify.io.star import read_star
 
@@ -38,14 +39,21 @@ def _value(path: Path, block: str, label: str) -> float | None:
         return None
 
 
-def refined_summary(out: Path, project: Path, jobs: dict[str, str], structure: str, start=None) -> dict:
+def refined_summary(out: Path, project: Path, jobs: dict[str, str], structure: str, start=None,
+                    truth: tuple[Path, float, float] | None = None) -> dict:
     """The refined map against the truth, the resolution reported, particles used, files to open
     (``start``: an alignment onto the truth to refine instead of a global search, as
-    :func:`vitrify.cli._demo_map.compare_to_truth`)."""
+    :func:`vitrify.cli._demo_map.compare_to_truth`; ``truth``: ``(truth.star, match tolerance in movie
+    pixels, movie pixels per micrograph pixel)`` to compare the refined poses with the true ones,
+    :func:`vitrify.cli._demo_truth.pose_errors`)."""
     refine = project / jobs["refine3d"]
     result = compare_to_truth(out, refine / "run_class001.mrc", structure, "refined_map", refine / "run_data.star",
                               start)
     result["gold_standard_angst"] = _value(refine / "run_model.star", "model_general", "rlnCurrentResolution")
+    if truth is not None and (refine / "run_data.star").is_file():
+        truth_star, tolerance_px, scale = truth
+        result["poses"] = pose_errors(read_star(refine / "run_data.star")["particles"],
+                                      read_star(truth_star)["particles"], tolerance_px, scale)
     result["ended"] = _how_it_ended(refine / "run.log")
     files = [result["truth_map"], result["aligned_map"]]
     if "postprocess" in jobs:

@@ -115,7 +115,7 @@ def collect_results(project: Path, truth_star: Path, diameter_angst: float) -> d
     scale = _pixel_scale(corrected)
     pixel_angst = float(read_star(corrected)["optics"]["rlnMicrographOriginalPixelSize"].iloc[0])
     tolerance = diameter_angst / 4 / pixel_angst  # half the particle radius, in movie pixels
-    summary["match_tolerance_px"] = tolerance
+    summary["match_tolerance_px"], summary["pixel_scale"] = tolerance, scale
     summary["motion"] = _motion(project, corrected, truth)
     if "ctffind" in jobs:
         summary["ctf"] = _ctf(project / jobs["ctffind"] / "micrographs_ctf.star", truth)

@@ -146,3 +146,57 @@ def class_purity(data_star: Path, truth: dict, tolerance_px: float, scale: float
         table["resolution_angst"] = resolution.reindex(table.index)
     table = table.rename_axis("class").reset_index().sort_values("particles", ascending=False, kind="stable")
     return table.reset_index(drop=True)
+
+
+def _rotations(table: pd.DataFrame):
+    import torch
+
+    from vitrify.core.euler import euler_to_matrix
+
+    angles = [torch.as_tensor(table[c].to_numpy(np.float64, copy=True))
+              for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")]
+    return euler_to_matrix(*angles)
+
+
+def _errors_to_consensus(relative) -> np.ndarray:
+    """Angle (degrees) of each relative rotation ``(N, 3, 3)`` from the one nearest to most others."""
+    from vitrify.core.euler import angular_distance_deg
+
+    candidates = relative[:: max(1, len(relative) // 300)]
+    spread = angular_distance_deg(candidates[:, None], relative[None]).median(dim=1).values
+    return angular_distance_deg(relative, candidates[int(spread.argmin())][None]).numpy()
+
+
+def pose_errors(data: pd.DataFrame, truth_particles: pd.DataFrame, tolerance_px: float,
+                scale: float = 1.0) -> dict:
+    """How far refined orientations are from the true ones, up to one rotation of the whole map.
+
+    ``data`` (rlnMicrographName, rlnCoordinateX/Y, rlnAngleRot/Tilt/Psi) is matched to the nearest true
+    particle of its micrograph within ``tolerance_px`` (movie pixels; ``scale`` as in
+    :func:`mark_true_particles`). A refined map has its own frame (its reference's), so each particle's
+    rotation relative to its true one, ``R_true^T R``, is compared with the consensus of them all; a map
+    of the other hand is tried too (``z -> -z``). Returns ``{"matched", "within_10_deg", "median_deg",
+    "hand_flipped"}``.
+    """
+    import torch
+
+    rows, truth_rows = [], []
+    stems, true_stems = data["rlnMicrographName"].map(movie_stem).to_numpy(), \
+        truth_particles["rlnMicrographName"].map(movie_stem).to_numpy()
+    for stem in np.unique(stems):
+        mine, true = np.flatnonzero(stems == stem), np.flatnonzero(true_stems == stem)
+        if not len(true):
+            continue
+        dist = np.sqrt(((_xy(data.iloc[mine])[:, None] * scale - _xy(truth_particles.iloc[true])[None]) ** 2).sum(-1))
+        near = dist.argmin(1)
+        keep = dist[np.arange(len(mine)), near] <= tolerance_px
+        rows += list(mine[keep])
+        truth_rows += list(true[near[keep]])
+    if len(rows) < 3:
+        return {"matched": len(rows), "within_10_deg": 0, "median_deg": float("nan"), "hand_flipped": False}
+    refined, true = _rotations(data.iloc[rows]), _rotations(truth_particles.iloc[truth_rows])
+    mirror = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=refined.dtype))
+    best = min(((_errors_to_consensus(true.transpose(1, 2) @ (mirror @ refined @ mirror if flip else refined)), flip)
+                for flip in (False, True)), key=lambda found: float(np.median(found[0])))
+    return {"matched": len(rows), "within_10_deg": int((best[0] < 10).sum()), "median_deg": float(np.median(best[0])),
+            "hand_flipped": best[1]}
