@@ -47,7 +47,7 @@ def test_bad_inputs_fail_in_one_line_before_any_output(few, tmp_path, capsys):
     cases = {
         "references not one per class": (["--ref", str(tmp_path / "one_ref.star"), "--K", "2"],
                                          "1 references for 2 classes"),
-        "mask of another size": (["--solvent-mask", str(tmp_path / "small_mask.mrc")], "mask box 16 px"),
+        "mask of another size": (["--solvent-mask", str(tmp_path / "small_mask.mrc")], "mask box 16 differs"),
         "mask values outside [0, 1]": (["--solvent-mask", str(tmp_path / "hot_mask.mrc")], "values in [0, 1]"),
         "fewer particles than classes": (["--K", "30"], "30 classes requested for 20 particles"),
         "missing reference": (["--ref", str(tmp_path / "nothing.mrc")], "file not found"),
@@ -64,17 +64,22 @@ def test_bad_inputs_fail_in_one_line_before_any_output(few, tmp_path, capsys):
 
 
 def test_a_reference_of_another_pixel_size_is_rescaled_onto_the_particles_grid(tmp_path):
-    from vitrify.ml.class3d import fit_reference
+    import logging
+    from types import SimpleNamespace
+
+    from vitrify.jobs._class3d_input import read_reference
     from vitrify.sim.maps import MapOptions, simulate_map
     from vitrify.sim.structures import load_structure
 
     atoms = load_structure("adk")
-    fine = torch.as_tensor(simulate_map(atoms, MapOptions(64, 2.5)))
+    grid = SimpleNamespace(box_px=BOX, pixel_size_angst=PIX)  # the particles' grid
+    write_mrc(tmp_path / "fine.mrc", simulate_map(atoms, MapOptions(64, 2.5)), 2.5)
     coarse = torch.as_tensor(simulate_map(atoms, MapOptions(BOX, PIX)))
-    fitted = fit_reference(fine, 2.5, BOX, PIX)
+    fitted = read_reference(tmp_path / "fine.mrc", grid, logging.getLogger("test"))
     cc = float(np.corrcoef(fitted.flatten().numpy(), coarse.flatten().numpy())[0, 1])
     assert fitted.shape == (BOX,) * 3 and cc > 0.95, cc
-    padded = fit_reference(coarse[8:24, 8:24, 8:24].contiguous(), PIX, BOX, PIX)
+    write_mrc(tmp_path / "small.mrc", coarse[8:24, 8:24, 8:24].numpy(), PIX)
+    padded = read_reference(tmp_path / "small.mrc", grid, logging.getLogger("test"))
     assert padded.shape == (BOX,) * 3 and torch.equal(padded[8:24, 8:24, 8:24], coarse[8:24, 8:24, 8:24])
 
 
@@ -93,7 +98,7 @@ def test_outputs_and_continue(few, tmp_path, capsys):
     code, output = _main(["class3d", *common, "--o", str(tmp_path / "b"), "--iter", "2"], capsys)
     assert code == 0, output
     log = (tmp_path / "b" / "run.log").read_text()
-    assert "rescaled to the particles' 32 px" in log and "random class seeds" in log
+    assert "cropped to the particles' 32 px" in log and "random class seeds" in log
     code, output = _main(["class3d", "--continue", str(tmp_path / "b" / "run_it002_optimiser.star"), "--o",
                           str(tmp_path / "b"), "--iter", "3"], capsys)
     assert code == 0, output

@@ -1,5 +1,6 @@
-"""Class3D inputs: the reference (rescaled when its box or pixel size differs), the solvent mask,
-and the state of a written iteration for ``--continue``.
+"""Class3D inputs: the references (each read as refine3d reads its one: rescaled when its box or pixel
+size differs), and the state of a written iteration
+for ``--continue``.
 
 Everything is checked before any compute; a wrong file is one :class:`InputError` line naming the
 file, the option and what was expected.
@@ -21,23 +22,8 @@ from vitrify.io.star import read_star
 from vitrify.jobs._class2d_continue import RUNTIME_FIELDS, _block, _find
 from vitrify.jobs._class2d_data import InputParticles
 from vitrify.jobs._class2d_output import STATE_MODEL_ARRAYS, STATE_MODEL_SCALARS, STATE_PARTICLE_FIELDS
+from vitrify.jobs._refine3d_input import read_reference as read_refine3d_reference
 from vitrify.ml.model import MlModel, ParticleSet
-
-
-def _read_map(path: Path, field: str) -> tuple[np.ndarray, float]:
-    if not path.exists():
-        raise InputError("file not found", path=path, field=field, expected="an MRC map")
-    try:
-        data, pixel = read_mrc(path)
-    except InputError:
-        raise
-    except Exception as err:  # a damaged file: name it
-        raise InputError(f"cannot read the map ({err})", path=path, field=field, expected="an MRC map") from None
-    if data.ndim != 3 or len(set(data.shape)) != 1:
-        raise InputError(f"map of shape {data.shape}", path=path, field=field, expected="a cubic 3D map")
-    if not np.isfinite(data).all():
-        raise InputError("the map holds NaN or infinite values", path=path, field=field, expected="finite values")
-    return data, float(pixel or 0.0)
 
 
 def read_references(path: str | Path, inp: InputParticles, n_classes: int, log) -> torch.Tensor:
@@ -60,38 +46,12 @@ def read_references(path: str | Path, inp: InputParticles, n_classes: int, log) 
 
 
 def read_reference(path: str | Path, inp: InputParticles, log) -> torch.Tensor:
-    """The reference ``(n, n, n)`` on the particles' grid; another box or pixel size is rescaled
-    (Fourier resampling, then centre crop or zero padding) and ``log`` says so."""
-    from vitrify.ml.class3d import fit_reference
-
-    path = Path(path)
-    data, pixel = _read_map(path, "--ref")
-    n, box, pix = data.shape[0], inp.box_px, inp.pixel_size_angst
-    if pixel <= 0:
-        pixel = pix
-        log.info("reference %s has no pixel size in its header: taken as the particles' %.4g A", path, pix)
-    volume = torch.as_tensor(data, dtype=torch.float32)
-    if n == box and abs(pixel - pix) <= 0.01 * pix:
-        return volume
-    out = fit_reference(volume, pixel, box, pix)
-    log.info("reference %s (%d px at %.4g A) rescaled to the particles' %d px at %.4g A", path, n, pixel, box, pix)
-    return out
-
-
-def read_mask(path: str | Path, inp: InputParticles) -> torch.Tensor:
-    """A solvent mask ``(n, n, n)``: the particles' box, values in [0, 1]."""
-    path = Path(path)
-    data, _ = _read_map(path, "--solvent-mask")
-    if data.shape[0] != inp.box_px:
-        raise InputError(f"mask box {data.shape[0]} px differs from the particles' {inp.box_px} px", path=path,
-                         field="--solvent-mask", expected=f"a {inp.box_px}^3 mask")
-    lo, hi = float(data.min()), float(data.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise InputError(f"mask values span [{lo:.3g}, {hi:.3g}]", path=path, field="--solvent-mask",
-                         expected="values in [0, 1] (vitrify mask-create makes one)")
-    if hi <= 0:
-        raise InputError("the mask is empty", path=path, field="--solvent-mask", expected="values in [0, 1]")
-    return torch.as_tensor(np.clip(data, 0.0, 1.0), dtype=torch.float32)
+    """The reference ``(n, n, n)`` on the particles' grid (refine3d's reader: another box or pixel size is
+    rescaled by Fourier resampling, then centre crop or zero padding); ``log`` says what was done."""
+    reference = read_refine3d_reference(path, inp)
+    if reference.note:
+        log.info(reference.note)
+    return reference.volume
 
 
 @dataclass

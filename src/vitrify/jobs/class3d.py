@@ -24,8 +24,9 @@ import torch
 from vitrify.io.errors import InputError
 from vitrify.jobs._class2d_data import (InputParticles, check_engine3d_inputs, check_memory, load_particles,
                                         start_rows, validate_input)
-from vitrify.jobs._class3d_input import Resume, read_mask, read_references, read_resume
+from vitrify.jobs._class3d_input import Resume, read_references, read_resume
 from vitrify.jobs._class3d_output import Class3DWriter
+from vitrify.jobs._refine3d_input import read_solvent_mask
 from vitrify.jobs._ranks import (Follower, join_ranks, leave_ranks, lend_gathered, on_rank0, rank_logger,
                                  shard_rows_of)
 from vitrify.jobs.options.class3d import DEFAULT_ITER, Options, job_star_from_options, options_from_job_star
@@ -89,7 +90,7 @@ def run(options: Options, job_dir: str | Path) -> Path:
         options = resume.options
     inp = validate_input(options.input_star, options.n_classes, options.do_ctf)  # before compute
     diameter_px = check_inputs(options, inp)
-    mask = read_mask(options.solvent_mask, inp) if options.solvent_mask else None
+    mask = read_solvent_mask(options.solvent_mask, inp) if options.solvent_mask else None
     volume = read_references(options.reference, inp, options.n_classes, log) if resume is None else None
     ranks, device = join_ranks(device, inp.n_particles)
     try:

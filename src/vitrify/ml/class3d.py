@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from vitrify.core.fourier import rescale_3d, shell_index_3d
+from vitrify.core.fourier import shell_index_3d
 from vitrify.ml.inimodel import STEPS, Iteration3D, Refiner3D, default_max_significant
 from vitrify.ml.model import MlModel, ParticleSet
 from vitrify.ml.mstep import next_radius, update_class_stats, update_sigma2
@@ -35,26 +35,6 @@ def ini_high_shell(ini_high_angst: float, box_px: int, pixel_size_angst: float) 
     3
     """
     return max(1, int(round(box_px * pixel_size_angst / ini_high_angst)))
-
-
-def fit_reference(volume: torch.Tensor, pixel_size_angst: float, box_px: int,
-                  target_pixel_size_angst: float) -> torch.Tensor:
-    """A reference ``(n, n, n)`` resampled to ``target_pixel_size_angst`` and centre-cropped or
-    zero-padded to ``(box_px,)*3`` (RELION rescales a reference of another size likewise).
-
-    >>> fit_reference(torch.zeros(32, 32, 32), 4.0, 64, 2.0).shape
-    torch.Size([64, 64, 64])
-    """
-    n = volume.shape[-1]
-    scaled = max(2, 2 * round(n * pixel_size_angst / target_pixel_size_angst / 2))
-    vol = rescale_3d(volume.float(), scaled) if scaled != n else volume.float()
-    if scaled > box_px:
-        a = (scaled - box_px) // 2
-        return vol[a:a + box_px, a:a + box_px, a:a + box_px].contiguous()
-    out = vol.new_zeros(box_px, box_px, box_px)
-    a = (box_px - scaled) // 2
-    out[a:a + scaled, a:a + scaled, a:a + scaled] = vol
-    return out
 
 
 def mask_volumes(refs: torch.Tensor, diameter_px: float, mask: torch.Tensor | None) -> torch.Tensor:
