@@ -11,7 +11,8 @@ from _ml_synth import make_dataset
 from vitrify.ml.expectation import make_sampling
 from vitrify.ml.model import ParticleSet
 from vitrify.ml.optimiser import Classifier2D, EngineSettings
-from vitrify.ml.starts import aligned_average_grids, average_from_grids, initial_model, pack_particles
+from vitrify.ml.junk2d import aligned_average_grids, average_from_grids
+from vitrify.ml.starts import initial_model, pack_particles
 from vitrify.ml.window import make_window
 
 N_BOX = 32
@@ -84,7 +85,7 @@ def _carbon_edges(n_images: int, snr: float, seed: int = 13) -> torch.Tensor:
 
 
 def test_misfit_ranks_carbon_edges_above_particles_where_the_likelihood_does_not():
-    from vitrify.ml.starts import misfit
+    from vitrify.ml.junk2d import misfit
 
     images, labels, _, _ = make_dataset(60, N_BOX, snr=0.3)
     carbon = _carbon_edges(30, snr=0.3)
@@ -92,7 +93,7 @@ def test_misfit_ranks_carbon_edges_above_particles_where_the_likelihood_does_not
     clf.run()
     rows = torch.arange(clf.particles.n_particles)
     is_junk = rows >= labels.shape[0]
-    bad = misfit(clf.particles, rows, clf.window, clf.model.sigma2)
+    bad = misfit(clf.model, clf.particles, rows, clf.window)
     top = torch.argsort(bad, descending=True)[:30]
     top_ll = torch.argsort(clf.particles.log_likelihood)[:30]  # lowest log-likelihood
     assert float(is_junk[top].float().mean()) >= 0.75
@@ -112,3 +113,26 @@ def test_zero_reference_keeps_its_prior_mass_under_the_significance_cap():
     share = sums.class_weight / sums.class_weight.sum()
     assert float(share[1]) > 0.4
     assert float((clf.particles.class_index == 1).float().mean()) > 0.4
+
+
+def test_worst_fit_refill_averages_the_unexplained_boxes_or_copies_the_largest_class():
+    from vitrify.ml.optimiser import _seed_from_worst
+
+    images, labels, _, _ = make_dataset(40, N_BOX, snr=0.3)
+    carbon = _carbon_edges(12, snr=0.3)
+    clf = _classifier(torch.cat([images, carbon]), 4, "vdam", 1, replacement_source="worst")
+    clf.run()
+    clf.model.refs[3] = clf.model.refs[0].clone()  # no class for the edges: they join particle classes
+    rows = torch.arange(clf.particles.n_particles)
+    is_carbon = rows >= labels.shape[0]
+    clf._estep(rows, 2, 20)
+    _seed_from_worst(clf, 3, 0, rows)
+    assert not torch.equal(clf.model.refs[3], clf.model.refs[0])
+    clf._estep(rows, 2, 20)
+    after = clf.particles.class_index
+    assert float((after[is_carbon] == 3).float().mean()) >= 0.8
+    assert float((after[~is_carbon] == 3).float().mean()) <= 0.05
+    clean = _classifier(images, 4, "vdam", 1, replacement_source="worst")
+    clean.run()
+    _seed_from_worst(clean, 3, 0, torch.arange(clean.particles.n_particles))
+    assert torch.equal(clean.model.refs[3], clean.model.refs[0])  # nothing unexplained: a copy

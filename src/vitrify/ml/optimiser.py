@@ -30,7 +30,8 @@ from vitrify.ml.model import MlModel, ParticleSet
 from vitrify.ml.mstep import (data_vs_prior, map_reconstruct, next_radius,
                               reference_tau2, sums_to_grids, update_class_stats, update_sigma2)
 from vitrify.ml.schedules import VdamSchedule
-from vitrify.ml.starts import aligned_average_grids, average_from_grids, flatten_solvent, misfit
+from vitrify.ml.junk2d import aligned_average_grids, average_from_grids, misfit
+from vitrify.ml.starts import flatten_solvent
 from vitrify.ml.vdam import (Moments, choose_replacement, gradient_step, half_gradients,
                              preconditioned_gradient, update_moments)
 from vitrify.ml.window import FourierWindow
@@ -369,12 +370,24 @@ def _replace_class(clf: Classifier2D, a: int, b: int, indices: torch.Tensor | No
 
 def _seed_from_worst(clf: Classifier2D, a: int, b: int, indices: torch.Tensor) -> None:
     """Restart the inactive class ``a`` from the particles of this mini-batch ``indices`` that the
-    model explains worst (the ``len / K`` largest :func:`misfit`): their average at their current
-    poses, low-passed as the starting references; fresh moments, fraction 1/K."""
+    model explains worst: those whose :func:`misfit` lies more than ``OUTLIER_Z`` robust standard
+    deviations above the mini-batch's median (at most ``len / K`` of them, the worst first), averaged
+    at their current poses and low-passed as the starting references; fresh moments, fraction 1/K.
+    With fewer than two such outliers (the model explains every particle) the largest class ``b``
+    is copied instead, as ``--replace-from largest`` does."""
     model, mom = clf.model, clf.moments
     mine = clf.held(indices)
-    n_use = max(2, int(indices.numel()) // model.n_classes)
-    worst = mine[torch.argsort(misfit(clf.particles, mine, clf.window, model.sigma2), descending=True)[:n_use]]
+    bad = misfit(model, clf.particles, mine, clf.window)
+    median = bad.median()
+    z = (bad - median) / (1.4826 * (bad - median).abs().median()).clamp_min(1e-12)
+    order = torch.argsort(bad, descending=True)[:max(2, int(indices.numel()) // model.n_classes)]
+    worst = mine[order[z[order] > OUTLIER_Z]]
+    count = torch.tensor([float(worst.numel())], dtype=torch.float64, device=bad.device)
+    if clf.ranks is not None:  # every rank takes the same branch
+        clf.ranks.all_reduce(count)
+    if float(count) < 2:
+        _replace_class(clf, a, b)
+        return
     data, weight = aligned_average_grids(clf.particles, worst, clf.window, model.pad)
     if clf.ranks is not None:
         clf.ranks.all_reduce(data)
@@ -387,6 +400,9 @@ def _seed_from_worst(clf: Classifier2D, a: int, b: int, indices: torch.Tensor) -
     pdf[a] = 1.0 / model.n_classes
     model.pdf_class = pdf / pdf.sum()
 
+
+#: robust z-score of the misfit above which a particle counts as unexplained (``--replace-from worst``)
+OUTLIER_Z = 3.0
 
 #: replacement source -> what fills the inactive class a (b: the class the source rule chose)
 REPLACE: dict[str, Callable[..., None]] = {"largest": _replace_class, "gradient": _replace_class,

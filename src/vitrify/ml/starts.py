@@ -87,51 +87,6 @@ def random_psi_averages(particles: ParticleSet, window: FourierWindow, n_classes
     return images_from_padded(data / torch.maximum(weight, floor.clamp_min(1e-30)), n)
 
 
-def aligned_average_grids(particles: ParticleSet, rows: torch.Tensor, window: FourierWindow, pad: int
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CTF-weighted sums of ``particles[rows]`` at their current psi and offset on a padded grid.
-
-    Returns data ``(m, m//2+1)`` complex (``sum h c x s``) and weight ``(m, m//2+1)``
-    (``sum h c^2``), ``m = pad n``: :func:`average_from_grids` turns them into an image.
-    """
-    from vitrify.ml.estep import phase_table
-
-    dev = particles.ft.device
-    win = window.to(dev)
-    c = particles.ctf[rows]
-    shift = phase_table(particles.offset_px[rows], win.kx, win.ky, window.box_px)
-    table = make_rotation_table(particles.psi_deg[rows], window, pad)
-    d, w = scatter_to_grids((particles.ft[rows] * shift * c * win.half_weight)[None],
-                            (c * c * win.half_weight)[None], table)
-    return d[0], w[0]
-
-
-def misfit(particles: ParticleSet, rows: torch.Tensor, window: FourierWindow, sigma2: torch.Tensor,
-           band_from: float = 0.75) -> torch.Tensor:
-    """``(n,)`` how badly the model explains ``particles[rows]``: ``-log-likelihood / noise scale``.
-
-    The noise scale is the particle's own power per pixel over the noise model in the outer shells
-    (from ``band_from`` x Nyquist on, where a particle carries next to no signal), 1 on average: an
-    image normalised over a background of carbon or ice has a lower noise level than the others, so
-    its residual looks small unless measured against its own noise (RELION's norm correction, used
-    here as a test statistic). ``sigma2`` ``(G, n//2+1)``.
-    """
-    dev = particles.ft.device
-    shells = window.shell.to(dev)
-    band = shells >= band_from * window.box_px / 2
-    x = particles.ft[rows][:, band]
-    s2 = sigma2.to(dev)[particles.group[rows]][:, shells[band]]
-    hw = window.half_weight.to(dev)[band]
-    scale = ((x.real.double() ** 2 + x.imag.double() ** 2) * hw / (2 * s2)).sum(1) / hw.sum()
-    return -particles.log_likelihood[rows] / scale.clamp_min(1e-12)
-
-
-def average_from_grids(data: torch.Tensor, weight: torch.Tensor, n: int, shell: int) -> torch.Tensor:
-    """``(n, n)`` image ``data / weight`` (weights floored at 1/1000 of their mean), low-passed at ``shell``."""
-    floor = (weight.mean() * 1e-3).clamp_min(1e-30)
-    return lowpass(images_from_padded((data / torch.maximum(weight, floor))[None], n), shell)[0]
-
-
 def gaussian_blobs(average: torch.Tensor, diameter_px: float, generator: torch.Generator,
                    n_blobs: int = 40) -> torch.Tensor:
     """Blob image ``(n, n)`` from a class average ``(n, n)`` (RELION's 2D blob start)."""
