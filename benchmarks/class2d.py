@@ -56,10 +56,12 @@ RUNS = {  # name -> Options overrides
     # anchor sets: one EM iteration started from the true map's projections along K even views
     # (--ref): how well particles can be told apart by view at all (docs/class2d.md, "Low SNR")
     "oracle": {"algorithm": "em", "oracle": True},
-    # junk separation (docs/class2d.md, "Junk"): an empty reference class for boxes of pure noise
-    "vdam-noise": {"algorithm": "vdam", "noise_class": True},
+    # junk separation (docs/class2d.md, "Junk"): refill inactive classes from the worst-fitting
+    # particles; an outlier class for the particles with a large low-resolution residual
     "vdam-worst": {"algorithm": "vdam", "replacement_source": "worst"},
-    "vdam-noise-worst": {"algorithm": "vdam", "noise_class": True, "replacement_source": "worst"},
+    "vdam-outlier": {"algorithm": "vdam", "outlier_z": 3.0},
+    "vdam-worst-outlier": {"algorithm": "vdam", "replacement_source": "worst", "outlier_z": 3.0},
+    "em-outlier": {"algorithm": "em", "outlier_z": 3.0},
 }
 
 

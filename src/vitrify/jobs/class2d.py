@@ -62,7 +62,7 @@ def _settings(options: Options, diameter_px: float, device: torch.device) -> Eng
                           replacement_source=options.replacement_source,
                           seed=options.seed, budget_bytes=budget * 2 ** 20, oversampling=options.oversampling,
                           ini_subset=options.ini_subset, fin_subset=options.fin_subset,
-                          posterior_power=options.posterior_power, noise_class=options.noise_class)
+                          posterior_power=options.posterior_power, outlier_z=options.outlier_z)
 
 
 class _Follower:

@@ -30,6 +30,8 @@ def run_block(batch: Batch, grid: PassGrid, sums: EStepSums) -> BlockResult:
     t, r = scores.shape[1], scores.shape[2]
     offsets = batch.prev_offset_px[:, None, :] + c.shifts_px[None]  # (B, T, 2)
     scores.add_(offset_log_prior(offsets, grid.sigma_offset_px)[:, :, None]).add_(c.log_prior_class[None, None, :])
+    if batch.allowed is not None:  # classes a particle may not take
+        scores.view(b, scores.shape[1], grid.n_classes, -1).masked_fill_(~batch.allowed[:, None, :, None], -1e30)
     if grid.posterior_power != 1.0:  # tempered posterior
         scores.mul_(grid.posterior_power)
     w, log_norm, pmax, n_sig, best = truncated_posterior(scores.reshape(b, -1), grid.fraction,

@@ -144,7 +144,9 @@ class Batch:
     """One block of ``B`` particles of one optics group (current-window pixels ``P``).
 
     ``x`` ``(B, P)`` complex64, ``ctf`` ``(B, P)``, ``prev_offset_px`` ``(B, 2)``, ``half`` ``(B,)``
-    long, ``inv_sigma2`` / ``hw`` / ``kx`` / ``ky`` ``(P,)`` spectra, half weights, frequencies.
+    long, ``inv_sigma2`` / ``hw`` / ``kx`` / ``ky`` ``(P,)`` spectra, half weights, frequencies;
+    ``allowed`` ``(B, K)`` bool restricts the classes of each particle in the coarse pass (the fine
+    pass only refines significant coarse poses, so the restriction holds there too).
     """
 
     x: torch.Tensor
@@ -157,6 +159,7 @@ class Batch:
     kx: torch.Tensor
     ky: torch.Tensor
     box_px: int
+    allowed: torch.Tensor | None = None  # (B, K) bool: the classes each particle may take (None: all)
 
 
 @dataclass

@@ -23,9 +23,6 @@ from vitrify.ml.model import MlModel, ParticleSet
 from vitrify.ml.templates import RotationTable, make_rotation_table, sample_templates
 from vitrify.ml.window import FourierWindow
 
-#: log prior of the templates of an all-zero reference beyond its first (no weight, no NaN)
-NEG_PRIOR = -1.0e4
-
 
 @dataclass(frozen=True)
 class Sampling:
@@ -123,13 +120,7 @@ def build_hypotheses(model: MlModel, sampling: Sampling, window: FourierWindow, 
     templates = sample_templates(grids, table)  # (K, R, P)
     k, r, p = templates.shape
     pdf = model.pdf_class.to(templates.device).clamp_min(1e-30)
-    log_prior = torch.log(pdf).float()[:, None].repeat(1, r)  # (K, R)
-    # an all-zero reference (the noise class) looks the same at every psi: its whole in-plane prior
-    # mass goes to its first template, so that the significance cap does not drop its r tied poses
-    flat = (model.refs.flatten(1).abs().amax(1) == 0).to(templates.device)
-    log_prior[flat, 0] += math.log(r)
-    log_prior[flat, 1:] = NEG_PRIOR
-    log_prior = log_prior.flatten()
+    log_prior = torch.log(pdf).float().repeat_interleave(r)
     return Hypotheses(templates=templates.reshape(k * r, p), log_prior_class=log_prior,
                       shifts_px=sampling.shifts_px, psi_deg=sampling.psi_deg, n_classes=k, n_psi=r,
                       sigma_offset_px=float(sigma_offset_px))
@@ -214,7 +205,8 @@ def run_pass(grid: PassGrid, sigma2: torch.Tensor, particles: ParticleSet, indic
             else:
                 half = (idx % 2) if settings.halves == 2 else torch.zeros_like(idx)
             batch = Batch(particles.ft[idx, :p], particles.ctf[idx, :p], particles.offset_px[idx], half, g,
-                          inv_s2, win.half_weight[:p], win.kx[:p], win.ky[:p], window.box_px)
+                          inv_s2, win.half_weight[:p], win.kx[:p], win.ky[:p], window.box_px,
+                          None if particles.allowed is None else particles.allowed[idx])
             res = run_block(batch, grid, sums)
             particles.class_index[idx] = res.best_class
             particles.psi_deg[idx] = res.best_psi_deg

@@ -100,6 +100,7 @@ class ParticleSet:
     pmax: torch.Tensor = field(default=None)         # (N,) float32
     n_significant: torch.Tensor = field(default=None)  # (N,) long
     log_likelihood: torch.Tensor = field(default=None)  # (N,) float64
+    allowed: torch.Tensor | None = None  # (N, K) bool: classes each particle may take (None: all)
 
     def __post_init__(self) -> None:
         n, dev = self.ft.shape[0], self.ft.device

@@ -60,7 +60,7 @@ class EngineSettings:
     grad_em_iters: int = 0
     oversampling: int = 1
     posterior_power: float = 1.0
-    noise_class: bool = False
+    outlier_z: float = 0.0
 
 
 def shard_rows(n_particles: int, world: int, rank: int) -> tuple[int, int]:
@@ -223,8 +223,6 @@ class Classifier2D:
                                      n_classes=model.n_classes, tau2_fudge=settings.tau2_fudge,
                                      ini_subset=settings.ini_subset, fin_subset=settings.fin_subset,
                                      grad_em_iters=settings.grad_em_iters)
-        if settings.noise_class:  # the last class stays an empty (all-zero) reference
-            model.refs[-1] = 0.0
         m = model.pad * model.box_px
         self.moments = moments if moments is not None else (
             Moments.zeros(model.n_classes, m, model.refs.device) if settings.algorithm == "vdam" else None)
@@ -266,6 +264,8 @@ class Classifier2D:
                                  coarse_radius=coarse_radius(model.box_px, psi_step, s.particle_diameter_px,
                                                              s.oversampling))
         model.tau2 = reference_tau2(model.refs, self.window)
+        if self.settings.outlier_z > 0:
+            restrict_outliers(self, self.held(indices))
         sums = expectation(model, self.particles, self.held(indices), self.sampling, self.window, settings,
                            self.cache)
         if self.ranks is not None:
@@ -307,8 +307,6 @@ def em_iteration(clf: Classifier2D, it: int) -> IterationInfo:
                             model.current_radius, clf.settings.minres_map)
     refs = images_from_padded(grids, model.box_px)
     empty = (sums.class_weight <= 0).to(refs.device)
-    if clf.settings.noise_class:
-        empty[-1] = True
     model.refs = torch.where(empty[:, None, None], torch.zeros_like(refs), refs)
     clf._finish(sums, weight, 0.0, idx)
     return IterationInfo(it, idx.numel(), True, tau2_fudge=model.tau2_fudge)
@@ -337,7 +335,7 @@ def vdam_iteration(clf: Classifier2D, it: int) -> IterationInfo:
     active = sums.class_weight > 0
     update_moments(clf.moments, grads, inside, active)
     skip = ~active.clone()
-    learned = model.n_classes - int(s.noise_class)  # the noise class is neither replaced nor copied
+    learned = model.n_classes - int(s.outlier_z > 0)  # the outlier class is neither replaced nor copied
     skip[learned:] = True
     replaced = None
     if sched.replaces_classes(it):
@@ -353,6 +351,30 @@ def vdam_iteration(clf: Classifier2D, it: int) -> IterationInfo:
     clf._finish(sums, weight, s.mu if size > 0 else 0.0, idx)
     return IterationInfo(it, idx.numel(), size < 0, stepsize=sched.stepsize_at(it),
                          tau2_fudge=model.tau2_fudge, replaced=replaced)
+
+
+def restrict_outliers(clf: Classifier2D, rows: torch.Tensor) -> None:
+    """Before an E-step of the local particles ``rows``: a particle seen before whose :func:`misfit`
+    at its last class and pose lies more than ``outlier_z`` robust standard deviations above the
+    median of ``rows`` may only take the outlier class, every other particle any class but that one
+    (``particles.allowed``, applied in the E-step's coarse pass)."""
+    model, parts = clf.model, clf.particles
+    k = model.n_classes
+    if parts.allowed is None:
+        parts.allowed = torch.ones(parts.n_particles, k, dtype=torch.bool, device=parts.ft.device)
+    out = k - 1  # the outlier class
+    seen = rows[parts.log_likelihood[rows] != 0]
+    flagged = torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device)
+    if seen.numel() >= 10:
+        bad = misfit(model, parts, seen, clf.window)
+        median = bad.median()
+        z = (bad - median) / (1.4826 * (bad - median).abs().median()).clamp_min(1e-12)
+        flagged[torch.isin(rows, seen[z > clf.settings.outlier_z])] = True
+    allowed = torch.ones(rows.shape[0], k, dtype=torch.bool, device=rows.device)
+    allowed[:, out] = flagged
+    allowed[flagged] = False
+    allowed[flagged, out] = True
+    parts.allowed[rows] = allowed
 
 
 def _replace_class(clf: Classifier2D, a: int, b: int, indices: torch.Tensor | None = None) -> None:

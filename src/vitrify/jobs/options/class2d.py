@@ -77,8 +77,9 @@ class Options:
                                    flag="--ref", star="fn_ref")
     posterior_power: float = setting(1.0, help="Posterior weights as (likelihood x prior)^power; < 1 keeps "
                                                "low-SNR assignments soft (1: RELION).", flag="--posterior-power")
-    noise_class: bool = setting(False, help="Keep the last class an empty (all-zero) reference: a class for boxes of "
-                                           "pure noise.", flag="--noise-class/--no-noise-class")
+    outlier_z: float = setting(0.0, help="Particles whose low-resolution residual at their class and pose exceeds the "
+                                         "median by this many robust standard deviations go to one outlier class "
+                                         "(0: off).", flag="--outlier-z")
     seed: int = setting(1, help="Random seed.", flag="--seed")
     threads: int = setting(0, help="CPU threads (0: every CPU this process may use).", flag="--threads",
                            read=read_threads, write=write_threads)
@@ -109,6 +110,9 @@ class Options:
         if self.psi_step_deg <= 0 or self.psi_step_deg > 180:
             bad("--psi-step", f"psi step {self.psi_step_deg}", "0 < step <= 180 degrees")
         check_engine_options(self)
+        if self.outlier_z < 0 or (self.outlier_z > 0 and self.n_classes < 2):
+            bad("--outlier-z", f"outlier z {self.outlier_z} with {self.n_classes} classes",
+                "0 (off), or > 0 with at least one class besides the outlier class")
         if not 0 < self.posterior_power <= 1:
             bad("--posterior-power", f"posterior power {self.posterior_power}", "0 < power <= 1")
 
