@@ -111,7 +111,7 @@ def _radius_estimate(structure: str, symmetry: str) -> float:
     return base * (1.0 if symmetry == "C1" else 1.8)
 
 
-def run_spec(spec: JobSpec, root: Path, threads: int) -> float:
+def run_spec(spec: JobSpec, root: Path, threads: int, outlier_z: float = 0.0) -> float:
     """Simulate and classify one job into ``root/spec.name``; return its wall time (s)."""
     from vitrify.jobs import class2d
     from vitrify.jobs.base import run_job
@@ -127,7 +127,8 @@ def run_spec(spec: JobSpec, root: Path, threads: int) -> float:
     diameter = min(2.3 * sim.particle_radius_px, spec.box_px - 2) * spec.pixel_size_angst
     options = class2d.Options(str(sim.particles_star), n_classes=spec.n_classes,
                               particle_diameter_angst=round(diameter, 1), algorithm="em",
-                              nr_iter=spec.iterations, seed=spec.seed % 10000 + 1, threads=threads, device="cpu")
+                              nr_iter=spec.iterations, seed=spec.seed % 10000 + 1, threads=threads, device="cpu",
+                              outlier_z=outlier_z)
     run_job(class2d.run, options, job / "Class2D")
     _keep_last_iteration(job / "Class2D", spec.iterations)
     (job / "spec.json").write_text(json.dumps(asdict(spec), indent=1))
@@ -150,12 +151,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--held-out", action="store_true", help="held-out structures (validation/benchmark)")
     parser.add_argument("--scale", type=float, default=1.0, help="particle count factor (tests: tiny)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--outlier-z", type=float, default=0.0, help="class2d --outlier-z of the 2D jobs (0: off)")
+    parser.add_argument("--only", default="", help="comma-separated job names: make only these")
     args = parser.parse_args(argv)
     args.root.mkdir(parents=True, exist_ok=True)
     for spec in draw_specs(args.n_jobs, args.seed, args.held_out, args.scale):
-        if (args.root / spec.name / "spec.json").exists():
+        if (args.root / spec.name / "spec.json").exists() or (args.only and spec.name not in args.only.split(",")):
             continue
-        seconds = run_spec(spec, args.root, args.threads)
+        seconds = run_spec(spec, args.root, args.threads, args.outlier_z)
         print(f"{spec.name}: {spec.n_particles} particles, box {spec.box_px}, {spec.pixel_size_angst} A/px, "
               f"SNR {spec.snr:.3f}, junk {spec.junk_fraction} {'+'.join(spec.junk_kinds)}, K {spec.n_classes}: "
               f"{seconds:.0f} s", flush=True)

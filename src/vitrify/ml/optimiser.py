@@ -336,7 +336,6 @@ def vdam_iteration(clf: Classifier2D, it: int) -> IterationInfo:
     update_moments(clf.moments, grads, inside, active)
     skip = ~active.clone()
     learned = model.n_classes - int(s.outlier_z > 0)  # the outlier class is neither replaced nor copied
-    skip[learned:] = True
     replaced = None
     if sched.replaces_classes(it):
         err = (preconditioned_gradient(clf.moments).abs() ** 2).mean(dim=(-2, -1)).double()
