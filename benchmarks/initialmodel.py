@@ -106,7 +106,7 @@ def anchor(args: argparse.Namespace) -> None:
 SEED_SETS = {  # name: (structure, point group, box px, pixel A, diameter A)
     "cftr_C1": ("cftr", "C1", 32, 5.0, "150"),
     "adk_D2": ("adk", "D2", 32, 4.0, "110"),
-    "adk_C4": ("adk", "C4", 32, 4.0, "130"),
+    "adk_C4": ("adk", "C4", 32, 5.0, "130"),
 }
 
 

@@ -133,3 +133,22 @@ def test_align_symmetry_puts_a_rotated_d2_map_in_the_standard_orientation(tmp_pa
     before = float(np.corrcoef(rotated.flatten().numpy(), truth.flatten().numpy())[0, 1])
     assert max(cc) > 0.95 > before + 0.2, (max(cc), before)
     assert "correlation with the symmetrised map" in result.output
+
+
+def test_symmetry_axes_of_an_off_centre_map_are_found_after_centring():
+    import scipy.ndimage as ndi
+
+    from vitrify.core.euler import euler_to_matrix
+    from vitrify.core.symmetry import rotate_volume
+    from vitrify.ml.mapalign import find_symmetry_axes
+    from vitrify.sim.maps import MapOptions, simulate_map
+    from vitrify.sim.structures import load_structure
+
+    truth = torch.as_tensor(simulate_map(load_structure("adk", symmetry="D2"), MapOptions(32, 4.0))).float()
+    turn = euler_to_matrix(torch.tensor([37.0]), torch.tensor([71.0]), torch.tensor([-23.0])).float()
+    moved = np.fft.ifftn(ndi.fourier_shift(np.fft.fftn(rotate_volume(truth, turn)[0].double().numpy()),
+                                           (1.6, -2.3, 1.2))).real
+    found = find_symmetry_axes(torch.as_tensor(moved).float(), "D2")
+    as_given = find_symmetry_axes(torch.as_tensor(moved).float(), "D2", keep_centre=True)
+    assert found.correlation > 0.9 > as_given.correlation + 0.05, (found.correlation, as_given.correlation)
+    assert np.allclose(found.shift_px, (-1.6, 2.3, -1.2), atol=0.5), found.shift_px

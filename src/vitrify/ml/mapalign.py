@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from vitrify.core.euler import euler_to_matrix
@@ -164,12 +165,27 @@ def angular_step(order: int) -> float:
 class SymmetryAlignment:
     """Result of :func:`find_symmetry_axes`: the map in the group's standard orientation, the
     rotation applied, and the correlation of the aligned map with its symmetrised self
-    (before: ``correlation_before``, for the map as given)."""
+    (before: ``correlation_before``, for the map as given, centred), and the centring shift ``(z, y, x)`` px."""
 
     aligned: torch.Tensor
     rotation: torch.Tensor
     correlation: float
     correlation_before: float
+    shift_px: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def centre_by_mass(volume: torch.Tensor) -> tuple[torch.Tensor, tuple[float, float, float]]:
+    """``volume`` ``(n, n, n)`` moved (Fourier shift, sub-pixel) so that the centre of mass of its positive
+    density is the box centre ``n // 2``, as ``relion_align_symmetry`` does unless ``--keep_centre``; returns
+    the moved map and the ``(z, y, x)`` shift applied in px. Symmetry axes pass through the box centre: a
+    de novo map a pixel or two off centre otherwise shows little of its symmetry."""
+    from scipy import ndimage
+
+    v = volume.detach().cpu().double().numpy()
+    com = ndimage.center_of_mass(np.clip(v, 0.0, None))
+    shift = tuple(float(volume.shape[-1] // 2 - c) for c in com)
+    moved = np.fft.ifftn(ndimage.fourier_shift(np.fft.fftn(v), shift)).real
+    return torch.as_tensor(moved, dtype=volume.dtype, device=volume.device), shift
 
 
 def symmetry_score(volume: torch.Tensor, symmetry: str, mask: torch.Tensor | None = None) -> float:
@@ -195,9 +211,13 @@ def _symmetry_scores(volume: torch.Tensor, rotations: torch.Tensor, symmetry: st
 
 
 def find_symmetry_axes(volume: torch.Tensor, symmetry: str, *, order: int = 1, search_box: int = 16,
-                       top: int = 2) -> SymmetryAlignment:
-    """Rotate ``volume`` ``(n, n, n)`` so that ``symmetry``'s axes are in RELION's standard orientation."""
+                       top: int = 2, keep_centre: bool = False) -> SymmetryAlignment:
+    """Rotate ``volume`` ``(n, n, n)`` so that ``symmetry``'s axes are in RELION's standard orientation
+    (first centred by its centre of mass, :func:`centre_by_mass`, unless ``keep_centre``)."""
     n = volume.shape[-1]
+    shift = (0.0, 0.0, 0.0)
+    if not keep_centre:
+        volume, shift = centre_by_mass(volume)
     small = _small(volume, search_box)
     ns = small.shape[-1]
     mask_small = soft_spherical_mask(ns, ns / 2 - 2, 2.0, device=volume.device, dtype=volume.dtype)
@@ -213,4 +233,4 @@ def find_symmetry_axes(volume: torch.Tensor, symmetry: str, *, order: int = 1, s
             best = (score, rot)
     rot, score = _refine(lambda r: _symmetry_scores(volume, r, symmetry, mask), best[1], 1.0, 1)
     aligned = rotate_volume(volume, rot[None].to(volume.dtype))[0]
-    return SymmetryAlignment(aligned, rot.to(volume.dtype), score, symmetry_score(volume, symmetry, mask))
+    return SymmetryAlignment(aligned, rot.to(volume.dtype), score, symmetry_score(volume, symmetry, mask), shift)
