@@ -35,6 +35,9 @@ JOBS = {
     "initialmodel": ["initialmodel", "--i", "sim/particles.star", "--iter", "4", "--ini-subset", "40",
                      "--fin-subset", "96", "--healpix-order", "1", "--grad-write-iter", "2", "--seed", "1", *COMMON],
 }
+#: refine3d with local searches from the start, from the poses of the 2-rank global refinement
+LOCAL = ["refine3d", "--i", "two/refine3d/run_data.star", "--ref", "sim/truth_map.mrc", "--iter", "1",
+         "--healpix-order", "2", "--local-order", "2", "--max-order", "3", *COMMON]
 #: each job continued from an iteration of its 2-rank run (``two/JOB``) for one more iteration
 CONTINUE = {"refine3d": ("run_it001_optimiser.star", ["--iter", "2"]),
             "class3d": ("run_it001_optimiser.star", ["--iter", "2"]),
@@ -95,6 +98,7 @@ def runs(adk: Path) -> Path:
     out = adk
     commands = [json.dumps([*args, "--o", f"two/{job}"]) for job, args in JOBS.items()]
     commands += [json.dumps(_continued(job, "two_c")) for job in JOBS]
+    commands.append(json.dumps([*LOCAL, "--o", "two/refine3d_local"]))
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1", "VITRIFY_QUIET": "1"}
     script = Path(__file__).with_name("_ranks_jobs.py")
@@ -114,6 +118,7 @@ def runs(adk: Path) -> Path:
         os.chdir(out)
         for job in JOBS:
             assert _main(_continued(job, "one_c"))[0] == 0, job
+        assert _main([*LOCAL, "--o", "one/refine3d_local"])[0] == 0
     finally:
         os.chdir(cwd)
     return out
@@ -150,6 +155,15 @@ def test_refine3d_on_two_ranks_refines_as_one_process(runs):
     log = (two / "run.log").read_text()  # rank 0's; the other rank writes nothing
     assert "half 1: 48 particles" in log and "bytes all-reduced by each of 2 ranks" in log
     assert log.count("final resolution") == 1
+
+
+@pytest.mark.slow
+def test_refine3d_local_searches_on_two_ranks_as_one_process(runs):
+    one, two = _pair(runs, "refine3d_local")
+    for name in ("run_class001.mrc", "run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc"):
+        _same_maps(one, two, name)
+    _same_poses(one, two, "run_data.star", POSES)
+    assert "local" in (two / "run.log").read_text()
 
 
 @pytest.mark.slow
