@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import os
 import re
-import resource
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from _scaleout_class2d import rank_rss, timed_run
+
 HERE = Path(__file__).resolve().parent
+SRC = HERE.parent / "src"
 
 
 @dataclass(frozen=True)
@@ -45,25 +46,6 @@ def grid_bytes(box_px: int, n_classes: int = 1, halves: int = 2, pad: int = 2) -
     return 12 * g * g * (g // 2 + 1) * n_classes * halves
 
 
-def timed(command: list[str], root: Path, rss_dir: Path, threads: int) -> tuple[float, float]:
-    """(wall s, CPU s of the command and its descendants) of ``command`` in ``root``."""
-    rss_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "VITRIFY_QUIET": "1", "OMP_NUM_THREADS": str(threads), "VITRIFY_RSS_DIR": str(rss_dir),
-           "PYTHONPATH": str(HERE.parent / "src")}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode:
-        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
-def _rss(rss_dir: Path) -> list[int]:
-    return [int((rss_dir / f"rank{r}.txt").read_text()) for r in range(len(list(rss_dir.glob("rank*.txt"))))]
-
-
 def _same_poses(one: Path, two: Path) -> float:
     import numpy as np
 
@@ -80,7 +62,7 @@ def refine3d_runs(root: Path, particles: int, box: int, iterations: int, order: 
     """Simulate ``particles`` of ``box`` px (adk, 2.25 Å x 64 / box, SNR 0.1) and refine them for
     ``iterations`` iterations (HEALPix ``order``, global searches) as 1 process and as 2 ranks."""
     pixel = 2.25 * 64 / box
-    env = {**os.environ, "VITRIFY_QUIET": "1", "PYTHONPATH": str(HERE.parent / "src")}
+    env = {**os.environ, "VITRIFY_QUIET": "1", "PYTHONPATH": str(SRC)}
     subprocess.run([sys.executable, "-m", "vitrify", "-q", "simulate", "particles", "--n", str(particles),
                     "--box", str(box), "--pixel-size", f"{pixel:.4f}", "--snr", "0.1", "--seed", "1",
                     "--device", "cpu", "--out", "Refine3DParticles"], cwd=root, env=env, check=True,
@@ -91,14 +73,15 @@ def refine3d_runs(root: Path, particles: int, box: int, iterations: int, order: 
     peak = [sys.executable, str(HERE / "_peak_rss.py"), "-q"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                 str(HERE / "_peak_rss.py"), "-q"]
-    one, one_cpu = timed([*peak, *args, "--threads", "2", "--o", "refine3d_one"], root, root / "rss3d_one", 2)
-    two, two_cpu = timed([*torchrun, *args, "--threads", "1", "--o", "refine3d_two"], root, root / "rss3d_two", 1)
+    one, one_cpu = timed_run([*peak, *args, "--threads", "2", "--o", "refine3d_one"], root, root / "rss3d_one", SRC, 2)
+    two, two_cpu = timed_run([*torchrun, *args, "--threads", "1", "--o", "refine3d_two"], root, root / "rss3d_two",
+                             SRC, 1)
     log = (root / "refine3d_two/run.log").read_text()
     reduced = {int(m.group(1)): int(m.group(2))
                for m in re.finditer(r"iteration (\d+): (\d+) bytes all-reduced", log)}
     final = tuple(re.search(r"final resolution ([\d.]+ Å)", (root / d / "run.log").read_text()).group(1)
                   for d in ("refine3d_one", "refine3d_two"))
-    return Engine3DRun(one, one_cpu, two, two_cpu, reduced, _rss(root / "rss3d_one"), _rss(root / "rss3d_two"),
+    return Engine3DRun(one, one_cpu, two, two_cpu, reduced, rank_rss(root / "rss3d_one"), rank_rss(root / "rss3d_two"),
                        final, _same_poses(root / "refine3d_one", root / "refine3d_two"))
 
 

@@ -49,7 +49,7 @@ def _class2d_args(box: int, iterations: int) -> list[str]:
             "--particle-diameter", str(int(0.78 * box)), "--psi-step", "10", "--device", "cpu", "--seed", "1"]
 
 
-def _run(command: list[str], root: Path, rss_dir: Path, src: Path | None, threads: int) -> tuple[float, float]:
+def timed_run(command: list[str], root: Path, rss_dir: Path, src: Path | None, threads: int) -> tuple[float, float]:
     """(wall s, CPU s of the command and its descendants)."""
     rss_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "VITRIFY_QUIET": "1", "OMP_NUM_THREADS": str(threads), "VITRIFY_RSS_DIR": str(rss_dir)}
@@ -65,7 +65,7 @@ def _run(command: list[str], root: Path, rss_dir: Path, src: Path | None, thread
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def _rss(rss_dir: Path) -> list[int]:
+def rank_rss(rss_dir: Path) -> list[int]:
     return [int((rss_dir / f"rank{r}.txt").read_text()) for r in range(len(list(rss_dir.glob("rank*.txt"))))]
 
 
@@ -84,13 +84,14 @@ def class2d_runs(root: Path, particles: int, box: int, before_src: Path | None, 
                 str(HERE / "_peak_rss.py"), "-q"]
     args = _class2d_args(box, iterations)
     src = Path(__file__).resolve().parents[1] / "src"
-    (one, one_cpu) = _run([*peak, *args, "--threads", "2", "--o", "class2d_one"], root, root / "rss_one", src, 2)
-    (two, two_cpu) = _run([*torchrun, *args, "--threads", "1", "--o", "class2d_two"], root, root / "rss_two", src, 1)
+    (one, one_cpu) = timed_run([*peak, *args, "--threads", "2", "--o", "class2d_one"], root, root / "rss_one", src, 2)
+    (two, two_cpu) = timed_run([*torchrun, *args, "--threads", "1", "--o", "class2d_two"], root, root / "rss_two",
+                               src, 1)
     before: list[int] = []
     if before_src is not None:
-        _run([*torchrun, *args, "--threads", "1", "--o", "class2d_before"], root, root / "rss_before",
+        timed_run([*torchrun, *args, "--threads", "1", "--o", "class2d_before"], root, root / "rss_before",
              before_src, 1)
-        before = _rss(root / "rss_before")
+        before = rank_rss(root / "rss_before")
     log = (root / "class2d_two/run.log").read_text()
     clock = _iteration_clock((root / "class2d_one/run.log").read_text())
     iteration_s = clock[2] - clock[1] if 2 in clock else float("nan")
@@ -98,7 +99,7 @@ def class2d_runs(root: Path, particles: int, box: int, before_src: Path | None, 
     return Class2DRun(one, two, one_cpu, two_cpu, _log_numbers(log, r"iteration (\d+): (\d+) bytes all-reduced"),
                       _log_numbers(log, r"iteration (\d+): (\d+) bytes of particle assignments gathered"),
                       _log_numbers(log, r"iteration (\d+): \d+ particles, radius (\d+)"),
-                      _rss(root / "rss_one"), _rss(root / "rss_two"), before, held, iteration_s)
+                      rank_rss(root / "rss_one"), rank_rss(root / "rss_two"), before, held, iteration_s)
 
 
 def _iteration_clock(log: str) -> dict[int, float]:

@@ -70,14 +70,9 @@ def _executable(path: Path, text: str) -> None:
     path.chmod(0o755)
 
 
-@pytest.mark.slow
-def test_queue_template_runs_class2d_on_the_launchers_copies(tmp_path, monkeypatch):
-    from _ml_synth import write_star_dataset
-
-    from vitrify.io.star import read_star
-    from vitrify.jobs.options.class2d import Options, job_star_from_options
-    from vitrify.pipeline.project import Project
-
+def use_stand_in_queue(tmp_path: Path, monkeypatch) -> None:
+    """Stand-in ``sbatch`` and ``mpirun`` first on the PATH, this checkout's sources on PYTHONPATH, and no
+    torch.distributed or SLURM variables of the process running the tests."""
     src = Path(__file__).resolve().parents[1] / "src"
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -89,6 +84,17 @@ def test_queue_template_runs_class2d_on_the_launchers_copies(tmp_path, monkeypat
     monkeypatch.setenv("PYTHONPATH", f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("VITRIFY_QUIET", "1")
+
+
+@pytest.mark.slow
+def test_queue_template_runs_class2d_on_the_launchers_copies(tmp_path, monkeypatch):
+    from _ml_synth import write_star_dataset
+
+    from vitrify.io.star import read_star
+    from vitrify.jobs.options.class2d import Options, job_star_from_options
+    from vitrify.pipeline.project import Project
+
+    use_stand_in_queue(tmp_path, monkeypatch)
     root = tmp_path / "project"
     project = Project.open(root)
     write_star_dataset(root / "sim", n_per_class=20, n=32)  # 60 particles

@@ -230,22 +230,13 @@ def test_each_rank_holds_a_shard_of_each_half_set():
 @pytest.mark.slow
 def test_queue_template_runs_refine3d_on_the_launchers_copies(adk, tmp_path, monkeypatch):
     """RELION's queue submission (do_queue, nr_mpi 2, an mpirun template) starts refine3d's 2 ranks."""
-    from test_class2d_queue import MPIRUN, SBATCH, TEMPLATE, _executable
+    from test_class2d_queue import TEMPLATE, use_stand_in_queue
 
     from vitrify.io.star import read_star
     from vitrify.jobs.options.refine3d import Options, job_star_from_options
     from vitrify.pipeline.project import Project
 
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    _executable(bin_dir / "sbatch", SBATCH)
-    _executable(bin_dir / "mpirun", MPIRUN)
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "SLURM_JOB_ID", "SLURM_PROCID"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("PYTHONPATH", f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("VITRIFY_QUIET", "1")
+    use_stand_in_queue(tmp_path, monkeypatch)
     root = tmp_path / "project"
     project = Project.open(root)
     (root / "sim").symlink_to(adk / "sim")
