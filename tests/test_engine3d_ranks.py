@@ -58,8 +58,8 @@ def test_a_run_continued_on_two_ranks_goes_on_as_one_process(runs, job, maps, da
     """Each rank takes its shard's assignments (refine3d: of each half) from the iteration's files."""
     one, two = _pair(runs, job, "one_c", "two_c")
     for name in maps:
-        _same_maps(one, two, name)
-    _same_poses(one, two, data, POSES)
+        assert _map_difference(one, two, name) <= 1e-4, name
+    assert _same_pose_fraction(one, two, data, POSES) >= 0.98
 
 
 def _main(argv: list[str], capsys=None) -> tuple[int, str]:
@@ -130,12 +130,14 @@ def _pair(runs: Path, job: str, one: str = "one", two: str = "two") -> tuple[Pat
     return one, two
 
 
-def _same_maps(one: Path, two: Path, name: str) -> None:
+def _map_difference(one: Path, two: Path, name: str) -> float:
+    """Largest voxel difference of map ``name`` between the two runs, relative to the first map's largest value."""
     a, b = mrcfile.read(one / name), mrcfile.read(two / name)
-    np.testing.assert_allclose(b, a, atol=1e-4 * float(np.abs(a).max()))
+    return float(np.abs(b - a).max() / np.abs(a).max())
 
 
-def _same_poses(one: Path, two: Path, name: str, columns: tuple[str, ...]) -> None:
+def _same_pose_fraction(one: Path, two: Path, name: str, columns: tuple[str, ...]) -> float:
+    """Fraction of the 96 particles whose ``columns`` (angles, offsets, class, half) agree between the runs."""
     from vitrify.io.star import read_star
 
     a, b = (read_star(d / name)["particles"] for d in (one, two))
@@ -143,15 +145,15 @@ def _same_poses(one: Path, two: Path, name: str, columns: tuple[str, ...]) -> No
     same = np.ones(len(a), dtype=bool)
     for column in columns:
         same &= np.isclose(a[column].to_numpy(float), b[column].to_numpy(float), atol=1e-2)
-    assert same.mean() >= 0.98, {c: (a[c].to_numpy(float) - b[c].to_numpy(float))[:5] for c in columns}
+    return float(same.mean())
 
 
 @pytest.mark.slow
 def test_refine3d_on_two_ranks_refines_as_one_process(runs):
     one, two = _pair(runs, "refine3d")
     for name in ("run_class001.mrc", "run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc"):
-        _same_maps(one, two, name)
-    _same_poses(one, two, "run_data.star", (*POSES, "rlnRandomSubset"))
+        assert _map_difference(one, two, name) <= 1e-4, name
+    assert _same_pose_fraction(one, two, "run_data.star", (*POSES, "rlnRandomSubset")) >= 0.98
     log = (two / "run.log").read_text()  # rank 0's; the other rank writes nothing
     assert "half 1: 48 particles" in log and "bytes all-reduced by each of 2 ranks" in log
     assert log.count("final resolution") == 1
@@ -161,8 +163,8 @@ def test_refine3d_on_two_ranks_refines_as_one_process(runs):
 def test_refine3d_local_searches_on_two_ranks_as_one_process(runs):
     one, two = _pair(runs, "refine3d_local")
     for name in ("run_class001.mrc", "run_half1_class001_unfil.mrc", "run_half2_class001_unfil.mrc"):
-        _same_maps(one, two, name)
-    _same_poses(one, two, "run_data.star", POSES)
+        assert _map_difference(one, two, name) <= 1e-4, name
+    assert _same_pose_fraction(one, two, "run_data.star", POSES) >= 0.98
     assert "local" in (two / "run.log").read_text()
 
 
@@ -170,8 +172,8 @@ def test_refine3d_local_searches_on_two_ranks_as_one_process(runs):
 def test_class3d_on_two_ranks_classifies_as_one_process(runs):
     one, two = _pair(runs, "class3d")
     for k in (1, 2):
-        _same_maps(one, two, f"run_it002_class00{k}.mrc")
-    _same_poses(one, two, "run_it002_data.star", (*POSES, "rlnClassNumber"))
+        assert _map_difference(one, two, f"run_it002_class00{k}.mrc") <= 1e-4, f"run_it002_class00{k}.mrc"
+    assert _same_pose_fraction(one, two, "run_it002_data.star", (*POSES, "rlnClassNumber")) >= 0.98
     assert "bytes all-reduced by each of 2 ranks" in (two / "run.log").read_text()
 
 
@@ -179,8 +181,8 @@ def test_class3d_on_two_ranks_classifies_as_one_process(runs):
 def test_initialmodel_on_two_ranks_gives_the_model_of_one_process(runs):
     one, two = _pair(runs, "initialmodel")  # VDAM mini-batches: drawn over all particles, each rank runs its own
     for name in ("run_it004_class001.mrc", "initial_model.mrc"):
-        _same_maps(one, two, name)
-    _same_poses(one, two, "run_it004_data.star", POSES)
+        assert _map_difference(one, two, name) <= 1e-4, name
+    assert _same_pose_fraction(one, two, "run_it004_data.star", POSES) >= 0.98
 
 
 @pytest.mark.parametrize("job, world, text", [
