@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 
 from vitrify.core.euler import euler_to_matrix, matrix_to_euler
-from vitrify.core.sampling import angular_step_deg
 from vitrify.ml.estep import EStepSums, phase_table
-from vitrify.ml.local_search import insert_templates, local_block, local_grid, read_templates
+from vitrify.ml.local_search import insert_templates, local_block, local_grid_of, read_templates
 from vitrify.ml.slices import fold_plane0, volume_grids
 from vitrify.ml.vdam3d import reference_tau2
 
@@ -24,8 +23,6 @@ def local_class_estep(ref, indices: torch.Tensor, halves: int, sigma_deg: float,
     """Local E-step of ``particles[indices]`` against the K classes of ``ref`` (a
     :class:`vitrify.ml.class3d.Classifier3D`): ``(sums, data, weight)`` as :meth:`Refiner3D.estep`
     returns them (grids ``(H, K, g, g, g//2+1)``); poses, classes and pmax are updated in place."""
-    from vitrify.ml.inimodel import coarse_radius_3d
-
     model, parts, win = ref.model, ref.particles, ref.window
     dev = parts.ft.device
     w = win.to(dev)
@@ -33,13 +30,8 @@ def local_class_estep(ref, indices: torch.Tensor, halves: int, sigma_deg: float,
     model.tau2 = reference_tau2(grids, ref.shells, model.current_radius, model.box_px)
     k, g = model.n_classes, grids.shape[-3]
     radius, n = model.current_radius, model.box_px
-    p = w.pixels_within(radius)
-    pc = w.pixels_within(min(radius, coarse_radius_3d(n, angular_step_deg(ref.orientations.order),
-                                                      ref.settings.particle_diameter_px)))
-    step = ref.sampling.offset_step_px if ref.sampling.offset_step_px > 0 else 1.0
-    range_px = float(ref.sampling.shifts_px.abs().max()) if ref.sampling.shifts_px.numel() else 0.0
-    lg = local_grid(ref.orientations.order, sigma_deg, range_px, step, max(model.sigma2_offset_px, 1e-6) ** 0.5,
-                    p, pc, dev)
+    lg = local_grid_of(ref, sigma_deg)
+    p, pc = lg.n_pixels, lg.n_coarse_pixels
     acc = torch.zeros(halves, k, g * g * (g // 2 + 1), 3, device=dev)
     f64 = dict(device=dev, dtype=torch.float64)
     sums = EStepSums(frames={}, class_weight=torch.zeros(k, **f64),

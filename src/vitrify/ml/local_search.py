@@ -206,6 +206,20 @@ def local_block(grid: torch.Tensor, prev_rot: torch.Tensor, prev_off: torch.Tens
             foffs, y, q)
 
 
+def local_grid_of(ref, sigma_deg: float) -> LocalGrid:
+    """The local grid of an engine ``ref`` (:class:`~vitrify.ml.inimodel.Refiner3D`): its HEALPix order,
+    current and coarse windows, offset sampling and offset prior, with angular prior ``sigma_deg``."""
+    from vitrify.ml.inimodel import coarse_radius_3d
+
+    model, win, order = ref.model, ref.window, ref.orientations.order
+    radius = model.current_radius
+    coarse = coarse_radius_3d(model.box_px, angular_step_deg(order), ref.settings.particle_diameter_px)
+    step = ref.sampling.offset_step_px if ref.sampling.offset_step_px > 0 else 1.0
+    range_px = float(ref.sampling.shifts_px.abs().max()) if ref.sampling.shifts_px.numel() else 0.0
+    return local_grid(order, sigma_deg, range_px, step, max(model.sigma2_offset_px, 1e-6) ** 0.5,
+                      win.pixels_within(radius), win.pixels_within(min(radius, coarse)), ref.particles.ft.device)
+
+
 def local_grid(order: int, sigma_deg: float, offset_range_px: float, offset_step_px: float, sigma_offset_px: float,
                n_pixels: int, n_coarse_pixels: int, device) -> LocalGrid:
     """Stencils and offset grids of a local pass at HEALPix ``order`` (coarse step ``angular_step_deg``)."""
@@ -225,19 +239,13 @@ def local_estep(ref, grids: torch.Tensor, sigma_deg: float, budget_bytes: int = 
     transform ``grids`` ``(1, g, g, g//2+1)``: updates the particles' poses in place and returns
     ``(sums, data, weight)`` as :meth:`Refiner3D.estep` does (grids ``(1, 1, g, g, g//2+1)``)."""
     from vitrify.core.euler import euler_to_matrix
-    from vitrify.ml.inimodel import coarse_radius_3d
 
     model, parts, win = ref.model, ref.particles, ref.window
     dev = parts.ft.device
     w = win.to(dev)
     radius, n = model.current_radius, model.box_px
-    p = win.pixels_within(radius)
-    pc = win.pixels_within(min(radius, coarse_radius_3d(n, angular_step_deg(ref.orientations.order),
-                                                         ref.settings.particle_diameter_px)))
-    step = ref.sampling.offset_step_px if ref.sampling.offset_step_px > 0 else 1.0
-    range_px = float(ref.sampling.shifts_px.abs().max()) if ref.sampling.shifts_px.numel() else 0.0
-    sigma_off = max(model.sigma2_offset_px, 1e-6) ** 0.5
-    lg = local_grid(ref.orientations.order, sigma_deg, range_px, step, sigma_off, p, pc, dev)
+    lg = local_grid_of(ref, sigma_deg)
+    p, pc = lg.n_pixels, lg.n_coarse_pixels
     grid = template_volume(grids[0])
     g = grid.shape[2]
     acc = torch.zeros(g * g * (g // 2 + 1), 3, device=dev)
